@@ -1,0 +1,213 @@
+//! The `VhostUserBackend` implementation: what the virtio-fs device offers the frontend.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::vring::{take_created, QueueLink, WatchedVring};
+
+/// Guest memory as the vhost-user backend shares it: swapped atomically on SET_MEM_TABLE,
+/// ADD_MEM_REG and REM_MEM_REG.
+pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// Request queues we can serve (QEMU `vhost-user-fs-pci,num-request-queues=N`).
+pub const MAX_REQUEST_QUEUES: usize = 64;
+
+/// Largest queue size we accept (the virtio split-ring maximum).
+pub const MAX_QUEUE_SIZE: usize = 32768;
+
+/// Device settings chosen on the command line.
+#[derive(Debug, Clone)]
+pub struct FsBackendConfig {
+    /// Number of request queues offered (the hiprio queue comes on top).
+    pub request_queues: usize,
+}
+
+impl Default for FsBackendConfig {
+    fn default() -> Self {
+        Self {
+            request_queues: MAX_REQUEST_QUEUES,
+        }
+    }
+}
+
+/// The virtio-fs device as the vhost-user protocol thread sees it.
+///
+/// It processes no queue itself: [`FsBackend::create_daemon`] returns the queues so that the
+/// request pipeline can drive them.
+#[derive(Clone)]
+pub struct FsBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: FsBackendConfig,
+    event_idx: AtomicBool,
+    acked_features: AtomicU64,
+}
+
+impl FsBackend {
+    /// A backend offering `config.request_queues` request queues plus the hiprio queue.
+    pub fn new(config: FsBackendConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                event_idx: AtomicBool::new(false),
+                acked_features: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Creates the vhost-user daemon around this backend and returns, with it, one
+    /// [`QueueLink`] per queue in queue order (index 0 is the hiprio queue).
+    pub fn create_daemon(
+        &self,
+        name: &str,
+    ) -> Result<(VhostUserDaemon<FsBackend>, Vec<QueueLink>), vhost_user_backend::Error> {
+        let mem = GuestMemory::new(GuestMemoryMmap::new());
+        // `VhostUserDaemon::new` creates the vrings on this thread, in queue order.
+        drop(take_created());
+        let daemon = VhostUserDaemon::new(name.to_owned(), self.clone(), mem.clone())?;
+        let vrings: Vec<WatchedVring> = take_created();
+        assert_eq!(vrings.len(), self.num_queues(), "one vring per queue");
+        let links = vrings
+            .into_iter()
+            .enumerate()
+            .map(|(index, vring)| QueueLink {
+                index,
+                vring,
+                mem: mem.clone(),
+            })
+            .collect();
+        Ok((daemon, links))
+    }
+
+    /// Whether the driver negotiated VIRTIO_RING_F_EVENT_IDX.
+    pub fn event_idx(&self) -> bool {
+        self.inner.event_idx.load(Ordering::Relaxed)
+    }
+
+    /// The virtio features the frontend acknowledged.
+    pub fn acked_features(&self) -> u64 {
+        self.inner.acked_features.load(Ordering::Relaxed)
+    }
+}
+
+impl VhostUserBackend for FsBackend {
+    type Bitmap = ();
+    type Vring = WatchedVring;
+
+    fn num_queues(&self) -> usize {
+        1 + self.inner.config.request_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.inner.acked_features.store(features, Ordering::Relaxed);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.inner.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn update_memory(&self, _mem: GuestMemory) -> io::Result<()> {
+        // The queues hold clones of the same `GuestMemoryAtomic`, which the library has already
+        // updated in place; nothing else caches a mapping.
+        Ok(())
+    }
+
+    /// No library epoll threads: every queue's kick eventfd belongs to a tokio task.
+    fn queues_per_thread(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        _vrings: &[WatchedVring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        // Unreachable: we register no epoll thread. Fail loudly rather than drop a kick.
+        Err(io::Error::other(format!(
+            "unexpected vhost-user epoll event {device_event}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::io::AsRawFd;
+    use vhost_user_backend::VringT;
+
+    #[test]
+    fn daemon_returns_one_link_per_queue_in_order() {
+        let backend = FsBackend::new(FsBackendConfig { request_queues: 3 });
+        let (_daemon, links) = backend.create_daemon("test").unwrap();
+        assert_eq!(links.len(), 4);
+        for (i, link) in links.iter().enumerate() {
+            assert_eq!(link.index, i);
+        }
+        // Each link is a distinct vring: changing one does not touch the others.
+        let rx0 = links[0].vring.subscribe();
+        let rx2 = links[2].vring.subscribe();
+        links[2].vring.set_enabled(true);
+        assert!(rx2.has_changed().unwrap());
+        assert!(!rx0.has_changed().unwrap());
+    }
+
+    #[test]
+    fn ring_is_runnable_only_when_started_enabled_and_kicked() {
+        let backend = FsBackend::new(FsBackendConfig { request_queues: 1 });
+        let (_daemon, links) = backend.create_daemon("test").unwrap();
+        let vring = &links[1].vring;
+        assert!(vring.runnable_kick().is_none());
+        let kick = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        // SAFETY: the eventfd stays open for the whole test.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(kick.as_raw_fd()) };
+        let file = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+        vring.set_kick(Some(file));
+        vring.set_queue_ready(true);
+        assert!(vring.runnable_kick().is_none(), "not enabled yet");
+        vring.set_enabled(true);
+        assert!(vring.runnable_kick().unwrap().is_ok());
+        vring.set_queue_ready(false);
+        assert!(vring.runnable_kick().is_none(), "stopped by GET_VRING_BASE");
+    }
+
+    #[test]
+    fn offers_multiqueue_event_idx_and_indirect_descriptors() {
+        let backend = FsBackend::new(FsBackendConfig::default());
+        let f = backend.features();
+        assert_ne!(f & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
+        assert_ne!(f & (1 << VIRTIO_RING_F_INDIRECT_DESC), 0);
+        assert!(backend
+            .protocol_features()
+            .contains(VhostUserProtocolFeatures::MQ));
+        assert_eq!(backend.num_queues(), 1 + MAX_REQUEST_QUEUES);
+    }
+}

@@ -1,0 +1,163 @@
+//! A vring whose state changes can be awaited.
+//!
+//! `vhost-user-backend` normally polls each kick eventfd on its own epoll thread. We leave every
+//! queue out of `queues_per_thread()`, so no library thread ever reads a kick, and instead hand
+//! the eventfd to a tokio task. That task needs to know when the frontend sets a kick fd, starts
+//! or stops the ring, or enables or disables it: this wrapper bumps a [`watch`] counter on each of
+//! those calls.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use vhost_user_backend::{VringRwLock, VringStateGuard, VringStateMutGuard, VringT};
+use virtio_queue::{Error as QueueError, QueueT};
+
+use crate::GuestMemory;
+
+thread_local! {
+    /// Vrings created on this thread, in creation order. `VhostUserDaemon::new` creates one
+    /// vring per queue, in queue order, on the calling thread; `VringT::new` gets no queue index,
+    /// so this is how [`crate::FsBackend::create_daemon`] learns which vring is which queue.
+    static CREATED: RefCell<Vec<WatchedVring>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes the vrings created on this thread since the last call.
+pub(crate) fn take_created() -> Vec<WatchedVring> {
+    CREATED.with(|c| std::mem::take(&mut *c.borrow_mut()))
+}
+
+/// A [`VringRwLock`] that publishes a change counter whenever its run state changes.
+#[derive(Clone)]
+pub struct WatchedVring {
+    inner: VringRwLock<GuestMemory>,
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl WatchedVring {
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Subscribes to state changes (kick fd set, ring started/stopped, enabled/disabled).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// When the ring may be processed (started, enabled, with a kick fd), a duplicate of its kick
+    /// eventfd for the caller to poll; otherwise `None`.
+    pub fn runnable_kick(&self) -> Option<io::Result<OwnedFd>> {
+        let state = self.inner.get_ref();
+        if !state.get_queue().ready() || !state.is_enabled() {
+            return None;
+        }
+        let kick = state.get_kick().as_ref()?;
+        // SAFETY: the fd is owned by `state`, which we hold borrowed for this whole call.
+        let fd = unsafe { BorrowedFd::borrow_raw(kick.as_raw_fd()) };
+        Some(fd.try_clone_to_owned())
+    }
+}
+
+impl std::ops::Deref for WatchedVring {
+    type Target = VringRwLock<GuestMemory>;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl<'a> VringStateGuard<'a, GuestMemory> for WatchedVring {
+    type G = <VringRwLock<GuestMemory> as VringStateGuard<'a, GuestMemory>>::G;
+}
+
+impl<'a> VringStateMutGuard<'a, GuestMemory> for WatchedVring {
+    type G = <VringRwLock<GuestMemory> as VringStateMutGuard<'a, GuestMemory>>::G;
+}
+
+impl VringT<GuestMemory> for WatchedVring {
+    fn new(mem: GuestMemory, max_queue_size: u16) -> Result<Self, QueueError> {
+        let vring = WatchedVring {
+            inner: VringRwLock::new(mem, max_queue_size)?,
+            changes: Arc::new(watch::channel(0).0),
+        };
+        CREATED.with(|c| c.borrow_mut().push(vring.clone()));
+        Ok(vring)
+    }
+    fn get_ref(&self) -> <Self as VringStateGuard<'_, GuestMemory>>::G {
+        self.inner.get_ref()
+    }
+    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, GuestMemory>>::G {
+        self.inner.get_mut()
+    }
+    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), QueueError> {
+        self.inner.add_used(desc_index, len)
+    }
+    fn signal_used_queue(&self) -> io::Result<()> {
+        self.inner.signal_used_queue()
+    }
+    fn enable_notification(&self) -> Result<bool, QueueError> {
+        self.inner.enable_notification()
+    }
+    fn disable_notification(&self) -> Result<(), QueueError> {
+        self.inner.disable_notification()
+    }
+    fn needs_notification(&self) -> Result<bool, QueueError> {
+        self.inner.needs_notification()
+    }
+    fn set_enabled(&self, enabled: bool) {
+        self.inner.set_enabled(enabled);
+        self.changed();
+    }
+    fn set_queue_info(&self, desc: u64, avail: u64, used: u64) -> Result<(), QueueError> {
+        self.inner.set_queue_info(desc, avail, used)
+    }
+    fn queue_next_avail(&self) -> u16 {
+        self.inner.queue_next_avail()
+    }
+    fn set_queue_next_avail(&self, base: u16) {
+        self.inner.set_queue_next_avail(base)
+    }
+    fn set_queue_next_used(&self, idx: u16) {
+        self.inner.set_queue_next_used(idx)
+    }
+    fn queue_used_idx(&self) -> Result<u16, QueueError> {
+        self.inner.queue_used_idx()
+    }
+    fn set_queue_size(&self, num: u16) {
+        self.inner.set_queue_size(num)
+    }
+    fn set_queue_event_idx(&self, enabled: bool) {
+        self.inner.set_queue_event_idx(enabled)
+    }
+    fn set_queue_ready(&self, ready: bool) {
+        self.inner.set_queue_ready(ready);
+        self.changed();
+    }
+    fn set_kick(&self, file: Option<File>) {
+        self.inner.set_kick(file);
+        self.changed();
+    }
+    fn read_kick(&self) -> io::Result<bool> {
+        self.inner.read_kick()
+    }
+    fn set_call(&self, file: Option<File>) {
+        self.inner.set_call(file)
+    }
+    fn set_err(&self, file: Option<File>) {
+        self.inner.set_err(file)
+    }
+}
+
+/// What a queue task needs: its index, its vring and the guest memory.
+#[derive(Clone)]
+pub struct QueueLink {
+    /// Queue index as the frontend numbers it (0 = high priority).
+    pub index: usize,
+    /// The vring shared with the vhost-user protocol thread.
+    pub vring: WatchedVring,
+    /// Guest memory; updated in place when the frontend sends a new memory table.
+    pub mem: GuestMemory,
+}

@@ -1,0 +1,238 @@
+//! The shared directory as a FUSE filesystem.
+//!
+//! fuse-backend-rs provides the FUSE server and the passthrough filesystem; this crate maps the
+//! daemon's options onto them ([`ShareOptions`] → [`Share`]) and applies the one negotiation
+//! choice the library does not expose (`--no-readdirplus`).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{FsOptions, InitOut, Opcode, OutHeader};
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use virtiofs_pipeline::request::{peek_in_header, read_reply_prefix, write_reply_prefix};
+use virtiofs_pipeline::{Chain, FuseHandler, HandleError};
+
+/// Guest caching policy (`--cache`), with the Rust virtiofsd's timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// No caching: entry and attribute timeouts 0, direct I/O.
+    Never,
+    /// Cache for 1 s, invalidate file data on open when it changed.
+    #[default]
+    Auto,
+    /// Cache for a day; metadata only, file data is not kept across opens.
+    Metadata,
+    /// Cache for a day, file data kept across opens.
+    Always,
+}
+
+impl CacheMode {
+    /// The names accepted on the command line.
+    pub const NAMES: &'static [&'static str] = &["never", "auto", "always", "metadata"];
+
+    fn timeout(self) -> Duration {
+        match self {
+            CacheMode::Never => Duration::ZERO,
+            CacheMode::Auto => Duration::from_secs(1),
+            CacheMode::Metadata | CacheMode::Always => Duration::from_secs(86400),
+        }
+    }
+
+    fn policy(self) -> CachePolicy {
+        match self {
+            CacheMode::Never => CachePolicy::Never,
+            CacheMode::Auto => CachePolicy::Auto,
+            CacheMode::Metadata => CachePolicy::Metadata,
+            CacheMode::Always => CachePolicy::Always,
+        }
+    }
+}
+
+impl FromStr for CacheMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "never" | "none" => Ok(CacheMode::Never),
+            "auto" => Ok(CacheMode::Auto),
+            "metadata" => Ok(CacheMode::Metadata),
+            "always" => Ok(CacheMode::Always),
+            _ => Err(format!(
+                "invalid cache mode '{s}' (allowed: {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// What to share and how.
+#[derive(Debug, Clone)]
+pub struct ShareOptions {
+    /// The host directory served to the guest.
+    pub shared_dir: PathBuf,
+    /// Guest caching policy.
+    pub cache: CacheMode,
+    /// Serve extended attributes.
+    pub xattr: bool,
+    /// Let the guest use the writeback cache.
+    pub writeback: bool,
+    /// Offer READDIRPLUS.
+    pub readdirplus: bool,
+    /// Honour O_DIRECT from the guest.
+    pub allow_direct_io: bool,
+}
+
+/// Why the share cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    /// The shared directory is missing or unreadable.
+    #[error("shared directory {path}: {source}")]
+    Access {
+        /// The directory given.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The path is not a directory.
+    #[error("shared directory {0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// The path cannot be passed to the filesystem library.
+    #[error("shared directory {0} is not valid UTF-8")]
+    NotUtf8(PathBuf),
+    /// The filesystem library refused the configuration or the root.
+    #[error("cannot serve {path}: {source}")]
+    Open {
+        /// The directory given.
+        path: PathBuf,
+        /// What the library said.
+        source: std::io::Error,
+    },
+}
+
+/// Checks that `path` is a directory we can open, and returns it absolute.
+pub fn check_shared_dir(path: &Path) -> Result<PathBuf, ShareError> {
+    let access = |source| ShareError::Access {
+        path: path.to_owned(),
+        source,
+    };
+    let abs = std::fs::canonicalize(path).map_err(access)?;
+    let meta = std::fs::metadata(&abs).map_err(access)?;
+    if !meta.is_dir() {
+        return Err(ShareError::NotADirectory(path.to_owned()));
+    }
+    std::fs::read_dir(&abs).map_err(access)?;
+    Ok(abs)
+}
+
+/// The FUSE server over the shared directory.
+pub struct Share {
+    server: Server<PassthroughFs>,
+    readdirplus: bool,
+}
+
+impl Share {
+    /// Opens the shared directory. Note: the library clears the process umask here (the guest's
+    /// modes arrive already masked), so create host files the daemon owns before calling this.
+    pub fn open(opts: &ShareOptions) -> Result<Self, ShareError> {
+        let dir = check_shared_dir(&opts.shared_dir)?;
+        let root_dir = dir
+            .to_str()
+            .ok_or_else(|| ShareError::NotUtf8(dir.clone()))?
+            .to_owned();
+        let timeout = opts.cache.timeout();
+        let cfg = Config {
+            root_dir,
+            entry_timeout: timeout,
+            attr_timeout: timeout,
+            cache_policy: opts.cache.policy(),
+            writeback: opts.writeback,
+            xattr: opts.xattr,
+            allow_direct_io: opts.allow_direct_io,
+            do_import: true,
+            ..Config::default()
+        };
+        let open_err = |source| ShareError::Open {
+            path: dir.clone(),
+            source,
+        };
+        let fs = PassthroughFs::<()>::new(cfg).map_err(open_err)?;
+        fs.import().map_err(open_err)?;
+        Ok(Self {
+            server: Server::new(fs),
+            readdirplus: opts.readdirplus,
+        })
+    }
+
+    /// Clears READDIRPLUS from a successful INIT reply when it is turned off.
+    fn restrict_init_reply(&self, chain: &Chain) {
+        let mut buf = [0u8; std::mem::size_of::<OutHeader>() + std::mem::size_of::<InitOut>()];
+        if !read_reply_prefix(chain, &mut buf) {
+            return; // older guests send a shorter InitOut; nothing we can patch
+        }
+        let flags_at = std::mem::size_of::<OutHeader>() + std::mem::offset_of!(InitOut, flags);
+        let mut flags = u32::from_ne_bytes(buf[flags_at..flags_at + 4].try_into().unwrap());
+        flags &= !(FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO).bits() as u32;
+        buf[flags_at..flags_at + 4].copy_from_slice(&flags.to_ne_bytes());
+        write_reply_prefix(chain, &buf);
+    }
+}
+
+impl FuseHandler for Share {
+    fn handle(&self, chain: &Chain) -> Result<usize, HandleError> {
+        let written = self.server.handle(chain)?;
+        if !self.readdirplus
+            && peek_in_header(chain).is_some_and(|h| h.opcode == Opcode::Init as u32)
+        {
+            self.restrict_init_reply(chain);
+        }
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path) -> ShareOptions {
+        ShareOptions {
+            shared_dir: dir.to_owned(),
+            cache: CacheMode::Auto,
+            xattr: false,
+            writeback: false,
+            readdirplus: true,
+            allow_direct_io: false,
+        }
+    }
+
+    #[test]
+    fn cache_modes_parse_and_reject_unknown_values() {
+        assert_eq!("never".parse::<CacheMode>().unwrap(), CacheMode::Never);
+        assert_eq!("none".parse::<CacheMode>().unwrap(), CacheMode::Never);
+        assert_eq!(
+            "metadata".parse::<CacheMode>().unwrap(),
+            CacheMode::Metadata
+        );
+        let err = "sometimes".parse::<CacheMode>().unwrap_err();
+        assert!(err.contains("never, auto, always, metadata"), "{err}");
+        assert_eq!(CacheMode::Auto.timeout(), Duration::from_secs(1));
+        assert_eq!(CacheMode::Never.timeout(), Duration::ZERO);
+    }
+
+    #[test]
+    fn missing_dir_and_regular_file_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nope");
+        assert!(matches!(
+            Share::open(&opts(&missing)),
+            Err(ShareError::Access { .. })
+        ));
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            Share::open(&opts(&file)),
+            Err(ShareError::NotADirectory(_))
+        ));
+        assert!(Share::open(&opts(tmp.path())).is_ok());
+    }
+}

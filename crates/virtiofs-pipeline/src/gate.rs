@@ -1,0 +1,181 @@
+//! FUSE_INIT / FUSE_DESTROY exclusion.
+//!
+//! As in the 2019 QEMU series (`init_rwlock`): session-changing requests take the write side, all
+//! others the read side for as long as they run. DESTROY therefore waits for every in-flight
+//! request, and nothing runs while INIT sets the session up. The lock is tokio's, so a queue task
+//! waiting for it yields instead of blocking a runtime thread.
+
+use std::sync::Arc;
+
+use fuse_backend_rs::abi::fuse_abi::Opcode;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+
+/// State of the FUSE session, changed only by INIT and DESTROY.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// An INIT succeeded and no DESTROY followed it.
+    pub initialized: bool,
+    /// Completed INITs (a remount after DESTROY makes it 2).
+    pub inits: u64,
+}
+
+/// The lock every request passes through.
+#[derive(Clone, Default)]
+pub struct SessionGate {
+    lock: Arc<RwLock<Session>>,
+}
+
+/// Permission to run one request; dropped when the request completes.
+pub enum Pass {
+    /// Any request but INIT/DESTROY.
+    Shared(OwnedRwLockReadGuard<Session>),
+    /// INIT or DESTROY: nothing else runs meanwhile.
+    Exclusive(OwnedRwLockWriteGuard<Session>),
+}
+
+impl Pass {
+    /// Whether the session was initialized when this pass was granted.
+    pub fn initialized(&self) -> bool {
+        match self {
+            Pass::Shared(s) => s.initialized,
+            Pass::Exclusive(s) => s.initialized,
+        }
+    }
+
+    /// Records the outcome of an INIT or DESTROY (no effect on a shared pass).
+    pub fn record(&mut self, opcode: u32, succeeded: bool) {
+        if let Pass::Exclusive(session) = self {
+            if opcode == Opcode::Init as u32 && succeeded {
+                session.initialized = true;
+                session.inits += 1;
+            } else if opcode == Opcode::Destroy as u32 {
+                session.initialized = false;
+            }
+        }
+    }
+}
+
+/// Whether `opcode` changes the session and so needs the write side.
+pub fn is_exclusive(opcode: u32) -> bool {
+    opcode == Opcode::Init as u32 || opcode == Opcode::Destroy as u32
+}
+
+impl SessionGate {
+    /// A gate for a session not yet initialized.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Waits until a request with `opcode` may run.
+    pub async fn enter(&self, opcode: u32) -> Pass {
+        if is_exclusive(opcode) {
+            Pass::Exclusive(self.lock.clone().write_owned().await)
+        } else {
+            Pass::Shared(self.lock.clone().read_owned().await)
+        }
+    }
+
+    /// Completed INITs so far.
+    pub async fn inits(&self) -> u64 {
+        self.lock.read().await.inits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::time::timeout;
+
+    const GETATTR: u32 = Opcode::Getattr as u32;
+    const INIT: u32 = Opcode::Init as u32;
+    const DESTROY: u32 = Opcode::Destroy as u32;
+
+    #[tokio::test]
+    async fn shared_passes_run_together() {
+        let gate = SessionGate::new();
+        let a = gate.enter(GETATTR).await;
+        let b = timeout(Duration::from_secs(1), gate.enter(GETATTR)).await;
+        assert!(
+            b.is_ok(),
+            "a second ordinary request must not wait for the first"
+        );
+        drop(a);
+    }
+
+    #[tokio::test]
+    async fn destroy_waits_for_in_flight_requests() {
+        let gate = SessionGate::new();
+        let in_flight = gate.enter(GETATTR).await;
+        let g2 = gate.clone();
+        let destroy = tokio::spawn(async move { g2.enter(DESTROY).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !destroy.is_finished(),
+            "DESTROY ran while a request was in flight"
+        );
+        drop(in_flight);
+        let pass = timeout(Duration::from_secs(1), destroy)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(pass, Pass::Exclusive(_)));
+    }
+
+    #[tokio::test]
+    async fn requests_wait_while_init_runs() {
+        let gate = SessionGate::new();
+        let init = gate.enter(INIT).await;
+        let g2 = gate.clone();
+        let req = tokio::spawn(async move { g2.enter(GETATTR).await.initialized() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!req.is_finished(), "a request overlapped INIT");
+        let mut init = init;
+        init.record(INIT, true);
+        drop(init);
+        assert!(
+            req.await.unwrap(),
+            "request after INIT sees the session initialized"
+        );
+    }
+
+    #[tokio::test]
+    async fn init_destroy_init_tracks_the_session() {
+        let gate = SessionGate::new();
+        assert!(!gate.enter(GETATTR).await.initialized());
+        let mut p = gate.enter(INIT).await;
+        p.record(INIT, false);
+        drop(p);
+        assert!(!gate.enter(GETATTR).await.initialized(), "a failed INIT");
+        let mut p = gate.enter(INIT).await;
+        p.record(INIT, true);
+        drop(p);
+        assert!(gate.enter(GETATTR).await.initialized());
+        let mut p = gate.enter(DESTROY).await;
+        p.record(DESTROY, true);
+        drop(p);
+        assert!(!gate.enter(GETATTR).await.initialized());
+        let mut p = gate.enter(INIT).await;
+        p.record(INIT, true);
+        drop(p);
+        assert!(
+            gate.enter(GETATTR).await.initialized(),
+            "remount after DESTROY"
+        );
+        assert_eq!(gate.inits().await, 2);
+    }
+
+    #[test]
+    fn shared_pass_ignores_record() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let gate = SessionGate::new();
+            let mut p = gate.enter(GETATTR).await;
+            p.record(INIT, true);
+            drop(p);
+            assert!(!gate.enter(GETATTR).await.initialized());
+        });
+    }
+}

@@ -1,0 +1,305 @@
+//! One virtqueue driven by one tokio task.
+//!
+//! The task owns a duplicate of the queue's kick eventfd (through [`AsyncFd`]), pops every
+//! available descriptor chain when kicked, and hands each to a request future. How a request runs
+//! depends on [`Mode`]. Completion puts the chain on the used ring and notifies the guest when the
+//! ring asks for it (EVENT_IDX aware, through `virtio-queue`).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, trace, warn};
+use vhost_user_backend::VringT;
+use virtio_queue::QueueT;
+use virtiofs_device::QueueLink;
+use vm_memory::GuestAddressSpace;
+
+use crate::gate::{Pass, SessionGate};
+use crate::handler::{Chain, FuseHandler};
+use crate::request::{is_forget, peek_in_header, peek_out_header, reply_error};
+use crate::stats::QueueStats;
+
+/// Malformed chains logged at `warn` per queue; later ones go to `debug` so a hostile guest
+/// cannot flood the log.
+const MALFORMED_WARNINGS: u64 = 8;
+
+/// How the requests of one queue run.
+#[derive(Clone)]
+pub enum Mode {
+    /// Up to the semaphore's permits at once, each on tokio's blocking pool.
+    Pooled(Arc<Semaphore>),
+    /// One at a time on the queue task, which tells tokio it blocks (`--thread-pool-size=0`).
+    Inline,
+    /// One at a time on the queue task, which has an OS thread of its own (the hiprio queue).
+    Dedicated,
+}
+
+/// Everything one queue task and its requests share.
+pub struct QueueContext<H> {
+    /// The queue, its vring and guest memory.
+    pub link: QueueLink,
+    /// The FUSE server.
+    pub handler: Arc<H>,
+    /// INIT/DESTROY exclusion, shared by all queues.
+    pub gate: SessionGate,
+    /// How requests run.
+    pub mode: Mode,
+    /// Counters for this queue.
+    pub stats: Arc<QueueStats>,
+}
+
+impl<H: FuseHandler> QueueContext<H> {
+    /// Runs the queue until `cancel` fires. Spawned requests are tracked by `tracker`.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken, tracker: TaskTracker) {
+        let index = self.link.index;
+        let mut changes = self.link.vring.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let kick = match self.link.vring.runnable_kick() {
+                Some(Ok(fd)) => match AsyncKick::new(fd) {
+                    Ok(kick) => Some(kick),
+                    Err(e) => {
+                        warn!(queue = index, "cannot poll kick eventfd: {e}");
+                        None
+                    }
+                },
+                Some(Err(e)) => {
+                    warn!(queue = index, "cannot duplicate kick eventfd: {e}");
+                    None
+                }
+                None => None,
+            };
+            let Some(kick) = kick else {
+                // Not started, not enabled, or no kick fd yet: wait for the frontend.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = changes.changed() => if r.is_err() { return },
+                }
+                continue;
+            };
+            debug!(queue = index, "queue running");
+            loop {
+                // Process first: a kick may have arrived before we started polling the eventfd.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = self.drain(&tracker) => {}
+                }
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return,
+                    r = changes.changed() => {
+                        if r.is_err() { return }
+                        debug!(queue = index, "queue state changed");
+                        break;
+                    }
+                    r = kick.wait() => if let Err(e) = r {
+                        warn!(queue = index, "kick eventfd failed: {e}");
+                        break;
+                    },
+                }
+            }
+        }
+    }
+
+    /// Pops and dispatches chains until the ring is empty with guest notifications re-enabled.
+    async fn drain(self: &Arc<Self>, tracker: &TaskTracker) {
+        let vring = &self.link.vring;
+        loop {
+            if let Err(e) = vring.disable_notification() {
+                debug!(queue = self.link.index, "disable_notification: {e}");
+            }
+            loop {
+                // Take the permit before the chain: with the pool exhausted the chain stays in the
+                // ring, which is the guest's backpressure.
+                let permit = match &self.mode {
+                    Mode::Pooled(sem) => match sem.clone().acquire_owned().await {
+                        Ok(p) => Some(p),
+                        Err(_) => return, // semaphore closed: shutting down
+                    },
+                    Mode::Inline | Mode::Dedicated => None,
+                };
+                let chain = {
+                    let mem = self.link.mem.memory();
+                    vring.get_mut().get_queue_mut().pop_descriptor_chain(mem)
+                };
+                let Some(chain) = chain else { break };
+                self.dispatch(chain, permit, tracker).await;
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue, // more arrived while notifications were off
+                Ok(false) => return,
+                Err(e) => {
+                    debug!(queue = self.link.index, "enable_notification: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts one request: takes its gate pass, then runs it as [`Mode`] says.
+    async fn dispatch(
+        self: &Arc<Self>,
+        chain: Chain,
+        permit: Option<OwnedSemaphorePermit>,
+        tracker: &TaskTracker,
+    ) {
+        let opcode = peek_in_header(&chain).map(|h| h.opcode);
+        // FORGETs take no pass: they need no session and must never wait behind DESTROY.
+        let pass = match opcode {
+            Some(op) if !is_forget(op) => Some(self.gate.enter(op).await),
+            _ => None,
+        };
+        match &self.mode {
+            Mode::Pooled(_) => {
+                let ctx = self.clone();
+                tracker.spawn_blocking(move || {
+                    ctx.process(chain, pass);
+                    drop(permit);
+                });
+            }
+            Mode::Inline => tokio::task::block_in_place(|| self.process(chain, pass)),
+            Mode::Dedicated => self.process(chain, pass),
+        }
+    }
+
+    /// Runs one request to completion on the current (blocking-capable) thread.
+    fn process(&self, chain: Chain, mut pass: Option<Pass>) {
+        let _running = self.stats.start();
+        let head = chain.head_index();
+        let len = match peek_in_header(&chain) {
+            None => {
+                self.malformed(head, "shorter than a FUSE header or outside guest memory");
+                0
+            }
+            Some(h)
+                if !is_forget(h.opcode)
+                    && !pass.as_ref().is_some_and(|p| p.initialized())
+                    && !crate::gate::is_exclusive(h.opcode) =>
+            {
+                self.stats.before_init.fetch_add(1, Ordering::Relaxed);
+                debug!(
+                    queue = self.link.index,
+                    opcode = h.opcode,
+                    "request before FUSE_INIT"
+                );
+                reply_error(&chain, h.unique, libc::EIO).unwrap_or(0)
+            }
+            Some(h) => {
+                trace!(
+                    queue = self.link.index,
+                    opcode = h.opcode,
+                    unique = h.unique,
+                    "request"
+                );
+                let written = match self.handler.handle(&chain) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.malformed(head, &e.to_string());
+                        if is_forget(h.opcode) {
+                            0
+                        } else {
+                            reply_error(&chain, h.unique, e.errno()).unwrap_or(0)
+                        }
+                    }
+                };
+                if let Some(pass) = pass.as_mut() {
+                    let ok = peek_out_header(&chain).is_some_and(|o| o.error == 0);
+                    pass.record(h.opcode, written > 0 && ok);
+                }
+                written
+            }
+        };
+        drop(pass);
+        self.complete(head, len as u32);
+    }
+
+    fn malformed(&self, head: u16, why: &str) {
+        let n = self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        if n < MALFORMED_WARNINGS {
+            warn!(queue = self.link.index, head, "bad request: {why}");
+        } else {
+            debug!(queue = self.link.index, head, "bad request: {why}");
+        }
+    }
+
+    /// Returns the chain to the guest and notifies it if the ring wants a notification.
+    fn complete(&self, head: u16, len: u32) {
+        let mut state = self.link.vring.get_mut();
+        if let Err(e) = state.add_used(head, len) {
+            warn!(queue = self.link.index, "add_used: {e}");
+            return;
+        }
+        self.stats.completed.fetch_add(1, Ordering::Relaxed);
+        match state.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = state.signal_used_queue() {
+                    warn!(queue = self.link.index, "notify guest: {e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => debug!(queue = self.link.index, "needs_notification: {e}"),
+        }
+    }
+}
+
+/// A kick eventfd polled by tokio.
+struct AsyncKick(AsyncFd<OwnedFd>);
+
+impl AsyncKick {
+    fn new(fd: OwnedFd) -> io::Result<Self> {
+        // The frontend's eventfd may be blocking; AsyncFd needs O_NONBLOCK (a status flag shared
+        // with the library's copy, which never reads it for our queues).
+        let raw = fd.as_raw_fd();
+        // SAFETY: fcntl on an fd we own; no memory is passed.
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+        if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is an OwnedFd that the AsyncFd owns until it is dropped.
+        let afd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Self(afd))
+    }
+
+    /// Waits for a kick and consumes it.
+    async fn wait(&self) -> io::Result<()> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            let res = guard.try_io(|fd| {
+                let mut buf = [0u8; 8];
+                // SAFETY: reads 8 bytes into a local buffer from an eventfd we own.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            });
+            match res {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// Logs what a queue did (called at shutdown).
+pub fn log_stats(index: usize, stats: &QueueStats) {
+    if stats.completed() > 0 || stats.malformed.load(Ordering::Relaxed) > 0 {
+        info!(
+            queue = index,
+            requests = stats.completed(),
+            malformed = stats.malformed.load(Ordering::Relaxed),
+            before_init = stats.before_init.load(Ordering::Relaxed),
+            peak_in_flight = stats.peak_in_flight.load(Ordering::Relaxed),
+            "queue statistics"
+        );
+    }
+}
