@@ -252,7 +252,7 @@ where
             .value_source(id)
             .filter(|s| *s == clap::parser::ValueSource::CommandLine)
             .and_then(|_| matches.indices_of(id))
-            .and_then(|i| i.last())
+            .and_then(|mut i| i.next_back())
     };
     let mut settings: Vec<(usize, Setting)> = Vec::new();
     if let (Some(p), Some(dir)) = (pos("shared_dir"), &args.shared_dir) {

@@ -7,22 +7,10 @@
 
 mod cli;
 mod daemon;
+mod logging;
 mod socket;
 
 use std::process::ExitCode;
-
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(level: cli::LogLevel) {
-    // RUST_LOG, when set, overrides --log-level.
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_directive()));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-}
 
 fn main() -> ExitCode {
     let opts = match cli::parse(std::env::args_os()) {
@@ -36,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(opts.log_level);
+    logging::init(opts.log_level);
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,493 @@
+//! The pipeline driven through real split rings in guest memory, kicked and completed through
+//! eventfds as QEMU and a guest driver would, with a scripted FUSE handler.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
+use vhost_user_backend::VringT;
+use virtiofs_device::{FsBackend, FsBackendConfig, QueueLink};
+use virtiofs_pipeline::request::{peek_in_header, write_reply_prefix};
+use virtiofs_pipeline::{Chain, FuseHandler, HandleError, Pipeline, PipelineConfig};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+const QUEUE_SIZE: u16 = 64;
+const MEM_SIZE: usize = 16 << 20;
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
+
+const INIT: u32 = Opcode::Init as u32;
+const DESTROY: u32 = Opcode::Destroy as u32;
+const GETATTR: u32 = Opcode::Getattr as u32;
+
+/// A FUSE handler that records what ran, how many ran at once, and sleeps as told.
+#[derive(Default)]
+struct ScriptedHandler {
+    running: AtomicUsize,
+    peak: AtomicUsize,
+    handled: AtomicUsize,
+    /// (opcode, unique, started, finished)
+    log: Mutex<Vec<(u32, u64, Instant, Instant)>>,
+    delay_ms: AtomicUsize,
+}
+
+impl FuseHandler for ScriptedHandler {
+    fn handle(&self, chain: &Chain) -> Result<usize, HandleError> {
+        let start = Instant::now();
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let h = peek_in_header(chain).expect("pipeline only passes chains with a header");
+        let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
+        if h.opcode == GETATTR && delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        let reply = OutHeader {
+            len: 16,
+            error: 0,
+            unique: h.unique,
+        };
+        let ok = write_reply_prefix(chain, reply.as_slice());
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        self.log
+            .lock()
+            .unwrap()
+            .push((h.opcode, h.unique, start, Instant::now()));
+        if ok {
+            Ok(16)
+        } else {
+            Err(HandleError::Server("no room for the reply".into()))
+        }
+    }
+}
+
+/// The driver side of one split virtqueue, laid out in guest memory.
+struct Driver {
+    mem: GuestMemoryMmap<()>,
+    base: u64,
+    kick: EventFd,
+    call: EventFd,
+    next_avail: u16,
+    next_used: u16,
+    next_slot: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Used {
+    id: u32,
+    len: u32,
+    reply: OutHeader,
+}
+
+impl Driver {
+    fn desc_addr(&self) -> u64 {
+        self.base
+    }
+    fn avail_addr(&self) -> u64 {
+        self.base + 0x1000
+    }
+    fn used_addr(&self) -> u64 {
+        self.base + 0x2000
+    }
+    /// Buffers of descriptor slot `slot`: 4 KiB each, after the rings.
+    fn buf_addr(&self, slot: u16) -> u64 {
+        self.base + 0x4000 + slot as u64 * 0x1000
+    }
+
+    fn write_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = self.desc_addr() + 16 * i as u64;
+        self.mem.write_obj(addr, GuestAddress(at)).unwrap();
+        self.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+        self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+        self.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+    }
+
+    /// Posts a chain built from `(addr, len, writable)` parts; returns its head index.
+    fn post_raw(&mut self, parts: &[(u64, u32, bool)]) -> u16 {
+        let head = self.next_slot;
+        for (k, (addr, len, writable)) in parts.iter().enumerate() {
+            let i = (head + k as u16) % QUEUE_SIZE;
+            let mut flags = if *writable { VRING_DESC_F_WRITE } else { 0 };
+            if k + 1 < parts.len() {
+                flags |= VRING_DESC_F_NEXT;
+            }
+            self.write_desc(i, *addr, *len, flags, (i + 1) % QUEUE_SIZE);
+        }
+        self.next_slot = (head + parts.len() as u16) % QUEUE_SIZE;
+        let slot = self.avail_addr() + 4 + 2 * (self.next_avail % QUEUE_SIZE) as u64;
+        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.next_avail = self.next_avail.wrapping_add(1);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.mem
+            .write_obj(self.next_avail, GuestAddress(self.avail_addr() + 2))
+            .unwrap();
+        head
+    }
+
+    /// Posts a FUSE request: header (+ `body` bytes) readable, a 64-byte reply buffer writable.
+    fn post(&mut self, opcode: u32, unique: u64) -> u16 {
+        let slot = self.next_slot;
+        let header = InHeader {
+            len: 40,
+            opcode,
+            unique,
+            nodeid: 1,
+            ..Default::default()
+        };
+        let inbuf = self.buf_addr(slot);
+        let outbuf = self.buf_addr((slot + 1) % QUEUE_SIZE);
+        self.mem.write_obj(header, GuestAddress(inbuf)).unwrap();
+        self.mem
+            .write_slice(&[0xAA; 64], GuestAddress(outbuf))
+            .unwrap();
+        self.post_raw(&[(inbuf, 40, false), (outbuf, 64, true)])
+    }
+
+    fn kick(&self) {
+        self.kick.write(1).unwrap();
+    }
+
+    /// Waits until `n` more chains are used; returns them in used-ring order.
+    fn wait_used(&mut self, n: usize) -> Vec<Used> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut out = Vec::new();
+        while out.len() < n {
+            let idx: u16 = self
+                .mem
+                .read_obj(GuestAddress(self.used_addr() + 2))
+                .unwrap();
+            while self.next_used != idx && out.len() < n {
+                let e = self.used_addr() + 4 + 8 * (self.next_used % QUEUE_SIZE) as u64;
+                let id: u32 = self.mem.read_obj(GuestAddress(e)).unwrap();
+                let len: u32 = self.mem.read_obj(GuestAddress(e + 4)).unwrap();
+                // The reply buffer is the slot after the head for chains built by `post`.
+                let reply_at = self.buf_addr((id as u16 + 1) % QUEUE_SIZE);
+                let reply: OutHeader = self.mem.read_obj(GuestAddress(reply_at)).unwrap();
+                out.push(Used { id, len, reply });
+                self.next_used = self.next_used.wrapping_add(1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {} of {n} chains used",
+                out.len()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        out
+    }
+}
+
+fn eventfd_file(e: &EventFd) -> File {
+    // SAFETY: the fd is open for the duration of this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(e.as_raw_fd()) };
+    File::from(fd.try_clone_to_owned().unwrap())
+}
+
+/// Sets up queue `link` the way the vhost-user protocol thread would and returns its driver.
+fn start_ring(link: &QueueLink, mem: &GuestMemoryMmap<()>, event_idx: bool) -> Driver {
+    let base = 0x10_0000 * (1 + link.index as u64);
+    let d = Driver {
+        mem: mem.clone(),
+        base,
+        kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+        call: EventFd::new(EFD_NONBLOCK).unwrap(),
+        next_avail: 0,
+        next_used: 0,
+        next_slot: 0,
+    };
+    let vring = &link.vring;
+    vring.set_queue_size(QUEUE_SIZE);
+    vring
+        .set_queue_info(d.desc_addr(), d.avail_addr(), d.used_addr())
+        .unwrap();
+    vring.set_queue_event_idx(event_idx);
+    vring.set_call(Some(eventfd_file(&d.call)));
+    vring.set_kick(Some(eventfd_file(&d.kick)));
+    vring.set_queue_ready(true);
+    vring.set_enabled(true);
+    d
+}
+
+struct Rig {
+    pipeline: Pipeline,
+    handler: Arc<ScriptedHandler>,
+    drivers: Vec<Driver>,
+    _daemon: vhost_user_backend::VhostUserDaemon<FsBackend>,
+}
+
+/// A device with `queues` request queues, all started, served with `pool` permits per queue.
+fn rig(queues: usize, pool: usize, event_idx: bool) -> Rig {
+    let backend = FsBackend::new(FsBackendConfig {
+        request_queues: queues,
+    });
+    let (daemon, links) = backend.create_daemon("test").unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    links[0].mem.lock().unwrap().replace(mem.clone());
+    let drivers = links
+        .iter()
+        .map(|l| start_ring(l, &mem, event_idx))
+        .collect();
+    let handler = Arc::new(ScriptedHandler::default());
+    let pipeline = Pipeline::start(
+        links,
+        handler.clone(),
+        PipelineConfig {
+            thread_pool_size: pool,
+        },
+    )
+    .unwrap();
+    Rig {
+        pipeline,
+        handler,
+        drivers,
+        _daemon: daemon,
+    }
+}
+
+impl Rig {
+    fn init(&mut self, queue: usize) {
+        let d = &mut self.drivers[queue];
+        d.post(INIT, 1);
+        d.kick();
+        let used = d.wait_used(1);
+        assert_eq!(used[0].reply.error, 0);
+    }
+}
+
+/// `tokio::test` in the flavour the daemon uses (block_in_place needs it).
+macro_rules! mt_test {
+    ($name:ident, $body:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            tokio::task::spawn_blocking($body).await.unwrap();
+        }
+    };
+}
+
+mt_test!(pool_size_bounds_requests_in_flight_per_queue, || {
+    let mut r = rig(1, 3, false);
+    r.init(1);
+    r.handler.delay_ms.store(30, Ordering::SeqCst);
+    let d = &mut r.drivers[1];
+    for i in 0..24 {
+        d.post(GETATTR, 100 + i);
+    }
+    d.kick();
+    let used = d.wait_used(24);
+    assert_eq!(r.handler.peak.load(Ordering::SeqCst), 3, "pool of 3");
+    let mut uniques: Vec<u64> = used.iter().map(|u| u.reply.unique).collect();
+    uniques.sort();
+    assert_eq!(
+        uniques,
+        (100..124).collect::<Vec<_>>(),
+        "every request answered once"
+    );
+    assert!(used.iter().all(|u| u.len == 16 && u.reply.error == 0));
+    assert_eq!(
+        r.pipeline.stats()[1].peak_in_flight.load(Ordering::SeqCst),
+        3
+    );
+});
+
+mt_test!(pool_size_zero_runs_one_request_at_a_time, || {
+    let mut r = rig(1, 0, false);
+    r.init(1);
+    r.handler.delay_ms.store(5, Ordering::SeqCst);
+    let d = &mut r.drivers[1];
+    for i in 0..10 {
+        d.post(GETATTR, 10 + i);
+    }
+    d.kick();
+    let used = d.wait_used(10);
+    assert_eq!(r.handler.peak.load(Ordering::SeqCst), 1);
+    // One at a time on the queue task: completions come in submission order.
+    let uniques: Vec<u64> = used.iter().map(|u| u.reply.unique).collect();
+    assert_eq!(uniques, (10..20).collect::<Vec<_>>());
+});
+
+mt_test!(
+    each_queue_has_its_own_pool_and_all_queues_are_served,
+    || {
+        let mut r = rig(2, 2, true);
+        r.init(1);
+        r.handler.delay_ms.store(40, Ordering::SeqCst);
+        for q in 1..=2 {
+            let d = &mut r.drivers[q];
+            for i in 0..6 {
+                d.post(GETATTR, (q as u64) * 1000 + i);
+            }
+            d.kick();
+        }
+        for q in 1..=2 {
+            let used = r.drivers[q].wait_used(6);
+            assert!(used.iter().all(|u| u.reply.unique / 1000 == q as u64));
+        }
+        // Two queues with two permits each: up to four at once, and more than one queue's worth.
+        let peak = r.handler.peak.load(Ordering::SeqCst);
+        assert!(peak > 2 && peak <= 4, "peak {peak}");
+        assert_eq!(r.pipeline.stats()[1].completed(), 7); // INIT + 6
+        assert_eq!(r.pipeline.stats()[2].completed(), 6);
+    }
+);
+
+mt_test!(
+    request_before_init_gets_eio_without_reaching_the_server,
+    || {
+        let mut r = rig(1, 4, false);
+        let d = &mut r.drivers[1];
+        d.post(GETATTR, 7);
+        d.kick();
+        let used = d.wait_used(1);
+        assert_eq!(used[0].reply.error, -libc::EIO);
+        assert_eq!(used[0].reply.unique, 7);
+        assert_eq!(used[0].len, 16);
+        assert_eq!(r.handler.handled.load(Ordering::SeqCst), 0);
+        // The guest can still initialise afterwards.
+        r.init(1);
+    }
+);
+
+mt_test!(
+    destroy_waits_for_in_flight_requests_and_remount_works,
+    || {
+        let mut r = rig(1, 8, false);
+        r.init(1);
+        r.handler.delay_ms.store(100, Ordering::SeqCst);
+        let d = &mut r.drivers[1];
+        for i in 0..4 {
+            d.post(GETATTR, 10 + i);
+        }
+        d.post(DESTROY, 20);
+        d.post(GETATTR, 21); // after DESTROY: the session is gone
+        d.kick();
+        let used = d.wait_used(6);
+        let log = r.handler.log.lock().unwrap().clone();
+        let destroy = log.iter().find(|e| e.0 == DESTROY).unwrap();
+        for e in log.iter().filter(|e| e.0 == GETATTR) {
+            assert!(
+                e.3 <= destroy.2,
+                "DESTROY started before request {} finished",
+                e.1
+            );
+        }
+        let after = used.iter().find(|u| u.reply.unique == 21).unwrap();
+        assert_eq!(after.reply.error, -libc::EIO, "request after DESTROY");
+        // Remount: INIT again, then requests work.
+        r.handler.delay_ms.store(0, Ordering::SeqCst);
+        r.init(1);
+        let d = &mut r.drivers[1];
+        d.post(GETATTR, 30);
+        d.kick();
+        assert_eq!(d.wait_used(1)[0].reply.error, 0);
+    }
+);
+
+mt_test!(
+    malformed_chains_are_returned_and_the_queue_keeps_serving,
+    || {
+        let mut r = rig(1, 4, false);
+        r.init(1);
+        let d = &mut r.drivers[1];
+        let buf = d.buf_addr(40);
+        // Too short for a FUSE header.
+        let short = d.post_raw(&[(buf, 8, false), (buf + 0x100, 64, true)]);
+        // Header readable part points outside guest memory.
+        let outside = d.post_raw(&[
+            (MEM_SIZE as u64 + 0x1000, 40, false),
+            (buf + 0x100, 64, true),
+        ]);
+        // No writable part at all.
+        let header = InHeader {
+            len: 40,
+            opcode: GETATTR,
+            unique: 5,
+            ..Default::default()
+        };
+        d.mem.write_obj(header, GuestAddress(buf + 0x200)).unwrap();
+        let no_reply_room = d.post_raw(&[(buf + 0x200, 40, false)]);
+        // Then a valid request.
+        d.post(GETATTR, 99);
+        d.kick();
+        let used = d.wait_used(4);
+        for (u, head) in used.iter().zip([short, outside, no_reply_room]) {
+            assert_eq!(u.id, head as u32);
+            assert_eq!(u.len, 0, "a malformed chain is returned empty");
+        }
+        assert_eq!(used[3].reply.unique, 99);
+        assert_eq!(used[3].reply.error, 0, "the next valid request succeeds");
+        assert_eq!(r.pipeline.stats()[1].malformed.load(Ordering::SeqCst), 3);
+    }
+);
+
+mt_test!(guest_is_notified_through_the_call_eventfd, || {
+    let mut r = rig(1, 2, false);
+    assert!(
+        r.drivers[1].call.read().is_err(),
+        "no notification before any request"
+    );
+    r.init(1);
+    assert!(r.drivers[1].call.read().unwrap() >= 1);
+});
+
+mt_test!(hiprio_forget_reaches_the_server_before_init, || {
+    let mut r = rig(1, 2, false);
+    let d = &mut r.drivers[0];
+    d.post(Opcode::Forget as u32, 3);
+    d.kick();
+    let used = d.wait_used(1);
+    assert_eq!(
+        used[0].len, 16,
+        "the scripted handler wrote a reply for FORGET"
+    );
+    assert_eq!(
+        r.handler.handled.load(Ordering::SeqCst),
+        1,
+        "FORGET reached the server"
+    );
+    assert_eq!(r.pipeline.stats()[0].completed(), 1);
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_in_flight_requests() {
+    let r = tokio::task::spawn_blocking(|| {
+        let mut r = rig(1, 4, false);
+        r.init(1);
+        r.handler.delay_ms.store(300, Ordering::SeqCst);
+        r.drivers[1].post(GETATTR, 50);
+        r.drivers[1].kick();
+        // Wait until the request is running.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.handler.running.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        r
+    })
+    .await
+    .unwrap();
+    let stats = r.pipeline.stats()[1].clone();
+    r.pipeline.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(
+        r.handler.handled.load(Ordering::SeqCst),
+        2,
+        "the in-flight request finished"
+    );
+    assert_eq!(stats.completed(), 2, "and its chain went back to the guest");
+}
+
+#[test]
+fn memory_guard_sees_replaced_guest_memory() {
+    // The queues hold the `GuestMemoryAtomic` the vhost-user thread updates in place.
+    let backend = FsBackend::new(FsBackendConfig { request_queues: 1 });
+    let (_daemon, links) = backend.create_daemon("test").unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    links[0].mem.lock().unwrap().replace(mem);
+    assert_eq!(
+        vm_memory::GuestMemory::num_regions(&*links[1].mem.memory()),
+        1
+    );
+}
