@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# End-to-end test of one virtio-fs daemon configuration:
+#   1. make a temporary shared directory with host-prepared files,
+#   2. start the daemon (--daemon-cmd, with {socket} and {shared} replaced),
+#   3. boot a guest against it (run-guest.sh) that exercises the share,
+#   4. verify on the host what the guest reported and left behind,
+#   5. check that the daemon exits by itself once QEMU disconnects
+#      (otherwise stop it with SIGTERM), and print a summary.
+# Exit status is 0 only if everything passed. Logs are kept in --log-dir.
+#
+# Example (the C reference daemon):
+#   tests/e2e/run-e2e.sh --kernel 6.1 --daemon-cmd \
+#     '/usr/lib/qemu/virtiofsd --socket-path={socket} -o source={shared},cache=auto'
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+export E2E_CACHE=${E2E_CACHE:-$REPO/target/guest}
+
+DAEMON_CMD=
+KERNEL=6.1
+QUEUES=1
+CPUS=2
+MODE=full
+TIMEOUT=900
+LOG_DIR=
+KEEP=0
+SETUP=1
+VERBOSE=()
+DAEMON_EXIT_WAIT=15
+ALLOW_LINGER=0
+
+usage() {
+    cat <<EOF
+usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
+          [--cpus N] [--mode full|smoke|demo] [--timeout SECS] [--log-dir DIR]
+          [--daemon-exit-wait SECS] [--allow-daemon-linger] [--keep] [--no-setup]
+          [--verbose]
+
+  --daemon-cmd           daemon command line; {socket} becomes the vhost-user
+                         socket path, {shared} the shared directory
+  --kernel/--queues/--cpus/--mode/--timeout/--verbose   passed to run-guest.sh
+  --log-dir              where serial.log, daemon.log and summary.txt go
+                         (default: target/e2e-logs/<time>-<kernel>-<mode>...)
+  --daemon-exit-wait     seconds the daemon gets to exit by itself after the
+                         guest powers off (default $DAEMON_EXIT_WAIT)
+  --allow-daemon-linger  a daemon that had to be stopped is a warning, not a failure
+  --keep                 keep the shared directory (path printed at the end)
+  --no-setup             do not run setup.sh first (it is fast when cached)
+EOF
+}
+
+say() { printf '[e2e] %s\n' "$*"; }
+die() { printf '[e2e] ERROR: %s\n' "$*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --daemon-cmd|--kernel|--queues|--cpus|--mode|--timeout|--log-dir|--daemon-exit-wait)
+            [ $# -ge 2 ] || die "$1 needs a value" ;;
+    esac
+    case $1 in
+        --daemon-cmd) DAEMON_CMD=$2; shift ;;
+        --kernel) KERNEL=$2; shift ;;
+        --queues) QUEUES=$2; shift ;;
+        --cpus) CPUS=$2; shift ;;
+        --mode) MODE=$2; shift ;;
+        --timeout) TIMEOUT=$2; shift ;;
+        --log-dir) LOG_DIR=$2; shift ;;
+        --daemon-exit-wait) DAEMON_EXIT_WAIT=$2; shift ;;
+        --allow-daemon-linger) ALLOW_LINGER=1 ;;
+        --keep) KEEP=1 ;;
+        --no-setup) SETUP=0 ;;
+        --verbose) VERBOSE=(--verbose) ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+    shift
+done
+[ -n "$DAEMON_CMD" ] || { usage >&2; exit 2; }
+case $MODE in full|smoke|demo) ;; *) die "bad --mode $MODE" ;; esac
+
+if [ -z "$LOG_DIR" ]; then
+    LOG_DIR=$REPO/target/e2e-logs/$(date +%Y%m%d-%H%M%S)-k$KERNEL-$MODE-c$CPUS-q$QUEUES
+fi
+mkdir -p "$LOG_DIR"
+LOG_DIR=$(cd "$LOG_DIR" && pwd)
+SERIAL_LOG=$LOG_DIR/serial.log
+DAEMON_LOG=$LOG_DIR/daemon.log
+SUMMARY=$LOG_DIR/summary.txt
+
+TMP=
+DAEMON_PID=
+GUEST_PID=
+# shellcheck disable=SC2317  # invoked via trap
+cleanup() {
+    # Stop whatever we started (by pid / our own process groups), then drop
+    # the temporary share.
+    if [ -n "$GUEST_PID" ] && kill -0 "$GUEST_PID" 2>/dev/null; then
+        kill -TERM "$GUEST_PID" 2>/dev/null || true   # its trap kills QEMU
+        wait "$GUEST_PID" 2>/dev/null || true
+    fi
+    if [ -n "$DAEMON_PID" ]; then stop_daemon >/dev/null 2>&1 || true; fi
+    if [ -n "$TMP" ]; then
+        if [ "$KEEP" = 1 ]; then
+            say "kept shared directory: $TMP/shared"
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The daemon runs in its own session (setsid), so its process group is
+# DAEMON_PID and helpers it forks (the C virtiofsd forks into a pid
+# namespace) can be signalled together.
+DAEMON_RC=
+stop_daemon() {
+    kill -TERM -- "-$DAEMON_PID" 2>/dev/null || kill -TERM "$DAEMON_PID" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$DAEMON_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    if kill -0 "$DAEMON_PID" 2>/dev/null; then
+        say "daemon ignored SIGTERM for 10s; sending SIGKILL"
+        kill -KILL -- "-$DAEMON_PID" 2>/dev/null || kill -KILL "$DAEMON_PID" 2>/dev/null || true
+    fi
+    DAEMON_RC=0
+    wait "$DAEMON_PID" 2>/dev/null || DAEMON_RC=$?
+    DAEMON_PID=
+}
+
+if [ "$SETUP" = 1 ]; then
+    # Cheap when cached; rebuilds the initramfs if the guest scripts changed.
+    "$HERE/setup.sh" --kernel "$KERNEL"
+fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/e2e-run.XXXXXX")
+SHARED=$TMP/shared
+SOCKET=$TMP/vhost-fs.sock
+mkdir -p "$SHARED"
+
+# Host-prepared content the guest reads.
+printf 'hello from the host\n' >"$SHARED/hello.txt"
+HOST_MD5=
+if [ "$MODE" = full ]; then
+    say "creating 64 MiB host-64m.bin"
+    dd if=/dev/urandom of="$SHARED/host-64m.bin" bs=1M count=64 status=none
+    HOST_MD5=$(md5sum "$SHARED/host-64m.bin" | cut -d' ' -f1)
+    echo "$HOST_MD5  host-64m.bin" >"$SHARED/host-64m.bin.md5"
+fi
+
+# Substitute placeholders with shell-quoted paths.
+cmd=${DAEMON_CMD//\{socket\}/$(printf '%q' "$SOCKET")}
+cmd=${cmd//\{shared\}/$(printf '%q' "$SHARED")}
+say "starting daemon: $cmd"
+say "daemon log: $DAEMON_LOG"
+setsid bash -c "exec $cmd" </dev/null >"$DAEMON_LOG" 2>&1 &
+DAEMON_PID=$!
+
+for _ in $(seq 150); do
+    [ -S "$SOCKET" ] && break
+    kill -0 "$DAEMON_PID" 2>/dev/null || break
+    sleep 0.2
+done
+if [ ! -S "$SOCKET" ]; then
+    say "daemon did not create $SOCKET; last log lines:"
+    tail -n 20 "$DAEMON_LOG" | sed 's/^/  daemon| /'
+    exit 1
+fi
+
+GUEST_START=$(date +%s)
+"$HERE/run-guest.sh" --socket "$SOCKET" --kernel "$KERNEL" --queues "$QUEUES" \
+    --cpus "$CPUS" --mode "$MODE" --timeout "$TIMEOUT" --log "$SERIAL_LOG" \
+    ${VERBOSE[@]+"${VERBOSE[@]}"} &
+GUEST_PID=$!
+# A daemon that dies while the guest runs leaves the guest hanging on its
+# next request; stop the guest shortly after instead of waiting for the
+# timeout. (bash reaps the daemon, so kill -0 fails once it has exited.)
+DAEMON_DIED_AT=
+while kill -0 "$GUEST_PID" 2>/dev/null; do
+    if [ -z "$DAEMON_DIED_AT" ] && ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+        DAEMON_DIED_AT=$(date +%s)
+    fi
+    if [ -n "$DAEMON_DIED_AT" ] && [ $(($(date +%s) - DAEMON_DIED_AT)) -ge 20 ]; then
+        say "daemon exited while the guest was still running; stopping the guest"
+        kill -TERM "$GUEST_PID" 2>/dev/null || true
+        break
+    fi
+    sleep 1
+done
+GUEST_RC=0
+wait "$GUEST_PID" || GUEST_RC=$?
+GUEST_PID=
+GUEST_SECS=$(($(date +%s) - GUEST_START))
+
+if [ -n "$DAEMON_DIED_AT" ] && [ "$GUEST_RC" != 0 ]; then
+    say "daemon log tail:"
+    tail -n 10 "$DAEMON_LOG" | sed 's/^/  daemon| /'
+fi
+
+# Give the daemon a chance to notice the disconnect and exit on its own.
+DAEMON_SELF_EXIT=0
+for _ in $(seq $((DAEMON_EXIT_WAIT * 5))); do
+    kill -0 "$DAEMON_PID" 2>/dev/null || { DAEMON_SELF_EXIT=1; break; }
+    sleep 0.2
+done
+if [ "$DAEMON_SELF_EXIT" = 1 ]; then
+    DAEMON_RC=0
+    wait "$DAEMON_PID" || DAEMON_RC=$?
+    # Reap helpers left in its process group, if any.
+    if kill -0 -- "-$DAEMON_PID" 2>/dev/null; then
+        say "daemon left processes behind in its group; killing them"
+        kill -KILL -- "-$DAEMON_PID" 2>/dev/null || true
+    fi
+    DAEMON_PID=
+else
+    say "daemon still running ${DAEMON_EXIT_WAIT}s after the guest finished; sending SIGTERM"
+    stop_daemon
+fi
+
+# ---------------------------------------------------------------- host checks
+H_PASS=0 H_FAIL=0 H_SKIP=0
+hok() { H_PASS=$((H_PASS + 1)); echo "host ok - $1"; }
+hnot() { H_FAIL=$((H_FAIL + 1)); echo "host not ok - $1: $2"; }
+hexpect() { if [ "$2" = "$3" ]; then hok "$1"; else hnot "$1" "expected '$2', got '$3'"; fi; }
+
+# Clean console text: no CRs, no terminal escapes.
+CLEAN=$TMP/serial.txt
+sed -e 's/\r$//' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' "$SERIAL_LOG" >"$CLEAN"
+G_PASS=$(grep -E '^ok - ' "$CLEAN" | grep -vc ' # SKIP' || true)
+G_SKIP=$(grep -E '^ok - .* # SKIP' -c "$CLEAN" || true)
+G_FAIL=$(grep -c '^not ok - ' "$CLEAN" || true)
+
+echo "--- host checks"
+if [ "$GUEST_RC" = 0 ]; then
+    hok "guest reported E2E-RESULT: PASS"
+else
+    hnot "guest result" "$(grep -E '^E2E-RESULT' "$CLEAN" | tail -n1 || echo "no E2E-RESULT marker") (run-guest exit $GUEST_RC)"
+fi
+
+in_share() {  # refuse paths that leave the share
+    case $1 in /*|..|../*|*/../*|*/..) return 1 ;; esac
+}
+# Guest-reported md5 sums against the files in the shared directory.
+while read -r _ path sum; do
+    in_share "$path" || { hnot "md5 $path" "bad path"; continue; }
+    hexpect "md5 $path matches guest" "$sum" "$(md5sum <"$SHARED/$path" 2>&1 | cut -d' ' -f1)"
+done < <(grep -E '^GUEST-MD5 ' "$CLEAN")
+while read -r _ path off len sum; do
+    in_share "$path" || { hnot "md5 range $path" "bad path"; continue; }
+    hexpect "md5 $path [$off,+$len) matches guest" "$sum" \
+        "$(dd if="$SHARED/$path" bs=65536 skip="$off" count="$len" \
+              iflag=skip_bytes,count_bytes status=none | md5sum | cut -d' ' -f1)"
+done < <(grep -E '^GUEST-MD5-RANGE ' "$CLEAN")
+if [ -n "$HOST_MD5" ]; then
+    hexpect "host-64m.bin unchanged on the host" "$HOST_MD5" \
+        "$(md5sum <"$SHARED/host-64m.bin" | cut -d' ' -f1)"
+fi
+
+# What the guest left in the share.
+while read -r _ kind path a _; do
+    in_share "$path" || { hnot "$kind $path" "bad path"; continue; }
+    p=$SHARED/$path
+    case $kind in
+        md5) hexpect "content of $path" "$a" "$(md5sum <"$p" 2>&1 | cut -d' ' -f1)" ;;
+        size) hexpect "size of $path" "$a" "$(stat -c %s "$p" 2>&1)" ;;
+        mode) hexpect "mode of $path" "$a" "$(stat -c %a "$p" 2>&1)" ;;
+        owner) hexpect "owner of $path" "$a" "$(stat -c %u:%g "$p" 2>&1)" ;;
+        links) hexpect "link count of $path" "$a" "$(stat -c %h "$p" 2>&1)" ;;
+        mtime) hexpect "mtime of $path" "$a" "$(stat -c %Y "$p" 2>&1)" ;;
+        same-inode)
+            in_share "$a" || { hnot "same-inode $path" "bad path"; continue; }
+            hexpect "$path and $a are one inode" "$(stat -c %d:%i "$p" 2>&1)" \
+                "$(stat -c %d:%i "$SHARED/$a" 2>&1)" ;;
+        symlink)
+            if [ -L "$p" ]; then
+                hexpect "symlink $path target" "$a" "$(readlink "$p")"
+            else
+                hnot "symlink $path" "not a symlink on the host"
+            fi ;;
+        type)
+            # stat -c %F wording differs between busybox and coreutils.
+            case $a in
+                fifo) t=-p ;; directory) t=-d ;; regular) t=-f ;; *) t=-z ;;
+            esac
+            if [ ! -L "$p" ] && test "$t" "$p"; then
+                hok "$path is a $a"
+            else
+                hnot "type of $path" "not a $a: $(stat -c %F "$p" 2>&1)"
+            fi ;;
+        count) hexpect "entries in $path" "$a" "$(find "$p" -mindepth 1 -maxdepth 1 | wc -l)" ;;
+        absent)
+            if [ -e "$p" ] || [ -L "$p" ]; then hnot "$path absent" "still exists"; else hok "$path absent"; fi ;;
+        *) hnot "HOST-EXPECT $kind" "unknown kind" ;;
+    esac
+done < <(grep -E '^HOST-EXPECT ' "$CLEAN")
+
+# In full mode the guest must have reported the essentials; a silently
+# skipped section must not pass.
+if [ "$MODE" = full ]; then
+    for want in '^GUEST-MD5 big.bin ' '^GUEST-MD5 host-64m.bin ' '^GUEST-MD5-RANGE ' \
+                '^HOST-EXPECT owner ' '^HOST-EXPECT symlink ' '^HOST-EXPECT links ' \
+                '^HOST-EXPECT mode ' '^HOST-EXPECT mtime ' '^HOST-EXPECT count '; do
+        grep -qE "$want" "$CLEAN" || hnot "guest report" "no line matching $want"
+    done
+    if [ -e "$SHARED/e2e-work" ]; then hnot "scratch area removed" "e2e-work still exists"; fi
+fi
+if [ "$MODE" = demo ]; then
+    hexpect "guest wrote guest-was-here.txt" yes \
+        "$(grep -q '^hello from the guest' "$SHARED/guest-was-here.txt" 2>/dev/null && echo yes || echo no)"
+fi
+
+# The daemon should exit by itself, with status 0, when QEMU disconnects.
+if [ "$DAEMON_SELF_EXIT" = 1 ]; then
+    DAEMON_NOTE="exited on its own with status $DAEMON_RC"
+    hexpect "daemon exit status" 0 "$DAEMON_RC"
+else
+    DAEMON_NOTE="did NOT exit on its own; stopped with SIGTERM (status $DAEMON_RC)"
+    if [ "$ALLOW_LINGER" = 1 ]; then
+        H_SKIP=$((H_SKIP + 1))
+        echo "host ok - daemon exits after disconnect # SKIP allowed to linger; $DAEMON_NOTE"
+    else
+        hnot "daemon exits after disconnect" "$DAEMON_NOTE"
+    fi
+fi
+
+PASSED=$((G_PASS + H_PASS))
+FAILED=$((G_FAIL + H_FAIL))
+SKIPPED=$((G_SKIP + H_SKIP))
+{
+    echo "=== e2e summary: kernel $KERNEL, mode $MODE, $CPUS cpus, $QUEUES queues"
+    echo "daemon command: $cmd"
+    echo "guest:  $G_PASS ok, $G_FAIL not ok, $G_SKIP skipped; boot + test ${GUEST_SECS}s (run-guest exit $GUEST_RC)"
+    echo "host:   $H_PASS ok, $H_FAIL not ok"
+    echo "daemon: $DAEMON_NOTE"
+    grep -E '^not ok - ' "$CLEAN" | sed 's/^/failed in guest: /' || true
+    echo "logs:   $LOG_DIR"
+    echo "e2e: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+} | tee "$SUMMARY"
+if [ "$FAILED" -eq 0 ] && [ "$GUEST_RC" = 0 ]; then
+    echo "RESULT: PASS"
+    exit 0
+fi
+echo "RESULT: FAIL"
+exit 1

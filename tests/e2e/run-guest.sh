@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Boot one e2e guest under QEMU (TCG) against an already-running vhost-user
+# virtio-fs daemon socket. The guest mounts the share, runs the chosen mode and
+# prints "E2E-RESULT: PASS|FAIL ...". Serial output goes to the log file; test
+# lines are echoed as they arrive. Exit status: 0 only if PASS was seen,
+# 1 on FAIL/no marker, 124 on timeout, 2 on usage errors.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${E2E_CACHE:-$REPO/target/guest}
+
+SOCKET=
+KERNEL=6.1
+QUEUES=1
+CPUS=2
+MODE=full
+TIMEOUT=900
+LOG=
+MEM=1G
+VERBOSE=0
+QUEUE_SIZE=1024
+
+usage() {
+    cat <<EOF
+usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
+          [--mode full|smoke|demo] [--timeout SECS] [--log FILE] [--verbose]
+
+  --socket   vhost-user socket of a running virtio-fs daemon (required)
+  --kernel   guest kernel prepared by setup.sh (default $KERNEL)
+  --queues   virtio-fs request queues, num-request-queues (default $QUEUES)
+  --cpus     guest vCPUs (default $CPUS)
+  --mode     guest work: full, smoke or demo (default $MODE)
+  --timeout  kill QEMU after this many seconds (default $TIMEOUT)
+  --log      serial console log (default: a new file under \$TMPDIR)
+  --verbose  echo every console line, not just test lines
+EOF
+}
+
+die() { printf '[run-guest] ERROR: %s\n' "$*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --socket|--kernel|--queues|--cpus|--mode|--timeout|--log)
+            [ $# -ge 2 ] || die "$1 needs a value" ;;
+    esac
+    case $1 in
+        --socket) SOCKET=$2; shift ;;
+        --kernel) KERNEL=$2; shift ;;
+        --queues) QUEUES=$2; shift ;;
+        --cpus) CPUS=$2; shift ;;
+        --mode) MODE=$2; shift ;;
+        --timeout) TIMEOUT=$2; shift ;;
+        --log) LOG=$2; shift ;;
+        --verbose) VERBOSE=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+[ -n "$SOCKET" ] || { usage >&2; exit 2; }
+[ -S "$SOCKET" ] || die "$SOCKET is not a socket (is the daemon running?)"
+case $MODE in full|smoke|demo) ;; *) die "bad --mode $MODE" ;; esac
+for n in "$QUEUES" "$CPUS" "$TIMEOUT"; do
+    case $n in ''|*[!0-9]*|0) die "expected a positive number, got '$n'" ;; esac
+done
+VMLINUZ=$CACHE/$KERNEL/vmlinuz
+INITRD=$CACHE/$KERNEL/initrd.gz
+if [ ! -f "$VMLINUZ" ] || [ ! -f "$INITRD" ]; then
+    die "no guest kernel $KERNEL in $CACHE; run tests/e2e/setup.sh first"
+fi
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing; run setup.sh"
+if [ -z "$LOG" ]; then
+    LOG=$(mktemp "${TMPDIR:-/tmp}/e2e-guest.XXXXXX.log")
+fi
+: >"$LOG"
+
+QEMU_PID=
+TAIL_PID=
+cleanup() {
+    # Never leave QEMU behind, whatever happened.
+    if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
+        kill -TERM "$QEMU_PID" 2>/dev/null || true
+        sleep 1
+        kill -KILL "$QEMU_PID" 2>/dev/null || true
+    fi
+    if [ -n "$TAIL_PID" ]; then kill "$TAIL_PID" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# TCG only: KVM hangs on these (nested) hosts. The guest RAM must be a shared
+# memfd so the vhost-user daemon can map it.
+# shellcheck disable=SC2054  # commas belong to QEMU option values
+QEMU=(qemu-system-x86_64
+    -accel tcg -m "$MEM" -smp "$CPUS"
+    -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
+    -chardev "socket,id=c0,path=$SOCKET"
+    -device "vhost-user-fs-pci,chardev=c0,tag=myfs,num-request-queues=$QUEUES,queue-size=$QUEUE_SIZE"
+    -nodefaults -nographic -serial stdio -monitor none -no-reboot
+    -kernel "$VMLINUZ" -initrd "$INITRD"
+    -append "console=ttyS0 quiet panic=-1 e2e.mode=$MODE")
+
+echo "[run-guest] booting kernel $KERNEL ($MODE mode, $CPUS cpus, $QUEUES queues, timeout ${TIMEOUT}s); log: $LOG"
+START=$(date +%s)
+"${QEMU[@]}" </dev/null >>"$LOG" 2>&1 &
+QEMU_PID=$!
+
+# Echo console lines as they arrive (serial lines end in CR LF; SeaBIOS
+# writes terminal escapes before the kernel starts).
+STRIP_ANSI='s/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' 
+if [ "$VERBOSE" = 1 ] || [ "$MODE" = demo ]; then
+    FILTER='.'
+else
+    FILTER='^(ok |not ok |# |\[e2e\]|E2E-|GUEST-|HOST-EXPECT|qemu-system|Kernel panic|.*(BUG|Oops|Call Trace))'
+fi
+tail -n +1 -f "$LOG" --pid="$QEMU_PID" 2>/dev/null \
+    | sed -u -e 's/\r$//' -e "$STRIP_ANSI" | grep --line-buffered -E "$FILTER" | sed -u 's/^/  guest| /' &
+TAIL_PID=$!
+
+TIMED_OUT=0
+while kill -0 "$QEMU_PID" 2>/dev/null; do
+    if [ $(($(date +%s) - START)) -ge "$TIMEOUT" ]; then
+        TIMED_OUT=1
+        echo "[run-guest] TIMEOUT after ${TIMEOUT}s; killing QEMU" >&2
+        kill -TERM "$QEMU_PID" 2>/dev/null || true
+        sleep 2
+        kill -KILL "$QEMU_PID" 2>/dev/null || true
+        break
+    fi
+    sleep 1
+done
+QEMU_RC=0
+wait "$QEMU_PID" || QEMU_RC=$?
+QEMU_PID=
+# Let the echo pipeline drain; tail stops by itself once QEMU is gone.
+wait "$TAIL_PID" 2>/dev/null || true
+TAIL_PID=
+ELAPSED=$(($(date +%s) - START))
+
+RESULT=$(sed -e 's/\r$//' -e "$STRIP_ANSI" "$LOG" | grep -E '^E2E-RESULT: ' | tail -n1 || true)
+echo "[run-guest] guest finished in ${ELAPSED}s (qemu exit $QEMU_RC): ${RESULT:-no E2E-RESULT marker}"
+if [ "$TIMED_OUT" = 1 ]; then
+    exit 124
+fi
+[ "$RESULT" = "E2E-RESULT: PASS" ]
