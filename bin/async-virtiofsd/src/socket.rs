@@ -136,13 +136,19 @@ fn is_listening(path: &Path) -> io::Result<bool> {
     let abs = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let table = fs::read_to_string("/proc/net/unix")?;
     Ok(table.lines().skip(1).any(|line| {
-        // Num RefCount Protocol Flags Type St Inode Path
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(flags), Some(p)) = (fields.get(3), fields.get(7)) else {
-            return false;
-        };
-        let listening = u32::from_str_radix(flags, 16).is_ok_and(|f| f & SO_ACCEPTCON != 0);
-        listening && (Path::new(p) == abs || Path::new(p) == path)
+        // Num RefCount Protocol Flags Type St Inode Path — the path is the rest of the line and
+        // may contain spaces.
+        let mut rest = line;
+        let mut fields = Vec::with_capacity(7);
+        for _ in 0..7 {
+            rest = rest.trim_start();
+            let (field, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            fields.push(field);
+            rest = tail;
+        }
+        let listening = u32::from_str_radix(fields[3], 16).is_ok_and(|f| f & SO_ACCEPTCON != 0);
+        let p = Path::new(rest);
+        listening && !rest.is_empty() && (p == abs || p == path)
     }))
 }
 
@@ -162,6 +168,17 @@ mod tests {
         assert!(path.exists(), "the live daemon's socket must survive");
         drop(first);
         assert!(!path.exists(), "our own socket is removed on exit");
+    }
+
+    #[test]
+    fn live_socket_with_spaces_in_its_path_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("my vm socket");
+        let _first = ListenSocket::bind(&path).unwrap();
+        assert!(matches!(
+            ListenSocket::bind(&path),
+            Err(SocketError::InUse(_))
+        ));
     }
 
     #[test]

@@ -1,8 +1,6 @@
 //! The `VhostUserBackend` implementation: what the virtio-fs device offers the frontend.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
@@ -44,25 +42,13 @@ impl Default for FsBackendConfig {
 /// request pipeline can drive them.
 #[derive(Clone)]
 pub struct FsBackend {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
     config: FsBackendConfig,
-    event_idx: AtomicBool,
-    acked_features: AtomicU64,
 }
 
 impl FsBackend {
     /// A backend offering `config.request_queues` request queues plus the hiprio queue.
     pub fn new(config: FsBackendConfig) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                config,
-                event_idx: AtomicBool::new(false),
-                acked_features: AtomicU64::new(0),
-            }),
-        }
+        Self { config }
     }
 
     /// Creates the vhost-user daemon around this backend and returns, with it, one
@@ -88,16 +74,6 @@ impl FsBackend {
             .collect();
         Ok((daemon, links))
     }
-
-    /// Whether the driver negotiated VIRTIO_RING_F_EVENT_IDX.
-    pub fn event_idx(&self) -> bool {
-        self.inner.event_idx.load(Ordering::Relaxed)
-    }
-
-    /// The virtio features the frontend acknowledged.
-    pub fn acked_features(&self) -> u64 {
-        self.inner.acked_features.load(Ordering::Relaxed)
-    }
 }
 
 impl VhostUserBackend for FsBackend {
@@ -105,7 +81,7 @@ impl VhostUserBackend for FsBackend {
     type Vring = WatchedVring;
 
     fn num_queues(&self) -> usize {
-        1 + self.inner.config.request_queues
+        1 + self.config.request_queues
     }
 
     fn max_queue_size(&self) -> usize {
@@ -119,18 +95,15 @@ impl VhostUserBackend for FsBackend {
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
-    fn acked_features(&self, features: u64) {
-        self.inner.acked_features.store(features, Ordering::Relaxed);
-    }
-
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.inner.event_idx.store(enabled, Ordering::Relaxed);
+    fn set_event_idx(&self, _enabled: bool) {
+        // Nothing to do here: the library sets EVENT_IDX on every vring, and `virtio-queue`
+        // applies it when the pipeline enables notifications or asks whether to notify.
     }
 
     fn update_memory(&self, _mem: GuestMemory) -> io::Result<()> {

@@ -21,7 +21,9 @@ use virtio_queue::QueueT;
 use virtiofs_device::QueueLink;
 use vm_memory::GuestAddressSpace;
 
-use crate::gate::{Pass, SessionGate};
+use fuse_backend_rs::abi::fuse_abi::InHeader;
+
+use crate::gate::{is_exclusive, Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler};
 use crate::request::{is_forget, peek_in_header, peek_out_header, reply_error};
 use crate::stats::QueueStats;
@@ -150,72 +152,68 @@ impl<H: FuseHandler> QueueContext<H> {
         permit: Option<OwnedSemaphorePermit>,
         tracker: &TaskTracker,
     ) {
-        let opcode = peek_in_header(&chain).map(|h| h.opcode);
+        let header = peek_in_header(&chain);
         // FORGETs take no pass: they need no session and must never wait behind DESTROY.
-        let pass = match opcode {
-            Some(op) if !is_forget(op) => Some(self.gate.enter(op).await),
+        let pass = match header {
+            Some(h) if !is_forget(h.opcode) => Some(self.gate.enter(h.opcode).await),
             _ => None,
         };
         match &self.mode {
             Mode::Pooled(_) => {
                 let ctx = self.clone();
                 tracker.spawn_blocking(move || {
-                    ctx.process(chain, pass);
+                    ctx.process(chain, header, pass);
                     drop(permit);
                 });
             }
-            Mode::Inline => tokio::task::block_in_place(|| self.process(chain, pass)),
-            Mode::Dedicated => self.process(chain, pass),
+            Mode::Inline => tokio::task::block_in_place(|| self.process(chain, header, pass)),
+            Mode::Dedicated => self.process(chain, header, pass),
         }
     }
 
     /// Runs one request to completion on the current (blocking-capable) thread.
-    fn process(&self, chain: Chain, mut pass: Option<Pass>) {
+    fn process(&self, chain: Chain, header: Option<InHeader>, mut pass: Option<Pass>) {
         let _running = self.stats.start();
         let head = chain.head_index();
-        let len = match peek_in_header(&chain) {
-            None => {
-                self.malformed(head, "shorter than a FUSE header or outside guest memory");
-                0
-            }
-            Some(h)
-                if !is_forget(h.opcode)
-                    && !pass.as_ref().is_some_and(|p| p.initialized())
-                    && !crate::gate::is_exclusive(h.opcode) =>
-            {
-                self.stats.before_init.fetch_add(1, Ordering::Relaxed);
-                debug!(
-                    queue = self.link.index,
-                    opcode = h.opcode,
-                    "request before FUSE_INIT"
-                );
-                reply_error(&chain, h.unique, libc::EIO).unwrap_or(0)
-            }
-            Some(h) => {
-                trace!(
-                    queue = self.link.index,
-                    opcode = h.opcode,
-                    unique = h.unique,
-                    "request"
-                );
-                let written = match self.handler.handle(&chain) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.malformed(head, &e.to_string());
-                        if is_forget(h.opcode) {
-                            0
-                        } else {
-                            reply_error(&chain, h.unique, e.errno()).unwrap_or(0)
-                        }
-                    }
-                };
-                if let Some(pass) = pass.as_mut() {
-                    let ok = peek_out_header(&chain).is_some_and(|o| o.error == 0);
-                    pass.record(h.opcode, written > 0 && ok);
+        let Some(h) = header else {
+            self.malformed(head, "shorter than a FUSE header or outside guest memory");
+            return self.complete(head, 0);
+        };
+        // Everything but INIT, DESTROY and FORGETs needs an initialized session.
+        let needs_session = !is_forget(h.opcode) && !is_exclusive(h.opcode);
+        if needs_session && !pass.as_ref().is_some_and(Pass::initialized) {
+            self.stats.before_init.fetch_add(1, Ordering::Relaxed);
+            debug!(
+                queue = self.link.index,
+                opcode = h.opcode,
+                "request without a FUSE session"
+            );
+            let len = reply_error(&chain, h.unique, libc::EIO).unwrap_or(0);
+            return self.complete(head, len as u32);
+        }
+        trace!(
+            queue = self.link.index,
+            opcode = h.opcode,
+            unique = h.unique,
+            "request"
+        );
+        let len = match self.handler.handle(&chain) {
+            Ok(n) => n,
+            Err(e) => {
+                self.malformed(head, &e.to_string());
+                if is_forget(h.opcode) {
+                    0
+                } else {
+                    reply_error(&chain, h.unique, e.errno()).unwrap_or(0)
                 }
-                written
             }
         };
+        if let Some(pass) = pass.as_mut() {
+            let succeeded = len > 0 && peek_out_header(&chain).is_some_and(|o| o.error == 0);
+            pass.record(h.opcode, succeeded);
+        }
+        // The pass is released before the chain goes back, so a DESTROY the guest sends on seeing
+        // this completion never waits for it.
         drop(pass);
         self.complete(head, len as u32);
     }
