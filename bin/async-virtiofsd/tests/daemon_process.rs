@@ -1,0 +1,189 @@
+//! The daemon binary as a process: exit codes, messages, signals, the socket file, disconnects.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_async-virtiofsd");
+const WAITING: &str = "Waiting for vhost-user socket connection...";
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Starts the daemon and waits for its "Waiting for ..." line; returns the process and a channel
+/// carrying the rest of its stderr.
+fn start(share: &Path, socket: &Path) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["--shared-dir", share.to_str().unwrap()])
+        .args(["--socket-path", socket.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = forward_lines(child.stderr.take().unwrap());
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("daemon printed nothing");
+    assert!(line.contains(WAITING), "first line: {line}");
+    (child, rx)
+}
+
+fn forward_lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_exit(child: &mut Child) -> i32 {
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().expect("exited normally, not by a signal");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("daemon did not exit within 10 s");
+}
+
+fn rest(rx: &mpsc::Receiver<String>) -> String {
+    let mut out = String::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn invalid_option_values_exit_2_with_one_line() {
+    let o = run(&[
+        "--shared-dir=/tmp",
+        "--socket-path=/tmp/x",
+        "--cache=sometimes",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr_of(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--cache") && err.contains("never, auto, always, metadata"),
+        "{err}"
+    );
+
+    let o = run(&["-o", "source=/tmp,bogus", "--socket-path=/tmp/x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_of(&o).contains("bogus"));
+
+    let o = run(&["--socket-path=/tmp/x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_of(&o).contains("--shared-dir"));
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let o = run(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--thread-pool-size"));
+    let o = run(&["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn unusable_shared_dir_exits_1_and_creates_no_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("s");
+    let missing = tmp.path().join("missing");
+    let o = run(&[
+        "--shared-dir",
+        missing.to_str().unwrap(),
+        "--socket-path",
+        sock.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_of(&o).contains("No such file"), "{}", stderr_of(&o));
+    assert!(!sock.exists());
+
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let o = run(&[
+        "--shared-dir",
+        file.to_str().unwrap(),
+        "--socket-path",
+        sock.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_of(&o).contains("not a directory"));
+}
+
+#[test]
+fn unwritable_socket_place_exits_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "--shared-dir",
+        tmp.path().to_str().unwrap(),
+        "--socket-path",
+        "/nonexistent-dir/vfs.sock",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_of(&o).contains("/nonexistent-dir/vfs.sock"));
+}
+
+#[test]
+fn second_daemon_on_a_live_socket_fails_and_leaves_it_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("vfs.sock");
+    let (mut first, rx) = start(tmp.path(), &sock);
+    let o = run(&[
+        "--shared-dir",
+        tmp.path().to_str().unwrap(),
+        "--socket-path",
+        sock.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_of(&o).contains("in use"), "{}", stderr_of(&o));
+    assert!(sock.exists(), "the live daemon's socket was removed");
+    // The first daemon still works: it accepts a frontend.
+    drop(UnixStream::connect(&sock).expect("first daemon still listening"));
+    assert_eq!(wait_exit(&mut first), 0);
+    drop(rx);
+}
+
+#[test]
+fn sigterm_while_waiting_exits_0_and_removes_the_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("vfs.sock");
+    let (mut child, rx) = start(tmp.path(), &sock);
+    assert!(sock.exists());
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut child), 0);
+    assert!(rest(&rx).contains("SIGTERM"));
+    assert!(!sock.exists(), "socket file left behind");
+}
+
+#[test]
+fn frontend_disconnect_exits_0_with_a_log_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("vfs.sock");
+    let (mut child, rx) = start(tmp.path(), &sock);
+    let conn = UnixStream::connect(&sock).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(conn);
+    assert_eq!(wait_exit(&mut child), 0);
+    let log = rest(&rx);
+    assert!(log.contains("frontend disconnected"), "{log}");
+    assert!(log.contains("request pipeline stopped"), "{log}");
+    assert!(!sock.exists());
+}
