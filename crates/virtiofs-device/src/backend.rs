@@ -6,7 +6,10 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    Address, GuestAddressSpace, GuestMemory as _, GuestMemoryAtomic, GuestMemoryMmap,
+    GuestMemoryRegion,
+};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::vring::{take_created, QueueLink, WatchedVring};
@@ -106,9 +109,19 @@ impl VhostUserBackend for FsBackend {
         // applies it when the pipeline enables notifications or asks whether to notify.
     }
 
-    fn update_memory(&self, _mem: GuestMemory) -> io::Result<()> {
+    fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
         // The queues hold clones of the same `GuestMemoryAtomic`, which the library has already
-        // updated in place; nothing else caches a mapping.
+        // updated in place; nothing else caches a mapping. Say what the guest gave us.
+        let mem = mem.memory();
+        let regions: Vec<String> = mem
+            .iter()
+            .map(|r| format!("{:#x}+{:#x}", r.start_addr().raw_value(), r.len()))
+            .collect();
+        tracing::info!(
+            regions = regions.len(),
+            "guest memory mapped: {}",
+            regions.join(", ")
+        );
         Ok(())
     }
 
