@@ -11,7 +11,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::io::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use vhost_user_backend::{VringRwLock, VringStateGuard, VringStateMutGuard, VringT};
@@ -31,16 +32,47 @@ pub(crate) fn take_created() -> Vec<WatchedVring> {
     CREATED.with(|c| std::mem::take(&mut *c.borrow_mut()))
 }
 
-/// A [`VringRwLock`] that publishes a change counter whenever its run state changes.
+/// How long stopping a ring waits for its in-flight requests before giving up.
+const STOP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A [`VringRwLock`] that publishes a change counter whenever its run state changes, and counts
+/// the chains popped but not yet returned.
 #[derive(Clone)]
 pub struct WatchedVring {
     inner: VringRwLock<GuestMemory>,
     changes: Arc<watch::Sender<u64>>,
+    in_flight: Arc<(Mutex<usize>, Condvar)>,
 }
 
 impl WatchedVring {
     fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Counts a chain taken from the ring; call [`WatchedVring::request_done`] once it is back
+    /// on the used ring.
+    pub fn request_started(&self) {
+        *self.in_flight.0.lock().unwrap() += 1;
+    }
+
+    /// Counts a chain returned to the used ring.
+    pub fn request_done(&self) {
+        let mut n = self.in_flight.0.lock().unwrap();
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.in_flight.1.notify_all();
+        }
+    }
+
+    /// Waits until no chain of this ring is in flight; `false` on timeout.
+    fn drain(&self, timeout: Duration) -> bool {
+        let guard = self.in_flight.0.lock().unwrap();
+        let (n, _) = self
+            .in_flight
+            .1
+            .wait_timeout_while(guard, timeout, |n| *n > 0)
+            .unwrap();
+        *n == 0
     }
 
     /// Subscribes to state changes (kick fd set, ring started/stopped, enabled/disabled).
@@ -82,6 +114,7 @@ impl VringT<GuestMemory> for WatchedVring {
         let vring = WatchedVring {
             inner: VringRwLock::new(mem, max_queue_size)?,
             changes: Arc::new(watch::channel(0).0),
+            in_flight: Arc::default(),
         };
         CREATED.with(|c| c.borrow_mut().push(vring.clone()));
         Ok(vring)
@@ -135,6 +168,15 @@ impl VringT<GuestMemory> for WatchedVring {
     fn set_queue_ready(&self, ready: bool) {
         self.inner.set_queue_ready(ready);
         self.changed();
+        // Stopping a ring (GET_VRING_BASE: device reset, guest reboot, migration) must not return
+        // while requests can still write to it: the frontend may reuse the ring right after.
+        // No new chain is popped once it is not ready; wait for those already taken, as the C
+        // virtiofsd drains its thread pool.
+        if !ready && !self.drain(STOP_DRAIN_TIMEOUT) {
+            tracing::warn!(
+                "ring stopped with requests still in flight after {STOP_DRAIN_TIMEOUT:?}"
+            );
+        }
     }
     fn set_kick(&self, file: Option<File>) {
         self.inner.set_kick(file);

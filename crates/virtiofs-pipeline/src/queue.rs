@@ -103,6 +103,11 @@ impl<H: FuseHandler> QueueContext<H> {
                     }
                     r = kick.wait() => if let Err(e) = r {
                         warn!(queue = index, "kick eventfd failed: {e}");
+                        // Do not spin on a broken fd: wait until the frontend changes the ring.
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            r = changes.changed() => if r.is_err() { return },
+                        }
                         break;
                     },
                 }
@@ -132,6 +137,7 @@ impl<H: FuseHandler> QueueContext<H> {
                     vring.get_mut().get_queue_mut().pop_descriptor_chain(mem)
                 };
                 let Some(chain) = chain else { break };
+                vring.request_started();
                 self.dispatch(chain, permit, tracker).await;
             }
             match vring.enable_notification() {
@@ -229,6 +235,8 @@ impl<H: FuseHandler> QueueContext<H> {
 
     /// Returns the chain to the guest and notifies it if the ring wants a notification.
     fn complete(&self, head: u16, len: u32) {
+        // Counted done whatever happens below, so stopping the ring never waits for it in vain.
+        let _done = RequestDone(&self.link.vring);
         let mut state = self.link.vring.get_mut();
         if let Err(e) = state.add_used(head, len) {
             warn!(queue = self.link.index, "add_used: {e}");
@@ -244,6 +252,15 @@ impl<H: FuseHandler> QueueContext<H> {
             Ok(false) => {}
             Err(e) => debug!(queue = self.link.index, "needs_notification: {e}"),
         }
+    }
+}
+
+/// Marks a chain as back on the used ring when dropped (after the vring lock is released).
+struct RequestDone<'a>(&'a virtiofs_device::WatchedVring);
+
+impl Drop for RequestDone<'_> {
+    fn drop(&mut self) {
+        self.0.request_done();
     }
 }
 

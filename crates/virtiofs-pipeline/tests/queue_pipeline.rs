@@ -216,6 +216,7 @@ struct Rig {
     pipeline: Pipeline,
     handler: Arc<ScriptedHandler>,
     drivers: Vec<Driver>,
+    vrings: Vec<virtiofs_device::WatchedVring>,
     _daemon: vhost_user_backend::VhostUserDaemon<FsBackend>,
 }
 
@@ -232,6 +233,7 @@ fn rig(queues: usize, pool: usize, event_idx: bool) -> Rig {
         .map(|l| start_ring(l, &mem, event_idx))
         .collect();
     let handler = Arc::new(ScriptedHandler::default());
+    let vrings = links.iter().map(|l| l.vring.clone()).collect();
     let pipeline = Pipeline::start(
         links,
         handler.clone(),
@@ -244,6 +246,7 @@ fn rig(queues: usize, pool: usize, event_idx: bool) -> Rig {
         pipeline,
         handler,
         drivers,
+        vrings,
         _daemon: daemon,
     }
 }
@@ -454,6 +457,27 @@ mt_test!(hiprio_forget_reaches_the_server_before_init, || {
         "FORGET reached the server"
     );
     assert_eq!(r.pipeline.stats()[0].completed(), 1);
+});
+
+mt_test!(stopping_a_ring_waits_for_its_in_flight_requests, || {
+    let mut r = rig(1, 4, false);
+    r.init(1);
+    r.handler.delay_ms.store(300, Ordering::SeqCst);
+    r.drivers[1].post(GETATTR, 60);
+    r.drivers[1].kick();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.handler.running.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // What GET_VRING_BASE does: stop the ring. It must return only once the request is back.
+    r.vrings[1].set_queue_ready(false);
+    assert_eq!(
+        r.pipeline.stats()[1].completed(),
+        2,
+        "ring stopped while a request was still in flight"
+    );
+    assert_eq!(r.drivers[1].wait_used(1)[0].reply.unique, 60);
 });
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
