@@ -1,10 +1,13 @@
 //! The FUSE server seen from the pipeline: one call per descriptor chain.
 
+use fuse_backend_rs::abi::fuse_abi::Opcode;
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
+
+use crate::request::{peek_in_header, peek_out_header, OUT_HEADER_LEN};
 
 /// A descriptor chain popped from a virtqueue, with the guest memory it points into.
 pub type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap<()>>>;
@@ -62,6 +65,25 @@ impl<F: FileSystem + Send + Sync + 'static> FuseHandler for Server<F> {
         let writer: Writer<'_, ()> = VirtioFsWriter::new(mem, chain.clone())
             .map_err(|e| HandleError::Chain(e.to_string()))?
             .into();
-        Ok(self.handle_message(reader, writer, None, None)?)
+        let written = self.handle_message(reader, writer, None, None)?;
+        if written == 0 && destroy_reply_written(chain) {
+            // fuse-backend-rs 0.14 writes the DESTROY reply header but returns 0 bytes written
+            // (api/server/sync_io.rs); the guest must get the header's length as used length.
+            return Ok(OUT_HEADER_LEN);
+        }
+        Ok(written)
+    }
+}
+
+/// Whether `chain` is a DESTROY whose success reply header is in place.
+fn destroy_reply_written(chain: &Chain) -> bool {
+    match (peek_in_header(chain), peek_out_header(chain)) {
+        (Some(req), Some(reply)) => {
+            req.opcode == Opcode::Destroy as u32
+                && reply.unique == req.unique
+                && reply.error == 0
+                && reply.len as usize == OUT_HEADER_LEN
+        }
+        _ => false,
     }
 }

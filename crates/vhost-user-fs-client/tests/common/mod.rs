@@ -1,0 +1,130 @@
+//! Starts the real daemon on a temp socket and a temp shared directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use vhost_user_fs_client::{DeviceConfig, FsClient};
+
+const WAITING: &str = "Waiting for vhost-user socket connection...";
+
+/// The daemon binary: `$ASYNC_VIRTIOFSD_BIN`, else `$CARGO_TARGET_DIR/debug/async-virtiofsd`,
+/// else the workspace's `target/debug/async-virtiofsd`. Panics (fails the test) if missing.
+pub fn daemon_bin() -> PathBuf {
+    let candidates: Vec<PathBuf> = if let Some(p) = std::env::var_os("ASYNC_VIRTIOFSD_BIN") {
+        vec![PathBuf::from(p)]
+    } else {
+        let mut v = Vec::new();
+        if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+            v.push(Path::new(&t).join("debug/async-virtiofsd"));
+        }
+        v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/async-virtiofsd"));
+        v
+    };
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "\n\n*** async-virtiofsd binary not found (looked at {candidates:?}).\n\
+             *** Build it first: `cargo build -p async-virtiofsd`, or point \
+             ASYNC_VIRTIOFSD_BIN at a binary.\n\n"
+            )
+        })
+}
+
+/// A running daemon with its temp directory; killed on drop.
+pub struct Daemon {
+    child: Child,
+    /// Holds the share and the socket.
+    _dir: tempfile::TempDir,
+    /// The shared directory (host view).
+    pub share: PathBuf,
+    /// The vhost-user socket.
+    pub socket: PathBuf,
+    log: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts the daemon with `extra` arguments and waits until it listens.
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        let socket = dir.path().join("vfs.sock");
+        let mut child = Command::new(daemon_bin())
+            .arg("--shared-dir")
+            .arg(&share)
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the daemon");
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            match log.recv_timeout(Duration::from_secs(20)) {
+                Ok(l) if l.contains(WAITING) => break,
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("daemon never said it was waiting; stderr: {seen:#?}"),
+            }
+        }
+        Self {
+            child,
+            _dir: dir,
+            share,
+            socket,
+            log,
+        }
+    }
+
+    /// A device configuration for this daemon's socket with a 10 s timeout.
+    pub fn config(&self) -> DeviceConfig {
+        let mut c = DeviceConfig::new(&self.socket);
+        c.timeout = Duration::from_secs(10);
+        c
+    }
+
+    /// Connects a client with `config` (no INIT yet).
+    pub fn connect(&self, config: DeviceConfig) -> FsClient {
+        FsClient::connect(config).expect("vhost-user setup")
+    }
+
+    /// Waits for the daemon to exit (after the client disconnected); returns its exit code
+    /// and what it logged.
+    pub fn wait_exit(mut self) -> (i32, String) {
+        for _ in 0..200 {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let mut log = String::new();
+                while let Ok(l) = self.log.recv_timeout(Duration::from_millis(200)) {
+                    log.push_str(&l);
+                    log.push('\n');
+                }
+                return (st.code().unwrap_or(-1), log);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon did not exit within 10 s of the disconnect");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
