@@ -17,7 +17,7 @@ cargo build --release -p async-virtiofsd
 work=$(mktemp -d /tmp/async-virtiofsd-demo.XXXXXX)
 daemon_pid=
 cleanup() {
-    [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null || true
+    if [ -n "$daemon_pid" ]; then kill "$daemon_pid" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -268,7 +268,35 @@ if command -v setfattr >/dev/null 2>&1 && command -v getfattr >/dev/null 2>&1; t
         esac
     fi
 else
-    skip xattr "no setfattr/getfattr applet in this busybox"
+    skip xattr "no setfattr/getfattr applet in this busybox (guest-probe checks xattrs)"
+fi
+
+# --- system calls busybox cannot make: tests/guest-probe --------------------
+# xattrs (or EOPNOTSUPP when they are off), SEEK_DATA/SEEK_HOLE, fallocate modes,
+# renameat2 flags, O_DIRECT, fsync/fdatasync, flock, statx, copy_file_range and
+# utimensat nanoseconds, in $ROOT/probe. e2e.xattr=1 on the kernel command line
+# says the daemon serves xattrs; the probe then leaves probe/xattr-host-check
+# with user.e2e=from-guest (run-e2e.sh --xattr checks it). Its lines count here.
+PROBE=/e2e/guest-probe
+if [ -x "$PROBE" ]; then
+    t=$(now)
+    set --
+    read -r _cmdline </proc/cmdline
+    case " $_cmdline " in *" e2e.xattr=1 "*) set -- --xattr ;; esac
+    "$PROBE" "$ROOT/probe" "$@" >/tmp/probe.out 2>&1
+    rc=$?
+    cat /tmp/probe.out
+    _fail=$(grep -c '^not ok - ' /tmp/probe.out)
+    _skip=$(grep -c '^ok - .* # SKIP ' /tmp/probe.out)
+    PASSED=$((PASSED + $(grep -c '^ok - ' /tmp/probe.out) - _skip))
+    FAILED=$((FAILED + _fail))
+    SKIPPED=$((SKIPPED + _skip))
+    if [ "$rc" != 0 ] && [ "$_fail" = 0 ]; then
+        not_ok guest-probe "exited with status $rc"
+    fi
+    note "guest-probe run: $(($(now) - t))s"
+else
+    skip guest-probe "$PROBE is not in the initramfs"
 fi
 
 # --- big sequential transfers ---------------------------------------------

@@ -2,7 +2,9 @@
 # Runs the guest end-to-end suite against async-virtiofsd in every configuration the daemon must
 # serve: --thread-pool-size 0, 1 and 64 on the Debian 12 guest (one request queue), and 4 request
 # queues on the Debian 13 guest with 4 vCPUs, where the daemon's per-queue statistics must show
-# that more than one request queue served requests. Ends with "e2e matrix: N passed, N failed".
+# that more than one request queue served requests. The pool-64 run has xattrs on (daemon --xattr,
+# run-e2e.sh --xattr: the guest probe sets and reads them, the host checks one), the others off
+# (the probe checks they fail EOPNOTSUPP). Ends with "e2e matrix: N passed, N failed".
 #
 # usage: tests/e2e/matrix.sh [path/to/async-virtiofsd]   (default: target/debug/async-virtiofsd)
 set -euo pipefail
@@ -21,30 +23,25 @@ passed=0
 failed=0
 failures=()
 
-# run NAME KERNEL CPUS QUEUES POOL
+# run NAME KERNEL CPUS QUEUES "DAEMON OPTIONS" [run-e2e options...]
 run() {
-    local name=$1 kernel=$2 cpus=$3 queues=$4 pool=$5
+    local name=$1 kernel=$2 cpus=$3 queues=$4 flags=$5
+    shift 5
     local dir=$LOGS/$name start rc
-    echo "=== e2e $name: kernel $kernel, $cpus vCPUs, $queues request queue(s), --thread-pool-size=$pool"
+    echo "=== e2e $name: kernel $kernel, $cpus vCPUs, $queues request queue(s), $flags $*"
     start=$(date +%s)
     rc=0
+    # Trace logging of the pipeline records every request's opcode (checked below).
     bash "$HERE/run-e2e.sh" --no-setup --kernel "$kernel" --cpus "$cpus" --queues "$queues" \
-        --mode full --log-dir "$dir" \
-        --daemon-cmd "$BIN --socket-path={socket} --shared-dir={shared} --thread-pool-size=$pool" \
+        --mode full --log-dir "$dir" "$@" \
+        --daemon-cmd "env RUST_LOG=info,virtiofs_pipeline=trace $BIN --socket-path={socket} --shared-dir={shared} $flags" \
         >"$dir.out" 2>&1 || rc=$?
     grep -E '^(guest|host|daemon|e2e):|not ok' "$dir.out" | sed 's/^/    /' || true
-    # What the daemon says it served, per queue (logged at shutdown).
+    # What the daemon says it served, per queue (logged at shutdown), and its memory map.
     grep -oE 'queue=[0-9]+ requests=[0-9]+' "$dir/daemon.log" | sed 's/^/    /' || true
-    if [ "$rc" = 0 ] && [ "$queues" -gt 1 ]; then
-        local used
-        used=$(grep -oE 'request_queues_used=[0-9]+' "$dir/daemon.log" | cut -d= -f2 || true)
-        if [ "${used:-0}" -lt 2 ]; then
-            echo "    not ok - only ${used:-0} of $queues request queues served requests"
-            rc=1
-        else
-            echo "    ok - $used of $queues request queues served requests"
-        fi
-    fi
+    grep -E 'guest memory mapped' "$dir/daemon.log" | tail -n 1 | sed 's/^.*INFO /    /' || true
+    [ "$rc" = 0 ] || echo "    not ok - run-e2e.sh failed (exit $rc)"
+    check_daemon_log "$dir/daemon.log" "$queues" "$flags $*" || rc=1
     echo "    $(( $(date +%s) - start ))s, logs in $dir"
     if [ "$rc" = 0 ]; then
         passed=$((passed + 1))
@@ -55,10 +52,55 @@ run() {
     fi
 }
 
-run pool0 6.1 2 1 0
-run pool1 6.1 2 1 1
-run pool64 6.1 2 1 64
-run multiqueue 6.12 4 4 64
+# What the daemon's log must show for the options a configuration uses.
+check_daemon_log() {
+    local log=$1 queues=$2 opts=$3 ok=0 n
+    count() { grep -c "$1" "$log" || true; }
+    if [ "$queues" -gt 1 ]; then
+        n=$(grep -oE 'request_queues_used=[0-9]+' "$log" | cut -d= -f2 || true)
+        if [ "${n:-0}" -ge 2 ]; then
+            echo "    ok - $n of $queues request queues served requests"
+        else
+            echo "    not ok - only ${n:-0} of $queues request queues served requests"; ok=1
+        fi
+    fi
+    # FUSE opcodes: 28 READDIR, 44 READDIRPLUS.
+    if [[ $opts == *--no-readdirplus* ]]; then
+        if [ "$(count 'opcode=44')" = 0 ] && [ "$(count 'opcode=28')" -gt 0 ]; then
+            echo "    ok - --no-readdirplus: the guest used READDIR only"
+        else
+            echo "    not ok - --no-readdirplus: READDIRPLUS $(count 'opcode=44'), READDIR $(count 'opcode=28')"; ok=1
+        fi
+    elif [ "$(count 'opcode=44')" -gt 0 ]; then
+        echo "    ok - READDIRPLUS offered and used"
+    else
+        echo "    not ok - the guest never sent READDIRPLUS"; ok=1
+    fi
+    if [[ $opts == *--writeback* ]]; then
+        if grep -q 'out_opts:.*WRITEBACK_CACHE' "$log"; then
+            echo "    ok - --writeback: WRITEBACK_CACHE negotiated"
+        else
+            echo "    not ok - --writeback: WRITEBACK_CACHE not negotiated"; ok=1
+        fi
+    fi
+    if [[ $opts == *"--mem 5G"* ]]; then
+        if grep -q 'guest memory mapped.*regions=2' "$log"; then
+            echo "    ok - guest memory in two regions (below and above 4 GiB)"
+        else
+            echo "    not ok - expected two guest memory regions"; ok=1
+        fi
+    fi
+    if grep -q 'panicked' "$log"; then
+        echo "    not ok - the daemon panicked"; ok=1
+    fi
+    return $ok
+}
+
+# Each configuration also covers one cache mode and the options that change what the guest sees.
+run pool0 6.1 2 1 "--thread-pool-size=0 --cache=always --writeback"
+run pool1 6.1 2 1 "--thread-pool-size=1 --cache=never --no-readdirplus"
+run pool64 6.1 2 1 "--thread-pool-size=64 --xattr" --xattr
+run multiqueue 6.12 4 4 "--thread-pool-size=64 --cache=metadata" --mem 5G
 
 [ "$failed" = 0 ] || echo "failed configurations: ${failures[*]}"
 echo "e2e matrix: $passed passed, $failed failed"

@@ -29,17 +29,23 @@ SETUP=1
 VERBOSE=()
 DAEMON_EXIT_WAIT=15
 ALLOW_LINGER=0
+XATTR=()
+MEM=()
 
 usage() {
     cat <<EOF
 usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
           [--cpus N] [--mode full|smoke|demo] [--timeout SECS] [--log-dir DIR]
           [--daemon-exit-wait SECS] [--allow-daemon-linger] [--keep] [--no-setup]
-          [--verbose]
+          [--mem SIZE] [--xattr] [--verbose]
 
   --daemon-cmd           daemon command line; {socket} becomes the vhost-user
                          socket path, {shared} the shared directory
-  --kernel/--queues/--cpus/--mode/--timeout/--verbose   passed to run-guest.sh
+  --kernel/--queues/--cpus/--mode/--timeout/--mem/--verbose   passed to run-guest.sh
+  --xattr                the daemon serves xattrs (give it its xattr option in
+                         --daemon-cmd): passed to run-guest.sh, so the guest
+                         checks xattrs work instead of failing EOPNOTSUPP, and
+                         the host checks the xattr the guest set
   --log-dir              where serial.log, daemon.log and summary.txt go
                          (default: target/e2e-logs/<time>-<kernel>-<mode>...)
   --daemon-exit-wait     seconds the daemon gets to exit by itself after the
@@ -70,6 +76,8 @@ while [ $# -gt 0 ]; do
         --allow-daemon-linger) ALLOW_LINGER=1 ;;
         --keep) KEEP=1 ;;
         --no-setup) SETUP=0 ;;
+        --xattr) XATTR=(--xattr) ;;
+        --mem) [ $# -ge 2 ] || die "--mem needs a value"; MEM=(--mem "$2"); shift ;;
         --verbose) VERBOSE=(--verbose) ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
@@ -173,7 +181,7 @@ fi
 GUEST_START=$(date +%s)
 "$HERE/run-guest.sh" --socket "$SOCKET" --kernel "$KERNEL" --queues "$QUEUES" \
     --cpus "$CPUS" --mode "$MODE" --timeout "$TIMEOUT" --log "$SERIAL_LOG" \
-    ${VERBOSE[@]+"${VERBOSE[@]}"} &
+    ${XATTR[@]+"${XATTR[@]}"} ${MEM[@]+"${MEM[@]}"} ${VERBOSE[@]+"${VERBOSE[@]}"} &
 GUEST_PID=$!
 # A daemon that dies while the guest runs leaves the guest hanging on its
 # next request; stop the guest shortly after instead of waiting for the
@@ -297,12 +305,21 @@ while read -r _ kind path a _; do
     esac
 done < <(grep -E '^HOST-EXPECT ' "$CLEAN")
 
+# The xattr the guest's probe set (guest-fs-test.sh runs it in probe/), read
+# with the host's getxattr(2).
+if [ ${#XATTR[@]} -gt 0 ] && [ "$MODE" != demo ]; then
+    hexpect "user.e2e of probe/xattr-host-check (host getxattr)" from-guest \
+        "$(python3 -c 'import os, sys; print(os.getxattr(sys.argv[1], "user.e2e").decode())' \
+              "$SHARED/probe/xattr-host-check" 2>&1 | tail -n1)"
+fi
+
 # In full mode the guest must have reported the essentials; a silently
 # skipped section must not pass.
 if [ "$MODE" = full ]; then
     for want in '^GUEST-MD5 big.bin ' '^GUEST-MD5 host-64m.bin ' '^GUEST-MD5-RANGE ' \
                 '^HOST-EXPECT owner ' '^HOST-EXPECT symlink ' '^HOST-EXPECT links ' \
-                '^HOST-EXPECT mode ' '^HOST-EXPECT mtime ' '^HOST-EXPECT count '; do
+                '^HOST-EXPECT mode ' '^HOST-EXPECT mtime ' '^HOST-EXPECT count ' \
+                '^# guest-probe: [0-9]+ passed'; do
         grep -qE "$want" "$CLEAN" || hnot "guest report" "no line matching $want"
     done
     if [ -e "$SHARED/e2e-work" ]; then hnot "scratch area removed" "e2e-work still exists"; fi
@@ -330,7 +347,7 @@ PASSED=$((G_PASS + H_PASS))
 FAILED=$((G_FAIL + H_FAIL))
 SKIPPED=$((G_SKIP + H_SKIP))
 {
-    echo "=== e2e summary: kernel $KERNEL, mode $MODE, $CPUS cpus, $QUEUES queues"
+    echo "=== e2e summary: kernel $KERNEL, mode $MODE, $CPUS cpus, $QUEUES queues, xattrs $([ ${#XATTR[@]} -gt 0 ] && echo on || echo off)"
     echo "daemon command: $cmd"
     echo "guest:  $G_PASS ok, $G_FAIL not ok, $G_SKIP skipped; boot + test ${GUEST_SECS}s (run-guest exit $GUEST_RC)"
     echo "host:   $H_PASS ok, $H_FAIL not ok"

@@ -20,11 +20,12 @@ LOG=
 MEM=1G
 VERBOSE=0
 QUEUE_SIZE=1024
+XATTR=0
 
 usage() {
     cat <<EOF
 usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
-          [--mode full|smoke|demo] [--timeout SECS] [--log FILE] [--verbose]
+          [--mode full|smoke|demo] [--timeout SECS] [--log FILE] [--mem SIZE] [--xattr] [--verbose]
 
   --socket   vhost-user socket of a running virtio-fs daemon (required)
   --kernel   guest kernel prepared by setup.sh (default $KERNEL)
@@ -33,6 +34,9 @@ usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
   --mode     guest work: full, smoke or demo (default $MODE)
   --timeout  kill QEMU after this many seconds (default $TIMEOUT)
   --log      serial console log (default: a new file under \$TMPDIR)
+  --mem      guest RAM (default $MEM; above 3G QEMU maps it as two regions)
+  --xattr    tell the guest (e2e.xattr=1) that the daemon serves xattrs;
+             start the daemon with xattr support yourself
   --verbose  echo every console line, not just test lines
 EOF
 }
@@ -41,7 +45,7 @@ die() { printf '[run-guest] ERROR: %s\n' "$*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --socket|--kernel|--queues|--cpus|--mode|--timeout|--log)
+        --socket|--kernel|--queues|--cpus|--mode|--timeout|--log|--mem)
             [ $# -ge 2 ] || die "$1 needs a value" ;;
     esac
     case $1 in
@@ -52,6 +56,8 @@ while [ $# -gt 0 ]; do
         --mode) MODE=$2; shift ;;
         --timeout) TIMEOUT=$2; shift ;;
         --log) LOG=$2; shift ;;
+        --mem) MEM=$2; shift ;;
+        --xattr) XATTR=1 ;;
         --verbose) VERBOSE=1 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
@@ -71,6 +77,8 @@ if [ ! -f "$VMLINUZ" ] || [ ! -f "$INITRD" ]; then
     die "no guest kernel $KERNEL in $CACHE; run tests/e2e/setup.sh first"
 fi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing; run setup.sh"
+APPEND="console=ttyS0 quiet panic=-1 e2e.mode=$MODE"
+[ "$XATTR" = 0 ] || APPEND="$APPEND e2e.xattr=1"
 if [ -z "$LOG" ]; then
     LOG=$(mktemp "${TMPDIR:-/tmp}/e2e-guest.XXXXXX.log")
 fi
@@ -101,9 +109,9 @@ QEMU=(qemu-system-x86_64
     -device "vhost-user-fs-pci,chardev=c0,tag=myfs,num-request-queues=$QUEUES,queue-size=$QUEUE_SIZE"
     -nodefaults -nographic -serial stdio -monitor none -no-reboot
     -kernel "$VMLINUZ" -initrd "$INITRD"
-    -append "console=ttyS0 quiet panic=-1 e2e.mode=$MODE")
+    -append "$APPEND")
 
-echo "[run-guest] booting kernel $KERNEL ($MODE mode, $CPUS cpus, $QUEUES queues, timeout ${TIMEOUT}s); log: $LOG"
+echo "[run-guest] booting kernel $KERNEL ($MODE mode, $CPUS cpus, $QUEUES queues, xattrs $([ "$XATTR" = 1 ] && echo on || echo off), timeout ${TIMEOUT}s); log: $LOG"
 START=$(date +%s)
 "${QEMU[@]}" </dev/null >>"$LOG" 2>&1 &
 QEMU_PID=$!

@@ -3,7 +3,9 @@
 #   - Debian packages (QEMU, busybox-static, cpio, kmod, xz, the C virtiofsd)
 #   - two guest kernels: Debian 12's 6.1 (virtio-fs as modules) and
 #     Debian 13's 6.12 (virtio-fs built in, multi-queue aware)
-#   - one initramfs per kernel with busybox, /init and guest-fs-test.sh
+#   - tests/guest-probe, built statically (glibc crt-static) for the guest
+#   - one initramfs per kernel with busybox, /init, guest-fs-test.sh and
+#     guest-probe
 # Everything is cached under ${E2E_CACHE:-REPO/target/guest}; a second run only
 # rebuilds an initramfs whose inputs changed.
 #
@@ -218,12 +220,31 @@ fetch_kernel() {
     log "kernel $k: $(cat "$out.kernel/version"), modules: ${mods:-none (virtio-fs built in)}"
 }
 
+# Build tests/guest-probe as a static executable (the initramfs has no shared
+# libraries). It gets its own target directory so the static RUSTFLAGS do not
+# invalidate the main build cache; cargo makes a second run a no-op.
+PROBE=
+build_probe() {
+    local target=x86_64-unknown-linux-gnu dir=$REPO/target/guest-probe
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: it builds tests/guest-probe"
+    log "guest-probe: cargo build (static)"
+    # Stripped: a smaller initramfs boots faster under TCG.
+    (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=$dir \
+        CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --quiet -p guest-probe --target "$target") \
+        || die "building tests/guest-probe failed"
+    PROBE=$dir/$target/release/guest-probe
+    [ -x "$PROBE" ] || die "no $PROBE after cargo build"
+    # static-pie prints "statically linked", plain static "not a dynamic executable".
+    ldd "$PROBE" 2>&1 | grep -qE 'statically linked|not a dynamic executable' \
+        || die "$PROBE is not statically linked"
+}
+
 # Build $CACHE/K/initrd.gz unless its inputs (hashed) are unchanged.
 build_initrd() {
     local k=$1 kdir=$CACHE/$1.kernel out=$CACHE/$1 busybox stamp
     busybox=$(dpkg -L busybox-static | grep -m1 '/bin/busybox$')
     [ -x "$busybox" ] || die "busybox-static binary not found"
-    local inputs=("$HERE/guest-init.sh" "$HERE/guest-fs-test.sh" "$busybox"
+    local inputs=("$HERE/guest-init.sh" "$HERE/guest-fs-test.sh" "$busybox" "$PROBE"
                   "${BASH_SOURCE[0]}" "$kdir/modules/order")
     local ko mods
     mapfile -t mods <"$kdir/modules/order"
@@ -252,6 +273,7 @@ build_initrd() {
     mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
     install -m 755 "$HERE/guest-init.sh" "$root/init"
     install -m 755 "$HERE/guest-fs-test.sh" "$root/e2e/guest-fs-test.sh"
+    install -m 755 "$PROBE" "$root/e2e/guest-probe"
     cp "$kdir/modules/order" "$root/lib/modules/e2e/order"
     for ko in ${mods[@]+"${mods[@]}"}; do cp "$kdir/modules/$ko.ko" "$root/lib/modules/e2e/"; done
     cat "$kdir/version" >"$root/e2e/kernel-version"
@@ -266,6 +288,7 @@ build_initrd() {
 
 ensure_packages
 mkdir -p "$CACHE"
+build_probe
 for k in "${KERNELS[@]}"; do
     fetch_kernel "$k"
     build_initrd "$k"
