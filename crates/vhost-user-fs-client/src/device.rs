@@ -14,7 +14,7 @@ use vm_memory::GuestAddress;
 
 use crate::error::{Error, Result};
 use crate::memory::{Allocation, GuestMemory};
-use crate::virtqueue::{Buffers, Completion, Descriptor, Token, Virtqueue};
+use crate::virtqueue::{Buffers, Completion, Descriptor, RawDescriptor, Token, Virtqueue};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -389,6 +389,19 @@ impl Device {
         let a = self.mem.alloc(len, 64)?;
         buffers.owned.push(a);
         Ok(a)
+    }
+
+    /// Posts descriptors exactly as given on `queue` (see [`Virtqueue::submit_descriptors`]):
+    /// for chains [`RawChain`] cannot express. `buffers` are freed and read back as for any
+    /// chain when the completion is taken.
+    pub fn submit_descriptors(
+        &self,
+        queue: usize,
+        descs: &[RawDescriptor],
+        buffers: Buffers,
+    ) -> Result<Token> {
+        self.queue(queue)?
+            .submit_descriptors(descs, buffers, self.config.timeout)
     }
 
     /// Waits (up to the configured timeout) for the completion of `token` and takes it.

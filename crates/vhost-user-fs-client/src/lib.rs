@@ -36,4 +36,4 @@ pub use fuse::{
     Caller, Creds, DirEntry, DirEntryPlus, FsClient, FuseOps, FuseRequest, FuseToken, InitParams,
     Reply, XattrReply,
 };
-pub use virtqueue::{Completion, Token};
+pub use virtqueue::{Buffers, Completion, RawDescriptor, Token};

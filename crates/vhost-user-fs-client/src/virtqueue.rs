@@ -41,6 +41,22 @@ pub struct Descriptor {
     pub write: bool,
 }
 
+/// A descriptor as written to the descriptor table, for hostile-input tests: any `flags`
+/// (`VRING_DESC_F_*`, e.g. INDIRECT pointing at a bad table) and a free-form `next`. See
+/// [`Virtqueue::submit_descriptors`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RawDescriptor {
+    /// Guest-physical address (anything at all).
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// `VRING_DESC_F_NEXT` / `_WRITE` / `_INDIRECT`, or any other bits.
+    pub flags: u16,
+    /// With `VRING_DESC_F_NEXT`: an index into the submitted list (mapped to the slot that entry
+    /// got); an index past the list is written as is (it then names whatever slot that is).
+    pub next: u16,
+}
+
 /// Identifies a request submitted on a queue until its completion is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Token {
@@ -308,7 +324,6 @@ impl Virtqueue {
         table: Option<Allocation>,
         buffers: Buffers,
     ) -> Result<Token> {
-        let n = usize::from(self.layout.size);
         let descs: Vec<u16> = match table {
             Some(_) => vec![st.free.pop().expect("checked")],
             None => (0..chain.len())
@@ -345,6 +360,68 @@ impl Virtqueue {
             }
             return Err(e);
         }
+        self.make_available(st, descs, table, buffers)
+    }
+
+    /// Publishes `descs` exactly as given in free slots of the descriptor table (head =
+    /// `descs[0]`; `next` of a chained entry is an index into `descs`, see [`RawDescriptor`]),
+    /// never through an indirect table of ours. For chains no correct driver builds: writable
+    /// before readable parts, INDIRECT at a bad table, loops, `next` out of range. Blocks (up to
+    /// `timeout`) while fewer than `descs.len()` slots are free. The device may return the chain
+    /// with any head id it finds; a well-behaved one returns `descs[0]`'s slot.
+    pub fn submit_descriptors(
+        &self,
+        descs: &[RawDescriptor],
+        buffers: Buffers,
+        timeout: Duration,
+    ) -> Result<Token> {
+        if descs.is_empty() {
+            return Err(Error::EmptyChain);
+        }
+        if descs.len() > usize::from(self.layout.size) {
+            return Err(Error::ChainTooLong(descs.len(), self.layout.size));
+        }
+        let deadline = Instant::now() + timeout;
+        let st = self.state.lock().unwrap();
+        let (mut st, ()) = self.wait_locked(st, deadline, |st| {
+            (st.free.len() >= descs.len()).then_some(())
+        })?;
+        let slots: Vec<u16> = (0..descs.len())
+            .map(|_| st.free.pop().expect("checked"))
+            .collect();
+        let written = descs.iter().zip(&slots).try_for_each(|(d, &slot)| {
+            let chained = d.flags & VRING_DESC_F_NEXT as u16 != 0;
+            let next = match slots.get(usize::from(d.next)) {
+                Some(&s) if chained => s,
+                _ => d.next,
+            };
+            self.write_desc(
+                slot,
+                RawDesc {
+                    addr: d.addr,
+                    len: d.len,
+                    flags: d.flags,
+                    next,
+                },
+            )
+        });
+        if let Err(e) = written {
+            st.free.extend(slots);
+            return Err(e);
+        }
+        self.make_available(st, slots, None, buffers)
+    }
+
+    /// Records the chain headed by `descs[0]` as in flight, publishes it in the avail ring and
+    /// kicks the device if it wants a kick.
+    fn make_available(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        descs: Vec<u16>,
+        table: Option<Allocation>,
+        buffers: Buffers,
+    ) -> Result<Token> {
+        let n = usize::from(self.layout.size);
         let head = descs[0];
         let seq = st.next_seq;
         st.next_seq += 1;

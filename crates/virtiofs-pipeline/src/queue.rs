@@ -21,11 +21,11 @@ use virtio_queue::QueueT;
 use virtiofs_device::QueueLink;
 use vm_memory::GuestAddressSpace;
 
-use fuse_backend_rs::abi::fuse_abi::InHeader;
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode};
 
 use crate::gate::{is_exclusive, Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler};
-use crate::request::{is_forget, peek_in_header, peek_out_header, reply_error};
+use crate::request::{is_forget, peek_in_header, peek_out_header, reply_error, IN_HEADER_LEN};
 use crate::stats::QueueStats;
 
 /// Malformed chains logged at `warn` per queue; later ones go to `debug` so a hostile guest
@@ -185,14 +185,29 @@ impl<H: FuseHandler> QueueContext<H> {
             self.malformed(head, "shorter than a FUSE header or outside guest memory");
             return self.complete(head, 0);
         };
-        // Everything but INIT, DESTROY and FORGETs needs an initialized session.
+        // The header's `len` must fit the chain: the server trusts it for fixed-size arguments.
+        let readable: u64 = chain.clone().readable().map(|d| u64::from(d.len())).sum();
+        if (h.len as usize) < IN_HEADER_LEN || u64::from(h.len) > readable {
+            self.malformed(head, "FUSE header len does not match the request");
+            let len = match is_forget(h.opcode) {
+                true => 0,
+                false => reply_error(&chain, h.unique, libc::EINVAL).unwrap_or(0),
+            };
+            return self.complete(head, len as u32);
+        }
+        // Everything but INIT, DESTROY and FORGETs needs an initialized session; a second INIT
+        // in a live session is refused, as libfuse does (a Linux guest never sends one).
+        let live = pass.as_ref().is_some_and(Pass::initialized);
         let needs_session = !is_forget(h.opcode) && !is_exclusive(h.opcode);
-        if needs_session && !pass.as_ref().is_some_and(Pass::initialized) {
-            self.stats.before_init.fetch_add(1, Ordering::Relaxed);
+        let second_init = h.opcode == Opcode::Init as u32 && live;
+        if (needs_session && !live) || second_init {
+            if !second_init {
+                self.stats.before_init.fetch_add(1, Ordering::Relaxed);
+            }
             debug!(
                 queue = self.link.index,
                 opcode = h.opcode,
-                "request without a FUSE session"
+                "refused: no FUSE session"
             );
             let len = reply_error(&chain, h.unique, libc::EIO).unwrap_or(0);
             return self.complete(head, len as u32);

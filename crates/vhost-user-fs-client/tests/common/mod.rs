@@ -104,19 +104,61 @@ impl Daemon {
 
     /// Waits for the daemon to exit (after the client disconnected); returns its exit code
     /// and what it logged.
+    #[allow(dead_code)] // not every test file uses every helper
     pub fn wait_exit(mut self) -> (i32, String) {
-        for _ in 0..200 {
+        self.wait_exit_within(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("daemon did not exit within 10 s of the disconnect"))
+    }
+
+    /// Waits up to `timeout` for the daemon to exit; its exit code (-1 if killed by a signal)
+    /// and everything it logged since the last look, or `None` if it is still running.
+    #[allow(dead_code)]
+    pub fn wait_exit_within(&mut self, timeout: Duration) -> Option<(i32, String)> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 let mut log = String::new();
                 while let Ok(l) = self.log.recv_timeout(Duration::from_millis(200)) {
                     log.push_str(&l);
                     log.push('\n');
                 }
-                return (st.code().unwrap_or(-1), log);
+                return Some((st.code().unwrap_or(-1), log));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("daemon did not exit within 10 s of the disconnect");
+    }
+
+    /// Whether the daemon process is still running.
+    #[allow(dead_code)]
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Everything the daemon logged since the last look (without waiting).
+    #[allow(dead_code)]
+    pub fn take_log(&self) -> String {
+        let mut log = String::new();
+        while let Ok(l) = self.log.try_recv() {
+            log.push_str(&l);
+            log.push('\n');
+        }
+        log
+    }
+
+    /// Asserts the daemon is alive and has not logged a panic; returns the log since the last
+    /// look.
+    #[allow(dead_code)]
+    pub fn assert_alive(&mut self, what: &str) -> String {
+        let log = self.take_log();
+        assert!(
+            !log.contains("panicked"),
+            "{what}: the daemon panicked:\n{log}"
+        );
+        assert!(self.is_running(), "{what}: the daemon died; log:\n{log}");
+        log
     }
 }
 
