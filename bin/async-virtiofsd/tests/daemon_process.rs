@@ -187,3 +187,29 @@ fn frontend_disconnect_exits_0_with_a_log_line() {
     assert!(log.contains("request pipeline stopped"), "{log}");
     assert!(!sock.exists());
 }
+
+#[test]
+fn sigterm_while_serving_a_frontend_exits_0_and_removes_the_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("vfs.sock");
+    let (mut child, rx) = start(tmp.path(), &sock);
+    let _frontend = UnixStream::connect(&sock).unwrap();
+    // Wait until the daemon has accepted the frontend.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("daemon went quiet");
+        if line.contains("frontend connected") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never connected");
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut child), 0);
+    let log = rest(&rx);
+    assert!(log.contains("SIGTERM received, shutting down"), "{log}");
+    assert!(log.contains("request pipeline stopped"), "{log}");
+    assert!(!sock.exists(), "socket file left behind");
+}
