@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of async-virtiofsd: formatting, lints, unit and integration tests, the
-# dependency policy, and the guest end-to-end matrix (a real Linux guest under QEMU mounts the
-# share). Installs what it needs first (Debian packages, guest kernels, cargo-deny); run as root
+# dependency policy, the guest end-to-end matrix (a real Linux guest under QEMU mounts the
+# share), and the benchmark harness in its quick mode (so it cannot rot; it asserts no timing). Installs what it needs first (Debian packages, guest kernels, cargo-deny); run as root
 # on a Debian 12 machine. CI runs exactly this (.ci/run).
 set -euo pipefail
 
@@ -37,5 +37,15 @@ cargo deny check licenses bans sources
 step "guest end-to-end matrix (QEMU TCG)"
 cargo build -p async-virtiofsd
 bash tests/e2e/matrix.sh "$REPO/target/debug/async-virtiofsd"
+
+step "benchmark harness, quick mode (reports only; fails if our daemon cannot serve a cell)"
+bash benches/run --quick --out "$REPO/target/bench-quick"
+if grep -q '^async-virtiofsd,' "$REPO/target/bench-quick/skipped.csv"; then
+    echo "async-virtiofsd failed benchmark cells:"
+    grep '^async-virtiofsd,' "$REPO/target/bench-quick/skipped.csv"
+    exit 1
+fi
+grep -q '^async-virtiofsd,' "$REPO/target/bench-quick/results.csv" ||
+    { echo "no benchmark results for async-virtiofsd"; exit 1; }
 
 step "all tests passed in $(( $(date +%s) - t0 ))s"

@@ -1,0 +1,508 @@
+//! virtiofs-bench: runs every (daemon, config, workload, queue depth, request queues) cell of
+//! the benchmark matrix through the vhost-user-fs test client, plus the host-syscall floor, and
+//! writes `results.csv`, `skipped.csv`, `ratios.md` and `ops.svg` to the output directory.
+//! Normally started by `benches/run`, which builds and installs the daemons first.
+
+mod daemon;
+mod host;
+mod load;
+mod measure;
+mod report;
+mod workload;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use vhost_user_fs_client::DeviceConfig;
+
+use daemon::{DaemonSpec, Kind, Running};
+use measure::{CellResult, Monitor, Phase, Window};
+use workload::Workload;
+
+#[derive(Debug, Parser)]
+#[command(about = "virtio-fs daemon benchmark (see docs/performance.md)")]
+struct Args {
+    /// Output directory (results.csv, skipped.csv, ratios.md, ops.svg, daemon logs).
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Short mode for CI: fewer workloads, depths 1 and 16, one request queue, short cells.
+    #[arg(long)]
+    quick: bool,
+    /// async-virtiofsd binary.
+    #[arg(long)]
+    ours: Option<PathBuf>,
+    /// C virtiofsd binary.
+    #[arg(long)]
+    c_virtiofsd: Option<PathBuf>,
+    /// Extra arguments for the C virtiofsd (one string, split on spaces).
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    c_extra: String,
+    /// Rust virtiofsd binary.
+    #[arg(long)]
+    rust_virtiofsd: Option<PathBuf>,
+    /// Extra arguments for the Rust virtiofsd (one string, split on spaces).
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    rust_extra: String,
+    /// `DAEMON=REASON`: a daemon that could not be installed; its cells are reported skipped.
+    #[arg(long)]
+    unavailable: Vec<String>,
+    /// Comma-separated workloads (default: all; quick: a subset).
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Comma-separated queue depths.
+    #[arg(long, value_delimiter = ',')]
+    depths: Vec<usize>,
+    /// Comma-separated request-queue counts.
+    #[arg(long, value_delimiter = ',')]
+    queues: Vec<u16>,
+    /// Comma-separated daemons to run (async-virtiofsd, c-virtiofsd, rust-virtiofsd,
+    /// host-syscalls); default all.
+    #[arg(long, value_delimiter = ',')]
+    daemons: Vec<String>,
+    /// Thread-pool sizes for the daemons.
+    #[arg(long, value_delimiter = ',', default_value = "0,64")]
+    pools: Vec<u32>,
+    /// Measurement time per cell in ms (default 2000; quick 400).
+    #[arg(long)]
+    duration_ms: Option<u64>,
+    /// Warm-up time per cell in ms (default 500; quick 150).
+    #[arg(long)]
+    warmup_ms: Option<u64>,
+    /// Do not hold /dev/cpu_dma_latency at 0 during the run (see docs/performance.md: without it,
+    /// low-depth latency on a VM measures how fast an idle vCPU wakes up).
+    #[arg(long)]
+    no_pm_qos: bool,
+    /// Only regenerate ratios.md and ops.svg from DIR/results.csv.
+    #[arg(long)]
+    report_only: bool,
+}
+
+/// One configuration of one daemon (or the host floor).
+#[derive(Debug, Clone)]
+enum Target {
+    Daemon {
+        spec: DaemonSpec,
+        pool: u32,
+    },
+    Missing {
+        kind: Kind,
+        pool: u32,
+        reason: String,
+    },
+    Host,
+}
+
+impl Target {
+    fn daemon(&self) -> &'static str {
+        match self {
+            Target::Daemon { spec, .. } => spec.kind.name(),
+            Target::Missing { kind, .. } => kind.name(),
+            Target::Host => "host-syscalls",
+        }
+    }
+    fn config(&self, depth: usize) -> String {
+        match self {
+            Target::Daemon { pool, .. } | Target::Missing { pool, .. } => format!("pool={pool}"),
+            Target::Host => format!("threads={depth}"),
+        }
+    }
+}
+
+struct DaemonMonitor<'a>(&'a mut Running);
+
+impl Monitor for DaemonMonitor<'_> {
+    fn check(&mut self) -> Result<(), String> {
+        if self.0.alive() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        Err(format!("during the run: {}", self.0.death_reason()))
+    }
+    fn cpu_seconds(&self) -> f64 {
+        self.0.cpu_seconds()
+    }
+    fn peak_rss_kib(&self) -> Option<u64> {
+        Some(self.0.peak_rss_kib())
+    }
+}
+
+struct SelfMonitor;
+
+impl Monitor for SelfMonitor {
+    fn check(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn cpu_seconds(&self) -> f64 {
+        daemon::proc_cpu_seconds(std::process::id())
+    }
+    fn peak_rss_kib(&self) -> Option<u64> {
+        None
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    w: Workload,
+    depth: usize,
+    queues: u16,
+    warmup: Duration,
+    duration: Duration,
+}
+
+/// Why a cell failed: during setup (connect / INIT / opening files: the same for every cell of
+/// this daemon configuration and queue count) or while running.
+enum Failure {
+    Setup(String),
+    Run(String),
+}
+
+fn run_daemon_cell(
+    spec: &DaemonSpec,
+    pool: u32,
+    cell: Cell,
+    share: &Path,
+    logs: &Path,
+    tag: &str,
+) -> Result<CellResult, Failure> {
+    let tmp = std::env::temp_dir().join(format!("virtiofs-bench-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(|e| Failure::Setup(format!("temp dir: {e}")))?;
+    let socket = tmp.join("vfs.sock");
+    if cell.w == Workload::CreateUnlink {
+        workload::reset_scratch(share).map_err(|e| Failure::Setup(format!("scratch dir: {e}")))?;
+    }
+    let log = logs.join(format!("{tag}.log"));
+    let mut d = Running::start(spec, &socket, share, pool, &log).map_err(Failure::Setup)?;
+    let mut cfg = DeviceConfig::new(&socket);
+    cfg.request_queues = cell.queues;
+    cfg.queue_size = 1024;
+    cfg.memory_regions = vec![load::memory_bytes(cell.w, cell.depth)];
+    cfg.timeout = Duration::from_secs(10);
+    let result = (|| {
+        let client = d.connect(&cfg).map_err(Failure::Setup)?;
+        client
+            .init()
+            .map_err(|e| Failure::Setup(format!("INIT: {e}; daemon log: {}", d.log_tail(3))))?;
+        let session = load::Session::open(&client, cell.w).map_err(Failure::Setup)?;
+        let nq = usize::from(cell.queues);
+        let ph = Phase::new(nq);
+        let (window, hists) = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..nq)
+                .map(|i| {
+                    // Spread the depth over the queues; the first ones get the remainder.
+                    let slots = cell.depth / nq + usize::from(i < cell.depth % nq);
+                    let (c, s, ph) = (&client, &session, &ph);
+                    sc.spawn(move || {
+                        let r = load::queue_worker(c, s, i + 1, slots, i as u64, ph);
+                        if let Err(e) = &r {
+                            ph.fail(format!("queue {}: {e}", i + 1));
+                        }
+                        ph.worker_done();
+                        r
+                    })
+                })
+                .collect();
+            let w = measure::control(&ph, cell.warmup, cell.duration, &mut DaemonMonitor(&mut d));
+            let hs: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+            (w, hs)
+        });
+        let window = window.map_err(Failure::Run)?;
+        let mut hist = measure::Hist::default();
+        for h in hists {
+            let h = h
+                .map_err(|_| Failure::Run("worker panicked".into()))?
+                .map_err(Failure::Run)?;
+            hist.merge(&h);
+        }
+        drop(client);
+        CellResult::from(&hist, &window).map_err(Failure::Run)
+    })();
+    // The client is gone: a daemon exits on disconnect; anything left is killed on drop.
+    d.finish(Duration::from_secs(3));
+    let _ = fs::remove_dir_all(&tmp);
+    result
+}
+
+fn run_host_cell(cell: Cell, share: &Path) -> Result<CellResult, String> {
+    if cell.w == Workload::CreateUnlink {
+        workload::reset_scratch(share).map_err(|e| format!("scratch dir: {e}"))?;
+    }
+    let files = host::HostFiles::open(share, cell.w)?;
+    let ph = Phase::new(cell.depth);
+    let (window, hists): (Result<Window, String>, Vec<_>) = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..cell.depth)
+            .map(|i| {
+                let (f, ph) = (&files, &ph);
+                sc.spawn(move || {
+                    let r = host::host_worker(f, i as u64, ph);
+                    if let Err(e) = &r {
+                        ph.fail(e.clone());
+                    }
+                    ph.worker_done();
+                    r
+                })
+            })
+            .collect();
+        let w = measure::control(&ph, cell.warmup, cell.duration, &mut SelfMonitor);
+        (w, handles.into_iter().map(|h| h.join()).collect())
+    });
+    let window = window?;
+    let mut hist = measure::Hist::default();
+    for h in hists {
+        hist.merge(&h.map_err(|_| "worker panicked".to_string())??);
+    }
+    CellResult::from(&hist, &window)
+}
+
+fn fmt_opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = real_main(args) {
+        eprintln!("virtiofs-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: Args) -> Result<(), String> {
+    fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    if args.report_only {
+        return report::write_reports(&args.out);
+    }
+    let workloads: Vec<Workload> = if args.workloads.is_empty() {
+        if args.quick {
+            vec![
+                Workload::RandRead4k,
+                Workload::Getattr,
+                Workload::Lookup,
+                Workload::CreateUnlink,
+            ]
+        } else {
+            Workload::ALL.to_vec()
+        }
+    } else {
+        args.workloads
+            .iter()
+            .map(|s| Workload::parse(s).ok_or_else(|| format!("unknown workload {s}")))
+            .collect::<Result<_, _>>()?
+    };
+    let depths = if !args.depths.is_empty() {
+        args.depths.clone()
+    } else if args.quick {
+        vec![1, 16]
+    } else {
+        vec![1, 4, 16, 64, 256]
+    };
+    let queues = if !args.queues.is_empty() {
+        args.queues.clone()
+    } else if args.quick {
+        vec![1]
+    } else {
+        vec![1, 4]
+    };
+    let duration =
+        Duration::from_millis(
+            args.duration_ms
+                .unwrap_or(if args.quick { 400 } else { 2000 }),
+        );
+    let warmup =
+        Duration::from_millis(args.warmup_ms.unwrap_or(if args.quick { 150 } else { 500 }));
+    let wanted = |name: &str| args.daemons.is_empty() || args.daemons.iter().any(|d| d == name);
+
+    let unavailable: HashMap<String, String> = args
+        .unavailable
+        .iter()
+        .filter_map(|s| s.split_once('='))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let mut targets = Vec::new();
+    for (kind, bin, extra) in [
+        (Kind::Ours, &args.ours, ""),
+        (Kind::C, &args.c_virtiofsd, args.c_extra.as_str()),
+        (Kind::Rust, &args.rust_virtiofsd, args.rust_extra.as_str()),
+    ] {
+        if !wanted(kind.name()) {
+            continue;
+        }
+        let missing = match (bin, unavailable.get(kind.name())) {
+            (_, Some(r)) => Some(r.clone()),
+            (None, None) => Some("no binary given".to_string()),
+            (Some(b), None) if !b.is_file() => Some(format!("{} not found", b.display())),
+            _ => None,
+        };
+        for &pool in &args.pools {
+            targets.push(match &missing {
+                Some(reason) => Target::Missing {
+                    kind,
+                    pool,
+                    reason: reason.clone(),
+                },
+                None => Target::Daemon {
+                    spec: DaemonSpec {
+                        kind,
+                        bin: bin.clone().expect("checked"),
+                        extra: extra.split_whitespace().map(str::to_owned).collect(),
+                    },
+                    pool,
+                },
+            });
+        }
+    }
+    if wanted("host-syscalls") {
+        targets.push(Target::Host);
+    }
+
+    // PM QoS request: idle CPUs poll instead of halting while the file stays open, so that a
+    // request's wake-ups do not each pay an idle-exit (on a VM: a host-side vCPU wake-up).
+    let _pm_qos = if args.no_pm_qos {
+        println!("PM QoS: not requested (--no-pm-qos)");
+        None
+    } else {
+        match fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")
+        {
+            Ok(mut f) => {
+                match f.write_all(&0i32.to_ne_bytes()) {
+                    Ok(()) => {
+                        println!("PM QoS: /dev/cpu_dma_latency held at 0 us for the run");
+                        Some(f)
+                    }
+                    Err(e) => {
+                        println!("PM QoS: writing /dev/cpu_dma_latency failed ({e}); idle states left alone");
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                println!("PM QoS: cannot open /dev/cpu_dma_latency ({e}); idle states left alone");
+                None
+            }
+        }
+    };
+
+    let share = args.out.join("share");
+    let logs = args.out.join("logs");
+    let t = Instant::now();
+    workload::prepare_share(&share).map_err(|e| format!("preparing {}: {e}", share.display()))?;
+    let _ = fs::remove_dir_all(&logs);
+    fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+    println!(
+        "shared directory {} ready ({:.1} s)",
+        share.display(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let csv_path = args.out.join("results.csv");
+    let mut csv = fs::File::create(&csv_path).map_err(|e| e.to_string())?;
+    writeln!(csv, "{}", report::HEADER).map_err(|e| e.to_string())?;
+    let mut skipped = fs::File::create(args.out.join("skipped.csv")).map_err(|e| e.to_string())?;
+    writeln!(skipped, "daemon,config,workload,queue_depth,queues,reason")
+        .map_err(|e| e.to_string())?;
+
+    // Host cells do not depend on the request-queue count: measured once, under queues=1.
+    let mut plan = Vec::new();
+    for &w in &workloads {
+        for &q in &queues {
+            for &d in &depths {
+                for t in &targets {
+                    if matches!(t, Target::Host) && q != queues[0] {
+                        continue;
+                    }
+                    plan.push((t.clone(), w, q, d));
+                }
+            }
+        }
+    }
+    let total = plan.len();
+    let mut setup_failed: HashMap<(String, String, u16), String> = HashMap::new();
+    let (mut ok, mut skip) = (0, 0);
+    let started = Instant::now();
+    for (n, (t, w, q, depth)) in plan.into_iter().enumerate() {
+        let cell = Cell {
+            w,
+            depth,
+            queues: q,
+            warmup,
+            duration,
+        };
+        let (dname, config) = (t.daemon(), t.config(depth));
+        let key = (dname.to_string(), config.clone(), q);
+        let res: Result<CellResult, String> = match &t {
+            Target::Missing { reason, .. } => Err(format!("not available: {reason}")),
+            Target::Host => run_host_cell(cell, &share),
+            Target::Daemon { spec, pool } => match setup_failed.get(&key) {
+                Some(r) => Err(format!("setup failed in an earlier cell: {r}")),
+                None => {
+                    let tag = format!("{dname}-{config}-{}-qd{depth}-q{q}", w.name());
+                    match run_daemon_cell(spec, *pool, cell, &share, &logs, &tag) {
+                        Ok(r) => Ok(r),
+                        Err(Failure::Setup(e)) => {
+                            setup_failed.insert(key.clone(), e.clone());
+                            Err(e)
+                        }
+                        Err(Failure::Run(e)) => Err(e),
+                    }
+                }
+            },
+        };
+        let el = started.elapsed().as_secs();
+        let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let head = format!(
+            "[{:>3}/{total} {:>2}:{:02} load {:>5}] {dname:<15} {config:<11} {:<14} qd={depth:<3} q={q}",
+            n + 1,
+            el / 60,
+            el % 60,
+            load.split_whitespace().next().unwrap_or("?"),
+            w.name()
+        );
+        match res {
+            Ok(r) => {
+                ok += 1;
+                println!(
+                    "{head} {:>10.0} ops/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  cpu {:>6.2} s/Mop  rss {} KiB",
+                    r.ops_per_s, r.p50_us, r.p99_us, r.p999_us, r.cpu_s_per_mop,
+                    fmt_opt(r.peak_rss_kib)
+                );
+                writeln!(
+                    csv,
+                    "{dname},{config},{},{depth},{q},{:.1},{:.2},{:.2},{:.2},{:.3},{}",
+                    w.name(),
+                    r.ops_per_s,
+                    r.p50_us,
+                    r.p99_us,
+                    r.p999_us,
+                    r.cpu_s_per_mop,
+                    fmt_opt(r.peak_rss_kib)
+                )
+                .map_err(|e| e.to_string())?;
+                csv.flush().map_err(|e| e.to_string())?;
+            }
+            Err(e) => {
+                skip += 1;
+                let e = e.replace(['\n', '\r'], " ");
+                println!("{head} SKIPPED: {e}");
+                let quoted = format!("\"{}\"", e.replace('"', "'"));
+                writeln!(
+                    skipped,
+                    "{dname},{config},{},{depth},{q},{quoted}",
+                    w.name()
+                )
+                .map_err(|e| e.to_string())?;
+                skipped.flush().map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    println!(
+        "\n{ok} cells measured, {skip} skipped, in {:.0} s; results in {}",
+        started.elapsed().as_secs_f64(),
+        csv_path.display()
+    );
+    report::write_reports(&args.out)
+}

@@ -1,0 +1,254 @@
+//! What both runners share: the warm-up / measure / stop phases, the latency histogram and the
+//! controller that watches the clock and the daemon.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+// Phase 0 (the default) is the warm-up.
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+/// Shared between the controller and the worker threads of one cell.
+#[derive(Debug, Default)]
+pub struct Phase {
+    phase: AtomicU8,
+    failed: AtomicBool,
+    reason: Mutex<Option<String>>,
+    /// Workers that have not finished yet.
+    pub running: AtomicUsize,
+}
+
+impl Phase {
+    pub fn new(workers: usize) -> Self {
+        Self {
+            running: AtomicUsize::new(workers),
+            ..Self::default()
+        }
+    }
+    pub fn measuring(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == MEASURE
+    }
+    pub fn stopping(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == STOP
+    }
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+    /// Records the first failure; every worker then gives up.
+    pub fn fail(&self, reason: String) {
+        let mut r = self.reason.lock().unwrap();
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.failed.store(true, Ordering::Relaxed);
+    }
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().unwrap().clone()
+    }
+    /// A worker is done (successfully or not).
+    pub fn worker_done(&self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Log-linear latency histogram in nanoseconds: 64 sub-buckets per power of two (relative
+/// error under 1.6%), fixed size whatever the number of samples.
+#[derive(Debug, Clone)]
+pub struct Hist {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+const SUB: u64 = 64;
+
+impl Default for Hist {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; (SUB + 58 * SUB) as usize],
+            total: 0,
+        }
+    }
+}
+
+impl Hist {
+    fn index(v: u64) -> usize {
+        if v < SUB {
+            return v as usize;
+        }
+        let e = 63 - u64::from(v.leading_zeros()); // >= 6
+        let m = (v >> (e - 6)) - SUB;
+        (SUB + (e - 6) * SUB + m) as usize
+    }
+
+    /// Middle of bucket `i`, in ns.
+    fn value(i: usize) -> f64 {
+        let i = i as u64;
+        if i < SUB {
+            return i as f64;
+        }
+        let e = (i - SUB) / SUB + 6;
+        let m = (i - SUB) % SUB;
+        let lo = (SUB + m) << (e - 6);
+        let width = 1u64 << (e - 6);
+        lo as f64 + width as f64 / 2.0
+    }
+
+    pub fn record(&mut self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.counts[Self::index(ns)] += 1;
+        self.total += 1;
+    }
+
+    pub fn merge(&mut self, o: &Hist) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        self.total += o.total;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The `q` quantile (0..1) in microseconds.
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        if self.total == 0 {
+            return f64::NAN;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::value(i) / 1000.0;
+            }
+        }
+        f64::NAN
+    }
+}
+
+/// What the controller needs to know about the thing measured.
+pub trait Monitor {
+    /// `Err(reason)` once the daemon has died.
+    fn check(&mut self) -> Result<(), String>;
+    /// CPU seconds consumed so far by the measured process(es).
+    fn cpu_seconds(&self) -> f64;
+    /// Peak RSS in KiB, if meaningful.
+    fn peak_rss_kib(&self) -> Option<u64>;
+}
+
+/// The measurement window, as the controller saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// Runs the phases on the calling thread while the workers run: warm-up, measurement, stop,
+/// then waits for the workers to drain. Fails if a worker failed, the daemon died, or the
+/// drain takes more than 20 s.
+pub fn control(
+    ph: &Phase,
+    warmup: Duration,
+    duration: Duration,
+    mon: &mut dyn Monitor,
+) -> Result<Window, String> {
+    let watch = |ph: &Phase, mon: &mut dyn Monitor, until: Instant| -> Result<(), String> {
+        while Instant::now() < until {
+            if ph.failed() {
+                return Err(ph.reason().unwrap_or_default());
+            }
+            if ph.running.load(Ordering::Acquire) == 0 {
+                return Err("all workers ended early".into());
+            }
+            if let Err(e) = mon.check() {
+                ph.fail(e.clone());
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(10).min(until - Instant::now()));
+        }
+        Ok(())
+    };
+    watch(ph, mon, Instant::now() + warmup)?;
+    let cpu0 = mon.cpu_seconds();
+    let t0 = Instant::now();
+    ph.phase.store(MEASURE, Ordering::Relaxed);
+    watch(ph, mon, t0 + duration)?;
+    ph.phase.store(STOP, Ordering::Relaxed);
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu1 = mon.cpu_seconds();
+    let rss = mon.peak_rss_kib();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ph.running.load(Ordering::Acquire) > 0 {
+        if ph.failed() {
+            return Err(ph.reason().unwrap_or_default());
+        }
+        if let Err(e) = mon.check() {
+            ph.fail(e.clone());
+            return Err(e);
+        }
+        if Instant::now() > deadline {
+            let e = "requests still in flight 20 s after the end of the run".to_string();
+            ph.fail(e.clone());
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if ph.failed() {
+        return Err(ph.reason().unwrap_or_default());
+    }
+    Ok(Window {
+        seconds,
+        cpu_seconds: cpu1 - cpu0,
+        peak_rss_kib: rss,
+    })
+}
+
+/// One finished cell.
+#[derive(Debug, Clone)]
+pub struct CellResult {
+    pub ops_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub cpu_s_per_mop: f64,
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl CellResult {
+    pub fn from(h: &Hist, w: &Window) -> Result<Self, String> {
+        let ops = h.count();
+        if ops == 0 {
+            return Err("no operation completed during the measurement window".into());
+        }
+        Ok(Self {
+            ops_per_s: ops as f64 / w.seconds,
+            p50_us: h.quantile_us(0.50),
+            p99_us: h.quantile_us(0.99),
+            p999_us: h.quantile_us(0.999),
+            cpu_s_per_mop: w.cpu_seconds / ops as f64 * 1e6,
+            peak_rss_kib: w.peak_rss_kib,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_are_close() {
+        let mut h = Hist::default();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let p50 = h.quantile_us(0.5);
+        let p99 = h.quantile_us(0.99);
+        assert!((p50 - 500.0).abs() / 500.0 < 0.02, "{p50}");
+        assert!((p99 - 990.0).abs() / 990.0 < 0.02, "{p99}");
+        assert_eq!(Hist::index(63), 63);
+        assert!(Hist::value(Hist::index(1_000_000)) > 980_000.0);
+    }
+}

@@ -1,0 +1,500 @@
+//! Reports from `results.csv` (and `skipped.csv`): the ratio table ours / best other daemon per
+//! cell (`ratios.md`) and a hand-written SVG plot of ops/s against queue depth (`ops.svg`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+
+use crate::workload::Workload;
+
+pub const HEADER: &str = "daemon,config,workload,queue_depth,queues,ops_per_s,p50_us,p99_us,p999_us,cpu_s_per_mop,peak_rss_kib";
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub daemon: String,
+    pub config: String,
+    pub workload: String,
+    pub depth: usize,
+    pub queues: u16,
+    pub ops: f64,
+}
+
+pub fn read_results(path: &Path) -> Result<Vec<Row>, String> {
+    let s = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lines = s.lines();
+    if lines.next() != Some(HEADER) {
+        return Err(format!("{}: unexpected header", path.display()));
+    }
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            if f.len() != 11 {
+                return Err(format!("bad line: {l}"));
+            }
+            let num = |i: usize| f[i].parse::<f64>().map_err(|e| format!("{l}: {e}"));
+            Ok(Row {
+                daemon: f[0].into(),
+                config: f[1].into(),
+                workload: f[2].into(),
+                depth: f[3].parse().map_err(|e| format!("{l}: {e}"))?,
+                queues: f[4].parse().map_err(|e| format!("{l}: {e}"))?,
+                ops: num(5)?,
+            })
+        })
+        .collect()
+}
+
+fn workload_order(w: &str) -> usize {
+    Workload::ALL
+        .iter()
+        .position(|x| x.name() == w)
+        .unwrap_or(usize::MAX)
+}
+
+fn best<'a>(rows: impl Iterator<Item = &'a Row>) -> Option<&'a Row> {
+    rows.max_by(|a, b| a.ops.total_cmp(&b.ops))
+}
+
+fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// One comparison: ours (best config) against the best other daemon, and the host floor.
+#[derive(Debug)]
+struct Cmp<'a> {
+    workload: String,
+    depth: usize,
+    queues: u16,
+    ours: Option<&'a Row>,
+    other: Option<&'a Row>,
+    host: Option<&'a Row>,
+}
+
+impl Cmp<'_> {
+    fn ratio(&self) -> Option<f64> {
+        Some(self.ours?.ops / self.other?.ops)
+    }
+}
+
+fn comparisons(rows: &[Row]) -> Vec<Cmp<'_>> {
+    let mut keys: BTreeSet<(usize, String, u16, usize)> = BTreeSet::new();
+    for r in rows.iter().filter(|r| r.daemon != "host-syscalls") {
+        keys.insert((
+            workload_order(&r.workload),
+            r.workload.clone(),
+            r.queues,
+            r.depth,
+        ));
+    }
+    keys.into_iter()
+        .map(|(_, w, q, d)| {
+            let cell = |r: &&Row| r.workload == w && r.depth == d && r.queues == q;
+            Cmp {
+                ours: best(
+                    rows.iter()
+                        .filter(cell)
+                        .filter(|r| r.daemon == "async-virtiofsd"),
+                ),
+                other: best(
+                    rows.iter()
+                        .filter(cell)
+                        .filter(|r| r.daemon == "c-virtiofsd" || r.daemon == "rust-virtiofsd"),
+                ),
+                host: best(
+                    rows.iter()
+                        .filter(|r| r.daemon == "host-syscalls" && r.workload == w && r.depth == d),
+                ),
+                workload: w,
+                depth: d,
+                queues: q,
+            }
+        })
+        .collect()
+}
+
+fn label(r: Option<&Row>, with_daemon: bool) -> String {
+    match r {
+        None => "—".into(),
+        Some(r) if with_daemon => {
+            let short = match r.daemon.as_str() {
+                "c-virtiofsd" => "C",
+                "rust-virtiofsd" => "Rust",
+                d => d,
+            };
+            format!("{} ({short} {})", human(r.ops), r.config)
+        }
+        Some(r) => format!("{} ({})", human(r.ops), r.config),
+    }
+}
+
+pub fn ratios_markdown(rows: &[Row], skipped: &str) -> String {
+    let cmps = comparisons(rows);
+    let mut md = String::new();
+    let depths: BTreeSet<usize> = rows.iter().map(|r| r.depth).collect();
+    let queues: BTreeSet<u16> = rows
+        .iter()
+        .filter(|r| r.daemon != "host-syscalls")
+        .map(|r| r.queues)
+        .collect();
+    let _ = writeln!(
+        md,
+        "### ops/s ratio: async-virtiofsd (best of its configs) / best other daemon\n\n\
+         Above 1: we are faster. `n/a`: no other daemon could serve the cell."
+    );
+    for &q in &queues {
+        let plural = if q > 1 { "s" } else { "" };
+        if !cmps.iter().any(|c| c.queues == q && c.ratio().is_some()) {
+            let _ = writeln!(
+                md,
+                "\n**{q} request queue{plural}**: no other daemon served any cell (see Skipped cells)."
+            );
+            continue;
+        }
+        let _ = writeln!(md, "\n**{q} request queue{plural}**\n");
+        let mut head = "| workload |".to_string();
+        let mut sep = "|---|".to_string();
+        for d in &depths {
+            let _ = write!(head, " qd {d} |");
+            sep.push_str("---:|");
+        }
+        let _ = writeln!(md, "{head}\n{sep}");
+        let mut ws: Vec<&str> = cmps
+            .iter()
+            .filter(|c| c.queues == q)
+            .map(|c| c.workload.as_str())
+            .collect();
+        ws.dedup();
+        for w in ws {
+            let mut line = format!("| {w} |");
+            for &d in &depths {
+                let c = cmps
+                    .iter()
+                    .find(|c| c.workload == w && c.queues == q && c.depth == d);
+                let cell = match c {
+                    None => " |".to_string(),
+                    Some(c) => match c.ratio() {
+                        Some(r) => format!(" {r:.2} |"),
+                        None if c.ours.is_some() => " n/a |".into(),
+                        None => " — |".into(),
+                    },
+                };
+                line.push_str(&cell);
+            }
+            let _ = writeln!(md, "{line}");
+        }
+    }
+
+    // No other daemon serves more than one request queue: compare ours at N queues with the
+    // best other daemon at 1 queue, same total depth.
+    let multi: Vec<u16> = queues.iter().copied().filter(|&q| q > 1).collect();
+    for &q in &multi {
+        let _ = writeln!(
+            md,
+            "\n**ours at {q} request queues / best other daemon at 1 queue (same total depth)**\n"
+        );
+        let mut head = "| workload |".to_string();
+        let mut sep = "|---|".to_string();
+        for d in &depths {
+            let _ = write!(head, " qd {d} |");
+            sep.push_str("---:|");
+        }
+        let _ = writeln!(md, "{head}\n{sep}");
+        let mut ws: Vec<&str> = cmps
+            .iter()
+            .filter(|c| c.queues == q)
+            .map(|c| c.workload.as_str())
+            .collect();
+        ws.dedup();
+        for w in ws {
+            let mut line = format!("| {w} |");
+            for &d in &depths {
+                let ours = cmps
+                    .iter()
+                    .find(|c| c.workload == w && c.queues == q && c.depth == d)
+                    .and_then(|c| c.ours);
+                let other = cmps
+                    .iter()
+                    .find(|c| c.workload == w && c.queues == 1 && c.depth == d)
+                    .and_then(|c| c.other);
+                match (ours, other) {
+                    (Some(o), Some(b)) => {
+                        let _ = write!(line, " {:.2} |", o.ops / b.ops);
+                    }
+                    _ => line.push_str(" — |"),
+                }
+            }
+            let _ = writeln!(md, "{line}");
+        }
+    }
+
+    let mut worst: Vec<&Cmp> = cmps.iter().filter(|c| c.ratio().is_some()).collect();
+    worst.sort_by(|a, b| a.ratio().unwrap().total_cmp(&b.ratio().unwrap()));
+    let _ = writeln!(
+        md,
+        "\n### The three cells where we are furthest behind the best other daemon\n"
+    );
+    for c in worst.iter().take(3) {
+        let _ = writeln!(
+            md,
+            "- {} qd {} q {}: ratio {:.2} — ours {} vs {}",
+            c.workload,
+            c.depth,
+            c.queues,
+            c.ratio().unwrap(),
+            label(c.ours, false),
+            label(c.other, true)
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "\n### Every cell (ops/s; best configuration of each side; host = same syscalls, no daemon)\n\n\
+         | workload | qd | queues | ours | best other | ratio | host floor | ours/host |\n\
+         |---|---:|---:|---|---|---:|---:|---:|"
+    );
+    for c in &cmps {
+        let ratio = c.ratio().map_or("n/a".into(), |r| format!("{r:.2}"));
+        let floor = c.host.map_or("—".into(), |h| human(h.ops));
+        let of_floor = match (c.ours, c.host) {
+            (Some(o), Some(h)) => format!("{:.2}", o.ops / h.ops),
+            _ => "—".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {ratio} | {floor} | {of_floor} |",
+            c.workload,
+            c.depth,
+            c.queues,
+            label(c.ours, false),
+            label(c.other, true)
+        );
+    }
+
+    // Skipped cells, grouped by daemon configuration, queue count and reason.
+    let mut groups: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
+    for l in skipped.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = l.splitn(6, ',').collect();
+        if f.len() == 6 {
+            let reason = f[5]
+                .trim_matches('"')
+                .trim_start_matches("setup failed in an earlier cell: ")
+                .to_string();
+            *groups
+                .entry((f[0].into(), f[1].into(), f[4].into(), reason))
+                .or_default() += 1;
+        }
+    }
+    if !groups.is_empty() {
+        let _ = writeln!(md, "\n### Skipped cells\n");
+        for ((d, c, q, reason), n) in groups {
+            let _ = writeln!(md, "- {d} {c}, {q} queue(s): {n} cell(s): {reason}");
+        }
+    }
+    md
+}
+
+const COLORS: [(&str, &str, &str); 7] = [
+    ("async-virtiofsd", "pool=0", "#1f77b4;5,3"),
+    ("async-virtiofsd", "pool=64", "#1f77b4;"),
+    ("c-virtiofsd", "pool=0", "#d62728;5,3"),
+    ("c-virtiofsd", "pool=64", "#d62728;"),
+    ("rust-virtiofsd", "pool=0", "#2ca02c;5,3"),
+    ("rust-virtiofsd", "pool=64", "#2ca02c;"),
+    ("host-syscalls", "", "#7f7f7f;2,2"),
+];
+
+fn style(daemon: &str, config: &str) -> (&'static str, &'static str) {
+    let s = COLORS
+        .iter()
+        .find(|(d, c, _)| *d == daemon && (c.is_empty() || *c == config))
+        .map_or("#000000;", |x| x.2);
+    s.split_once(';').expect("color;dash")
+}
+
+/// ops/s (log scale) against queue depth (log scale), one panel per workload and request-queue
+/// count, one line per daemon configuration.
+pub fn svg(rows: &[Row]) -> String {
+    let mut panels: Vec<(String, u16)> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let queues: BTreeSet<u16> = rows
+        .iter()
+        .filter(|r| r.daemon != "host-syscalls")
+        .map(|r| r.queues)
+        .collect();
+    let mut ws: Vec<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
+    ws.sort_by_key(|w| workload_order(w));
+    ws.dedup();
+    for w in &ws {
+        for &q in &queues {
+            if seen.insert((w.to_string(), q)) {
+                panels.push((w.to_string(), q));
+            }
+        }
+    }
+    let depths: Vec<usize> = rows
+        .iter()
+        .map(|r| r.depth)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let cols = 4usize;
+    let (pw, ph) = (300.0, 210.0);
+    let (ml, mt) = (58.0, 28.0);
+    let (cw, ch) = (pw + ml + 14.0, ph + mt + 40.0);
+    let legend_h = 56.0;
+    let nrows = panels.len().div_ceil(cols);
+    let width = cols as f64 * cw + 10.0;
+    let height = legend_h + nrows as f64 * ch + 10.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="18" font-size="14" font-weight="bold">ops/s vs queue depth (log-log); dashed = pool=0, solid = pool=64, dotted grey = host syscalls (no daemon)</text>"#
+    );
+    for (i, (d, c, _)) in COLORS.iter().enumerate() {
+        let (col, dash) = style(d, c);
+        let x = 10.0 + i as f64 * 175.0;
+        let name = if c.is_empty() {
+            d.to_string()
+        } else {
+            format!("{d} {c}")
+        };
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x}" y1="38" x2="{}" y2="38" stroke="{col}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="42">{name}</text>"#,
+            x + 24.0,
+            x + 28.0
+        );
+    }
+    let xpos = |d: usize| -> f64 {
+        if depths.len() < 2 {
+            return pw / 2.0;
+        }
+        let lo = (depths[0] as f64).ln();
+        let hi = (*depths.last().unwrap() as f64).ln();
+        (((d as f64).ln() - lo) / (hi - lo)) * (pw - 20.0) + 10.0
+    };
+    for (pi, (w, q)) in panels.iter().enumerate() {
+        let ox = 10.0 + (pi % cols) as f64 * cw + ml;
+        let oy = legend_h + (pi / cols) as f64 * ch + mt;
+        let sel: Vec<&Row> = rows
+            .iter()
+            .filter(|r| {
+                &r.workload == w && (r.queues == *q || r.daemon == "host-syscalls") && r.ops > 0.0
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<text x="{ox}" y="{}" font-weight="bold">{w}, {q} request queue{}</text>"#,
+            oy - 8.0,
+            if *q > 1 { "s" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            r##"<rect x="{ox}" y="{oy}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##
+        );
+        if sel.is_empty() {
+            continue;
+        }
+        let lo = sel.iter().map(|r| r.ops).fold(f64::MAX, f64::min);
+        let hi = sel.iter().map(|r| r.ops).fold(0.0, f64::max);
+        let (e0, e1) = (
+            lo.log10().floor(),
+            hi.log10().ceil().max(lo.log10().floor() + 1.0),
+        );
+        let ypos = |v: f64| oy + ph - (v.log10() - e0) / (e1 - e0) * ph;
+        let mut e = e0;
+        while e <= e1 + 1e-9 {
+            let y = ypos(10f64.powf(e));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{ox}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+                ox + pw,
+                ox - 4.0,
+                y + 4.0,
+                human(10f64.powf(e))
+            );
+            e += 1.0;
+        }
+        for &d in &depths {
+            let x = ox + xpos(d);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{oy}" x2="{x:.1}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{}" text-anchor="middle">{d}</text>"##,
+                oy + ph,
+                oy + ph + 14.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">queue depth</text>"#,
+            ox + pw / 2.0,
+            oy + ph + 28.0
+        );
+        let series: BTreeSet<(String, String)> = sel
+            .iter()
+            .map(|r| {
+                let c = if r.daemon == "host-syscalls" {
+                    String::new()
+                } else {
+                    r.config.clone()
+                };
+                (r.daemon.clone(), c)
+            })
+            .collect();
+        for (d, c) in series {
+            let mut pts: Vec<(usize, f64)> = sel
+                .iter()
+                .filter(|r| r.daemon == d && (c.is_empty() || r.config == c))
+                .map(|r| (r.depth, r.ops))
+                .collect();
+            pts.sort_by_key(|p| p.0);
+            let (col, dash) = style(&d, &c);
+            let path: Vec<String> = pts
+                .iter()
+                .map(|&(x, v)| format!("{:.1},{:.1}", ox + xpos(x), ypos(v)))
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline points="{}" fill="none" stroke="{col}" stroke-width="1.8" stroke-dasharray="{dash}"><title>{d} {c}</title></polyline>"#,
+                path.join(" ")
+            );
+            for &(x, v) in &pts {
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="2.2" fill="{col}"><title>{d} {c} qd {x}: {v:.0} ops/s</title></circle>"#,
+                    ox + xpos(x),
+                    ypos(v)
+                );
+            }
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Writes `ratios.md` and `ops.svg` from `results.csv` and prints the ratio table.
+pub fn write_reports(dir: &Path) -> Result<(), String> {
+    let rows = read_results(&dir.join("results.csv"))?;
+    let skipped = fs::read_to_string(dir.join("skipped.csv")).unwrap_or_default();
+    let md = ratios_markdown(&rows, &skipped);
+    fs::write(dir.join("ratios.md"), &md).map_err(|e| e.to_string())?;
+    fs::write(dir.join("ops.svg"), svg(&rows)).map_err(|e| e.to_string())?;
+    println!("\n{md}");
+    println!(
+        "wrote {0}/results.csv, {0}/skipped.csv, {0}/ratios.md, {0}/ops.svg",
+        dir.display()
+    );
+    Ok(())
+}
