@@ -42,7 +42,8 @@ impl DaemonSpec {
         let s = socket.display().to_string();
         let d = share.display().to_string();
         let mut a: Vec<String> = match self.kind {
-            Kind::Ours => vec![
+            // We accept the Rust virtiofsd's command line.
+            Kind::Ours | Kind::Rust => vec![
                 "--socket-path".into(),
                 s,
                 "--shared-dir".into(),
@@ -57,16 +58,6 @@ impl DaemonSpec {
                 "-o".into(),
                 format!("source={d},cache=auto"),
                 format!("--thread-pool-size={pool}"),
-            ],
-            Kind::Rust => vec![
-                "--socket-path".into(),
-                s,
-                "--shared-dir".into(),
-                d,
-                "--thread-pool-size".into(),
-                pool.to_string(),
-                "--cache".into(),
-                "auto".into(),
             ],
         };
         a.extend(self.extra.iter().cloned());

@@ -135,6 +135,28 @@ fn label(r: Option<&Row>, with_daemon: bool) -> String {
     }
 }
 
+/// The header of a table with one column per queue depth.
+fn depth_table_header(md: &mut String, depths: &BTreeSet<usize>) {
+    let mut head = "| workload |".to_string();
+    let mut sep = "|---|".to_string();
+    for d in depths {
+        let _ = write!(head, " qd {d} |");
+        sep.push_str("---:|");
+    }
+    let _ = writeln!(md, "{head}\n{sep}");
+}
+
+/// The workloads measured at `queues` request queues, in report order.
+fn workloads_at<'a>(cmps: &'a [Cmp<'_>], queues: u16) -> Vec<&'a str> {
+    let mut ws: Vec<&str> = cmps
+        .iter()
+        .filter(|c| c.queues == queues)
+        .map(|c| c.workload.as_str())
+        .collect();
+    ws.dedup();
+    ws
+}
+
 pub fn ratios_markdown(rows: &[Row], skipped: &str) -> String {
     let cmps = comparisons(rows);
     let mut md = String::new();
@@ -159,20 +181,8 @@ pub fn ratios_markdown(rows: &[Row], skipped: &str) -> String {
             continue;
         }
         let _ = writeln!(md, "\n**{q} request queue{plural}**\n");
-        let mut head = "| workload |".to_string();
-        let mut sep = "|---|".to_string();
-        for d in &depths {
-            let _ = write!(head, " qd {d} |");
-            sep.push_str("---:|");
-        }
-        let _ = writeln!(md, "{head}\n{sep}");
-        let mut ws: Vec<&str> = cmps
-            .iter()
-            .filter(|c| c.queues == q)
-            .map(|c| c.workload.as_str())
-            .collect();
-        ws.dedup();
-        for w in ws {
+        depth_table_header(&mut md, &depths);
+        for w in workloads_at(&cmps, q) {
             let mut line = format!("| {w} |");
             for &d in &depths {
                 let c = cmps
@@ -200,20 +210,8 @@ pub fn ratios_markdown(rows: &[Row], skipped: &str) -> String {
             md,
             "\n**ours at {q} request queues / best other daemon at 1 queue (same total depth)**\n"
         );
-        let mut head = "| workload |".to_string();
-        let mut sep = "|---|".to_string();
-        for d in &depths {
-            let _ = write!(head, " qd {d} |");
-            sep.push_str("---:|");
-        }
-        let _ = writeln!(md, "{head}\n{sep}");
-        let mut ws: Vec<&str> = cmps
-            .iter()
-            .filter(|c| c.queues == q)
-            .map(|c| c.workload.as_str())
-            .collect();
-        ws.dedup();
-        for w in ws {
+        depth_table_header(&mut md, &depths);
+        for w in workloads_at(&cmps, q) {
             let mut line = format!("| {w} |");
             for &d in &depths {
                 let ours = cmps

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Barrier;
 
-use common::Daemon;
+use common::{errno, host_getxattr, Daemon};
 use vhost_user_fs_client::abi::ROOT_ID;
 use vhost_user_fs_client::{Creds, Errno, FuseOps, FuseRequest};
 
@@ -39,15 +39,6 @@ fn assert_no_lost_notifications(st: &vhost_user_fs_client::virtqueue::QueueStats
         stalls <= 2,
         "{stalls} completions arrived without a notification: {st:?}"
     );
-}
-
-fn errno<T: std::fmt::Debug>(r: vhost_user_fs_client::Result<T>) -> Errno {
-    match r {
-        Err(e) => e
-            .errno()
-            .unwrap_or_else(|| panic!("expected an errno reply, got {e}")),
-        Ok(v) => panic!("expected an errno reply, got success {v:?}"),
-    }
 }
 
 #[test]
@@ -477,18 +468,11 @@ fn other_operations_match_the_host() {
         ),
         other => panic!("{other:?}"),
     }
-    let mut host = [0u8; 16];
-    let path = std::ffi::CString::new(p("b-link").as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: valid C strings and a buffer of the given length.
-    let n = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            c"user.test".as_ptr(),
-            host.as_mut_ptr().cast(),
-            host.len(),
-        )
-    };
-    assert_eq!(&host[..n as usize], b"value", "host sees the xattr");
+    assert_eq!(
+        host_getxattr(&p("b-link"), "user.test"),
+        b"value",
+        "host sees the xattr"
+    );
     c.removexattr(l.nodeid, "user.test").unwrap();
     assert_eq!(errno(c.getxattr(l.nodeid, "user.test", 64)), Errno::ENODATA);
 

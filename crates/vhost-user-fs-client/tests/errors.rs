@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::Daemon;
+use common::{errno, host_getxattr, Daemon};
 use vhost_user_fs_client::abi::{fattr, opcode, SetattrIn, ROOT_ID};
 use vhost_user_fs_client::{Creds, Errno, FsClient, FuseOps, FuseRequest, XattrReply};
 
@@ -19,15 +19,6 @@ const O_WRONLY: u32 = libc::O_WRONLY as u32;
 const O_RDWR: u32 = libc::O_RDWR as u32;
 const CREATE_EXCL: u32 = (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL) as u32;
 const S_IFREG: u32 = libc::S_IFREG;
-
-fn errno<T: std::fmt::Debug>(r: vhost_user_fs_client::Result<T>) -> Errno {
-    match r {
-        Err(e) => e
-            .errno()
-            .unwrap_or_else(|| panic!("expected an errno reply, got {e}")),
-        Ok(v) => panic!("expected an errno reply, got success {v:?}"),
-    }
-}
 
 /// Names in a host directory.
 fn host_names(dir: &Path) -> BTreeSet<String> {
@@ -415,18 +406,11 @@ fn xattr_errors_with_xattr_enabled() {
     assert_eq!(got, BTreeSet::from([&b"user.a"[..], &b"user.bb"[..]]));
     c.setxattr(n, "user.a", b"z", libc::XATTR_REPLACE as u32)
         .unwrap();
-    let mut host = [0u8; 8];
-    let path = std::ffi::CString::new(d.share.join("x").as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: valid C strings and a buffer of the given length.
-    let len = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            c"user.a".as_ptr(),
-            host.as_mut_ptr().cast(),
-            host.len(),
-        )
-    };
-    assert_eq!(&host[..len as usize], b"z", "replaced on the host");
+    assert_eq!(
+        host_getxattr(&d.share.join("x"), "user.a"),
+        b"z",
+        "replaced on the host"
+    );
     assert_eq!(
         errno(c.setxattr(n, "bogus.ns", b"v", 0)),
         Errno::EOPNOTSUPP,

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Daemon;
+use common::{errno, Daemon};
 use vhost_user_fs_client::abi::{opcode, GetattrIn, InHeader, OutHeader, WriteIn, ROOT_ID};
 use vhost_user_fs_client::{
     Buffers, Completion, Creds, Errno, FsClient, FuseOps, FuseRequest, RawChain, RawDescriptor,
@@ -25,15 +25,6 @@ const S_IFREG: u32 = libc::S_IFREG;
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
-
-fn errno<T: std::fmt::Debug>(r: vhost_user_fs_client::Result<T>) -> Errno {
-    match r {
-        Err(e) => e
-            .errno()
-            .unwrap_or_else(|| panic!("expected an errno reply, got {e}")),
-        Ok(v) => panic!("expected an errno reply, got success {v:?}"),
-    }
-}
 
 /// A `fuse_in_header` as bytes.
 fn header(len: u32, opcode: u32, unique: u64, nodeid: u64) -> Vec<u8> {

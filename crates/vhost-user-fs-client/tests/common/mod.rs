@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use vhost_user_fs_client::{DeviceConfig, FsClient};
+use vhost_user_fs_client::{DeviceConfig, Errno, FsClient};
 
 const WAITING: &str = "Waiting for vhost-user socket connection...";
 
@@ -169,4 +169,34 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The errno of a failed call; fails the test on success or on an error that is not an errno.
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn errno<T: std::fmt::Debug>(r: vhost_user_fs_client::Result<T>) -> Errno {
+    match r {
+        Err(e) => e
+            .errno()
+            .unwrap_or_else(|| panic!("expected an errno reply, got {e}")),
+        Ok(v) => panic!("expected an errno reply, got success {v:?}"),
+    }
+}
+
+/// An extended attribute of a file, read on the host itself (not through the daemon).
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn host_getxattr(path: &Path, name: &str) -> Vec<u8> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut buf = [0u8; 256];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(n >= 0, "host getxattr: {}", std::io::Error::last_os_error());
+    buf[..n as usize].to_vec()
 }
