@@ -37,7 +37,6 @@ pub struct Pipeline {
     cancel: CancellationToken,
     tracker: TaskTracker,
     stats: Vec<Arc<QueueStats>>,
-    gate: SessionGate,
     hiprio: Option<JoinHandle<()>>,
 }
 
@@ -90,7 +89,6 @@ impl Pipeline {
             cancel,
             tracker,
             stats,
-            gate,
             hiprio,
         })
     }
@@ -98,11 +96,6 @@ impl Pipeline {
     /// Counters per queue, indexed by queue number.
     pub fn stats(&self) -> &[Arc<QueueStats>] {
         &self.stats
-    }
-
-    /// The session gate (how many INITs completed, for diagnostics and tests).
-    pub fn gate(&self) -> &SessionGate {
-        &self.gate
     }
 
     /// Stops the queue tasks, waits up to `grace` for in-flight requests, and logs per-queue

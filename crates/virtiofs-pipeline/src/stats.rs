@@ -24,11 +24,6 @@ impl QueueStats {
         InFlight(self)
     }
 
-    /// Requests of this queue running right now.
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
     /// Chains completed so far.
     pub fn completed(&self) -> u64 {
         self.completed.load(Ordering::Acquire)
