@@ -419,6 +419,24 @@ impl Device {
         self.queue(usize::from(token.queue))?.try_take(token)
     }
 
+    /// Waits up to `timeout` for the backend to close its end of the vhost-user socket; true if
+    /// it did (the backend exited or dropped us). Only polls the socket, never reads from it, so
+    /// it may run at any time from any thread (a bridge watches its backend with it).
+    pub fn backend_hung_up(&self, timeout: Duration) -> bool {
+        use std::os::unix::io::AsRawFd;
+        let fd = self.frontend.lock().unwrap().as_raw_fd();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call; `fd` stays open as long
+        // as `self` (the frontend owns it and is never replaced).
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
     /// An address inside no region (the hole after the first region): for hostile tests.
     pub fn unmapped_address(&self) -> GuestAddress {
         let (start, len) = self.mem.regions()[0];
