@@ -423,7 +423,7 @@ fn drain_and_destroy(shared: &Shared) {
         ..Default::default()
     };
     let (tx, rx) = mpsc::channel();
-    match submit(shared, 1, hdr.as_slice(), 0, Kind::Own(tx)) {
+    match submit(shared, 1, hdr.as_slice(), Some(0), Kind::Own(tx)) {
         Ok(()) => match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(_) => debug!("DESTROY answered"),
             Err(_) => warn!("no answer to DESTROY within 5 s"),
@@ -470,7 +470,7 @@ fn init_session(shared: &Shared, limits: Limits) -> Result<()> {
         "kernel INIT"
     );
     let (tx, rx) = mpsc::channel();
-    submit(shared, 1, &req, 64, Kind::Own(tx))?;
+    submit(shared, 1, &req, Some(64), Kind::Own(tx))?;
     // No completer runs yet: collect the reply here.
     let deadline = Instant::now() + Duration::from_secs(30);
     let reply = loop {
@@ -553,8 +553,15 @@ fn reply_room(op: u32, body: &[u8], max: u32) -> u32 {
 
 /// Copies `req` (a whole FUSE request) into guest memory and publishes it on `queue`, laid out
 /// as the Linux driver does: the header, the arguments (for WRITE: `fuse_write_in` and the data
-/// apart), then the reply header and the reply body (`reply_room` bytes; 0 = no reply).
-fn submit(shared: &Shared, queue: usize, req: &[u8], reply_room: u32, kind: Kind) -> Result<()> {
+/// apart), then the reply header and the reply body (`reply_room` bytes: `Some(0)` = a bare
+/// header, `None` = no reply at all, for FORGET).
+fn submit(
+    shared: &Shared,
+    queue: usize,
+    req: &[u8],
+    reply_room: Option<u32>,
+    kind: Kind,
+) -> Result<()> {
     let q = &shared.queues[queue];
     {
         let mut g = q.slots.lock().unwrap();
@@ -591,7 +598,7 @@ fn submit_reserved(
     shared: &Shared,
     queue: usize,
     req: &[u8],
-    reply_room: u32,
+    reply_room: Option<u32>,
     kind: Kind,
 ) -> Result<()> {
     let mem = shared.dev.memory();
@@ -616,19 +623,21 @@ fn submit_reserved(
                 write: false,
             })
             .collect();
-        if reply_room > 0 {
-            let r = alloc(shared, 16 + u64::from(reply_room))?;
+        if let Some(room) = reply_room {
+            let r = alloc(shared, 16 + u64::from(room))?;
             reply = Some(r);
             descs.push(Descriptor {
                 addr: r.addr.0,
                 len: 16,
                 write: true,
             });
-            descs.push(Descriptor {
-                addr: r.addr.0 + 16,
-                len: reply_room,
-                write: true,
-            });
+            if room > 0 {
+                descs.push(Descriptor {
+                    addr: r.addr.0 + 16,
+                    len: room,
+                    write: true,
+                });
+            }
         }
         Ok(descs)
     })();
@@ -734,7 +743,7 @@ fn reader(shared: &Shared, tx: &mpsc::Sender<Event>) {
                 write_error(shared.fuse, h.unique, libc::ENOSYS);
                 continue;
             }
-            opcode::FORGET | opcode::BATCH_FORGET => submit(shared, 0, req, 0, Kind::Forget),
+            opcode::FORGET | opcode::BATCH_FORGET => submit(shared, 0, req, None, Kind::Forget),
             op => {
                 let q = 1 + shared.rr.fetch_add(1, Ordering::Relaxed) % nq;
                 let room = reply_room(op, &req[40..], shared.bufsize as u32);
@@ -742,7 +751,7 @@ fn reader(shared: &Shared, tx: &mpsc::Sender<Event>) {
                     shared,
                     q,
                     req,
-                    room,
+                    Some(room),
                     Kind::Forward {
                         unique: h.unique,
                         opcode: op,
