@@ -7,8 +7,10 @@
 
 use std::sync::Arc;
 
-use fuse_backend_rs::abi::fuse_abi::Opcode;
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+
+use crate::request::is_forget;
 
 /// State of the FUSE session, changed only by INIT and DESTROY.
 #[derive(Debug, Default)]
@@ -72,6 +74,16 @@ impl SessionGate {
             Pass::Exclusive(self.lock.clone().write_owned().await)
         } else {
             Pass::Shared(self.lock.clone().read_owned().await)
+        }
+    }
+
+    /// The pass a request with FUSE header `header` runs under: `None` for FORGET and
+    /// BATCH_FORGET (they need no session and must never wait behind DESTROY) and for a chain
+    /// without a header; otherwise waits as [`SessionGate::enter`] does.
+    pub async fn pass_for(&self, header: Option<&InHeader>) -> Option<Pass> {
+        match header {
+            Some(h) if !is_forget(h.opcode) => Some(self.enter(h.opcode).await),
+            _ => None,
         }
     }
 

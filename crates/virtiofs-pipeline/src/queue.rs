@@ -19,12 +19,13 @@ use tracing::{debug, info, trace, warn};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use virtiofs_device::QueueLink;
-use vm_memory::GuestAddressSpace;
+use vm_memory::{ByteValued, GuestAddressSpace};
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode};
 
 use crate::gate::{is_exclusive, Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler};
+use crate::private::private_chain;
 use crate::request::{is_forget, peek_in_header, peek_out_header, reply_error, IN_HEADER_LEN};
 use crate::stats::QueueStats;
 
@@ -159,11 +160,7 @@ impl<H: FuseHandler> QueueContext<H> {
         tracker: &TaskTracker,
     ) {
         let header = peek_in_header(&chain);
-        // FORGETs take no pass: they need no session and must never wait behind DESTROY.
-        let pass = match header {
-            Some(h) if !is_forget(h.opcode) => Some(self.gate.enter(h.opcode).await),
-            _ => None,
-        };
+        let pass = self.gate.pass_for(header.as_ref()).await;
         match &self.mode {
             Mode::Pooled(_) => {
                 let ctx = self.clone();
@@ -181,71 +178,18 @@ impl<H: FuseHandler> QueueContext<H> {
     fn process(&self, chain: Chain, header: Option<InHeader>, mut pass: Option<Pass>) {
         let _running = self.stats.start();
         let head = chain.head_index();
-        let Some(h) = header else {
-            self.malformed(head, "shorter than a FUSE header or outside guest memory");
-            return self.complete(head, 0);
-        };
-        // The header's `len` must fit the chain: the server trusts it for fixed-size arguments.
-        let readable: u64 = chain.clone().readable().map(|d| u64::from(d.len())).sum();
-        if (h.len as usize) < IN_HEADER_LEN || u64::from(h.len) > readable {
-            self.malformed(head, "FUSE header len does not match the request");
-            let len = match is_forget(h.opcode) {
-                true => 0,
-                false => reply_error(&chain, h.unique, libc::EINVAL).unwrap_or(0),
-            };
-            return self.complete(head, len as u32);
-        }
-        // Everything but INIT, DESTROY and FORGETs needs an initialized session; a second INIT
-        // in a live session is refused, as libfuse does (a Linux guest never sends one).
-        let live = pass.as_ref().is_some_and(Pass::initialized);
-        let needs_session = !is_forget(h.opcode) && !is_exclusive(h.opcode);
-        let second_init = h.opcode == Opcode::Init as u32 && live;
-        if (needs_session && !live) || second_init {
-            if !second_init {
-                self.stats.before_init.fetch_add(1, Ordering::Relaxed);
-            }
-            debug!(
-                queue = self.link.index,
-                opcode = h.opcode,
-                "refused: no FUSE session"
-            );
-            let len = reply_error(&chain, h.unique, libc::EIO).unwrap_or(0);
-            return self.complete(head, len as u32);
-        }
-        trace!(
-            queue = self.link.index,
-            opcode = h.opcode,
-            unique = h.unique,
-            "request"
+        let len = serve_chain(
+            &*self.handler,
+            &chain,
+            header,
+            pass.as_mut(),
+            &self.stats,
+            self.link.index,
         );
-        let len = match self.handler.handle(&chain) {
-            Ok(n) => n,
-            Err(e) => {
-                self.malformed(head, &e.to_string());
-                if is_forget(h.opcode) {
-                    0
-                } else {
-                    reply_error(&chain, h.unique, e.errno()).unwrap_or(0)
-                }
-            }
-        };
-        if let Some(pass) = pass.as_mut() {
-            let succeeded = len > 0 && peek_out_header(&chain).is_some_and(|o| o.error == 0);
-            pass.record(h.opcode, succeeded);
-        }
         // The pass is released before the chain goes back, so a DESTROY the guest sends on seeing
         // this completion never waits for it.
         drop(pass);
-        self.complete(head, len as u32);
-    }
-
-    fn malformed(&self, head: u16, why: &str) {
-        let n = self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-        if n < MALFORMED_WARNINGS {
-            warn!(queue = self.link.index, head, "bad request: {why}");
-        } else {
-            debug!(queue = self.link.index, head, "bad request: {why}");
-        }
+        self.complete(head, len);
     }
 
     /// Returns the chain to the guest and notifies it if the ring wants a notification.
@@ -267,6 +211,97 @@ impl<H: FuseHandler> QueueContext<H> {
             Ok(false) => {}
             Err(e) => debug!(queue = self.link.index, "needs_notification: {e}"),
         }
+    }
+}
+
+/// Serves one descriptor chain popped from a queue: checks the FUSE header against the chain,
+/// answers requests outside a session (and a second INIT) with `EIO`, otherwise runs `handler`,
+/// and writes an errno reply if the handler fails. Returns the used length to put on the used
+/// ring (0 when there is no reply).
+///
+/// `header` is [`peek_in_header`] of the chain and `pass` the gate pass from
+/// [`SessionGate::pass_for`] for it. This is exactly what a queue task runs per chain between
+/// popping it and [`QueueContext`] completing it; it is public so that the fuzz targets
+/// (`fuzz/` in the repository) drive the same code.
+pub fn serve_chain<H: FuseHandler + ?Sized>(
+    handler: &H,
+    chain: &Chain,
+    header: Option<InHeader>,
+    mut pass: Option<&mut Pass>,
+    stats: &QueueStats,
+    queue: usize,
+) -> u32 {
+    let head = chain.head_index();
+    let Some(h) = header else {
+        malformed(
+            stats,
+            queue,
+            head,
+            "shorter than a FUSE header or outside guest memory",
+        );
+        return 0;
+    };
+    let refuse = |why: &str| {
+        malformed(stats, queue, head, why);
+        match is_forget(h.opcode) {
+            true => 0,
+            false => reply_error(chain, h.unique, libc::EINVAL).unwrap_or(0) as u32,
+        }
+    };
+    // From here on only a private copy of the request is read: the guest cannot change what
+    // was checked before it is used.
+    let private = match private_chain(chain) {
+        Ok(c) => c,
+        Err(e) => return refuse(&e.to_string()),
+    };
+    let chain = &private;
+    if !peek_in_header(chain).is_some_and(|p| p.as_slice() == h.as_slice()) {
+        // The gate pass was chosen for `header`.
+        return refuse("FUSE header changed while the request was read");
+    }
+    // The header's `len` must fit the chain: the server trusts it for fixed-size arguments.
+    let readable: u64 = chain.clone().readable().map(|d| u64::from(d.len())).sum();
+    if (h.len as usize) < IN_HEADER_LEN || u64::from(h.len) > readable {
+        return refuse("FUSE header len does not match the request");
+    }
+    // Everything but INIT, DESTROY and FORGETs needs an initialized session; a second INIT
+    // in a live session is refused, as libfuse does (a Linux guest never sends one).
+    let live = pass.as_deref().is_some_and(Pass::initialized);
+    let needs_session = !is_forget(h.opcode) && !is_exclusive(h.opcode);
+    let second_init = h.opcode == Opcode::Init as u32 && live;
+    if (needs_session && !live) || second_init {
+        if !second_init {
+            stats.before_init.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(queue, opcode = h.opcode, "refused: no FUSE session");
+        return reply_error(chain, h.unique, libc::EIO).unwrap_or(0) as u32;
+    }
+    trace!(queue, opcode = h.opcode, unique = h.unique, "request");
+    let len = match handler.handle(chain) {
+        Ok(n) => n,
+        Err(e) => {
+            malformed(stats, queue, head, &e.to_string());
+            if is_forget(h.opcode) {
+                0
+            } else {
+                reply_error(chain, h.unique, e.errno()).unwrap_or(0)
+            }
+        }
+    };
+    if let Some(pass) = pass.as_mut() {
+        let succeeded = len > 0 && peek_out_header(chain).is_some_and(|o| o.error == 0);
+        pass.record(h.opcode, succeeded);
+    }
+    len as u32
+}
+
+/// Counts a malformed chain; logs the first few at `warn`, later ones at `debug`.
+fn malformed(stats: &QueueStats, queue: usize, head: u16, why: &str) {
+    let n = stats.malformed.fetch_add(1, Ordering::Relaxed);
+    if n < MALFORMED_WARNINGS {
+        warn!(queue, head, "bad request: {why}");
+    } else {
+        debug!(queue, head, "bad request: {why}");
     }
 }
 
