@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds and runs every fuzz target of async-virtiofsd for SECONDS each (default 60), one after
+# the other, one fuzzing process at a time; exits non-zero on the first crash (libFuzzer leaves
+# the input in fuzz/artifacts/TARGET/). Works with the stable toolchain: cargo-fuzz passes
+# nightly-only rustc flags (-Zsanitizer=address, ...), which RUSTC_BOOTSTRAP=1 lets stable accept.
+# See fuzz/README.md.
+set -euo pipefail
+
+SECS=${1:-60}
+FUZZ=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$FUZZ"
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+export RUSTC_BOOTSTRAP=1
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz from crates.io (about 2 minutes on 2 cores)"
+    cargo install cargo-fuzz --version 0.13.2 --locked
+fi
+
+# fuzz/ is a workspace of its own: the root's `cargo fmt --all` does not see it.
+cargo fmt --check
+
+# The harness builds its temporary share under TMPDIR; keep it here and start clean.
+export TMPDIR="$FUZZ/target/tmp"
+rm -rf "$TMPDIR"
+mkdir -p "$TMPDIR"
+
+for target in $(cargo fuzz list); do
+    mkdir -p "corpus/$target"
+    dirs=("corpus/$target")
+    for extra in "seeds/$target" "regressions/$target"; do
+        [[ -d $extra ]] && dirs+=("$extra")
+    done
+    echo "==> fuzz target $target for ${SECS}s (corpus: ${dirs[*]})"
+    # -timeout: a request that blocks for 10 s is a bug (a hang), reported like a crash.
+    cargo fuzz run "$target" "${dirs[@]}" -- \
+        -max_total_time="$SECS" -timeout=10 -print_final_stats=1
+done
