@@ -34,6 +34,9 @@ step "cargo deny check licenses bans sources"
 # `cargo deny check advisories` is not run; see README.
 cargo deny check licenses bans sources
 
+step "fuzz targets, 60 s each (fuzz/run.sh; installs cargo-fuzz if missing)"
+bash fuzz/run.sh 60
+
 step "guest end-to-end matrix (QEMU TCG)"
 cargo build -p async-virtiofsd
 bash tests/e2e/matrix.sh "$REPO/target/debug/async-virtiofsd"
