@@ -188,3 +188,99 @@ pub fn read_private(chain: &Chain, offset: usize, buf: &mut [u8]) -> bool {
         .read_slice(buf, GuestAddress(PRIVATE_BASE + DATA + offset as u64))
         .is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    /// Posts one chain of `(addr, len, writable)` parts on a fresh queue in `mem` and pops it.
+    fn chain(mem: &GuestMemoryAtomic<GuestMemoryMmap<()>>, parts: &[(u64, u32, bool)]) -> Chain {
+        let m = mem.memory();
+        for (i, &(addr, len, writable)) in parts.iter().enumerate() {
+            let mut flags = if writable { F_WRITE } else { 0 };
+            if i + 1 < parts.len() {
+                flags |= F_NEXT;
+            }
+            let raw = raw_desc(addr, len, flags, i as u16 + 1);
+            m.write_slice(&raw, GuestAddress(16 * i as u64)).unwrap();
+        }
+        m.write_slice(&0u16.to_le_bytes(), GuestAddress(0x1004))
+            .unwrap();
+        m.write_slice(&1u16.to_le_bytes(), GuestAddress(0x1002))
+            .unwrap();
+        let mut q = Queue::new(16).unwrap();
+        q.try_set_desc_table_address(GuestAddress(0)).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(0x1000)).unwrap();
+        q.try_set_used_ring_address(GuestAddress(0x2000)).unwrap();
+        q.set_ready(true);
+        q.pop_descriptor_chain(mem.memory()).unwrap()
+    }
+
+    fn readable(c: &Chain) -> Vec<u8> {
+        let mut out = Vec::new();
+        for d in c.clone().readable() {
+            let mut buf = vec![0u8; d.len() as usize];
+            c.memory().read_slice(&mut buf, d.addr()).unwrap();
+            out.extend(buf);
+        }
+        out
+    }
+
+    #[test]
+    fn guest_changes_after_the_copy_are_not_seen_and_replies_reach_the_guest() {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap(),
+        );
+        let request: Vec<u8> = (0..PRIVATE_PREFIX + 100).map(|i| i as u8).collect();
+        // Split over three readable descriptors; the last crosses the end of the copy.
+        let (a, b) = (0x4000u64, 0x8000u64);
+        let m = mem.memory();
+        m.write_slice(&request[..10], GuestAddress(a)).unwrap();
+        m.write_slice(&request[10..], GuestAddress(b)).unwrap();
+        let original = chain(
+            &mem,
+            &[
+                (a, 10, false),
+                (b, 20, false),
+                (b + 20, (request.len() - 30) as u32, false),
+                (0x2_0000, 64, true),
+            ],
+        );
+        let private = private_chain(&original).unwrap();
+        assert_eq!(readable(&private), request, "same bytes, same order");
+
+        // The guest rewrites its request: the copied prefix keeps the old bytes; the part past
+        // the copy is still read from guest memory.
+        m.write_slice(&[0xEE; 10], GuestAddress(a)).unwrap();
+        let last = b + request.len() as u64 - 10 - 1;
+        m.write_slice(&[0xEE], GuestAddress(last)).unwrap();
+        let seen = readable(&private);
+        assert_eq!(seen[..PRIVATE_PREFIX], request[..PRIVATE_PREFIX]);
+        assert_eq!(*seen.last().unwrap(), 0xEE);
+
+        // Replies go to the guest's writable buffer.
+        assert!(crate::request::write_reply_prefix(&private, b"reply"));
+        let mut reply = [0u8; 5];
+        m.read_slice(&mut reply, GuestAddress(0x2_0000)).unwrap();
+        assert_eq!(&reply, b"reply");
+
+        // Patching touches only the private copy.
+        assert!(patch_private(&private, 0, &[1, 2]));
+        assert!(!patch_private(&private, PRIVATE_PREFIX - 1, &[1, 2]));
+        let mut two = [0u8; 2];
+        assert!(read_private(&private, 0, &mut two));
+        assert_eq!(two, [1, 2]);
+        m.read_slice(&mut two, GuestAddress(a)).unwrap();
+        assert_eq!(two, [0xEE, 0xEE]);
+    }
+
+    #[test]
+    fn unreadable_descriptor_is_refused() {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap(),
+        );
+        let c = chain(&mem, &[(0xF_FFF0, 64, false), (0x2_0000, 64, true)]);
+        assert!(matches!(private_chain(&c), Err(PrivateError::Unreadable)));
+    }
+}
