@@ -51,4 +51,14 @@ fi
 grep -q '^async-virtiofsd,' "$REPO/target/bench-quick/results.csv" ||
     { echo "no benchmark results for async-virtiofsd"; exit 1; }
 
+step "bridge POSIX suite on every daemon (host, async-virtiofsd, C and Rust virtiofsd via /dev/fuse)"
+# Also part of `cargo test` above; here the reference daemons must be present (benches/run
+# installed the Rust virtiofsd), so a missing one fails instead of being skipped.
+BRIDGE_REQUIRE_ALL_DAEMONS=1 \
+    RUST_VIRTIOFSD_BIN="${BENCH_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/async-virtiofsd/bench-tools}/bin/virtiofsd" \
+    cargo test -p vhost-user-fs-mount --test posix -- --test-threads 1 --nocapture
+if grep -q ' - fuse.vhost-user-fs ' /proc/self/mountinfo; then
+    echo "bridge mounts left behind:"; grep ' - fuse.vhost-user-fs ' /proc/self/mountinfo; exit 1
+fi
+
 step "all tests passed in $(( $(date +%s) - t0 ))s"

@@ -4,6 +4,7 @@
 //! Normally started by `benches/run`, which builds and installs the daemons first.
 
 mod daemon;
+mod fio;
 mod host;
 mod load;
 mod measure;
@@ -76,6 +77,17 @@ struct Args {
     /// low-depth latency on a VM measures how fast an idle vCPU wakes up).
     #[arg(long)]
     no_pm_qos: bool,
+    /// vhost-user-fs-mount binary: enables the fio workloads (`fio-*`), which mount each daemon
+    /// on the host through /dev/fuse and run fio on the mount.
+    #[arg(long)]
+    bridge: Option<PathBuf>,
+    /// fio binary for the `fio-*` workloads.
+    #[arg(long, default_value = "fio")]
+    fio: PathBuf,
+    /// Why the fio workloads cannot run (benches/run: fio could not be installed); they are
+    /// reported skipped.
+    #[arg(long)]
+    fio_unavailable: Option<String>,
     /// Only regenerate ratios.md and ops.svg from DIR/results.csv.
     #[arg(long)]
     report_only: bool,
@@ -275,6 +287,23 @@ fn real_main(args: Args) -> Result<(), String> {
     if args.report_only {
         return report::write_reports(&args.out);
     }
+    let (fio_named, vufs_named): (Vec<String>, Vec<String>) = args
+        .workloads
+        .iter()
+        .cloned()
+        .partition(|w| w.starts_with("fio-"));
+    for w in &fio_named {
+        if fio::spec(w).is_none() {
+            return Err(format!("unknown workload {w}"));
+        }
+    }
+    let fio_workloads: Vec<String> = if !args.workloads.is_empty() {
+        fio_named
+    } else if args.quick {
+        vec!["fio-randread4k".into(), "fio-seqwrite1m".into()]
+    } else {
+        fio::WORKLOADS.iter().map(|s| s.to_string()).collect()
+    };
     let workloads: Vec<Workload> = if args.workloads.is_empty() {
         if args.quick {
             vec![
@@ -287,7 +316,7 @@ fn real_main(args: Args) -> Result<(), String> {
             Workload::ALL.to_vec()
         }
     } else {
-        args.workloads
+        vufs_named
             .iter()
             .map(|s| Workload::parse(s).ok_or_else(|| format!("unknown workload {s}")))
             .collect::<Result<_, _>>()?
@@ -496,6 +525,110 @@ fn real_main(args: Args) -> Result<(), String> {
                 )
                 .map_err(|e| e.to_string())?;
                 skipped.flush().map_err(|e| e.to_string())?;
+            }
+        }
+    }
+
+    // The fio mode: the kernel's FUSE client through the bridge.
+    if !fio_workloads.is_empty() {
+        let fio_depths: Vec<usize> = if !args.depths.is_empty() {
+            args.depths.clone()
+        } else if args.quick {
+            vec![1, 16]
+        } else {
+            vec![1, 16, 64]
+        };
+        let (runtime, ramp) = if args.quick {
+            (Duration::from_millis(1500), Duration::from_millis(500))
+        } else {
+            (Duration::from_secs(3), Duration::from_secs(1))
+        };
+        let unavailable = match (&args.bridge, &args.fio_unavailable) {
+            (_, Some(r)) => Some(r.clone()),
+            (None, None) => Some("no --bridge binary given".to_string()),
+            (Some(b), None) if !b.is_file() => Some(format!("{} not found", b.display())),
+            _ => None,
+        };
+        if unavailable.is_none() {
+            fio::prepare(&share)?;
+        }
+        let mut plan = Vec::new();
+        for w in &fio_workloads {
+            for &q in &queues {
+                for &d in &fio_depths {
+                    for t in &targets {
+                        if matches!(t, Target::Host) && q != queues[0] {
+                            continue;
+                        }
+                        plan.push((t.clone(), w.clone(), q, d));
+                    }
+                }
+            }
+        }
+        let total = plan.len();
+        let fio_start = Instant::now();
+        for (n, (t, w, q, depth)) in plan.into_iter().enumerate() {
+            let (dname, config) = (t.daemon(), t.config(depth));
+            let key = (format!("fio:{dname}"), config.clone(), q);
+            let res: Result<CellResult, String> = match (&t, &unavailable) {
+                (_, Some(r)) => Err(format!("fio mode not available: {r}")),
+                (Target::Missing { reason, .. }, _) => Err(format!("not available: {reason}")),
+                (Target::Host, None) => fio::host_cell(&args.fio, &share, &w, depth, runtime, ramp),
+                (Target::Daemon { spec, pool }, None) => match setup_failed.get(&key) {
+                    Some(r) => Err(format!("setup failed in an earlier cell: {r}")),
+                    None => {
+                        let tag = format!("{dname}-{config}-{w}-qd{depth}-q{q}");
+                        let bridge = args.bridge.as_deref().expect("checked");
+                        let r = fio::daemon_cell(
+                            spec, *pool, bridge, &args.fio, &w, depth, q, runtime, ramp, &share,
+                            &logs, &tag,
+                        );
+                        if let Err(e) = &r {
+                            if e.starts_with("bridge exited") || e.starts_with("daemon did not") {
+                                setup_failed.insert(key.clone(), e.clone());
+                            }
+                        }
+                        r
+                    }
+                },
+            };
+            let el = fio_start.elapsed().as_secs();
+            let head = format!(
+                "[fio {:>3}/{total} {:>2}:{:02}] {dname:<15} {config:<11} {w:<16} qd={depth:<3} q={q}",
+                n + 1,
+                el / 60,
+                el % 60,
+            );
+            match res {
+                Ok(r) => {
+                    ok += 1;
+                    println!(
+                        "{head} {:>10.0} ops/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  cpu {:>6.2} s/Mop  rss {} KiB",
+                        r.ops_per_s, r.p50_us, r.p99_us, r.p999_us, r.cpu_s_per_mop,
+                        fmt_opt(r.peak_rss_kib)
+                    );
+                    writeln!(
+                        csv,
+                        "{dname},{config},{w},{depth},{q},{:.1},{:.2},{:.2},{:.2},{:.3},{}",
+                        r.ops_per_s,
+                        r.p50_us,
+                        r.p99_us,
+                        r.p999_us,
+                        r.cpu_s_per_mop,
+                        fmt_opt(r.peak_rss_kib)
+                    )
+                    .map_err(|e| e.to_string())?;
+                    csv.flush().map_err(|e| e.to_string())?;
+                }
+                Err(e) => {
+                    skip += 1;
+                    let e = e.replace(['\n', '\r'], " ");
+                    println!("{head} SKIPPED: {e}");
+                    let quoted = format!("\"{}\"", e.replace('"', "'"));
+                    writeln!(skipped, "{dname},{config},{w},{depth},{q},{quoted}")
+                        .map_err(|e| e.to_string())?;
+                    skipped.flush().map_err(|e| e.to_string())?;
+                }
             }
         }
     }

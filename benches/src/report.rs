@@ -50,6 +50,12 @@ fn workload_order(w: &str) -> usize {
     Workload::ALL
         .iter()
         .position(|x| x.name() == w)
+        .or_else(|| {
+            crate::fio::WORKLOADS
+                .iter()
+                .position(|&x| x == w)
+                .map(|i| Workload::ALL.len() + i)
+        })
         .unwrap_or(usize::MAX)
 }
 

@@ -68,7 +68,8 @@ is_installed() {
 
 ensure_packages() {
     local missing=() p
-    for p in qemu-system-x86 qemu-system-common busybox-static cpio kmod xz-utils; do
+    # fio: benches/run's fio mode over the vhost-user-fs-mount bridge.
+    for p in qemu-system-x86 qemu-system-common busybox-static cpio kmod xz-utils fio; do
         is_installed "$p" || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then
