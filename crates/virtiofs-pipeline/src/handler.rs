@@ -1,6 +1,6 @@
 //! The FUSE server seen from the pipeline: one call per descriptor chain.
 
-use fuse_backend_rs::abi::fuse_abi::{GetxattrIn, Opcode, ReadIn, WriteIn};
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, GetxattrIn, Opcode, OpenIn, ReadIn, WriteIn};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
@@ -93,25 +93,30 @@ pub fn is_decodable_opcode(opcode: u32) -> bool {
 /// Where READ's and WRITE's `flags` (the file's open flags) lie in the request.
 const RW_FLAGS_AT: usize = IN_HEADER_LEN + std::mem::offset_of!(ReadIn, flags);
 const _: () = assert!(std::mem::offset_of!(ReadIn, flags) == std::mem::offset_of!(WriteIn, flags));
+/// Where OPEN's, OPENDIR's and CREATE's `flags` lie in the request.
+const OPEN_FLAGS_AT: usize = IN_HEADER_LEN + std::mem::offset_of!(OpenIn, flags);
+const _: () = assert!(std::mem::offset_of!(OpenIn, flags) == std::mem::offset_of!(CreateIn, flags));
 /// Where GETXATTR's and LISTXATTR's `size` lies in the request.
 const XATTR_SIZE_AT: usize = IN_HEADER_LEN + std::mem::offset_of!(GetxattrIn, size);
 /// The most an xattr value or list can be on Linux (`XATTR_SIZE_MAX`, `XATTR_LIST_MAX`).
 const XATTR_MAX: u32 = 65536;
 
-/// Rewrites two request fields that fuse-backend-rs 0.14 mishandles, in the private copy of the
-/// request (see [`crate::private`]; the guest cannot change them back). Both found by the
+/// Rewrites request fields that fuse-backend-rs 0.14 mishandles, in the private copy of the
+/// request (see [`crate::private`]; the guest cannot change them back). All found by the
 /// `request_pipeline` fuzz target (`fuzz/`).
 ///
-/// - READ and WRITE `flags`: O_DIRECT and O_NOATIME are cleared. `PassthroughFs::read`/`write`
-///   (passthrough/sync_io.rs) wrap the handle's fd in a `File` and, when `flags` differ from the
-///   flags the handle was opened with, `fcntl(F_SETFL, flags)`; if that fails they return before
-///   the `File` is made `ManuallyDrop`, so it **closes the handle's fd**, which the handle still
-///   owns: the fd number is free for the next file the daemon opens (another guest file, guest
-///   memory, the socket) and is closed again on RELEASE. F_SETFL fails for O_DIRECT where the
-///   file does not support it (a directory, some filesystems), for O_NOATIME unless the caller
-///   owns the file, and for clearing O_APPEND on an append-only file (which a guest cannot
-///   create). Cost: a handle opened with O_DIRECT (`--allow-direct-io`) loses it at its first
-///   READ or WRITE whose flags differ from its open flags.
+/// - READ and WRITE `flags`: O_DIRECT and O_NOATIME are cleared; OPEN, OPENDIR and CREATE
+///   `flags`: O_PATH is cleared (a Linux guest never sends it: O_PATH opens do not reach the
+///   filesystem). `PassthroughFs::read`/`write` (passthrough/sync_io.rs) wrap the handle's fd in
+///   a `File` and, when `flags` differ from the flags the handle was opened with,
+///   `fcntl(F_SETFL, flags)`; if that fails they return before the `File` is made `ManuallyDrop`,
+///   so it **closes the handle's fd**, which the handle still owns: the fd number is free for the
+///   next file the daemon opens (another guest file, guest memory, the socket) and is closed
+///   again on RELEASE. F_SETFL fails on an O_PATH fd (which the library opens if the guest asks),
+///   for O_DIRECT where the file does not support it (a directory, some filesystems), for
+///   O_NOATIME unless the caller owns the file, and for clearing O_APPEND on an append-only file
+///   (which a guest cannot create). Cost: a handle opened with O_DIRECT (`--allow-direct-io`)
+///   loses it at its first READ or WRITE whose flags differ from its open flags.
 /// - GETXATTR and LISTXATTR `size`: capped at 64 KiB, as the kernel caps the syscalls'. The
 ///   library allocates `size` bytes up front, so a guest could ask for 4 GiB per request.
 fn sanitize(chain: &Chain) {
@@ -122,6 +127,12 @@ fn sanitize(chain: &Chain) {
         op if op == Opcode::Read as u32 || op == Opcode::Write as u32 => (RW_FLAGS_AT, |f| {
             f & !((libc::O_DIRECT | libc::O_NOATIME) as u32)
         }),
+        op if op == Opcode::Open as u32
+            || op == Opcode::Opendir as u32
+            || op == Opcode::Create as u32 =>
+        {
+            (OPEN_FLAGS_AT, |f| f & !(libc::O_PATH as u32))
+        }
         op if op == Opcode::Getxattr as u32 || op == Opcode::Listxattr as u32 => {
             (XATTR_SIZE_AT, |size| size.min(XATTR_MAX))
         }
