@@ -214,9 +214,10 @@ impl<H: FuseHandler> QueueContext<H> {
     }
 }
 
-/// Serves one descriptor chain popped from a queue: checks the FUSE header against the chain,
-/// answers requests outside a session (and a second INIT) with `EIO`, otherwise runs `handler`,
-/// and writes an errno reply if the handler fails. Returns the used length to put on the used
+/// Serves one descriptor chain popped from a queue: copies the start of the request out of
+/// guest memory ([`crate::private`]; the handler sees only that copy), checks the FUSE header
+/// against the chain, answers requests outside a session (and a second INIT) with `EIO`,
+/// otherwise runs `handler`, and writes an errno reply if the handler fails. Returns the used length to put on the used
 /// ring (0 when there is no reply).
 ///
 /// `header` is [`peek_in_header`] of the chain and `pass` the gate pass from
