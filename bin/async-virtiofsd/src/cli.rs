@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use virtiofs_passthrough::{CacheMode, ShareOptions};
+use virtiofs_sandbox::{CapabilityPolicy, SandboxMode, SeccompMode};
 
 /// Where the vhost-user frontend connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,21 @@ enum CacheArg {
     Auto,
     Always,
     Metadata,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SandboxArg {
+    Namespace,
+    Chroot,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SeccompArg {
+    None,
+    Kill,
+    Log,
+    Trap,
 }
 
 /// Largest `--thread-pool-size`: each pooled request may hold a blocking thread.
@@ -106,6 +122,24 @@ struct Args {
     #[arg(long)]
     allow_direct_io: bool,
 
+    /// How the daemon is confined to the shared directory: namespace (mount/PID/network
+    /// namespaces + pivot_root), chroot, or none (the caller contains the daemon).
+    #[arg(long, value_enum, default_value = "namespace")]
+    sandbox: SandboxArg,
+
+    /// What a system call outside the allowlist does: kill the daemon, log it, trap (SIGSYS),
+    /// or none (no filter).
+    #[arg(long, value_enum, default_value = "kill")]
+    seccomp: SeccompArg,
+
+    /// Adjust the kept capabilities, e.g. `+sys_admin:-mknod`.
+    #[arg(long, value_name = "MODCAPS", allow_hyphen_values = true)]
+    modcaps: Option<String>,
+
+    /// Open-file limit (default min(1000000, /proc/sys/fs/nr_open); 0 leaves it unchanged).
+    #[arg(long, value_name = "N")]
+    rlimit_nofile: Option<u64>,
+
     /// Log level (RUST_LOG, when set, takes precedence).
     #[arg(long, value_enum, default_value = "info")]
     log_level: LogLevel,
@@ -136,6 +170,14 @@ pub struct Options {
     pub thread_pool_size: usize,
     /// `--log-level`.
     pub log_level: LogLevel,
+    /// `--sandbox`.
+    pub sandbox: SandboxMode,
+    /// `--seccomp`.
+    pub seccomp: SeccompMode,
+    /// The capabilities kept (`--modcaps` applied).
+    pub capabilities: CapabilityPolicy,
+    /// `--rlimit-nofile` (None: the default target).
+    pub rlimit_nofile: Option<u64>,
 }
 
 /// A command-line problem: printed as one line, exit code 2.
@@ -330,11 +372,36 @@ where
             ))
         }
     };
+    if share.xattr && args.sandbox == SandboxArg::Chroot {
+        // fuse-backend-rs names /proc/self/fd/N by path for xattrs; a chroot has no /proc.
+        return Err(UsageError(
+            "--xattr cannot be served with --sandbox chroot (use namespace or none)".into(),
+        ));
+    }
+    let mut capabilities = CapabilityPolicy::default();
+    if let Some(spec) = &args.modcaps {
+        capabilities
+            .modify(spec)
+            .map_err(|e| UsageError(e.to_string()))?;
+    }
     Ok(Parsed::Run(Box::new(Options {
         share,
         listen,
         thread_pool_size: args.thread_pool_size as usize,
         log_level,
+        sandbox: match args.sandbox {
+            SandboxArg::Namespace => SandboxMode::Namespace,
+            SandboxArg::Chroot => SandboxMode::Chroot,
+            SandboxArg::None => SandboxMode::None,
+        },
+        seccomp: match args.seccomp {
+            SeccompArg::None => SeccompMode::None,
+            SeccompArg::Kill => SeccompMode::Kill,
+            SeccompArg::Log => SeccompMode::Log,
+            SeccompArg::Trap => SeccompMode::Trap,
+        },
+        capabilities,
+        rlimit_nofile: args.rlimit_nofile,
     })))
 }
 
@@ -457,6 +524,46 @@ mod tests {
             .unwrap_err()
             .contains("--socket-path"));
         assert!(run(&["--shared-dir=/a", "--socket-path=/s", "--fd=3"]).is_err());
+    }
+
+    #[test]
+    fn confinement_options() {
+        let o = run(&["--shared-dir=/a", "--fd=3"]).unwrap();
+        assert_eq!(o.sandbox, SandboxMode::Namespace);
+        assert_eq!(o.seccomp, SeccompMode::Kill);
+        assert_eq!(o.capabilities, CapabilityPolicy::default());
+        assert_eq!(o.rlimit_nofile, None);
+        let o = run(&[
+            "--shared-dir=/a",
+            "--fd=3",
+            "--sandbox=none",
+            "--seccomp",
+            "log",
+            "--modcaps",
+            "-mknod:+sys_admin",
+            "--rlimit-nofile=4096",
+        ])
+        .unwrap();
+        assert_eq!(o.sandbox, SandboxMode::None);
+        assert_eq!(o.seccomp, SeccompMode::Log);
+        assert!(!o.capabilities.kept().contains(&caps::Capability::CAP_MKNOD));
+        assert_eq!(o.rlimit_nofile, Some(4096));
+        let e = run(&["--shared-dir=/a", "--fd=3", "--sandbox=jail"]).unwrap_err();
+        assert!(
+            e.contains("--sandbox") && e.contains("namespace, chroot, none"),
+            "{e}"
+        );
+        let e = run(&["--shared-dir=/a", "--fd=3", "--seccomp=deny"]).unwrap_err();
+        assert!(
+            e.contains("--seccomp") && e.contains("none, kill, log, trap"),
+            "{e}"
+        );
+        let e = run(&["--shared-dir=/a", "--fd=3", "--modcaps=+teleport"]).unwrap_err();
+        assert!(e.contains("--modcaps") && e.contains("teleport"), "{e}");
+        let e = run(&["--shared-dir=/a", "--fd=3", "--sandbox=chroot", "--xattr"]).unwrap_err();
+        assert!(e.contains("--xattr") && e.contains("chroot"), "{e}");
+        let e = run(&["--shared-dir=/a", "--fd=3", "--rlimit-nofile=lots"]).unwrap_err();
+        assert!(e.contains("--rlimit-nofile"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The daemon's life: open the share, listen, serve one frontend, shut down.
+//! The daemon's life: open the share, confine ourselves, listen, serve one frontend, shut down.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use vhost_user_backend::VhostUserBackend;
 use virtiofs_device::{FsBackend, FsBackendConfig};
 use virtiofs_passthrough::{check_shared_dir, Share, ShareError};
 use virtiofs_pipeline::{Pipeline, PipelineConfig};
+use virtiofs_sandbox::{rlimit, seccomp, EnterError, Entered, SandboxMode};
 
 use crate::cli::{Listen, Options};
 use crate::socket::{ListenSocket, SocketError};
@@ -26,6 +28,9 @@ pub enum DaemonError {
     /// The vhost-user socket cannot be set up.
     #[error(transparent)]
     Socket(#[from] SocketError),
+    /// Confinement (limits, sandbox, capabilities, seccomp) could not be set up.
+    #[error(transparent)]
+    Confine(#[from] virtiofs_sandbox::Error),
     /// The runtime or a thread could not be started.
     #[error("cannot start: {0}")]
     Start(#[from] std::io::Error),
@@ -34,36 +39,73 @@ pub enum DaemonError {
     VhostUser(String),
 }
 
-/// Builds the runtime and serves until the frontend disconnects or a signal arrives.
-pub fn run(opts: Options) -> Result<(), DaemonError> {
+/// Sets up, confines and runs the daemon; returns the process exit code. In namespace mode this
+/// process becomes the supervisor and returns the sandboxed daemon's exit code.
+pub fn run(opts: Options) -> Result<u8, DaemonError> {
+    // Everything outside the share first: the sandbox hides the rest of the host.
+    let shared_dir = check_shared_dir(&opts.share.shared_dir)?;
+    let mut socket = match &opts.listen {
+        Listen::Path(path) => ListenSocket::bind(path)?,
+        Listen::Fd(fd) => ListenSocket::from_fd(*fd)?,
+    };
     let backend = FsBackend::new(FsBackendConfig::default());
     let pipeline = PipelineConfig {
         thread_pool_size: opts.thread_pool_size,
     };
+    let max_threads = pipeline.max_blocking_threads(backend.num_queues());
+    let nofile = rlimit::raise_nofile(opts.rlimit_nofile)?;
+    let guest_fds = rlimit::guest_fd_limit(nofile, max_threads as u64)?;
+
+    let share = match enter_sandbox(&opts, &shared_dir) {
+        Ok(Entered::Inside(share)) => share,
+        Ok(Entered::Supervisor(code)) => {
+            drop(socket); // removes the socket path, which only the supervisor can still see
+            return Ok(code);
+        }
+        Err(EnterError::Sandbox(e)) => return Err(e.into()),
+        Err(EnterError::Prepare(e)) => return Err(e.into()),
+    };
+    if opts.sandbox != SandboxMode::None {
+        socket.forget_path();
+    }
+    let share = share.import()?.with_fd_quota(guest_fds)?;
+    opts.capabilities.apply()?;
+    info!(
+        "confined: sandbox {:?}, open-file limit {nofile} ({guest_fds} for the guest), capabilities {:?}",
+        opts.sandbox,
+        opts.capabilities.kept()
+    );
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("virtiofsd-worker")
-        .max_blocking_threads(pipeline.max_blocking_threads(backend.num_queues()))
+        .max_blocking_threads(max_threads)
         .build()?;
-    let result = runtime.block_on(serve(opts, backend, pipeline));
+    let result = runtime.block_on(serve(opts, socket, Arc::new(share), backend, pipeline));
     // Blocking threads still parked in accept() or in the vhost-user thread must not keep us alive.
     runtime.shutdown_background();
-    result
+    result.map(|()| 0)
+}
+
+/// Enters the `--sandbox`; the filesystem object is created inside the new namespaces (it keeps
+/// the sandbox's /proc/self/fd) but before the root moves.
+fn enter_sandbox(
+    opts: &Options,
+    shared_dir: &Path,
+) -> Result<Entered<virtiofs_passthrough::PreparedShare>, EnterError<ShareError>> {
+    let root = opts.sandbox.root_inside(shared_dir);
+    virtiofs_sandbox::enter(opts.sandbox, shared_dir, || {
+        Share::prepare(&opts.share, &root)
+    })
 }
 
 async fn serve(
     opts: Options,
+    socket: ListenSocket,
+    share: Arc<Share>,
     backend: FsBackend,
     pipeline_config: PipelineConfig,
 ) -> Result<(), DaemonError> {
-    // Fail on a bad share before touching the socket path.
-    check_shared_dir(&opts.share.shared_dir)?;
-    // The socket first: opening the share clears the umask (see `Share::open`).
-    let socket = match &opts.listen {
-        Listen::Path(path) => ListenSocket::bind(path)?,
-        Listen::Fd(fd) => ListenSocket::from_fd(*fd)?,
-    };
-    let share = Arc::new(Share::open(&opts.share)?);
     let (mut daemon, links) = backend
         .create_daemon("async-virtiofsd")
         .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
@@ -72,6 +114,8 @@ async fn serve(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut listener = vhost::vhost_user::Listener::from(socket.try_clone()?);
+    // Every thread exists now (runtime workers, the hiprio thread); later ones inherit the filter.
+    seccomp::install(opts.seccomp)?;
 
     // Callers (Kata's runtime-rs) wait for this exact text.
     info!("Waiting for vhost-user socket connection...");

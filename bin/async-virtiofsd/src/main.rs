@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     };
     logging::init(opts.log_level);
     match daemon::run(opts) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("async-virtiofsd: error: {e}");
             ExitCode::FAILURE

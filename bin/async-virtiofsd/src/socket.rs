@@ -113,6 +113,12 @@ impl ListenSocket {
         })
     }
 
+    /// Gives up removing the socket path on drop: inside a sandbox the path is out of reach (and
+    /// could name an unrelated file of the share).
+    pub fn forget_path(&mut self) {
+        self.created = None;
+    }
+
     /// A second handle on the listening socket (for the vhost-user library).
     pub fn try_clone(&self) -> io::Result<UnixListener> {
         self.listener.try_clone()

@@ -28,10 +28,17 @@ fn start(share: &Path, socket: &Path) -> (Child, mpsc::Receiver<String>) {
         .spawn()
         .unwrap();
     let rx = forward_lines(child.stderr.take().unwrap());
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("daemon printed nothing");
-    assert!(line.contains(WAITING), "first line: {line}");
+    // Setup lines (limits, confinement) come first.
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("daemon never said it was waiting: {seen:#?}"));
+        if line.contains(WAITING) {
+            break;
+        }
+        seen.push(line);
+    }
     (child, rx)
 }
 

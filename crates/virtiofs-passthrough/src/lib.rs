@@ -2,16 +2,22 @@
 //!
 //! fuse-backend-rs provides the FUSE server and the passthrough filesystem; this crate maps the
 //! daemon's options onto them ([`ShareOptions`] → [`Share`]) and applies the one negotiation
-//! choice the library does not expose (`--no-readdirplus`).
+//! choice the library does not expose (`--no-readdirplus`). It also refuses requests that would
+//! take the guest past its file-descriptor quota ([`FdQuota`]).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod fd_quota;
+pub use fd_quota::FdQuota;
+
 use fuse_backend_rs::abi::fuse_abi::{FsOptions, InitOut, Opcode, OutHeader};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
-use virtiofs_pipeline::request::{peek_in_header, read_reply_prefix, write_reply_prefix};
+use virtiofs_pipeline::request::{
+    peek_in_header, read_reply_prefix, reply_error, write_reply_prefix,
+};
 use virtiofs_pipeline::{Chain, FuseHandler, HandleError};
 
 /// Guest caching policy (`--cache`), with the Rust virtiofsd's timeouts.
@@ -129,16 +135,32 @@ pub fn check_shared_dir(path: &Path) -> Result<PathBuf, ShareError> {
 pub struct Share {
     server: Server<PassthroughFs>,
     readdirplus: bool,
+    fd_quota: Option<FdQuota>,
+}
+
+/// A share whose filesystem object exists (it holds /proc/self/fd) but whose root is not open
+/// yet: the sandbox changes the root between [`Share::prepare`] and [`PreparedShare::import`].
+pub struct PreparedShare {
+    fs: PassthroughFs,
+    readdirplus: bool,
+    root: PathBuf,
 }
 
 impl Share {
-    /// Opens the shared directory. Note: the library clears the process umask here (the guest's
-    /// modes arrive already masked), so create host files the daemon owns before calling this.
+    /// Opens the shared directory (prepare and import in one step, no sandbox). Note: the library
+    /// clears the process umask here (the guest's modes arrive already masked), so create host
+    /// files the daemon owns before calling this.
     pub fn open(opts: &ShareOptions) -> Result<Self, ShareError> {
         let dir = check_shared_dir(&opts.shared_dir)?;
-        let root_dir = dir
+        Self::prepare(opts, &dir)?.import()
+    }
+
+    /// Builds the filesystem object for `opts`; its root will be `root`, the shared directory as
+    /// seen after entering the sandbox (`/` once pivoted or chrooted into it).
+    pub fn prepare(opts: &ShareOptions, root: &Path) -> Result<PreparedShare, ShareError> {
+        let root_dir = root
             .to_str()
-            .ok_or_else(|| ShareError::NotUtf8(dir.clone()))?
+            .ok_or_else(|| ShareError::NotUtf8(root.to_owned()))?
             .to_owned();
         let timeout = opts.cache.timeout();
         let cfg = Config {
@@ -152,16 +174,25 @@ impl Share {
             do_import: true,
             ..Config::default()
         };
-        let open_err = |source| ShareError::Open {
-            path: dir.clone(),
+        let fs = PassthroughFs::<()>::new(cfg).map_err(|source| ShareError::Open {
+            path: opts.shared_dir.clone(),
             source,
-        };
-        let fs = PassthroughFs::<()>::new(cfg).map_err(open_err)?;
-        fs.import().map_err(open_err)?;
-        Ok(Self {
-            server: Server::new(fs),
+        })?;
+        Ok(PreparedShare {
+            fs,
             readdirplus: opts.readdirplus,
+            root: root.to_owned(),
         })
+    }
+
+    /// Refuses descriptor-opening requests with EMFILE once the guest holds `limit` descriptors.
+    pub fn with_fd_quota(mut self, limit: u64) -> Result<Self, ShareError> {
+        let quota = FdQuota::new(limit).map_err(|source| ShareError::Open {
+            path: PathBuf::from("(fd quota)"),
+            source,
+        })?;
+        self.fd_quota = Some(quota);
+        Ok(self)
     }
 
     /// Clears READDIRPLUS from a successful INIT reply when it is turned off.
@@ -178,8 +209,34 @@ impl Share {
     }
 }
 
+impl PreparedShare {
+    /// Opens the root and makes the share ready to serve.
+    pub fn import(self) -> Result<Share, ShareError> {
+        self.fs.import().map_err(|source| ShareError::Open {
+            path: self.root.clone(),
+            source,
+        })?;
+        Ok(Share {
+            server: Server::new(self.fs),
+            readdirplus: self.readdirplus,
+            fd_quota: None,
+        })
+    }
+}
+
 impl FuseHandler for Share {
     fn handle(&self, chain: &Chain) -> Result<usize, HandleError> {
+        if let (Some(quota), Some(header)) = (&self.fd_quota, peek_in_header(chain)) {
+            if FdQuota::opens_descriptors(header.opcode) && quota.exhausted() {
+                tracing::debug!(
+                    "fd quota of {} reached: EMFILE for opcode {}",
+                    quota.limit(),
+                    header.opcode
+                );
+                return reply_error(chain, header.unique, libc::EMFILE)
+                    .ok_or_else(|| HandleError::Chain("no room for a reply header".into()));
+            }
+        }
         let written = self.server.handle(chain)?;
         if !self.readdirplus
             && peek_in_header(chain).is_some_and(|h| h.opcode == Opcode::Init as u32)

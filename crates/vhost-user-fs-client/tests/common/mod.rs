@@ -131,6 +131,12 @@ impl Daemon {
         }
     }
 
+    /// The pid of the process we started (in namespace mode: the supervisor).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the daemon process is still running.
     #[allow(dead_code)]
     pub fn is_running(&mut self) -> bool {

@@ -1,0 +1,358 @@
+//! `--sandbox`: where the daemon's filesystem root is once it serves a guest.
+//!
+//! - `namespace`: new mount, PID and network namespaces (plus a user namespace when not root),
+//!   then pivot_root into a new, read-only root that holds exactly two things:
+//!   `/share` (a bind mount of the shared directory) and `/proc/self/fd` (a bind mount of this
+//!   process's fd directory from a private /proc of the new PID namespace). fuse-backend-rs
+//!   reopens inodes through its descriptor to /proc/self/fd, but its xattr calls name
+//!   `/proc/self/fd/N` by absolute path, so that path must resolve; nothing else of the host does.
+//!   A supervisor process stays outside, forwards signals and exits with the daemon's status.
+//! - `chroot`: chroot(2) into the shared directory, no namespaces, no supervisor; no /proc path
+//!   inside, so it cannot serve xattrs.
+//! - `none`: nothing; for callers that contain the daemon themselves (Kata's runtime-rs).
+
+use std::ffi::CString;
+use std::fmt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{chdir, chroot, fork, getegid, geteuid, pivot_root, ForkResult, Pid};
+
+use crate::Error;
+
+/// The `--sandbox` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxMode {
+    /// Namespaces and pivot_root into the share (default).
+    #[default]
+    Namespace,
+    /// chroot(2) into the share.
+    Chroot,
+    /// No sandbox.
+    None,
+}
+
+impl SandboxMode {
+    /// The names accepted on the command line.
+    pub const NAMES: &'static [&'static str] = &["namespace", "chroot", "none"];
+
+    /// The path of the shared directory as the daemon sees it once inside the sandbox.
+    pub fn root_inside(self, shared_dir: &Path) -> PathBuf {
+        match self {
+            SandboxMode::None => shared_dir.to_owned(),
+            SandboxMode::Namespace => PathBuf::from(SHARE_INSIDE),
+            SandboxMode::Chroot => PathBuf::from("/"),
+        }
+    }
+
+    /// Whether `/proc/self/fd/N` resolves by path inside the sandbox (fuse-backend-rs's xattr
+    /// calls need it).
+    pub fn has_proc_path(self) -> bool {
+        !matches!(self, SandboxMode::Chroot)
+    }
+}
+
+impl FromStr for SandboxMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "namespace" => Ok(Self::Namespace),
+            "chroot" => Ok(Self::Chroot),
+            "none" => Ok(Self::None),
+            _ => Err(format!(
+                "invalid sandbox mode '{s}' (allowed: {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// Where the shared directory is mounted in the namespace sandbox's root.
+const SHARE_INSIDE: &str = "/share";
+
+/// Where [`enter`] returned.
+#[derive(Debug)]
+pub enum Entered<T> {
+    /// In the sandbox, with what `prepare` built.
+    Inside(T),
+    /// In the supervisor (namespace mode): the sandboxed daemon has ended with this exit code
+    /// (128 + signal number when a signal killed it).
+    Supervisor(u8),
+}
+
+/// A failure of [`enter`]: the sandbox itself, or the caller's `prepare` step.
+#[derive(Debug)]
+pub enum EnterError<E> {
+    /// Setting up the sandbox failed.
+    Sandbox(Error),
+    /// `prepare` failed.
+    Prepare(E),
+}
+
+impl<E: fmt::Display> fmt::Display for EnterError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnterError::Sandbox(e) => e.fmt(f),
+            EnterError::Prepare(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for EnterError<E> {}
+
+/// Enters the sandbox. `prepare` runs inside the new namespaces but before the root changes,
+/// with the sandbox's own /proc mounted: open what must come from outside the share there (the
+/// file server's /proc/self/fd). Must be called while the process has a single thread: namespace
+/// mode forks.
+pub fn enter<T, E>(
+    mode: SandboxMode,
+    shared_dir: &Path,
+    prepare: impl FnOnce() -> Result<T, E>,
+) -> Result<Entered<T>, EnterError<E>> {
+    let sandbox = EnterError::Sandbox;
+    match mode {
+        SandboxMode::None => prepare().map(Entered::Inside).map_err(EnterError::Prepare),
+        SandboxMode::Chroot => {
+            let t = prepare().map_err(EnterError::Prepare)?;
+            chdir(shared_dir)
+                .map_err(|e| sandbox(Error::sys("chdir to the shared directory", e)))?;
+            chroot(".").map_err(|e| sandbox(Error::sys("chroot into the shared directory", e)))?;
+            chdir("/").map_err(|e| sandbox(Error::sys("chdir /", e)))?;
+            Ok(Entered::Inside(t))
+        }
+        SandboxMode::Namespace => {
+            if let Some(code) = unshare_and_fork().map_err(sandbox)? {
+                return Ok(Entered::Supervisor(code));
+            }
+            mount_private_proc().map_err(sandbox)?;
+            let t = prepare().map_err(EnterError::Prepare)?;
+            build_root_and_pivot(shared_dir).map_err(sandbox)?;
+            Ok(Entered::Inside(t))
+        }
+    }
+}
+
+/// Creates the namespaces and forks. Returns `Some(exit code)` in the supervisor once the child
+/// has ended, `None` in the child (PID 1 of the new PID namespace, in its own mount and network
+/// namespaces: the supervisor keeps the host's view, to remove the socket path at the end).
+fn unshare_and_fork() -> Result<Option<u8>, Error> {
+    let (uid, gid) = (geteuid(), getegid());
+    let mut flags = CloneFlags::CLONE_NEWPID;
+    if !uid.is_root() {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    unshare(flags).map_err(|e| {
+        Error::sys(
+            if uid.is_root() {
+                "cannot create a PID namespace (use --sandbox chroot or none where namespaces are not allowed)"
+            } else {
+                "cannot create a user namespace as non-root (enable unprivileged user namespaces, run as root, or use --sandbox none)"
+            },
+            e,
+        )
+    })?;
+    if !uid.is_root() {
+        // Map our own ids to root inside, so the mounts below are allowed.
+        write_proc("/proc/self/setgroups", "deny")?;
+        write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
+        write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))?;
+    }
+    // SAFETY: the caller guarantees a single-threaded process.
+    match unsafe { fork() }.map_err(|e| Error::sys("fork", e))? {
+        ForkResult::Child => {
+            // Die with the supervisor: callers (libvirt, Kata) track and kill the pid they started.
+            // SAFETY: plain prctl with constant arguments.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::sys("cannot create mount/network namespaces", e))?;
+            Ok(None)
+        }
+        ForkResult::Parent { child } => Ok(Some(supervise(child))),
+    }
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Forwards SIGTERM/SIGINT/SIGHUP to the daemon and waits for it.
+fn supervise(child: Pid) -> u8 {
+    CHILD.store(child.as_raw(), Ordering::Relaxed);
+    let action = SigAction::new(
+        SigHandler::Handler(forward_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only calls kill(2).
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+    tracing::debug!("sandboxed daemon is pid {child}");
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code as u8,
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                tracing::error!("the sandboxed daemon was killed by {sig}");
+                return 128u8.saturating_add(sig as u8);
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!("waiting for the sandboxed daemon: {e}");
+                return 1;
+            }
+        }
+    }
+}
+
+/// Stops mount events from reaching the host and mounts a /proc of the new PID namespace.
+fn mount_private_proc() -> Result<(), Error> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("make / a slave mount", e))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_RELATIME,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("mount a private /proc", e))
+}
+
+/// A detached copy of the mount tree at `path` (open_tree(2) with OPEN_TREE_CLONE).
+fn clone_tree(path: &Path, recursive: bool, what: &'static str) -> Result<OwnedFd, Error> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::sys(what, nix::errno::Errno::EINVAL))?;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: valid C string; the result is a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(Error::sys(what, nix::errno::Errno::last()));
+    }
+    // SAFETY: `fd` is a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Attaches a detached tree from [`clone_tree`] at `target` (move_mount(2)).
+fn attach_tree(tree: OwnedFd, target: &Path, what: &'static str) -> Result<(), Error> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let ctarget = CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::sys(what, nix::errno::Errno::EINVAL))?;
+    // SAFETY: valid descriptor and C strings.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            ctarget.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(Error::sys(what, nix::errno::Errno::last()));
+    }
+    Ok(())
+}
+
+/// Builds the new root on a tmpfs, pivots into it and detaches everything else. The tmpfs is
+/// mounted over the shared directory's own path (the one path we know exists); the share and
+/// /proc/self/fd are cloned as detached trees first, so the tmpfs is not part of either.
+fn build_root_and_pivot(shared_dir: &Path) -> Result<(), Error> {
+    let share_tree = clone_tree(shared_dir, true, "clone the shared directory's mounts")?;
+    let fd_tree = clone_tree(Path::new("/proc/self/fd"), false, "clone /proc/self/fd")?;
+    let new_root = shared_dir;
+    mount(
+        Some("tmpfs"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID,
+        Some("size=16k,mode=0755"),
+    )
+    .map_err(|e| Error::sys("mount the sandbox root (tmpfs)", e))?;
+    let share_dir = new_root.join(SHARE_INSIDE.trim_start_matches('/'));
+    let fd_dir = new_root.join("proc/self/fd");
+    for dir in [&share_dir, &fd_dir] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("create {} in the sandbox root", dir.display()), e))?;
+    }
+    attach_tree(
+        share_tree,
+        &share_dir,
+        "mount the shared directory in the sandbox root",
+    )?;
+    attach_tree(fd_tree, &fd_dir, "mount /proc/self/fd in the sandbox root")?;
+    chdir(new_root).map_err(|e| Error::sys("chdir to the sandbox root", e))?;
+    // The old root ends up stacked on ".": unmount it lazily, leaving the new root alone.
+    pivot_root(".", ".").map_err(|e| Error::sys("pivot_root into the sandbox root", e))?;
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("make the old root a slave mount", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| Error::sys("detach the old root", e))?;
+    chdir("/").map_err(|e| Error::sys("chdir /", e))?;
+    // Nothing may be created next to the share.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC
+            | MsFlags::MS_NOSUID,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("make the sandbox root read-only", e))
+}
+
+fn write_proc(path: &str, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|e| Error::Io(format!("write {path}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_say_where_the_root_is() {
+        assert_eq!(
+            "chroot".parse::<SandboxMode>().unwrap(),
+            SandboxMode::Chroot
+        );
+        let e = "jail".parse::<SandboxMode>().unwrap_err();
+        assert!(e.contains("namespace, chroot, none"), "{e}");
+        let dir = Path::new("/srv/share");
+        assert_eq!(SandboxMode::None.root_inside(dir), dir);
+        assert_eq!(SandboxMode::Namespace.root_inside(dir), Path::new("/share"));
+        assert_eq!(SandboxMode::Chroot.root_inside(dir), Path::new("/"));
+        assert!(!SandboxMode::Chroot.has_proc_path());
+    }
+}
