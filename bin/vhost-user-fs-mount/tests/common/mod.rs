@@ -79,18 +79,8 @@ impl Kind {
     pub fn args(self, socket: &Path, share: &Path) -> Vec<String> {
         let (s, d) = (socket.display().to_string(), share.display().to_string());
         match self {
-            Kind::Ours => vec![
-                "--socket-path".into(),
-                s,
-                "--shared-dir".into(),
-                d,
-                "--cache".into(),
-                "auto".into(),
-                "--xattr".into(),
-                "--thread-pool-size".into(),
-                "16".into(),
-            ],
-            Kind::Rust => vec![
+            // Both take the same options.
+            Kind::Ours | Kind::Rust => vec![
                 "--socket-path".into(),
                 s,
                 "--shared-dir".into(),
