@@ -3,8 +3,9 @@
 # "myfs" on /mnt, runs the mode chosen on the kernel command line and prints
 #   E2E-RESULT: PASS   or   E2E-RESULT: FAIL <reason>
 # before powering off. Kernel command line options (read from /proc/cmdline):
-#   e2e.mode=full|smoke|demo   what to run (default full)
+#   e2e.mode=full|smoke|demo|reboot   what to run (default full)
 #   e2e.tag=TAG                virtio-fs tag (default myfs)
+#   e2e.boots=N                reboot mode: boots in all (reboot -f, no unmount, between them)
 # shellcheck shell=sh
 
 /bin/busybox mount -t proc proc /proc
@@ -33,11 +34,13 @@ finish() {
 
 MODE=full
 TAG=myfs
+BOOTS=3
 read -r cmdline </proc/cmdline
 for word in $cmdline; do
     case $word in
         e2e.mode=*) MODE=${word#e2e.mode=} ;;
         e2e.tag=*) TAG=${word#e2e.tag=} ;;
+        e2e.boots=*) BOOTS=${word#e2e.boots=} ;;
     esac
 done
 say "kernel $(uname -r), $(nproc) cpus, mode $MODE"
@@ -88,6 +91,13 @@ case $MODE in
         else
             finish "FAIL guest-fs-test.sh reported failures"
         fi ;;
+    reboot)
+        sh /e2e/guest-reboot-test.sh "$BOOTS" /mnt
+        case $? in
+            0) finish PASS ;;
+            10) say "reboot -f"; reboot -f; sleep 60 ;;
+            *) finish "FAIL guest-reboot-test.sh reported failures" ;;
+        esac ;;
     *)
         finish "FAIL unknown e2e.mode=$MODE" ;;
 esac

@@ -86,8 +86,28 @@ check_daemon_log() {
             echo "    not ok - only ${n:-0} of $queues request queues served requests"; ok=1
         fi
     fi
+    # Reboot mode: one FUSE session per boot (26 = INIT), each earlier one ended by the next
+    # boot's INIT (QEMU 7.2 sends no RESET_DEVICE), none refused.
+    if [[ $opts == *"--mode reboot"* ]]; then
+        local boots=${opts##*--boots }
+        boots=${boots%% *}
+        n=$(count 'opcode=26 ')
+        if [ "$n" = "$boots" ]; then
+            echo "    ok - $boots boots, $n FUSE_INITs"
+        else
+            echo "    not ok - $boots boots but $n FUSE_INITs"; ok=1
+        fi
+        n=$(count 'FUSE_INIT in a live session')
+        if [ "$n" = $((boots - 1)) ]; then
+            echo "    ok - $n abandoned sessions ended at the next boot's INIT"
+        else
+            echo "    not ok - expected $((boots - 1)) abandoned sessions ended, the log has $n"; ok=1
+        fi
+        if grep -q 'refused: no FUSE session' "$log"; then
+            echo "    not ok - requests refused for lack of a session"; ok=1
+        fi
     # FUSE opcodes: 28 READDIR, 44 READDIRPLUS.
-    if [[ $opts == *--no-readdirplus* ]]; then
+    elif [[ $opts == *--no-readdirplus* ]]; then
         if [ "$(count 'opcode=44')" = 0 ] && [ "$(count 'opcode=28')" -gt 0 ]; then
             echo "    ok - --no-readdirplus: the guest used READDIR only"
         else
@@ -123,6 +143,9 @@ run pool0 6.1 2 1 "--thread-pool-size=0 --cache=always --writeback"
 run pool1 6.1 2 1 "--thread-pool-size=1 --cache=never --no-readdirplus"
 run pool64 6.1 2 1 "--thread-pool-size=64 --xattr" --xattr
 run multiqueue 6.12 4 4 "--thread-pool-size=64 --cache=metadata" --mem 5G
+# A guest that reboots (reboot -f, writes in flight, no unmount) twice in one QEMU process.
+run reboot 6.1 2 1 "--thread-pool-size=64" --mode reboot --boots 3
+run reboot-multiqueue 6.12 4 4 "--thread-pool-size=0 --cache=never" --mode reboot --boots 3
 
 [ "$failed" = 0 ] || echo "failed configurations: ${failures[*]}"
 echo "e2e matrix: $passed passed, $failed failed"

@@ -22,6 +22,7 @@ KERNEL=6.1
 QUEUES=1
 CPUS=2
 MODE=full
+BOOTS=3
 TIMEOUT=900
 LOG_DIR=
 KEEP=0
@@ -35,13 +36,15 @@ MEM=()
 usage() {
     cat <<EOF
 usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
-          [--cpus N] [--mode full|smoke|demo] [--timeout SECS] [--log-dir DIR]
+          [--cpus N] [--mode full|smoke|demo|reboot] [--boots N] [--timeout SECS] [--log-dir DIR]
           [--daemon-exit-wait SECS] [--allow-daemon-linger] [--keep] [--no-setup]
           [--mem SIZE] [--xattr] [--verbose]
 
   --daemon-cmd           daemon command line; {socket} becomes the vhost-user
                          socket path, {shared} the shared directory
-  --kernel/--queues/--cpus/--mode/--timeout/--mem/--verbose   passed to run-guest.sh
+  --kernel/--queues/--cpus/--mode/--boots/--timeout/--mem/--verbose   passed to run-guest.sh;
+                         in reboot mode the host also checks that the daemon started a
+                         FUSE session per boot and ended each abandoned one
   --xattr                the daemon serves xattrs (give it its xattr option in
                          --daemon-cmd): passed to run-guest.sh, so the guest
                          checks xattrs work instead of failing EOPNOTSUPP, and
@@ -61,7 +64,7 @@ die() { printf '[e2e] ERROR: %s\n' "$*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --daemon-cmd|--kernel|--queues|--cpus|--mode|--timeout|--log-dir|--daemon-exit-wait)
+        --daemon-cmd|--kernel|--queues|--cpus|--mode|--boots|--timeout|--log-dir|--daemon-exit-wait)
             [ $# -ge 2 ] || die "$1 needs a value" ;;
     esac
     case $1 in
@@ -70,6 +73,7 @@ while [ $# -gt 0 ]; do
         --queues) QUEUES=$2; shift ;;
         --cpus) CPUS=$2; shift ;;
         --mode) MODE=$2; shift ;;
+        --boots) BOOTS=$2; shift ;;
         --timeout) TIMEOUT=$2; shift ;;
         --log-dir) LOG_DIR=$2; shift ;;
         --daemon-exit-wait) DAEMON_EXIT_WAIT=$2; shift ;;
@@ -85,7 +89,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "$DAEMON_CMD" ] || { usage >&2; exit 2; }
-case $MODE in full|smoke|demo) ;; *) die "bad --mode $MODE" ;; esac
+case $MODE in full|smoke|demo|reboot) ;; *) die "bad --mode $MODE" ;; esac
 
 if [ -z "$LOG_DIR" ]; then
     LOG_DIR=$REPO/target/e2e-logs/$(date +%Y%m%d-%H%M%S)-k$KERNEL-$MODE-c$CPUS-q$QUEUES
@@ -180,7 +184,7 @@ fi
 
 GUEST_START=$(date +%s)
 "$HERE/run-guest.sh" --socket "$SOCKET" --kernel "$KERNEL" --queues "$QUEUES" \
-    --cpus "$CPUS" --mode "$MODE" --timeout "$TIMEOUT" --log "$SERIAL_LOG" \
+    --cpus "$CPUS" --mode "$MODE" --boots "$BOOTS" --timeout "$TIMEOUT" --log "$SERIAL_LOG" \
     ${XATTR[@]+"${XATTR[@]}"} ${MEM[@]+"${MEM[@]}"} ${VERBOSE[@]+"${VERBOSE[@]}"} &
 GUEST_PID=$!
 # A daemon that dies while the guest runs leaves the guest hanging on its
@@ -323,6 +327,12 @@ if [ "$MODE" = full ]; then
         grep -qE "$want" "$CLEAN" || hnot "guest report" "no line matching $want"
     done
     if [ -e "$SHARED/e2e-work" ]; then hnot "scratch area removed" "e2e-work still exists"; fi
+fi
+# Reboot mode: every boot ran (the share says how many completed) and verified the others.
+if [ "$MODE" = reboot ]; then
+    hexpect "boots completed (share's reboot/boots)" "$BOOTS" "$(cat "$SHARED/reboot/boots" 2>&1)"
+    hexpect "boots that verified what earlier boots wrote" "$((BOOTS - 1))" \
+        "$(grep -cE '^ok - boot [0-9]+: block-1 intact' "$CLEAN" || true)"
 fi
 if [ "$MODE" = demo ]; then
     hexpect "guest wrote guest-was-here.txt" yes \

@@ -21,17 +21,21 @@ MEM=1G
 VERBOSE=0
 QUEUE_SIZE=1024
 XATTR=0
+BOOTS=3
 
 usage() {
     cat <<EOF
 usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
-          [--mode full|smoke|demo] [--timeout SECS] [--log FILE] [--mem SIZE] [--xattr] [--verbose]
+          [--mode full|smoke|demo|reboot] [--boots N] [--timeout SECS] [--log FILE] [--mem SIZE]
+          [--xattr] [--verbose]
 
   --socket   vhost-user socket of a running virtio-fs daemon (required)
   --kernel   guest kernel prepared by setup.sh (default $KERNEL)
   --queues   virtio-fs request queues, num-request-queues (default $QUEUES)
   --cpus     guest vCPUs (default $CPUS)
-  --mode     guest work: full, smoke or demo (default $MODE)
+  --mode     guest work: full, smoke, demo, or reboot: boot --boots times in one QEMU
+             process (reboot -f with writes in flight, no unmount, between boots)
+  --boots    boots in reboot mode (default $BOOTS)
   --timeout  kill QEMU after this many seconds (default $TIMEOUT)
   --log      serial console log (default: a new file under \$TMPDIR)
   --mem      guest RAM (default $MEM; above 3G QEMU maps it as two regions)
@@ -45,7 +49,7 @@ die() { printf '[run-guest] ERROR: %s\n' "$*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --socket|--kernel|--queues|--cpus|--mode|--timeout|--log|--mem)
+        --socket|--kernel|--queues|--cpus|--mode|--boots|--timeout|--log|--mem)
             [ $# -ge 2 ] || die "$1 needs a value" ;;
     esac
     case $1 in
@@ -54,6 +58,7 @@ while [ $# -gt 0 ]; do
         --queues) QUEUES=$2; shift ;;
         --cpus) CPUS=$2; shift ;;
         --mode) MODE=$2; shift ;;
+        --boots) BOOTS=$2; shift ;;
         --timeout) TIMEOUT=$2; shift ;;
         --log) LOG=$2; shift ;;
         --mem) MEM=$2; shift ;;
@@ -67,8 +72,8 @@ done
 
 [ -n "$SOCKET" ] || { usage >&2; exit 2; }
 [ -S "$SOCKET" ] || die "$SOCKET is not a socket (is the daemon running?)"
-case $MODE in full|smoke|demo) ;; *) die "bad --mode $MODE" ;; esac
-for n in "$QUEUES" "$CPUS" "$TIMEOUT"; do
+case $MODE in full|smoke|demo|reboot) ;; *) die "bad --mode $MODE" ;; esac
+for n in "$QUEUES" "$CPUS" "$TIMEOUT" "$BOOTS"; do
     case $n in ''|*[!0-9]*|0) die "expected a positive number, got '$n'" ;; esac
 done
 VMLINUZ=$CACHE/$KERNEL/vmlinuz
@@ -77,7 +82,10 @@ if [ ! -f "$VMLINUZ" ] || [ ! -f "$INITRD" ]; then
     die "no guest kernel $KERNEL in $CACHE; run tests/e2e/setup.sh first"
 fi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing; run setup.sh"
-APPEND="console=ttyS0 quiet panic=-1 e2e.mode=$MODE"
+APPEND="console=ttyS0 quiet panic=-1 e2e.mode=$MODE e2e.boots=$BOOTS"
+# A guest reset ends QEMU unless the test is about surviving it.
+NO_REBOOT=(-no-reboot)
+[ "$MODE" != reboot ] || NO_REBOOT=()
 [ "$XATTR" = 0 ] || APPEND="$APPEND e2e.xattr=1"
 if [ -z "$LOG" ]; then
     LOG=$(mktemp "${TMPDIR:-/tmp}/e2e-guest.XXXXXX.log")
@@ -107,7 +115,7 @@ QEMU=(qemu-system-x86_64
     -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
     -chardev "socket,id=c0,path=$SOCKET"
     -device "vhost-user-fs-pci,chardev=c0,tag=myfs,num-request-queues=$QUEUES,queue-size=$QUEUE_SIZE"
-    -nodefaults -nographic -serial stdio -monitor none -no-reboot
+    -nodefaults -nographic -serial stdio -monitor none ${NO_REBOOT[@]+"${NO_REBOOT[@]}"}
     -kernel "$VMLINUZ" -initrd "$INITRD"
     -append "$APPEND")
 

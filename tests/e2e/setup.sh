@@ -4,7 +4,7 @@
 #   - two guest kernels: Debian 12's 6.1 (virtio-fs as modules) and
 #     Debian 13's 6.12 (virtio-fs built in, multi-queue aware)
 #   - tests/guest-probe, built statically (glibc crt-static) for the guest
-#   - one initramfs per kernel with busybox, /init, guest-fs-test.sh and
+#   - one initramfs per kernel with busybox, /init, guest-fs-test.sh, guest-reboot-test.sh and
 #     guest-probe
 # Everything is cached under ${E2E_CACHE:-REPO/target/guest}; a second run only
 # rebuilds an initramfs whose inputs changed.
@@ -245,7 +245,8 @@ build_initrd() {
     local k=$1 kdir=$CACHE/$1.kernel out=$CACHE/$1 busybox stamp
     busybox=$(dpkg -L busybox-static | grep -m1 '/bin/busybox$')
     [ -x "$busybox" ] || die "busybox-static binary not found"
-    local inputs=("$HERE/guest-init.sh" "$HERE/guest-fs-test.sh" "$busybox" "$PROBE"
+    local inputs=("$HERE/guest-init.sh" "$HERE/guest-fs-test.sh" "$HERE/guest-reboot-test.sh"
+                  "$busybox" "$PROBE"
                   "${BASH_SOURCE[0]}" "$kdir/modules/order")
     local ko mods
     mapfile -t mods <"$kdir/modules/order"
@@ -274,6 +275,7 @@ build_initrd() {
     mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
     install -m 755 "$HERE/guest-init.sh" "$root/init"
     install -m 755 "$HERE/guest-fs-test.sh" "$root/e2e/guest-fs-test.sh"
+    install -m 755 "$HERE/guest-reboot-test.sh" "$root/e2e/guest-reboot-test.sh"
     install -m 755 "$PROBE" "$root/e2e/guest-probe"
     cp "$kdir/modules/order" "$root/lib/modules/e2e/order"
     for ko in ${mods[@]+"${mods[@]}"}; do cp "$kdir/modules/$ko.ko" "$root/lib/modules/e2e/"; done

@@ -110,6 +110,12 @@ async fn serve(
         .create_daemon("async-virtiofsd")
         .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
     let pipeline = Pipeline::start(links, share, pipeline_config)?;
+    let reset = pipeline.session_reset();
+    backend.on_device_reset(move || {
+        if reset.reset() {
+            info!("device reset: FUSE session ended, its inodes and handles released");
+        }
+    });
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -1,6 +1,7 @@
 //! The `VhostUserBackend` implementation: what the virtio-fs device offers the frontend.
 
 use std::io;
+use std::sync::{Arc, OnceLock};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
@@ -39,6 +40,9 @@ impl Default for FsBackendConfig {
     }
 }
 
+/// What the device does when the frontend resets it (see [`FsBackend::on_device_reset`]).
+type ResetHook = Box<dyn Fn() + Send + Sync>;
+
 /// The virtio-fs device as the vhost-user protocol thread sees it.
 ///
 /// It processes no queue itself: [`FsBackend::create_daemon`] returns the queues so that the
@@ -46,12 +50,24 @@ impl Default for FsBackendConfig {
 #[derive(Clone)]
 pub struct FsBackend {
     config: FsBackendConfig,
+    // Shared by every clone: the daemon holds one, the caller sets the hook on another.
+    on_reset: Arc<OnceLock<ResetHook>>,
 }
 
 impl FsBackend {
     /// A backend offering `config.request_queues` request queues plus the hiprio queue.
     pub fn new(config: FsBackendConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            on_reset: Arc::default(),
+        }
+    }
+
+    /// Runs `hook` on the vhost-user protocol thread whenever the frontend resets the device
+    /// (VHOST_USER_RESET_DEVICE, after the library has disabled every ring), before the reset is
+    /// acknowledged. Only the first hook set is kept; returns `false` for later ones.
+    pub fn on_device_reset(&self, hook: impl Fn() + Send + Sync + 'static) -> bool {
+        self.on_reset.set(Box::new(hook)).is_ok()
     }
 
     /// Creates the vhost-user daemon around this backend and returns, with it, one
@@ -69,10 +85,13 @@ impl FsBackend {
         let links = vrings
             .into_iter()
             .enumerate()
-            .map(|(index, vring)| QueueLink {
-                index,
-                vring,
-                mem: mem.clone(),
+            .map(|(index, vring)| {
+                vring.set_index(index);
+                QueueLink {
+                    index,
+                    vring,
+                    mem: mem.clone(),
+                }
             })
             .collect();
         Ok((daemon, links))
@@ -102,6 +121,17 @@ impl VhostUserBackend for FsBackend {
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::RESET_DEVICE
+    }
+
+    /// VHOST_USER_RESET_DEVICE: QEMU ≥ 9.2 sends it when the guest resets the device (reboot,
+    /// driver unbind). Older frontends say nothing; the pipeline then ends the session at the
+    /// new driver's FUSE_INIT.
+    fn reset_device(&self) {
+        tracing::info!("frontend reset the device");
+        if let Some(hook) = self.on_reset.get() {
+            hook();
+        }
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -186,6 +216,21 @@ mod tests {
     }
 
     #[test]
+    fn device_reset_runs_the_hook_set_on_any_clone() {
+        let backend = FsBackend::new(FsBackendConfig { request_queues: 1 });
+        let daemon_side = backend.clone();
+        let resets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = resets.clone();
+        assert!(backend.on_device_reset(move || {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        assert!(!backend.on_device_reset(|| {}), "one hook only");
+        daemon_side.reset_device();
+        daemon_side.reset_device();
+        assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
     fn offers_multiqueue_event_idx_and_indirect_descriptors() {
         let backend = FsBackend::new(FsBackendConfig::default());
         let f = backend.features();
@@ -193,7 +238,7 @@ mod tests {
         assert_ne!(f & (1 << VIRTIO_RING_F_INDIRECT_DESC), 0);
         assert!(backend
             .protocol_features()
-            .contains(VhostUserProtocolFeatures::MQ));
+            .contains(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::RESET_DEVICE));
         assert_eq!(backend.num_queues(), 1 + MAX_REQUEST_QUEUES);
     }
 }

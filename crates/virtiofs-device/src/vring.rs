@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::io::AsRawFd;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -42,11 +42,18 @@ pub struct WatchedVring {
     inner: VringRwLock<GuestMemory>,
     changes: Arc<watch::Sender<u64>>,
     in_flight: Arc<(Mutex<usize>, Condvar)>,
+    // Queue number, for the log; set once by `FsBackend::create_daemon`.
+    index: Arc<OnceLock<usize>>,
 }
 
 impl WatchedVring {
-    fn changed(&self) {
+    fn changed(&self, what: &str) {
+        tracing::debug!(queue = self.index.get(), "vring {what}");
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn set_index(&self, index: usize) {
+        let _ = self.index.set(index);
     }
 
     /// Counts a chain taken from the ring; call [`WatchedVring::request_done`] once it is back
@@ -115,6 +122,7 @@ impl VringT<GuestMemory> for WatchedVring {
             inner: VringRwLock::new(mem, max_queue_size)?,
             changes: Arc::new(watch::channel(0).0),
             in_flight: Arc::default(),
+            index: Arc::default(),
         };
         CREATED.with(|c| c.borrow_mut().push(vring.clone()));
         Ok(vring)
@@ -142,7 +150,7 @@ impl VringT<GuestMemory> for WatchedVring {
     }
     fn set_enabled(&self, enabled: bool) {
         self.inner.set_enabled(enabled);
-        self.changed();
+        self.changed(if enabled { "enabled" } else { "disabled" });
     }
     fn set_queue_info(&self, desc: u64, avail: u64, used: u64) -> Result<(), QueueError> {
         self.inner.set_queue_info(desc, avail, used)
@@ -151,6 +159,7 @@ impl VringT<GuestMemory> for WatchedVring {
         self.inner.queue_next_avail()
     }
     fn set_queue_next_avail(&self, base: u16) {
+        tracing::debug!(queue = self.index.get(), base, "vring base set");
         self.inner.set_queue_next_avail(base)
     }
     fn set_queue_next_used(&self, idx: u16) {
@@ -167,7 +176,11 @@ impl VringT<GuestMemory> for WatchedVring {
     }
     fn set_queue_ready(&self, ready: bool) {
         self.inner.set_queue_ready(ready);
-        self.changed();
+        self.changed(if ready {
+            "started"
+        } else {
+            "stopped (GET_VRING_BASE)"
+        });
         // Stopping a ring (GET_VRING_BASE: device reset, guest reboot, migration) must not return
         // while requests can still write to it: the frontend may reuse the ring right after.
         // No new chain is popped once it is not ready; wait for those already taken, as the C
@@ -179,8 +192,13 @@ impl VringT<GuestMemory> for WatchedVring {
         }
     }
     fn set_kick(&self, file: Option<File>) {
+        let what = if file.is_some() {
+            "kick fd set"
+        } else {
+            "kick fd cleared"
+        };
         self.inner.set_kick(file);
-        self.changed();
+        self.changed(what);
     }
     fn read_kick(&self) -> io::Result<bool> {
         self.inner.read_kick()

@@ -7,18 +7,20 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod fd_quota;
 pub use fd_quota::FdQuota;
 
 use fuse_backend_rs::abi::fuse_abi::{FsOptions, InitOut, Opcode, OutHeader};
+use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use virtiofs_pipeline::request::{
     peek_in_header, read_reply_prefix, reply_error, write_reply_prefix,
 };
-use virtiofs_pipeline::{Chain, FuseHandler, HandleError};
+use virtiofs_pipeline::{serve_with, Chain, FuseHandler, HandleError};
 
 /// Guest caching policy (`--cache`), with the Rust virtiofsd's timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,7 +135,9 @@ pub fn check_shared_dir(path: &Path) -> Result<PathBuf, ShareError> {
 
 /// The FUSE server over the shared directory.
 pub struct Share {
-    server: Server<PassthroughFs>,
+    server: Server<Arc<PassthroughFs>>,
+    // The server's filesystem, for ending a session without a DESTROY request.
+    fs: Arc<PassthroughFs>,
     readdirplus: bool,
     fd_quota: Option<FdQuota>,
 }
@@ -216,8 +220,10 @@ impl PreparedShare {
             path: self.root.clone(),
             source,
         })?;
+        let fs = Arc::new(self.fs);
         Ok(Share {
-            server: Server::new(self.fs),
+            server: Server::new(fs.clone()),
+            fs,
             readdirplus: self.readdirplus,
             fd_quota: None,
         })
@@ -237,13 +243,19 @@ impl FuseHandler for Share {
                     .ok_or_else(|| HandleError::Chain("no room for a reply header".into()));
             }
         }
-        let written = self.server.handle(chain)?;
+        let written = serve_with(&self.server, chain)?;
         if !self.readdirplus
             && peek_in_header(chain).is_some_and(|h| h.opcode == Opcode::Init as u32)
         {
             self.restrict_init_reply(chain);
         }
         Ok(written)
+    }
+
+    fn end_session(&self) {
+        // What DESTROY runs: every inode and handle is dropped (their fds closed) and the root
+        // is imported again for the next INIT.
+        self.fs.destroy();
     }
 }
 

@@ -19,6 +19,24 @@ pub struct Session {
     pub initialized: bool,
     /// Completed INITs (a remount after DESTROY makes it 2).
     pub inits: u64,
+    /// Sessions ended without a DESTROY because their driver went away (an INIT in a live
+    /// session, or a device reset from the frontend).
+    pub abandoned: u64,
+}
+
+impl Session {
+    /// Ends a live session whose driver is gone, releasing what it holds through `end`; `false`
+    /// (and `end` not called) when there was no session. Must run with no other request in
+    /// flight: the caller holds the gate's write side.
+    pub fn abandon(&mut self, end: impl FnOnce()) -> bool {
+        if !self.initialized {
+            return false;
+        }
+        end();
+        self.initialized = false;
+        self.abandoned += 1;
+        true
+    }
 }
 
 /// The lock every request passes through.
@@ -41,6 +59,14 @@ impl Pass {
         match self {
             Pass::Shared(s) => s.initialized,
             Pass::Exclusive(s) => s.initialized,
+        }
+    }
+
+    /// The session, when this is an exclusive pass (INIT or DESTROY).
+    pub fn session_mut(&mut self) -> Option<&mut Session> {
+        match self {
+            Pass::Shared(_) => None,
+            Pass::Exclusive(s) => Some(s),
         }
     }
 
@@ -90,6 +116,13 @@ impl SessionGate {
     /// Completed INITs so far.
     pub async fn inits(&self) -> u64 {
         self.lock.read().await.inits
+    }
+
+    /// Ends the live session, if any, for a device reset: waits (blocking the calling thread)
+    /// until no request runs, then [`Session::abandon`]s it. Call it from a thread outside the
+    /// tokio runtime (the vhost-user protocol thread); returns whether a session ended.
+    pub fn abandon_blocking(&self, end: impl FnOnce()) -> bool {
+        self.lock.blocking_write().abandon(end)
     }
 }
 
@@ -175,6 +208,55 @@ mod tests {
             "remount after DESTROY"
         );
         assert_eq!(gate.inits().await, 2);
+    }
+
+    #[tokio::test]
+    async fn abandon_ends_only_a_live_session() {
+        let gate = SessionGate::new();
+        let mut p = gate.enter(INIT).await;
+        let mut ended = 0;
+        assert!(
+            !p.session_mut().unwrap().abandon(|| ended += 1),
+            "no session"
+        );
+        p.record(INIT, true);
+        assert!(p.session_mut().unwrap().abandon(|| ended += 1));
+        assert!(!p.initialized());
+        assert_eq!(ended, 1);
+        drop(p);
+        assert!(gate.enter(GETATTR).await.session_mut().is_none());
+        assert_eq!(gate.lock.read().await.abandoned, 1);
+    }
+
+    #[test]
+    fn abandon_blocking_waits_for_requests_in_flight() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let gate = SessionGate::new();
+        let (in_flight, ran) = rt.block_on(async {
+            let mut p = gate.enter(INIT).await;
+            p.record(INIT, true);
+            drop(p);
+            (
+                gate.enter(GETATTR).await,
+                Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            )
+        });
+        let (g2, ran2) = (gate.clone(), ran.clone());
+        let reset = std::thread::spawn(move || {
+            g2.abandon_blocking(|| ran2.store(true, std::sync::atomic::Ordering::SeqCst))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !ran.load(std::sync::atomic::Ordering::SeqCst),
+            "the session ended under a running request"
+        );
+        drop(in_flight);
+        assert!(reset.join().unwrap());
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!rt.block_on(gate.enter(GETATTR)).initialized());
     }
 
     #[test]

@@ -56,30 +56,39 @@ impl From<fuse_backend_rs::Error> for HandleError {
 pub trait FuseHandler: Send + Sync + 'static {
     /// Handles the request in `chain`; returns the number of reply bytes written.
     fn handle(&self, chain: &Chain) -> Result<usize, HandleError>;
+
+    /// Ends the FUSE session without a DESTROY from the guest: the driver that owned it is gone
+    /// (guest reboot, kexec, driver rebind, device reset). Releases every inode and handle of
+    /// the session, as DESTROY does, so that nothing of the old driver survives into the next
+    /// INIT. The pipeline calls it with no other request running.
+    fn end_session(&self);
 }
 
-impl<F: FileSystem + Send + Sync + 'static> FuseHandler for Server<F> {
-    fn handle(&self, chain: &Chain) -> Result<usize, HandleError> {
-        if let Some(h) = peek_in_header(chain).filter(|h| !is_decodable_opcode(h.opcode)) {
-            // What the server answers for every other opcode it does not know.
-            return reply_error(chain, h.unique, libc::ENOSYS)
-                .ok_or_else(|| HandleError::Server("no room for the reply".into()));
-        }
-        sanitize(chain);
-        let mem = chain.memory();
-        let reader = Reader::from_descriptor_chain(mem, chain.clone())
-            .map_err(|e| HandleError::Chain(e.to_string()))?;
-        let writer: Writer<'_, ()> = VirtioFsWriter::new(mem, chain.clone())
-            .map_err(|e| HandleError::Chain(e.to_string()))?
-            .into();
-        let written = self.handle_message(reader, writer, None, None)?;
-        if written == 0 && destroy_reply_written(chain) {
-            // fuse-backend-rs 0.14 writes the DESTROY reply header but returns 0 bytes written
-            // (api/server/sync_io.rs); the guest must get the header's length as used length.
-            return Ok(OUT_HEADER_LEN);
-        }
-        Ok(written)
+/// Serves one request with fuse-backend-rs's [`Server`]: what a [`FuseHandler`] built on it
+/// runs in [`FuseHandler::handle`].
+pub fn serve_with<F: FileSystem + Sync>(
+    server: &Server<F>,
+    chain: &Chain,
+) -> Result<usize, HandleError> {
+    if let Some(h) = peek_in_header(chain).filter(|h| !is_decodable_opcode(h.opcode)) {
+        // What the server answers for every other opcode it does not know.
+        return reply_error(chain, h.unique, libc::ENOSYS)
+            .ok_or_else(|| HandleError::Server("no room for the reply".into()));
     }
+    sanitize(chain);
+    let mem = chain.memory();
+    let reader = Reader::from_descriptor_chain(mem, chain.clone())
+        .map_err(|e| HandleError::Chain(e.to_string()))?;
+    let writer: Writer<'_, ()> = VirtioFsWriter::new(mem, chain.clone())
+        .map_err(|e| HandleError::Chain(e.to_string()))?
+        .into();
+    let written = server.handle_message(reader, writer, None, None)?;
+    if written == 0 && destroy_reply_written(chain) {
+        // fuse-backend-rs 0.14 writes the DESTROY reply header but returns 0 bytes written
+        // (api/server/sync_io.rs); the guest must get the header's length as used length.
+        return Ok(OUT_HEADER_LEN);
+    }
+    Ok(written)
 }
 
 /// Whether fuse-backend-rs 0.14's `Server` may see `opcode`. Its `Opcode::from`

@@ -38,6 +38,21 @@ pub struct Pipeline {
     tracker: TaskTracker,
     stats: Vec<Arc<QueueStats>>,
     hiprio: Option<JoinHandle<()>>,
+    reset: SessionReset,
+}
+
+/// Ends the pipeline's FUSE session from outside the request path: what a device reset from the
+/// frontend (vhost-user RESET_DEVICE) does to the session.
+#[derive(Clone)]
+pub struct SessionReset(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl SessionReset {
+    /// Waits until no request runs, then ends the live session as DESTROY would (its inodes and
+    /// handles are released; requests get `EIO` until the next INIT). Blocks the calling thread,
+    /// which must not be a tokio runtime thread. Returns whether a session was live.
+    pub fn reset(&self) -> bool {
+        (self.0)()
+    }
 }
 
 impl Pipeline {
@@ -51,6 +66,12 @@ impl Pipeline {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let gate = SessionGate::new();
+        let reset = {
+            let (gate, handler) = (gate.clone(), handler.clone());
+            SessionReset(Arc::new(move || {
+                gate.abandon_blocking(|| handler.end_session())
+            }))
+        };
         let mut stats = Vec::with_capacity(links.len());
         let mut hiprio = None;
         for link in links {
@@ -90,7 +111,13 @@ impl Pipeline {
             tracker,
             stats,
             hiprio,
+            reset,
         })
+    }
+
+    /// A handle that ends the FUSE session on a device reset.
+    pub fn session_reset(&self) -> SessionReset {
+        self.reset.clone()
     }
 
     /// Counters per queue, indexed by queue number.

@@ -216,9 +216,9 @@ impl<H: FuseHandler> QueueContext<H> {
 
 /// Serves one descriptor chain popped from a queue: copies the start of the request out of
 /// guest memory ([`crate::private`]; the handler sees only that copy), checks the FUSE header
-/// against the chain, answers requests outside a session (and a second INIT) with `EIO`,
-/// otherwise runs `handler`, and writes an errno reply if the handler fails. Returns the used length to put on the used
-/// ring (0 when there is no reply).
+/// against the chain, answers requests outside a session with `EIO`, ends a live session before
+/// an INIT (its driver is gone), otherwise runs `handler`, and writes an errno reply if the
+/// handler fails. Returns the used length to put on the used ring (0 when there is no reply).
 ///
 /// `header` is [`peek_in_header`] of the chain and `pass` the gate pass from
 /// [`SessionGate::pass_for`] for it. This is exactly what a queue task runs per chain between
@@ -265,17 +265,27 @@ pub fn serve_chain<H: FuseHandler + ?Sized>(
     if (h.len as usize) < IN_HEADER_LEN || u64::from(h.len) > readable {
         return refuse("FUSE header len does not match the request");
     }
-    // Everything but INIT, DESTROY and FORGETs needs an initialized session; a second INIT
-    // in a live session is refused, as libfuse does (a Linux guest never sends one).
+    // Everything but INIT, DESTROY and FORGETs needs an initialized session.
     let live = pass.as_deref().is_some_and(Pass::initialized);
     let needs_session = !is_forget(h.opcode) && !is_exclusive(h.opcode);
-    let second_init = h.opcode == Opcode::Init as u32 && live;
-    if (needs_session && !live) || second_init {
-        if !second_init {
-            stats.before_init.fetch_add(1, Ordering::Relaxed);
-        }
+    if needs_session && !live {
+        stats.before_init.fetch_add(1, Ordering::Relaxed);
         debug!(queue, opcode = h.opcode, "refused: no FUSE session");
         return reply_error(chain, h.unique, libc::EIO).unwrap_or(0) as u32;
+    }
+    // An INIT in a live session comes from a new driver: the guest rebooted (or kexec'd, or
+    // rebound the driver) without unmounting, and the frontend (QEMU before 9.2) did not say so.
+    // The old driver's session ends as if it had sent DESTROY, then INIT starts a new one.
+    if h.opcode == Opcode::Init as u32 {
+        if let Some(session) = pass.as_deref_mut().and_then(Pass::session_mut) {
+            if session.abandon(|| handler.end_session()) {
+                info!(
+                    queue,
+                    "FUSE_INIT in a live session: the guest driver restarted; previous session \
+                     ended, its inodes and handles released"
+                );
+            }
+        }
     }
     trace!(queue, opcode = h.opcode, unique = h.unique, "request");
     let len = match handler.handle(chain) {

@@ -33,6 +33,9 @@ struct ScriptedHandler {
     /// (opcode, unique, started, finished)
     log: Mutex<Vec<(u32, u64, Instant, Instant)>>,
     delay_ms: AtomicUsize,
+    /// Sessions ended without DESTROY, and how many requests ran at that moment.
+    sessions_ended: AtomicUsize,
+    running_at_end: AtomicUsize,
 }
 
 impl FuseHandler for ScriptedHandler {
@@ -62,6 +65,12 @@ impl FuseHandler for ScriptedHandler {
         } else {
             Err(HandleError::Server("no room for the reply".into()))
         }
+    }
+
+    fn end_session(&self) {
+        let running = self.running.load(Ordering::SeqCst);
+        self.running_at_end.fetch_max(running, Ordering::SeqCst);
+        self.sessions_ended.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -386,6 +395,61 @@ mt_test!(
         d.post(GETATTR, 30);
         d.kick();
         assert_eq!(d.wait_used(1)[0].reply.error, 0);
+    }
+);
+
+mt_test!(
+    init_in_a_live_session_and_device_reset_end_the_session,
+    || {
+        let mut r = rig(2, 4, true);
+        r.init(1);
+        // Slow requests in flight on queue 2 when the new driver's INIT arrives on queue 1.
+        r.handler.delay_ms.store(40, Ordering::SeqCst);
+        for i in 0..6 {
+            r.drivers[2].post(GETATTR, 10 + i);
+        }
+        r.drivers[2].kick();
+        std::thread::sleep(Duration::from_millis(10));
+        r.init(1);
+        let used = r.drivers[2].wait_used(6);
+        assert!(
+            used.iter().all(|u| u.reply.error == 0),
+            "requests of the old session that were in flight complete"
+        );
+        assert_eq!(r.handler.sessions_ended.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            r.handler.running_at_end.load(Ordering::SeqCst),
+            0,
+            "the session ended while a request ran"
+        );
+        // The new session serves.
+        r.handler.delay_ms.store(0, Ordering::SeqCst);
+        let d = &mut r.drivers[1];
+        d.post(GETATTR, 20);
+        d.kick();
+        assert_eq!(
+            d.wait_used(1)[0].reply.error,
+            0,
+            "request in the new session"
+        );
+
+        // A device reset (RESET_DEVICE, from the protocol thread) ends it too.
+        let reset = r.pipeline.session_reset();
+        assert!(std::thread::spawn(move || reset.reset()).join().unwrap());
+        assert_eq!(r.handler.sessions_ended.load(Ordering::SeqCst), 2);
+        let d = &mut r.drivers[1];
+        d.post(GETATTR, 21);
+        d.kick();
+        assert_eq!(
+            d.wait_used(1)[0].reply.error,
+            -libc::EIO,
+            "no session after a device reset"
+        );
+        // A reset with no session ends nothing; the next INIT starts one without ending any.
+        let reset = r.pipeline.session_reset();
+        assert!(!std::thread::spawn(move || reset.reset()).join().unwrap());
+        r.init(1);
+        assert_eq!(r.handler.sessions_ended.load(Ordering::SeqCst), 2);
     }
 );
 
