@@ -65,6 +65,16 @@ impl DeviceConfig {
     }
 }
 
+/// What a reset of the device sends besides stopping the rings ([`Device::reset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// Nothing: QEMU up to 9.1 on a guest reboot (SET_VRING_ENABLE 0 and GET_VRING_BASE per
+    /// ring, then the rings set up again for the new driver).
+    Rings,
+    /// RESET_DEVICE after stopping the rings: QEMU from 9.2 when RESET_DEVICE is negotiated.
+    Device,
+}
+
 /// What the two ends agreed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Negotiated {
@@ -153,6 +163,53 @@ impl std::fmt::Debug for Device {
     }
 }
 
+/// Sets up every ring afresh (SET_VRING_NUM, _ADDR, _BASE, _KICK, _CALL, then SET_VRING_ENABLE),
+/// with new, zeroed rings whose indices start at `initial_index`: what QEMU does when a driver
+/// starts the device.
+fn setup_rings(
+    fe: &mut Frontend,
+    mem: &Arc<GuestMemory>,
+    config: &DeviceConfig,
+    negotiated: Negotiated,
+    initial_index: u16,
+) -> Result<Vec<Virtqueue>> {
+    let nq = 1 + usize::from(config.request_queues);
+    let mut queues = Vec::with_capacity(nq);
+    for i in 0..nq {
+        let q = Virtqueue::new(
+            i as u16,
+            config.queue_size,
+            mem.clone(),
+            negotiated.event_idx(),
+            negotiated.indirect_desc(),
+            initial_index,
+        )?;
+        let l = q.layout();
+        let cfg = VringConfigData {
+            queue_max_size: l.size,
+            queue_size: l.size,
+            flags: 0,
+            desc_table_addr: mem.host_address(l.desc)?,
+            used_ring_addr: mem.host_address(l.used)?,
+            avail_ring_addr: mem.host_address(l.avail)?,
+            log_addr: None,
+        };
+        step("SET_VRING_NUM", fe.set_vring_num(i, l.size))?;
+        step("SET_VRING_ADDR", fe.set_vring_addr(i, &cfg))?;
+        step("SET_VRING_BASE", fe.set_vring_base(i, initial_index))?;
+        step("SET_VRING_KICK", fe.set_vring_kick(i, q.kick_fd()))?;
+        step("SET_VRING_CALL", fe.set_vring_call(i, q.call_fd()))?;
+        queues.push(q);
+    }
+    for i in 0..nq {
+        step("SET_VRING_ENABLE", fe.set_vring_enable(i, true))?;
+    }
+    for i in 0..nq {
+        step("SET_VRING_ENABLE", fe.set_vring_enable(i, true))?;
+    }
+    Ok(queues)
+}
+
 fn step<T>(step: &'static str, r: vhost::Result<T>) -> Result<T> {
     r.map_err(|source| Error::Setup { step, source })
 }
@@ -178,7 +235,8 @@ impl Device {
             }
         }
         let offered_pf = step("GET_PROTOCOL_FEATURES", fe.get_protocol_features())?;
-        let mut want_pf = VhostUserProtocolFeatures::MQ;
+        // RESET_DEVICE changes nothing until `Device::reset` asks for it.
+        let mut want_pf = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::RESET_DEVICE;
         if config.reply_ack {
             want_pf |= VhostUserProtocolFeatures::REPLY_ACK;
         }
@@ -237,36 +295,7 @@ impl Device {
             backend_queues,
             max_mem_slots,
         };
-        let mut queues = Vec::with_capacity(nq);
-        for i in 0..nq {
-            let q = Virtqueue::new(
-                i as u16,
-                config.queue_size,
-                mem.clone(),
-                negotiated.event_idx(),
-                negotiated.indirect_desc(),
-                config.initial_index,
-            )?;
-            let l = q.layout();
-            let cfg = VringConfigData {
-                queue_max_size: l.size,
-                queue_size: l.size,
-                flags: 0,
-                desc_table_addr: mem.host_address(l.desc)?,
-                used_ring_addr: mem.host_address(l.used)?,
-                avail_ring_addr: mem.host_address(l.avail)?,
-                log_addr: None,
-            };
-            step("SET_VRING_NUM", fe.set_vring_num(i, l.size))?;
-            step("SET_VRING_ADDR", fe.set_vring_addr(i, &cfg))?;
-            step("SET_VRING_BASE", fe.set_vring_base(i, config.initial_index))?;
-            step("SET_VRING_KICK", fe.set_vring_kick(i, q.kick_fd()))?;
-            step("SET_VRING_CALL", fe.set_vring_call(i, q.call_fd()))?;
-            queues.push(q);
-        }
-        for i in 0..nq {
-            step("SET_VRING_ENABLE", fe.set_vring_enable(i, true))?;
-        }
+        let queues = setup_rings(&mut fe, &mem, &config, negotiated, config.initial_index)?;
         Ok(Self {
             frontend: Mutex::new(fe),
             mem,
@@ -311,6 +340,34 @@ impl Device {
                 .unwrap()
                 .set_vring_enable(queue, enable),
         )
+    }
+
+    /// Resets the device as a guest reboot does, then sets it up for a new driver: every ring
+    /// is disabled and stopped (SET_VRING_ENABLE 0, GET_VRING_BASE), `how` says whether
+    /// RESET_DEVICE follows, then the features and fresh rings (indices from 0, as a new driver
+    /// starts them) are set up and enabled. Requests still in the old rings are lost, as in a
+    /// guest that reboots; the FUSE session is the backend's to end (the caller INITs again).
+    pub fn reset(&mut self, how: Reset) -> Result<()> {
+        let fe = self.frontend.get_mut().unwrap();
+        for i in 0..self.queues.len() {
+            step("SET_VRING_ENABLE", fe.set_vring_enable(i, false))?;
+        }
+        for i in 0..self.queues.len() {
+            step("GET_VRING_BASE", fe.get_vring_base(i))?;
+        }
+        if how == Reset::Device {
+            if self.negotiated.protocol_features & VhostUserProtocolFeatures::RESET_DEVICE.bits()
+                == 0
+            {
+                return Err(Error::MissingFeature("VHOST_USER_PROTOCOL_F_RESET_DEVICE"));
+            }
+            step("RESET_DEVICE", fe.reset_device())?;
+        }
+        // The old rings' memory goes back to the allocator before the new rings take theirs.
+        self.queues.clear();
+        step("SET_FEATURES", fe.set_features(self.negotiated.features))?;
+        self.queues = setup_rings(fe, &self.mem, &self.config, self.negotiated, 0)?;
+        Ok(())
     }
 
     /// Sends GET_VRING_BASE (stops the ring in the backend, as QEMU does on VM stop) and returns

@@ -29,7 +29,7 @@ pub mod fuse;
 pub mod memory;
 pub mod virtqueue;
 
-pub use device::{Device, DeviceConfig, Negotiated, RawChain, ReadPart, WritePart};
+pub use device::{Device, DeviceConfig, Negotiated, RawChain, ReadPart, Reset, WritePart};
 pub use error::{Errno, Error, Result};
 pub use fuse::abi;
 pub use fuse::{

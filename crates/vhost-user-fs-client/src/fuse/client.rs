@@ -305,6 +305,13 @@ impl FsClient {
         Ok(out)
     }
 
+    /// Resets the device as a guest reboot does ([`Device::reset`]) and forgets the session: the
+    /// next driver starts with INIT. Node ids and handles of the old session are void.
+    pub fn reset_device(&mut self, how: crate::Reset) -> Result<()> {
+        *self.session.get_mut().unwrap() = None;
+        self.device.reset(how)
+    }
+
     /// DESTROY; forgets the session.
     pub fn destroy(&self) -> Result<()> {
         let r = self.call(FuseRequest::destroy())?.empty();
