@@ -159,7 +159,7 @@ fn init_in_a_live_session_waits_for_requests_in_flight_then_starts_anew() {
     c.init().expect("INIT of a new driver in a live session");
     // A write either ran in the old session, whole, before INIT, or reached the gate after it
     // and found its handle void.
-    let mut done = vec![false; N];
+    let mut done = [false; N];
     for (i, t) in tokens.into_iter().enumerate() {
         match c.wait(t).unwrap().written() {
             Ok(n) => {
