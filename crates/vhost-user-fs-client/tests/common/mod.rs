@@ -54,6 +54,17 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let share = dir.path().join("share");
         std::fs::create_dir(&share).unwrap();
+        Self::spawn(dir, share, extra)
+    }
+
+    /// Starts a daemon serving `share`, which the caller keeps (e.g. another daemon's, to take
+    /// over after it).
+    #[allow(dead_code)]
+    pub fn start_on(share: &Path, extra: &[&str]) -> Self {
+        Self::spawn(tempfile::tempdir().unwrap(), share.to_owned(), extra)
+    }
+
+    fn spawn(dir: tempfile::TempDir, share: PathBuf, extra: &[&str]) -> Self {
         let socket = dir.path().join("vfs.sock");
         let mut child = Command::new(daemon_bin())
             .arg("--shared-dir")
