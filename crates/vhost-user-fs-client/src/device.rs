@@ -41,6 +41,9 @@ pub struct DeviceConfig {
     pub add_mem_reg: bool,
     /// Default time to wait for any completion before reporting [`Error::Timeout`].
     pub timeout: Duration,
+    /// Memory regions mapped from the start but announced to the backend only by
+    /// [`Device::hot_add_memory`], one per call (memory hot-add).
+    pub hotplug_regions: Vec<u64>,
     /// Where every ring's indices start (sent with SET_VRING_BASE and written to the rings, as
     /// after a migration); e.g. `65536 - 20` to cross the 16-bit index wrap early.
     pub initial_index: u16,
@@ -61,6 +64,7 @@ impl DeviceConfig {
             add_mem_reg: false,
             timeout: Duration::from_secs(30),
             initial_index: 0,
+            hotplug_regions: Vec::new(),
         }
     }
 }
@@ -222,7 +226,10 @@ impl Device {
             return Err(Error::InvalidConfig("at least one request queue".into()));
         }
         let nq = 1 + usize::from(config.request_queues);
-        let mem = Arc::new(GuestMemory::new(&config.memory_regions)?);
+        let mem = Arc::new(GuestMemory::with_hotplug(
+            &config.memory_regions,
+            &config.hotplug_regions,
+        )?);
         let mut fe = step("connect", Frontend::connect(&config.socket, nq as u64))?;
         step("SET_OWNER", fe.set_owner())?;
         let offered = step("GET_FEATURES", fe.get_features())?;
@@ -340,6 +347,25 @@ impl Device {
                 .unwrap()
                 .set_vring_enable(queue, enable),
         )
+    }
+
+    /// Hot-adds the next of [`DeviceConfig::hotplug_regions`], as QEMU does for a new DIMM:
+    /// ADD_MEM_REG when CONFIGURE_MEM_SLOTS was negotiated, otherwise a new SET_MEM_TABLE with
+    /// every plugged region. From then on request buffers may lie in it. Returns its guest
+    /// address and length.
+    pub fn hot_add_memory(&self) -> Result<(GuestAddress, u64)> {
+        let info = self
+            .mem
+            .plug_next(|info, table| {
+                let mut fe = self.frontend.lock().unwrap();
+                if self.negotiated.max_mem_slots.is_some() {
+                    step("ADD_MEM_REG", fe.add_mem_region(info))
+                } else {
+                    step("SET_MEM_TABLE", fe.set_mem_table(table))
+                }
+            })?
+            .ok_or_else(|| Error::InvalidConfig("no hot-pluggable region left".into()))?;
+        Ok((GuestAddress(info.guest_phys_addr), info.memory_size))
     }
 
     /// Resets the device as a guest reboot does, then sets it up for a new driver: every ring

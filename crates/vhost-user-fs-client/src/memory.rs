@@ -31,10 +31,16 @@ const MIN_ALIGN: u64 = 64;
 
 /// The guest's memory as seen by the driver: every region is a memfd mapped here and shared with
 /// the backend through the vhost-user memory table.
+///
+/// Some regions may be held back as "hot-pluggable": mapped here from the start, but neither
+/// described to the backend nor used for allocations until [`GuestMemory::plug_next`] (memory
+/// hot-add: QEMU's `object-add` + `device_add pc-dimm`).
 #[derive(Debug)]
 pub struct GuestMemory {
     mem: GuestMemoryMmap<()>,
     alloc: Mutex<Allocator>,
+    /// Regions the backend knows (the first ones in address order); the rest wait to be plugged.
+    plugged: Mutex<usize>,
 }
 
 /// A block of guest memory handed out by [`GuestMemory::alloc`].
@@ -49,14 +55,20 @@ pub struct Allocation {
 impl GuestMemory {
     /// Creates one memfd-backed region per entry of `region_sizes` (each rounded up to 4 KiB).
     pub fn new(region_sizes: &[u64]) -> Result<Self> {
-        if region_sizes.is_empty() || region_sizes.contains(&0) {
+        Self::with_hotplug(region_sizes, &[])
+    }
+
+    /// Like [`GuestMemory::new`], plus one region per entry of `hotplug_sizes` after them that
+    /// stays unplugged until [`GuestMemory::plug_next`].
+    pub fn with_hotplug(region_sizes: &[u64], hotplug_sizes: &[u64]) -> Result<Self> {
+        if region_sizes.is_empty() || region_sizes.contains(&0) || hotplug_sizes.contains(&0) {
             return Err(Error::InvalidConfig(
                 "at least one non-empty memory region".into(),
             ));
         }
         let mut ranges = Vec::new();
         let mut next = GUEST_BASE;
-        for (i, &size) in region_sizes.iter().enumerate() {
+        for (i, &size) in region_sizes.iter().chain(hotplug_sizes).enumerate() {
             let size = size.div_ceil(4096) * 4096;
             let file = memfd(&format!("vufs-guest-{i}"), size)?;
             ranges.push((
@@ -70,13 +82,43 @@ impl GuestMemory {
             .map_err(|e| Error::Memory(format!("mapping guest memory: {e:?}")))?;
         let alloc = Allocator::new(
             mem.iter()
+                .take(region_sizes.len())
                 .map(|r| (r.start_addr().0, r.len()))
                 .collect::<Vec<_>>(),
         );
         Ok(Self {
             mem,
             alloc: Mutex::new(alloc),
+            plugged: Mutex::new(region_sizes.len()),
         })
+    }
+
+    /// Plugs the next held-back region: `announce` gets its memory-table entry and the table of
+    /// every plugged region including it, and tells the backend; only once it succeeded may
+    /// allocations use the region (a request in it must not reach the backend first). Returns
+    /// the entry, or `None` when every region is plugged already.
+    pub fn plug_next(
+        &self,
+        announce: impl FnOnce(&VhostUserMemoryRegionInfo, &[VhostUserMemoryRegionInfo]) -> Result<()>,
+    ) -> Result<Option<VhostUserMemoryRegionInfo>> {
+        let mut plugged = self.plugged.lock().unwrap();
+        let Some(region) = self.mem.iter().nth(*plugged) else {
+            return Ok(None);
+        };
+        let table = self
+            .mem
+            .iter()
+            .take(*plugged + 1)
+            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).map_err(Error::Vhost))
+            .collect::<Result<Vec<_>>>()?;
+        let info = *table.last().expect("the region being plugged");
+        announce(&info, &table)?;
+        self.alloc
+            .lock()
+            .unwrap()
+            .add_region(region.start_addr().0, region.len());
+        *plugged += 1;
+        Ok(Some(info))
     }
 
     /// The vm-memory view of all regions (for reading and writing guest memory).
@@ -89,13 +131,18 @@ impl GuestMemory {
     pub fn region_infos(&self) -> Result<Vec<VhostUserMemoryRegionInfo>> {
         self.mem
             .iter()
+            .take(*self.plugged.lock().unwrap())
             .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).map_err(Error::Vhost))
             .collect()
     }
 
-    /// `(guest address, length)` of every region, in address order.
+    /// `(guest address, length)` of every plugged region, in address order.
     pub fn regions(&self) -> Vec<(GuestAddress, u64)> {
-        self.mem.iter().map(|r| (r.start_addr(), r.len())).collect()
+        self.mem
+            .iter()
+            .take(*self.plugged.lock().unwrap())
+            .map(|r| (r.start_addr(), r.len()))
+            .collect()
     }
 
     /// This process's virtual address for guest address `addr` (what vhost-user ring addresses
@@ -149,7 +196,8 @@ impl GuestMemory {
         Ok(buf)
     }
 
-    /// The first guest-physical address past every region (itself outside guest memory).
+    /// The first guest-physical address past every region, plugged or not (itself outside guest
+    /// memory).
     pub fn end(&self) -> GuestAddress {
         self.mem
             .iter()
@@ -253,6 +301,12 @@ impl Allocator {
 
     fn free_bytes(&self) -> u64 {
         self.regions.iter().flat_map(|r| r.values()).sum()
+    }
+
+    /// Makes `[start, start + len)` a new region, all free.
+    fn add_region(&mut self, start: u64, len: u64) {
+        self.regions.push(BTreeMap::from([(start, len)]));
+        self.bounds.push((start, start + len));
     }
 }
 
