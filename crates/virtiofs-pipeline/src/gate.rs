@@ -118,10 +118,18 @@ impl SessionGate {
         self.lock.read().await.inits
     }
 
-    /// Ends the live session, if any, for a device reset: waits (blocking the calling thread)
-    /// until no request runs, then [`Session::abandon`]s it. Call it from a thread outside the
-    /// tokio runtime (the vhost-user protocol thread); returns whether a session ended.
-    pub fn abandon_blocking(&self, end: impl FnOnce()) -> bool {
+    /// Ends the live session, if any, for a device reset: waits (blocking the calling thread,
+    /// normally the vhost-user protocol thread) until no request runs, then
+    /// [`Session::abandon`]s it. Returns whether a session ended.
+    pub fn abandon_blocking(&self, end: impl FnOnce() + Send) -> bool {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // `blocking_write` panics on a runtime thread: wait on a plain thread instead.
+            return std::thread::scope(|s| {
+                s.spawn(|| self.lock.blocking_write().abandon(end))
+                    .join()
+                    .expect("session reset thread")
+            });
+        }
         self.lock.blocking_write().abandon(end)
     }
 }
