@@ -8,7 +8,9 @@
 //!   used-ring consumption, wrap-around, indirect descriptors, EVENT_IDX, call/kick eventfds);
 //! - [`device`]: the vhost-user setup sequence QEMU runs (features, protocol features, queue
 //!   count, memory table, vrings) and a raw descriptor-chain API for hostile-input tests;
-//! - [`fuse`]: FUSE requests with per-request credentials, checked replies, typed operations.
+//! - [`fuse`]: FUSE requests with per-request credentials, checked replies, typed operations;
+//! - [`soak`]: a long-running mixed workload that verifies every byte across sessions and
+//!   daemon restarts, and watches the daemon's descriptors and memory.
 //!
 //! ```no_run
 //! use vhost_user_fs_client::{DeviceConfig, FsClient, FuseOps, abi::ROOT_ID};
@@ -27,6 +29,7 @@ pub mod device;
 pub mod error;
 pub mod fuse;
 pub mod memory;
+pub mod soak;
 pub mod virtqueue;
 
 pub use device::{Device, DeviceConfig, Negotiated, RawChain, ReadPart, Reset, WritePart};
