@@ -348,6 +348,7 @@ where
         for s in m.slots.iter_mut() {
             s.busy.iter_mut().for_each(|b| *b = false);
             s.shared = 0;
+            s.exclusive = false;
         }
         let mut abandoned = Vec::new();
         for r in results {

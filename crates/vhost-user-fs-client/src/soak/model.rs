@@ -120,7 +120,7 @@ pub(crate) struct Slot {
     pub busy: Vec<bool>,
     /// Requests in flight on the file as a whole (GETATTR, LOOKUP, FSYNC) or on its blocks.
     pub shared: usize,
-    /// A namespace operation (RENAME, UNLINK, CREATE) owns the slot.
+    /// A namespace operation (RENAME, UNLINK, CREATE) owns the slot, or waits for it.
     pub exclusive: bool,
 }
 
@@ -154,11 +154,6 @@ impl Slot {
     /// Whether the slot is usable by requests that share it.
     pub fn usable(&self) -> bool {
         self.present && !self.exclusive && self.handle.is_some()
-    }
-
-    /// Whether a namespace operation may take the slot.
-    pub fn idle(&self) -> bool {
-        !self.exclusive && self.shared == 0
     }
 
     /// Forgets the file's content (after UNLINK).

@@ -83,14 +83,20 @@ pub(crate) fn run(
     let vq = ctx.client.device().queue(queue)?;
     let mut pending: HashMap<Token, (FuseToken, Op)> = HashMap::new();
     let mut forgets = Vec::new();
+    // A slot waiting for its requests to finish before a CREATE / RENAME / UNLINK.
+    let mut reserved = None;
     loop {
         let stopping = Instant::now() >= ctx.phase_end;
+        if let Some(slot) = reserved {
+            if !stopping && namespace_op(ctx, queue, slot, rng)? {
+                reserved = None;
+            }
+        }
         // A frontend that goes away does so with its queues full: fill them, then leave.
         if !stopping || abandon {
             while pending.len() < depth {
-                if rng.below(100) < 2 {
-                    namespace_op(ctx, queue, rng)?;
-                    continue;
+                if reserved.is_none() && !stopping && rng.below(200) == 0 {
+                    reserved = reserve(ctx, rng);
                 }
                 let Some((req, op)) = pick(ctx, rng) else {
                     break;
@@ -359,19 +365,28 @@ pub(crate) fn release(m: &mut Model, op: &Op) {
 
 /// A synchronous CREATE (of an absent file), RENAME or UNLINK (+ RELEASE + FORGET) on an idle
 /// slot, on this worker's queue.
-fn namespace_op(ctx: &Ctx<'_>, queue: usize, rng: &mut Rng) -> Result<()> {
-    let (slot, present, name, handle, unlink) = {
-        let mut m = ctx.model.lock().unwrap();
-        let n = m.slots.len();
-        let Some(slot) = (0..8).map(|_| rng.below(n)).find(|&i| m.slots[i].idle()) else {
-            return Ok(());
-        };
-        let s = &mut m.slots[slot];
-        if s.present && s.handle.is_none() {
-            return Ok(());
+/// Reserves a slot for a namespace operation: no new request may use it from now on; the
+/// operation runs once the requests in flight on it are done ([`namespace_op`]).
+fn reserve(ctx: &Ctx<'_>, rng: &mut Rng) -> Option<usize> {
+    let mut m = ctx.model.lock().unwrap();
+    let n = m.slots.len();
+    let slot = (0..8)
+        .map(|_| rng.below(n))
+        .find(|&i| !m.slots[i].exclusive && (!m.slots[i].present || m.slots[i].handle.is_some()))?;
+    m.slots[slot].exclusive = true;
+    Some(slot)
+}
+
+/// Runs the namespace operation on a reserved `slot` if nothing is in flight on it any more;
+/// false if it has to wait.
+fn namespace_op(ctx: &Ctx<'_>, queue: usize, slot: usize, rng: &mut Rng) -> Result<bool> {
+    let (present, name, handle, unlink) = {
+        let m = ctx.model.lock().unwrap();
+        let s = &m.slots[slot];
+        if s.shared > 0 {
+            return Ok(false);
         }
-        s.exclusive = true;
-        (slot, s.present, s.name(), s.handle, rng.below(3) == 0)
+        (s.present, s.name(), s.handle, rng.below(3) == 0)
     };
     let c = ctx.client.on_queue(queue);
     let dir = ctx.dir;
@@ -423,5 +438,5 @@ fn namespace_op(ctx: &Ctx<'_>, queue: usize, rng: &mut Rng) -> Result<()> {
         Err(e) => record_error(&mut m, m_ops[0], &e),
     }
     m.slots[slot].exclusive = false;
-    Ok(())
+    Ok(true)
 }
