@@ -3,6 +3,7 @@
 //! and every file on the host must match the model; the daemons must exit 0 and hold no more
 //! descriptors after a DESTROY than at their start.
 
+#[allow(dead_code)] // only `daemon_bin` is used here
 mod common;
 
 use std::process::Command;
@@ -32,9 +33,10 @@ fn soak_survives_sessions_and_daemon_restarts() {
     };
     let started = AtomicUsize::new(0);
     let start_daemon = || {
-        let socket = dir
-            .path()
-            .join(format!("vfs-{}.sock", started.fetch_add(1, Ordering::Relaxed)));
+        let socket = dir.path().join(format!(
+            "vfs-{}.sock",
+            started.fetch_add(1, Ordering::Relaxed)
+        ));
         let mut cmd = Command::new(daemon_bin());
         cmd.arg("--shared-dir")
             .arg(&share)
