@@ -41,6 +41,11 @@ step "guest end-to-end matrix (QEMU TCG)"
 cargo build -p async-virtiofsd
 bash tests/e2e/matrix.sh "$REPO/target/debug/async-virtiofsd"
 
+step "soak, 60 s: mixed verified workload at depth 256 on 4 queues, DESTROY/INIT, new daemons (docs/soak.md)"
+cargo build --release -p vhost-user-fs-client --bin vhost-user-fs-soak
+target/release/vhost-user-fs-soak --daemon "$REPO/target/debug/async-virtiofsd" --duration 60s \
+    --destroy-every 15s --reconnect-every 25s
+
 step "benchmark harness, quick mode (reports only; fails if our daemon cannot serve a cell)"
 bash benches/run --quick --out "$REPO/target/bench-quick"
 if grep -q '^async-virtiofsd,' "$REPO/target/bench-quick/skipped.csv"; then
