@@ -3,7 +3,7 @@
 # "myfs" on /mnt, runs the mode chosen on the kernel command line and prints
 #   E2E-RESULT: PASS   or   E2E-RESULT: FAIL <reason>
 # before powering off. Kernel command line options (read from /proc/cmdline):
-#   e2e.mode=full|smoke|demo|reboot   what to run (default full)
+#   e2e.mode=full|smoke|demo|reboot|hotplug   what to run (default full)
 #   e2e.tag=TAG                virtio-fs tag (default myfs)
 #   e2e.boots=N                reboot mode: boots in all (reboot -f, no unmount, between them)
 # shellcheck shell=sh
@@ -91,6 +91,9 @@ case $MODE in
         else
             finish "FAIL guest-fs-test.sh reported failures"
         fi ;;
+    hotplug)
+        if sh /e2e/guest-hotplug-test.sh /mnt; then finish PASS
+        else finish "FAIL guest-hotplug-test.sh reported failures"; fi ;;
     reboot)
         sh /e2e/guest-reboot-test.sh "$BOOTS" /mnt
         case $? in

@@ -4,7 +4,9 @@
 # queues on the Debian 13 guest with 4 vCPUs, where the daemon's per-queue statistics must show
 # that more than one request queue served requests. The pool-64 run has xattrs on (daemon --xattr,
 # run-e2e.sh --xattr: the guest probe sets and reads them, the host checks one), the others off
-# (the probe checks they fail EOPNOTSUPP). Ends with "e2e matrix: N passed, N failed".
+# (the probe checks they fail EOPNOTSUPP). Then a guest that reboots three times in one QEMU
+# process (6.1, and 6.12 with 4 queues) and one that gets memory hot-added under I/O. Ends with
+# "e2e matrix: N passed, N failed".
 #
 # usage: tests/e2e/matrix.sh [path/to/async-virtiofsd]   (default: target/debug/async-virtiofsd)
 set -euo pipefail
@@ -106,6 +108,13 @@ check_daemon_log() {
         if grep -q 'refused: no FUSE session' "$log"; then
             echo "    not ok - requests refused for lack of a session"; ok=1
         fi
+    # Hotplug mode: the DIMM reached the daemon as a second memory region.
+    elif [[ $opts == *"--mode hotplug"* ]]; then
+        if grep -q 'guest memory mapped.*regions=2' "$log"; then
+            echo "    ok - the hot-added DIMM was mapped as a second memory region"
+        else
+            echo "    not ok - no second memory region after the hot-add"; ok=1
+        fi
     # FUSE opcodes: 28 READDIR, 44 READDIRPLUS.
     elif [[ $opts == *--no-readdirplus* ]]; then
         if [ "$(count 'opcode=44')" = 0 ] && [ "$(count 'opcode=28')" -gt 0 ]; then
@@ -146,6 +155,8 @@ run multiqueue 6.12 4 4 "--thread-pool-size=64 --cache=metadata" --mem 5G
 # A guest that reboots (reboot -f, writes in flight, no unmount) twice in one QEMU process.
 run reboot 6.1 2 1 "--thread-pool-size=64" --mode reboot --boots 3
 run reboot-multiqueue 6.12 4 4 "--thread-pool-size=0 --cache=never" --mode reboot --boots 3
+# 512 MiB hot-added (QMP object-add + device_add pc-dimm) while the guest writes.
+run hotplug 6.1 2 1 "--thread-pool-size=64" --mode hotplug
 
 [ "$failed" = 0 ] || echo "failed configurations: ${failures[*]}"
 echo "e2e matrix: $passed passed, $failed failed"

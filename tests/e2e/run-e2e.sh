@@ -36,7 +36,7 @@ MEM=()
 usage() {
     cat <<EOF
 usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
-          [--cpus N] [--mode full|smoke|demo|reboot] [--boots N] [--timeout SECS] [--log-dir DIR]
+          [--cpus N] [--mode full|smoke|demo|reboot|hotplug] [--boots N] [--timeout SECS] [--log-dir DIR]
           [--daemon-exit-wait SECS] [--allow-daemon-linger] [--keep] [--no-setup]
           [--mem SIZE] [--xattr] [--verbose]
 
@@ -89,7 +89,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "$DAEMON_CMD" ] || { usage >&2; exit 2; }
-case $MODE in full|smoke|demo|reboot) ;; *) die "bad --mode $MODE" ;; esac
+case $MODE in full|smoke|demo|reboot|hotplug) ;; *) die "bad --mode $MODE" ;; esac
 
 if [ -z "$LOG_DIR" ]; then
     LOG_DIR=$REPO/target/e2e-logs/$(date +%Y%m%d-%H%M%S)-k$KERNEL-$MODE-c$CPUS-q$QUEUES
@@ -327,6 +327,12 @@ if [ "$MODE" = full ]; then
         grep -qE "$want" "$CLEAN" || hnot "guest report" "no line matching $want"
     done
     if [ -e "$SHARED/e2e-work" ]; then hnot "scratch area removed" "e2e-work still exists"; fi
+fi
+# Hotplug mode: the guest saw the memory and checked its data in it.
+if [ "$MODE" = hotplug ]; then
+    grep -qE '^ok - memory hot-added while writing' "$CLEAN" && hok "guest saw the hot-added memory" \
+        || hnot "memory hot-add" "the guest did not report it"
+    grep -qE '^GUEST-MD5 hotplug/big ' "$CLEAN" || hnot "guest report" "no md5 of hotplug/big"
 fi
 # Reboot mode: every boot ran (the share says how many completed) and verified the others.
 if [ "$MODE" = reboot ]; then

@@ -34,7 +34,8 @@ usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
   --queues   virtio-fs request queues, num-request-queues (default $QUEUES)
   --cpus     guest vCPUs (default $CPUS)
   --mode     guest work: full, smoke, demo, or reboot: boot --boots times in one QEMU
-             process (reboot -f with writes in flight, no unmount, between boots)
+             process (reboot -f with writes in flight, no unmount, between boots), or
+             hotplug: hot-add a 512 MiB DIMM over QMP while the guest writes
   --boots    boots in reboot mode (default $BOOTS)
   --timeout  kill QEMU after this many seconds (default $TIMEOUT)
   --log      serial console log (default: a new file under \$TMPDIR)
@@ -72,7 +73,7 @@ done
 
 [ -n "$SOCKET" ] || { usage >&2; exit 2; }
 [ -S "$SOCKET" ] || die "$SOCKET is not a socket (is the daemon running?)"
-case $MODE in full|smoke|demo|reboot) ;; *) die "bad --mode $MODE" ;; esac
+case $MODE in full|smoke|demo|reboot|hotplug) ;; *) die "bad --mode $MODE" ;; esac
 for n in "$QUEUES" "$CPUS" "$TIMEOUT" "$BOOTS"; do
     case $n in ''|*[!0-9]*|0) die "expected a positive number, got '$n'" ;; esac
 done
@@ -86,6 +87,16 @@ APPEND="console=ttyS0 quiet panic=-1 e2e.mode=$MODE e2e.boots=$BOOTS"
 # A guest reset ends QEMU unless the test is about surviving it.
 NO_REBOOT=(-no-reboot)
 [ "$MODE" != reboot ] || NO_REBOOT=()
+# Hotplug mode: room for one DIMM, a QMP socket to add it, new memory online by itself.
+MEM_OPT=$MEM
+HOTPLUG=()
+QMP=
+if [ "$MODE" = hotplug ]; then
+    MEM_OPT="$MEM,slots=2,maxmem=8G"
+    QMP=$(mktemp -u "${TMPDIR:-/tmp}/e2e-qmp.XXXXXX.sock")
+    HOTPLUG=(-qmp "unix:$QMP,server=on,wait=off")
+    APPEND="$APPEND memhp_default_state=online_movable"
+fi
 [ "$XATTR" = 0 ] || APPEND="$APPEND e2e.xattr=1"
 if [ -z "$LOG" ]; then
     LOG=$(mktemp "${TMPDIR:-/tmp}/e2e-guest.XXXXXX.log")
@@ -111,7 +122,7 @@ trap 'exit 143' TERM
 # memfd so the vhost-user daemon can map it.
 # shellcheck disable=SC2054  # commas belong to QEMU option values
 QEMU=(qemu-system-x86_64
-    -accel tcg -m "$MEM" -smp "$CPUS"
+    -accel tcg -m "$MEM_OPT" -smp "$CPUS" ${HOTPLUG[@]+"${HOTPLUG[@]}"}
     -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
     -chardev "socket,id=c0,path=$SOCKET"
     -device "vhost-user-fs-pci,chardev=c0,tag=myfs,num-request-queues=$QUEUES,queue-size=$QUEUE_SIZE"
@@ -136,6 +147,23 @@ tail -n +1 -f "$LOG" --pid="$QEMU_PID" 2>/dev/null \
     | sed -u -e 's/\r$//' -e "$STRIP_ANSI" | grep --line-buffered -E "$FILTER" | sed -u 's/^/  guest| /' &
 TAIL_PID=$!
 
+# Hotplug mode: once the guest is writing, add a memfd backend and a pc-dimm (what a
+# management layer does with QMP object-add + device_add).
+QMP_PID=
+if [ "$MODE" = hotplug ]; then
+    (
+        until grep -q 'E2E-HOTPLUG: ready' "$LOG" 2>/dev/null; do
+            kill -0 "$QEMU_PID" 2>/dev/null || exit 0
+            sleep 0.5
+        done
+        python3 "$HERE/qmp.py" "$QMP" \
+            'object-add {"qom-type": "memory-backend-memfd", "id": "hmem1", "size": 536870912, "share": true}' \
+            'device_add {"driver": "pc-dimm", "id": "dimm1", "memdev": "hmem1"}' \
+            || echo "[run-guest] QMP hot-add failed"
+    ) &
+    QMP_PID=$!
+fi
+
 TIMED_OUT=0
 while kill -0 "$QEMU_PID" 2>/dev/null; do
     if [ $(($(date +%s) - START)) -ge "$TIMEOUT" ]; then
@@ -150,6 +178,7 @@ while kill -0 "$QEMU_PID" 2>/dev/null; do
 done
 QEMU_RC=0
 wait "$QEMU_PID" || QEMU_RC=$?
+if [ -n "$QMP_PID" ]; then wait "$QMP_PID" 2>/dev/null || true; rm -f "$QMP"; fi
 QEMU_PID=
 # Let the echo pipeline drain; tail stops by itself once QEMU is gone.
 wait "$TAIL_PID" 2>/dev/null || true

@@ -4,7 +4,7 @@
 #   - two guest kernels: Debian 12's 6.1 (virtio-fs as modules) and
 #     Debian 13's 6.12 (virtio-fs built in, multi-queue aware)
 #   - tests/guest-probe, built statically (glibc crt-static) for the guest
-#   - one initramfs per kernel with busybox, /init, guest-fs-test.sh, guest-reboot-test.sh and
+#   - one initramfs per kernel with busybox, /init, the guest-*-test.sh scripts and
 #     guest-probe
 # Everything is cached under ${E2E_CACHE:-REPO/target/guest}; a second run only
 # rebuilds an initramfs whose inputs changed.
@@ -246,7 +246,7 @@ build_initrd() {
     busybox=$(dpkg -L busybox-static | grep -m1 '/bin/busybox$')
     [ -x "$busybox" ] || die "busybox-static binary not found"
     local inputs=("$HERE/guest-init.sh" "$HERE/guest-fs-test.sh" "$HERE/guest-reboot-test.sh"
-                  "$busybox" "$PROBE"
+                  "$HERE/guest-hotplug-test.sh" "$busybox" "$PROBE"
                   "${BASH_SOURCE[0]}" "$kdir/modules/order")
     local ko mods
     mapfile -t mods <"$kdir/modules/order"
@@ -276,6 +276,7 @@ build_initrd() {
     install -m 755 "$HERE/guest-init.sh" "$root/init"
     install -m 755 "$HERE/guest-fs-test.sh" "$root/e2e/guest-fs-test.sh"
     install -m 755 "$HERE/guest-reboot-test.sh" "$root/e2e/guest-reboot-test.sh"
+    install -m 755 "$HERE/guest-hotplug-test.sh" "$root/e2e/guest-hotplug-test.sh"
     install -m 755 "$PROBE" "$root/e2e/guest-probe"
     cp "$kdir/modules/order" "$root/lib/modules/e2e/order"
     for ko in ${mods[@]+"${mods[@]}"}; do cp "$kdir/modules/$ko.ko" "$root/lib/modules/e2e/"; done
