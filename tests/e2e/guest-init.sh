@@ -95,10 +95,12 @@ case $MODE in
         if sh /e2e/guest-hotplug-test.sh /mnt; then finish PASS
         else finish "FAIL guest-hotplug-test.sh reported failures"; fi ;;
     reboot)
-        sh /e2e/guest-reboot-test.sh "$BOOTS" /mnt
+        sh /e2e/guest-reboot-test.sh "$BOOTS" /mnt "$TAG"
         case $? in
             0) finish PASS ;;
             10) say "reboot -f"; reboot -f; sleep 60 ;;
+            11) say "waiting for system_reset from the host"; sleep 300
+                finish "FAIL no system_reset from the host" ;;
             *) finish "FAIL guest-reboot-test.sh reported failures" ;;
         esac ;;
     *)

@@ -10,14 +10,19 @@
 #                         complete block must equal block-K (a partial last block is allowed:
 #                         the guest died mid-write)
 # Every boot verifies what all earlier boots left, writes its own files, and then either starts
-# the in-flight writer and reboots with it running (boots < TOTAL) or reports and exits.
-# Prints TAP-like lines; exit status 0 = all checks passed, 10 = passed and rebooting.
+# the in-flight writer and reboots with it running (boots < TOTAL) or reports and exits. Odd
+# boots reboot themselves (reboot -f); even boots have the host reset the machine from the QEMU
+# monitor (system_reset: no guest shutdown at all, the driver never quiesces). The last boot
+# also unmounts, unbinds and rebinds the virtio-fs driver, mounts again and checks the share.
+# Prints TAP-like lines; exit status 0 = all checks passed, 10 = passed, reboot -f now,
+# 11 = passed, waiting for the host's system_reset.
 #
-# usage: guest-reboot-test.sh TOTAL [ROOT=/mnt]
+# usage: guest-reboot-test.sh TOTAL [ROOT=/mnt] [TAG=myfs]
 # shellcheck shell=sh
 
 TOTAL=${1:?usage: guest-reboot-test.sh TOTAL [ROOT]}
 ROOT=${2:-/mnt}
+TAG=${3:-myfs}
 DIR=$ROOT/reboot
 BLOCK=65536
 
@@ -25,6 +30,25 @@ FAILED=0
 ok() { echo "ok - $1"; }
 not_ok() { FAILED=$((FAILED + 1)); echo "not ok - $1: $2"; }
 md5() { md5sum "$1" 2>/dev/null | cut -d' ' -f1; }
+
+# Unmount (DESTROY), unbind and rebind the virtio-fs driver (a device reset: QEMU stops and
+# restarts the rings), mount again (INIT) and check the share is whole.
+rebind() {
+    dev=$(basename "$(readlink -f /sys/bus/virtio/drivers/virtiofs/virtio* 2>/dev/null | head -n1)")
+    if [ -z "$dev" ] || [ "$dev" = . ]; then
+        not_ok "driver rebind" "no device bound to the virtiofs driver"
+        return
+    fi
+    cd / && umount "$1" || { not_ok "driver rebind" "umount failed"; return; }
+    echo "$dev" >/sys/bus/virtio/drivers/virtiofs/unbind || not_ok "driver rebind" "unbind failed"
+    echo "$dev" >/sys/bus/virtio/drivers/virtiofs/bind || not_ok "driver rebind" "bind failed"
+    mount -t virtiofs "$TAG" "$1" || { not_ok "driver rebind" "mount after rebind failed"; return; }
+    if [ "$(md5 "$1/reboot/kept-1")" = "$(cat "$1/reboot/kept-1.md5")" ]; then
+        ok "driver unbound and rebound ($dev): the share mounts again, kept-1 intact"
+    else
+        not_ok "driver rebind" "kept-1 differs after the rebind"
+    fi
+}
 
 mkdir -p "$DIR" || { not_ok "mkdir $DIR" "failed"; exit 1; }
 done_boots=$(cat "$DIR/boots" 2>/dev/null || echo 0)
@@ -76,6 +100,7 @@ else not_ok "boot $boot: read back block-$boot" "differs"; fi
 echo $boot >"$DIR/boots.tmp" && mv "$DIR/boots.tmp" "$DIR/boots" && sync
 
 if [ $boot -ge "$TOTAL" ]; then
+    rebind "$ROOT"
     echo "# reboot test: $boot boots, $FAILED failed checks"
     [ $FAILED = 0 ]
     exit $?
@@ -92,5 +117,10 @@ n=0
 while [ "$(stat -c %s "$DIR/inflight-$boot" 2>/dev/null || echo 0)" -lt $((3 * BLOCK)) ] && [ $n -lt 60 ]; do
     sleep 0.5; n=$((n + 1))
 done
-echo "# boot $boot: rebooting with writes in flight ($(stat -c %s "$DIR/inflight-$boot") bytes so far)"
-exit 10
+if [ $((boot % 2)) = 1 ]; then
+    echo "# boot $boot: reboot -f with writes in flight ($(stat -c %s "$DIR/inflight-$boot") bytes so far)"
+    exit 10
+fi
+echo "# boot $boot: system_reset with writes in flight ($(stat -c %s "$DIR/inflight-$boot") bytes so far)"
+echo "E2E-RESET-ME boot $boot"
+exit 11

@@ -34,7 +34,8 @@ usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
   --queues   virtio-fs request queues, num-request-queues (default $QUEUES)
   --cpus     guest vCPUs (default $CPUS)
   --mode     guest work: full, smoke, demo, or reboot: boot --boots times in one QEMU
-             process (reboot -f with writes in flight, no unmount, between boots), or
+             process (reboot -f or the monitor's system_reset with writes in flight, no
+             unmount, between boots; the last boot rebinds the driver), or
              hotplug: hot-add a 512 MiB DIMM over QMP while the guest writes
   --boots    boots in reboot mode (default $BOOTS)
   --timeout  kill QEMU after this many seconds (default $TIMEOUT)
@@ -91,10 +92,12 @@ NO_REBOOT=(-no-reboot)
 MEM_OPT=$MEM
 HOTPLUG=()
 QMP=
-if [ "$MODE" = hotplug ]; then
-    MEM_OPT="$MEM,slots=2,maxmem=8G"
+if [ "$MODE" = hotplug ] || [ "$MODE" = reboot ]; then
     QMP=$(mktemp -u "${TMPDIR:-/tmp}/e2e-qmp.XXXXXX.sock")
     HOTPLUG=(-qmp "unix:$QMP,server=on,wait=off")
+fi
+if [ "$MODE" = hotplug ]; then
+    MEM_OPT="$MEM,slots=2,maxmem=8G"
     APPEND="$APPEND memhp_default_state=online_movable"
 fi
 [ "$XATTR" = 0 ] || APPEND="$APPEND e2e.xattr=1"
@@ -160,6 +163,22 @@ if [ "$MODE" = hotplug ]; then
             'object-add {"qom-type": "memory-backend-memfd", "id": "hmem1", "size": 536870912, "share": true}' \
             'device_add {"driver": "pc-dimm", "id": "dimm1", "memdev": "hmem1"}' \
             || echo "[run-guest] QMP hot-add failed"
+    ) &
+    QMP_PID=$!
+fi
+# Reboot mode: a boot that prints E2E-RESET-ME is reset from the monitor (system_reset).
+if [ "$MODE" = reboot ]; then
+    (
+        done_resets=0
+        while kill -0 "$QEMU_PID" 2>/dev/null; do
+            n=$(grep -c 'E2E-RESET-ME' "$LOG" 2>/dev/null || true)
+            if [ "${n:-0}" -gt "$done_resets" ]; then
+                sleep 1 # let the guest's writer run into the reset
+                python3 "$HERE/qmp.py" "$QMP" 'system_reset' || echo "[run-guest] QMP system_reset failed"
+                done_resets=$n
+            fi
+            sleep 0.5
+        done
     ) &
     QMP_PID=$!
 fi
