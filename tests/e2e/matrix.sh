@@ -81,6 +81,10 @@ guest_crashed_before_mount() {
 check_daemon_log() {
     local log=$1 queues=$2 opts=$3 ok=0 n
     count() { grep -c "$1" "$log" || true; }
+    # log_has PATTERN OK-TEXT NOT-OK-TEXT
+    log_has() {
+        if grep -q "$1" "$log"; then echo "    ok - $2"; else echo "    not ok - $3"; ok=1; fi
+    }
     if [ "$queues" -gt 1 ]; then
         n=$(grep -oE 'request_queues_used=[0-9]+' "$log" | cut -d= -f2 || true)
         if [ "${n:-0}" -ge 2 ]; then
@@ -112,11 +116,9 @@ check_daemon_log() {
         fi
     # Hotplug mode: the DIMM reached the daemon as a second memory region.
     elif [[ $opts == *"--mode hotplug"* ]]; then
-        if grep -q 'guest memory mapped.*regions=2' "$log"; then
-            echo "    ok - the hot-added DIMM was mapped as a second memory region"
-        else
-            echo "    not ok - no second memory region after the hot-add"; ok=1
-        fi
+        log_has 'guest memory mapped.*regions=2' \
+            "the hot-added DIMM was mapped as a second memory region" \
+            "no second memory region after the hot-add"
     # FUSE opcodes: 28 READDIR, 44 READDIRPLUS.
     elif [[ $opts == *--no-readdirplus* ]]; then
         if [ "$(count 'opcode=44')" = 0 ] && [ "$(count 'opcode=28')" -gt 0 ]; then
@@ -130,18 +132,13 @@ check_daemon_log() {
         echo "    not ok - the guest never sent READDIRPLUS"; ok=1
     fi
     if [[ $opts == *--writeback* ]]; then
-        if grep -q 'out_opts:.*WRITEBACK_CACHE' "$log"; then
-            echo "    ok - --writeback: WRITEBACK_CACHE negotiated"
-        else
-            echo "    not ok - --writeback: WRITEBACK_CACHE not negotiated"; ok=1
-        fi
+        log_has 'out_opts:.*WRITEBACK_CACHE' "--writeback: WRITEBACK_CACHE negotiated" \
+            "--writeback: WRITEBACK_CACHE not negotiated"
     fi
     if [[ $opts == *"--mem 5G"* ]]; then
-        if grep -q 'guest memory mapped.*regions=2' "$log"; then
-            echo "    ok - guest memory in two regions (below and above 4 GiB)"
-        else
-            echo "    not ok - expected two guest memory regions"; ok=1
-        fi
+        log_has 'guest memory mapped.*regions=2' \
+            "guest memory in two regions (below and above 4 GiB)" \
+            "expected two guest memory regions"
     fi
     if grep -q 'panicked' "$log"; then
         echo "    not ok - the daemon panicked"; ok=1
