@@ -1,7 +1,8 @@
-//! The command line, compatible with the Rust virtiofsd for the options we implement.
+//! The command line, compatible with the Rust virtiofsd 1.14: every option it has is accepted by
+//! the parser; those whose feature is not built yet are refused with one line (exit code 2).
 //!
-//! Long options and their `-o` compatibility forms may be mixed and repeated; the one given last
-//! wins (Kata, for one, prepends its own `--thread-pool-size`).
+//! Long options and their `-o` compatibility forms ([`crate::compat`]) may be mixed and
+//! repeated; the one given last wins (Kata, for one, prepends its own `--thread-pool-size`).
 
 use std::os::unix::io::RawFd;
 use std::path::PathBuf;
@@ -10,6 +11,10 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use virtiofs_passthrough::{CacheMode, ShareOptions};
 use virtiofs_sandbox::{CapabilityPolicy, SandboxMode, SeccompMode};
+
+use crate::compat::{
+    self, InodeFileHandles, MigrationMode, MigrationOnError, Negotiation, Setting,
+};
 
 /// Where the vhost-user frontend connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +94,8 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     shared_dir: Option<PathBuf>,
 
-    /// vhost-user socket path to create and listen on.
-    #[arg(long, value_name = "PATH")]
+    /// vhost-user socket path to create and listen on (`--socket` is a deprecated alias).
+    #[arg(long, value_name = "PATH", alias = "socket")]
     socket_path: Option<PathBuf>,
 
     /// File descriptor of an already listening vhost-user socket.
@@ -145,8 +150,8 @@ struct Args {
     log_level: LogLevel,
 
     /// Compatibility options, comma separated: source=DIR, cache=MODE, xattr, no_xattr,
-    /// readdirplus, no_readdirplus, writeback, no_writeback, allow_direct_io, log_level=LEVEL
-    /// (no_posix_lock, posix_lock, no_flock, flock are accepted and ignored).
+    /// readdirplus, no_readdirplus, writeback, no_writeback, allow_direct_io, loglevel=LEVEL,
+    /// sandbox=MODE, modcaps=CAPS, announce_submounts, no_posix_lock, no_flock, ...
     #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append)]
     compat: Vec<String>,
 
@@ -157,6 +162,110 @@ struct Args {
     /// Foreground (accepted for compatibility; the daemon always runs in the foreground).
     #[arg(short = 'f', hide = true)]
     foreground: bool,
+
+    /// Tell the guest which directories are mount points [not implemented yet: a warning].
+    #[arg(long)]
+    announce_submounts: bool,
+
+    /// Do not tell the guest which directories are mount points (what the daemon does).
+    #[arg(long)]
+    no_announce_submounts: bool,
+
+    /// File handles instead of O_PATH descriptors: never (what the daemon does); prefer and
+    /// fallback fall back to never with a warning; mandatory is not implemented yet.
+    #[arg(
+        long,
+        require_equals = true,
+        value_enum,
+        value_name = "never|prefer|mandatory"
+    )]
+    inode_file_handles: Option<InodeFileHandles>,
+
+    /// Disable KILLPRIV_V2 support (what the daemon does).
+    #[arg(long)]
+    no_killpriv_v2: bool,
+
+    /// Enable KILLPRIV_V2 support [not implemented yet].
+    #[arg(long)]
+    killpriv_v2: bool,
+
+    /// POSIX ACLs [not implemented yet: only `never` is accepted].
+    #[arg(long, require_equals = true, num_args = 0..=1, default_missing_value = "always",
+          value_enum, value_name = "never|auto|always")]
+    posix_acl: Option<Negotiation>,
+
+    /// Security labels [not implemented yet: only `never` is accepted].
+    #[arg(long, require_equals = true, num_args = 0..=1, default_missing_value = "always",
+          value_enum, value_name = "never|auto|always")]
+    security_label: Option<Negotiation>,
+
+    /// Extended attribute name mapping rules [not implemented yet].
+    #[arg(long, value_name = "RULES", value_parser = compat::parse_xattrmap)]
+    xattrmap: Option<String>,
+
+    /// Refuse every modification of the share [not implemented yet].
+    #[arg(long)]
+    readonly: bool,
+
+    /// Allow shared mmap with --cache=never|metadata [not implemented yet].
+    #[arg(long)]
+    allow_mmap: bool,
+
+    /// Keep O_NOATIME from the guest [not implemented yet].
+    #[arg(long)]
+    preserve_noatime: bool,
+
+    /// UID range mapped into the sandbox's user namespace, :ns:host:count: [not implemented yet].
+    #[arg(long, value_name = "MAP", action = ArgAction::Append,
+          value_parser = compat::parse_ns_idmap)]
+    uid_map: Vec<String>,
+
+    /// GID range mapped into the sandbox's user namespace, :ns:host:count: [not implemented yet].
+    #[arg(long, value_name = "MAP", action = ArgAction::Append,
+          value_parser = compat::parse_ns_idmap)]
+    gid_map: Vec<String>,
+
+    /// UID translation between guest and host, TYPE:a:b:count [not implemented yet].
+    #[arg(long, value_name = "MAP", action = ArgAction::Append,
+          value_parser = compat::parse_translate_idmap)]
+    translate_uid: Vec<String>,
+
+    /// GID translation between guest and host, TYPE:a:b:count [not implemented yet].
+    #[arg(long, value_name = "MAP", action = ArgAction::Append,
+          value_parser = compat::parse_translate_idmap)]
+    translate_gid: Vec<String>,
+
+    /// Live migration: how inodes are transferred [not implemented yet].
+    #[arg(long, value_enum)]
+    migration_mode: Option<MigrationMode>,
+
+    /// Live migration: what an inode that cannot migrate does [not implemented yet].
+    #[arg(long, value_enum)]
+    migration_on_error: Option<MigrationOnError>,
+
+    /// Live migration: check inode identity with file handles [not implemented yet].
+    #[arg(long)]
+    migration_verify_handles: bool,
+
+    /// Live migration: re-check paths at switch-over [not implemented yet].
+    #[arg(long)]
+    migration_confirm_paths: bool,
+
+    /// Tag advertised in the virtio-fs config space [not implemented yet].
+    #[arg(long, value_parser = compat::parse_tag)]
+    tag: Option<String>,
+
+    /// Group owning the created vhost-user socket [not implemented yet].
+    #[arg(long, value_name = "GROUP", conflicts_with = "fd")]
+    socket_group: Option<String>,
+
+    /// Print the vhost-user.json capabilities and exit [not implemented yet].
+    #[arg(long)]
+    print_capabilities: bool,
+
+    /// Log to syslog instead of stderr [not implemented yet].
+    #[arg(long)]
+    syslog: bool,
 }
 
 /// The daemon's settings after parsing.
@@ -178,6 +287,10 @@ pub struct Options {
     pub capabilities: CapabilityPolicy,
     /// `--rlimit-nofile` (None: the default target).
     pub rlimit_nofile: Option<u64>,
+    /// Preferences we cannot honour but that degrade gracefully: logged as warnings.
+    pub warnings: Vec<String>,
+    /// Options that ask for what the daemon does anyway: logged at info.
+    pub notes: Vec<String>,
 }
 
 /// A command-line problem: printed as one line, exit code 2.
@@ -191,59 +304,6 @@ pub enum Parsed {
     Run(Box<Options>),
     /// Help or version text to print before exiting successfully.
     Exit(String),
-}
-
-/// One setting, from a long option or from `-o`, with its position on the command line.
-enum Setting {
-    Source(PathBuf),
-    Cache(CacheMode),
-    Xattr(bool),
-    Readdirplus(bool),
-    Writeback(bool),
-    DirectIo(bool),
-    LogLevel(LogLevel),
-}
-
-const COMPAT_ALLOWED: &str = "source=DIR, cache=never|auto|always|metadata, xattr, no_xattr, \
-     readdirplus, no_readdirplus, writeback, no_writeback, allow_direct_io, \
-     log_level=error|warn|info|debug|trace|off";
-
-fn parse_compat(item: &str) -> Result<Option<Setting>, UsageError> {
-    let (key, value) = match item.split_once('=') {
-        Some((k, v)) => (k, Some(v)),
-        None => (item, None),
-    };
-    let flag = |on: bool, s: fn(bool) -> Setting| match value {
-        None => Ok(Some(s(on))),
-        Some(_) => Err(UsageError(format!("-o {key} takes no value"))),
-    };
-    match (key, value) {
-        ("source", Some(dir)) if !dir.is_empty() => Ok(Some(Setting::Source(dir.into()))),
-        ("cache", Some(mode)) => mode
-            .parse()
-            .map(|m| Some(Setting::Cache(m)))
-            .map_err(|e| UsageError(format!("-o cache: {e}"))),
-        ("log_level", Some(level)) => LogLevel::from_str(level, true)
-            .map(|l| Some(Setting::LogLevel(l)))
-            .map_err(|_| {
-                UsageError(format!(
-                    "-o log_level: invalid level '{level}' (allowed: error, warn, info, debug, trace, off)"
-                ))
-            }),
-        ("xattr", _) => flag(true, Setting::Xattr),
-        ("no_xattr", _) => flag(false, Setting::Xattr),
-        ("readdirplus", _) => flag(true, Setting::Readdirplus),
-        ("no_readdirplus", _) => flag(false, Setting::Readdirplus),
-        ("writeback", _) => flag(true, Setting::Writeback),
-        ("no_writeback", _) => flag(false, Setting::Writeback),
-        ("allow_direct_io", _) => flag(true, Setting::DirectIo),
-        ("no_allow_direct_io", _) => flag(false, Setting::DirectIo),
-        // Locking options the Rust virtiofsd also accepts and ignores.
-        ("no_posix_lock" | "posix_lock" | "no_flock" | "flock", None) => Ok(None),
-        _ => Err(UsageError(format!(
-            "invalid -o option '{item}' (allowed: {COMPAT_ALLOWED})"
-        ))),
-    }
 }
 
 /// Turns a clap error into one line that names the option and the allowed values.
@@ -271,6 +331,12 @@ fn one_line(e: &clap::Error) -> String {
     let rendered = e.render().to_string();
     let first = rendered.lines().next().unwrap_or("invalid command line");
     first.trim_start_matches("error: ").to_string()
+}
+
+/// The refusal of options whose feature is not built yet, naming them as written.
+fn not_yet(names: &[String]) -> UsageError {
+    let verb = if names.len() == 1 { "is" } else { "are" };
+    UsageError(format!("{} {verb} not implemented yet", names.join(", ")))
 }
 
 /// Parses the command line (`argv[0]` first).
@@ -309,28 +375,144 @@ where
         };
         settings.push((p, Setting::Cache(mode)));
     }
-    for (id, on, make) in [
-        ("xattr", args.xattr, Setting::Xattr as fn(bool) -> Setting),
-        ("writeback", args.writeback, Setting::Writeback),
-        ("allow_direct_io", args.allow_direct_io, Setting::DirectIo),
-    ] {
+    let flags = [
+        ("xattr", args.xattr, Setting::Xattr(true)),
+        ("writeback", args.writeback, Setting::Writeback(true)),
+        (
+            "allow_direct_io",
+            args.allow_direct_io,
+            Setting::DirectIo(true),
+        ),
+        (
+            "no_readdirplus",
+            args.no_readdirplus,
+            Setting::Readdirplus(false),
+        ),
+        ("debug", args.debug, Setting::LogLevel(LogLevel::Debug)),
+        (
+            "killpriv_v2",
+            args.killpriv_v2,
+            Setting::KillprivV2(true, "--killpriv-v2".into()),
+        ),
+        (
+            "no_killpriv_v2",
+            args.no_killpriv_v2,
+            Setting::KillprivV2(false, "--no-killpriv-v2".into()),
+        ),
+        (
+            "announce_submounts",
+            args.announce_submounts,
+            Setting::AnnounceSubmounts(true, "--announce-submounts".into()),
+        ),
+        (
+            "no_announce_submounts",
+            args.no_announce_submounts,
+            Setting::AnnounceSubmounts(false, "--no-announce-submounts".into()),
+        ),
+    ];
+    for (id, on, setting) in flags {
         if let (Some(p), true) = (pos(id), on) {
-            settings.push((p, make(true)));
+            settings.push((p, setting));
         }
-    }
-    if let (Some(p), true) = (pos("no_readdirplus"), args.no_readdirplus) {
-        settings.push((p, Setting::Readdirplus(false)));
     }
     if let Some(p) = pos("log_level") {
         settings.push((p, Setting::LogLevel(args.log_level)));
     }
-    if let (Some(p), true) = (pos("debug"), args.debug) {
-        settings.push((p, Setting::LogLevel(LogLevel::Debug)));
+    if let Some(p) = pos("sandbox") {
+        let mode = match args.sandbox {
+            SandboxArg::Namespace => SandboxMode::Namespace,
+            SandboxArg::Chroot => SandboxMode::Chroot,
+            SandboxArg::None => SandboxMode::None,
+        };
+        settings.push((p, Setting::Sandbox(mode)));
+    }
+    if let (Some(p), Some(caps)) = (pos("modcaps"), &args.modcaps) {
+        settings.push((p, Setting::Modcaps(caps.clone())));
+    }
+    if let (Some(p), Some(mode)) = (pos("posix_acl"), args.posix_acl) {
+        settings.push((p, Setting::PosixAcl(mode, "--posix-acl".into())));
+    }
+    if let (Some(p), Some(mode)) = (pos("security_label"), args.security_label) {
+        settings.push((p, Setting::SecurityLabel(mode, "--security-label".into())));
+    }
+    let mut warnings = Vec::new();
+    match (pos("inode_file_handles"), args.inode_file_handles) {
+        (Some(p), Some(InodeFileHandles::Mandatory)) => {
+            settings.push((p, Setting::NotYet("--inode-file-handles=mandatory".into())))
+        }
+        (Some(_), Some(mode @ (InodeFileHandles::Prefer | InodeFileHandles::Fallback))) => warnings
+            .push(format!(
+                "--inode-file-handles={}: file handles are not implemented yet; \
+                 using O_PATH file descriptors (as with never)",
+                mode.to_possible_value()
+                    .map_or("prefer".into(), |v| v.get_name().to_owned())
+            )),
+        _ => {}
+    }
+    // Options whose feature is not built yet: refused (the `bool` says whether one was given).
+    let refused = [
+        ("xattrmap", "--xattrmap", args.xattrmap.is_some()),
+        ("readonly", "--readonly", args.readonly),
+        ("allow_mmap", "--allow-mmap", args.allow_mmap),
+        (
+            "preserve_noatime",
+            "--preserve-noatime",
+            args.preserve_noatime,
+        ),
+        ("uid_map", "--uid-map", !args.uid_map.is_empty()),
+        ("gid_map", "--gid-map", !args.gid_map.is_empty()),
+        (
+            "translate_uid",
+            "--translate-uid",
+            !args.translate_uid.is_empty(),
+        ),
+        (
+            "translate_gid",
+            "--translate-gid",
+            !args.translate_gid.is_empty(),
+        ),
+        (
+            "migration_mode",
+            "--migration-mode",
+            args.migration_mode.is_some(),
+        ),
+        (
+            "migration_on_error",
+            "--migration-on-error",
+            args.migration_on_error.is_some(),
+        ),
+        (
+            "migration_verify_handles",
+            "--migration-verify-handles",
+            args.migration_verify_handles,
+        ),
+        (
+            "migration_confirm_paths",
+            "--migration-confirm-paths",
+            args.migration_confirm_paths,
+        ),
+        ("tag", "--tag", args.tag.is_some()),
+        (
+            "socket_group",
+            "--socket-group",
+            args.socket_group.is_some(),
+        ),
+        (
+            "print_capabilities",
+            "--print-capabilities",
+            args.print_capabilities,
+        ),
+        ("syslog", "--syslog", args.syslog),
+    ];
+    for (id, name, given) in refused {
+        if let (Some(p), true) = (pos(id), given) {
+            settings.push((p, Setting::NotYet(name.into())));
+        }
     }
     if let Some(indices) = matches.indices_of("compat") {
         for (p, value) in indices.zip(&args.compat) {
             for item in value.split(',').filter(|s| !s.is_empty()) {
-                if let Some(s) = parse_compat(item)? {
+                if let Some(s) = compat::parse_compat(item)? {
                     settings.push((p, s));
                 }
             }
@@ -348,6 +530,10 @@ where
     };
     let mut log_level = LogLevel::Info;
     let mut source = None;
+    let mut sandbox = SandboxMode::Namespace;
+    let mut modcaps = None;
+    let mut not_implemented = Vec::new();
+    let (mut killpriv, mut posix_acl, mut security_label, mut announce) = (None, None, None, None);
     for (_, s) in settings {
         match s {
             Setting::Source(d) => source = Some(d),
@@ -357,7 +543,31 @@ where
             Setting::Writeback(b) => share.writeback = b,
             Setting::DirectIo(b) => share.allow_direct_io = b,
             Setting::LogLevel(l) => log_level = l,
+            Setting::Sandbox(m) => sandbox = m,
+            Setting::Modcaps(c) => modcaps = Some(c),
+            Setting::KillprivV2(on, name) => killpriv = on.then_some(name),
+            Setting::PosixAcl(mode, name) => {
+                posix_acl = (mode != Negotiation::Never).then_some(name)
+            }
+            Setting::SecurityLabel(mode, name) => {
+                security_label = (mode != Negotiation::Never).then_some(name)
+            }
+            Setting::AnnounceSubmounts(on, name) => announce = Some((on, name)),
+            Setting::NotYet(name) => not_implemented.push(name),
         }
+    }
+    not_implemented.extend([killpriv, posix_acl, security_label].into_iter().flatten());
+    if !not_implemented.is_empty() {
+        return Err(not_yet(&not_implemented));
+    }
+    let mut notes = Vec::new();
+    match announce {
+        Some((true, name)) => warnings.push(format!(
+            "{name}: announcing submounts is not implemented yet; the guest sees mount points \
+             under the share as plain directories"
+        )),
+        Some((false, name)) => notes.push(format!("{name}: submounts are not announced")),
+        None => {}
     }
     share.shared_dir = source.ok_or_else(|| {
         UsageError("missing shared directory: give --shared-dir DIR or -o source=DIR".into())
@@ -372,14 +582,14 @@ where
             ))
         }
     };
-    if share.xattr && args.sandbox == SandboxArg::Chroot {
+    if share.xattr && sandbox == SandboxMode::Chroot {
         // fuse-backend-rs names /proc/self/fd/N by path for xattrs; a chroot has no /proc.
         return Err(UsageError(
             "--xattr cannot be served with --sandbox chroot (use namespace or none)".into(),
         ));
     }
     let mut capabilities = CapabilityPolicy::default();
-    if let Some(spec) = &args.modcaps {
+    if let Some(spec) = &modcaps {
         capabilities
             .modify(spec)
             .map_err(|e| UsageError(e.to_string()))?;
@@ -389,11 +599,7 @@ where
         listen,
         thread_pool_size: args.thread_pool_size as usize,
         log_level,
-        sandbox: match args.sandbox {
-            SandboxArg::Namespace => SandboxMode::Namespace,
-            SandboxArg::Chroot => SandboxMode::Chroot,
-            SandboxArg::None => SandboxMode::None,
-        },
+        sandbox,
         seccomp: match args.seccomp {
             SeccompArg::None => SeccompMode::None,
             SeccompArg::Kill => SeccompMode::Kill,
@@ -402,181 +608,10 @@ where
         },
         capabilities,
         rlimit_nofile: args.rlimit_nofile,
+        warnings,
+        notes,
     })))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(args: &[&str]) -> Result<Options, String> {
-        let argv = std::iter::once("async-virtiofsd").chain(args.iter().copied());
-        match parse(argv) {
-            Ok(Parsed::Run(o)) => Ok(*o),
-            Ok(Parsed::Exit(text)) => Err(format!("exit: {text}")),
-            Err(e) => Err(e.0),
-        }
-    }
-
-    #[test]
-    fn long_options() {
-        let o = run(&[
-            "--shared-dir=/srv",
-            "--socket-path",
-            "/tmp/s",
-            "--thread-pool-size=0",
-            "--cache=never",
-            "--xattr",
-            "--no-readdirplus",
-        ])
-        .unwrap();
-        assert_eq!(o.share.shared_dir, PathBuf::from("/srv"));
-        assert_eq!(o.listen, Listen::Path("/tmp/s".into()));
-        assert_eq!(o.thread_pool_size, 0);
-        assert_eq!(o.share.cache, CacheMode::Never);
-        assert!(o.share.xattr && !o.share.readdirplus && !o.share.writeback);
-    }
-
-    #[test]
-    fn compat_forms_and_last_one_wins() {
-        let o = run(&[
-            "-o",
-            "source=/a,cache=always,xattr",
-            "--socket-path=/s",
-            "--cache=never",
-            "-o",
-            "no_xattr,no_posix_lock",
-            "--shared-dir=/b",
-        ])
-        .unwrap();
-        assert_eq!(o.share.shared_dir, PathBuf::from("/b"));
-        assert_eq!(o.share.cache, CacheMode::Never);
-        assert!(!o.share.xattr);
-        let o = run(&[
-            "--shared-dir=/b",
-            "--fd=3",
-            "-o",
-            "source=/a",
-            "--cache=never",
-            "-o",
-            "cache=metadata",
-        ])
-        .unwrap();
-        assert_eq!(o.share.shared_dir, PathBuf::from("/a"));
-        assert_eq!(o.share.cache, CacheMode::Metadata);
-        assert_eq!(o.listen, Listen::Fd(3));
-    }
-
-    #[test]
-    fn repeated_options_are_accepted() {
-        // Kata prepends --thread-pool-size=1 to what the user configured.
-        let o = run(&[
-            "--thread-pool-size=1",
-            "--shared-dir=/a",
-            "--socket-path=/s",
-            "--thread-pool-size=16",
-        ])
-        .unwrap();
-        assert_eq!(o.thread_pool_size, 16);
-    }
-
-    #[test]
-    fn bad_values_name_the_option_and_allowed_values() {
-        let e = run(&["--shared-dir=/a", "--socket-path=/s", "--cache=sometimes"]).unwrap_err();
-        assert!(
-            e.contains("--cache") && e.contains("never, auto, always, metadata"),
-            "{e}"
-        );
-        assert!(!e.contains('\n'), "one line: {e}");
-        let e = run(&[
-            "--shared-dir=/a",
-            "--socket-path=/s",
-            "--thread-pool-size=-1",
-        ])
-        .unwrap_err();
-        assert!(e.contains("--thread-pool-size"), "{e}");
-        let e = run(&[
-            "--shared-dir=/a",
-            "--socket-path=/s",
-            "--thread-pool-size=99999",
-        ])
-        .unwrap_err();
-        assert!(e.contains("0 to 1024"), "{e}");
-        let e = run(&["-o", "source=/a,cache=bogus", "--socket-path=/s"]).unwrap_err();
-        assert!(
-            e.contains("cache") && e.contains("never, auto, always, metadata"),
-            "{e}"
-        );
-        let e = run(&["-o", "source=/a,sandbox=chroot", "--socket-path=/s"]).unwrap_err();
-        assert!(e.contains("sandbox=chroot") && e.contains("allowed"), "{e}");
-        let e = run(&["--shared-dir=/a", "--socket-path=/s", "--log-level=loud"]).unwrap_err();
-        assert!(e.contains("--log-level") && e.contains("trace"), "{e}");
-        let e = run(&["--shared-dir=/a", "--socket-path=/s", "--bogus"]).unwrap_err();
-        assert!(e.contains("--bogus"), "{e}");
-    }
-
-    #[test]
-    fn missing_share_or_socket_is_an_error() {
-        assert!(run(&["--socket-path=/s"])
-            .unwrap_err()
-            .contains("--shared-dir"));
-        assert!(run(&["--shared-dir=/a"])
-            .unwrap_err()
-            .contains("--socket-path"));
-        assert!(run(&["--shared-dir=/a", "--socket-path=/s", "--fd=3"]).is_err());
-    }
-
-    #[test]
-    fn confinement_options() {
-        let o = run(&["--shared-dir=/a", "--fd=3"]).unwrap();
-        assert_eq!(o.sandbox, SandboxMode::Namespace);
-        assert_eq!(o.seccomp, SeccompMode::Kill);
-        assert_eq!(o.capabilities, CapabilityPolicy::default());
-        assert_eq!(o.rlimit_nofile, None);
-        let o = run(&[
-            "--shared-dir=/a",
-            "--fd=3",
-            "--sandbox=none",
-            "--seccomp",
-            "log",
-            "--modcaps",
-            "-mknod:+sys_admin",
-            "--rlimit-nofile=4096",
-        ])
-        .unwrap();
-        assert_eq!(o.sandbox, SandboxMode::None);
-        assert_eq!(o.seccomp, SeccompMode::Log);
-        assert!(!o.capabilities.kept().contains(&caps::Capability::CAP_MKNOD));
-        assert_eq!(o.rlimit_nofile, Some(4096));
-        let e = run(&["--shared-dir=/a", "--fd=3", "--sandbox=jail"]).unwrap_err();
-        assert!(
-            e.contains("--sandbox") && e.contains("namespace, chroot, none"),
-            "{e}"
-        );
-        let e = run(&["--shared-dir=/a", "--fd=3", "--seccomp=deny"]).unwrap_err();
-        assert!(
-            e.contains("--seccomp") && e.contains("none, kill, log, trap"),
-            "{e}"
-        );
-        let e = run(&["--shared-dir=/a", "--fd=3", "--modcaps=+teleport"]).unwrap_err();
-        assert!(e.contains("--modcaps") && e.contains("teleport"), "{e}");
-        let e = run(&["--shared-dir=/a", "--fd=3", "--sandbox=chroot", "--xattr"]).unwrap_err();
-        assert!(e.contains("--xattr") && e.contains("chroot"), "{e}");
-        let e = run(&["--shared-dir=/a", "--fd=3", "--rlimit-nofile=lots"]).unwrap_err();
-        assert!(e.contains("--rlimit-nofile"), "{e}");
-    }
-
-    #[test]
-    fn debug_flag_and_log_level() {
-        assert_eq!(
-            run(&["-o", "source=/a", "--fd=3", "-d"]).unwrap().log_level,
-            LogLevel::Debug
-        );
-        assert_eq!(
-            run(&["-o", "source=/a,log_level=warn", "--fd=3"])
-                .unwrap()
-                .log_level,
-            LogLevel::Warn
-        );
-    }
-}
+mod tests;

@@ -6,6 +6,7 @@
 //! runs [`daemon::run`].
 
 mod cli;
+mod compat;
 mod daemon;
 mod logging;
 mod socket;
@@ -25,6 +26,12 @@ fn main() -> ExitCode {
         }
     };
     logging::init(opts.log_level);
+    for w in &opts.warnings {
+        tracing::warn!("{w}");
+    }
+    for n in &opts.notes {
+        tracing::info!("{n}");
+    }
     match daemon::run(opts) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

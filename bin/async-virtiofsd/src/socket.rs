@@ -130,10 +130,23 @@ impl Drop for ListenSocket {
         if let Some((path, dev, ino)) = &self.created {
             // Only if the file there is still the socket we created.
             if fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino) {
-                let _ = fs::remove_file(path);
+                let _ = unlink(path);
             }
         }
     }
+}
+
+/// Removes a file with unlinkat(2): this runs under the seccomp filter (`--sandbox none`), whose
+/// allowlist has unlinkat (the guest's UNLINK) but not unlink, which `fs::remove_file` calls.
+fn unlink(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::unlinkat(libc::AT_FDCWD, c.as_ptr(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Whether some process listens on the unix socket at `path` (in this network namespace).

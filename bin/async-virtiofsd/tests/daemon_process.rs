@@ -220,3 +220,25 @@ fn sigterm_while_serving_a_frontend_exits_0_and_removes_the_socket() {
     assert!(log.contains("request pipeline stopped"), "{log}");
     assert!(!sock.exists(), "socket file left behind");
 }
+
+#[test]
+fn sandbox_none_removes_its_socket_under_seccomp() {
+    // The daemon itself removes the socket at exit, under the seccomp filter.
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("vfs.sock");
+    let mut child = Command::new(BIN)
+        .args(["--shared-dir", tmp.path().to_str().unwrap()])
+        .args(["--socket-path", sock.to_str().unwrap(), "--sandbox=none"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = forward_lines(child.stderr.take().unwrap());
+    while !rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("never waiting")
+        .contains(WAITING)
+    {}
+    drop(UnixStream::connect(&sock).unwrap());
+    assert_eq!(wait_exit(&mut child), 0, "{}", rest(&rx));
+    assert!(!sock.exists(), "socket file left behind");
+}

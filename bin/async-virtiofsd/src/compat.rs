@@ -1,0 +1,268 @@
+//! Compatibility with the Rust virtiofsd 1.14 command line: its `-o` forms, and the value
+//! syntax of the options whose feature we do not have yet (so they are refused with one clear
+//! line instead of a clap usage error).
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+use virtiofs_passthrough::CacheMode;
+use virtiofs_sandbox::SandboxMode;
+
+use crate::cli::{LogLevel, UsageError};
+
+/// Longest `--tag` (the virtio-fs config space's tag field), as in the Rust virtiofsd.
+pub const MAX_TAG_LEN: usize = 36;
+
+/// `--posix-acl` / `--security-label`: whether to offer the feature to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Negotiation {
+    /// Do not offer it (what we do).
+    Never,
+    /// Offer it when the guest supports it.
+    Auto,
+    /// Require it.
+    Always,
+}
+
+/// `--inode-file-handles`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InodeFileHandles {
+    /// O_PATH descriptors only (what we do).
+    Never,
+    /// File handles where the filesystem supports them, else O_PATH descriptors.
+    Prefer,
+    /// Deprecated alias of `prefer`.
+    Fallback,
+    /// File handles only.
+    Mandatory,
+}
+
+/// `--migration-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrationMode {
+    /// Transfer the paths of the guest's inodes.
+    FindPaths,
+    /// Transfer file handles.
+    FileHandles,
+}
+
+/// `--migration-on-error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrationOnError {
+    /// Fail the migration.
+    Abort,
+    /// Finish it; the guest gets errors on the inodes that did not migrate.
+    GuestError,
+}
+
+/// One setting, from a long option or from `-o`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    /// `--shared-dir` / `-o source=`.
+    Source(PathBuf),
+    /// `--cache` / `-o cache=`.
+    Cache(CacheMode),
+    /// `--xattr` / `-o xattr`, `-o no_xattr`.
+    Xattr(bool),
+    /// `--no-readdirplus` / `-o readdirplus`, `-o no_readdirplus`.
+    Readdirplus(bool),
+    /// `--writeback` / `-o writeback`, `-o no_writeback`.
+    Writeback(bool),
+    /// `--allow-direct-io` / `-o allow_direct_io`, `-o no_allow_direct_io`.
+    DirectIo(bool),
+    /// `--log-level` / `-o loglevel=`, `-o log_level=`, `-d`.
+    LogLevel(LogLevel),
+    /// `--sandbox` / `-o sandbox=`.
+    Sandbox(SandboxMode),
+    /// `--modcaps` / `-o modcaps=`.
+    Modcaps(String),
+    /// `--killpriv-v2`, `--no-killpriv-v2` / `-o killpriv_v2`, `-o no_killpriv_v2`, with the
+    /// option as written.
+    KillprivV2(bool, String),
+    /// `--posix-acl[=MODE]` / `-o posix_acl`, `-o no_posix_acl`.
+    PosixAcl(Negotiation, String),
+    /// `--security-label[=MODE]` / `-o security_label`, `-o no_security_label`.
+    SecurityLabel(Negotiation, String),
+    /// `--announce-submounts`, `--no-announce-submounts` / `-o announce_submounts`.
+    AnnounceSubmounts(bool, String),
+    /// An option whose feature is not built yet, as written: refused.
+    NotYet(String),
+}
+
+const COMPAT_ALLOWED: &str = "source=DIR, cache=never|none|auto|always|metadata, xattr, \
+     no_xattr, readdirplus, no_readdirplus, writeback, no_writeback, allow_direct_io, \
+     no_allow_direct_io, loglevel=LEVEL, log_level=LEVEL, sandbox=namespace|chroot|none, \
+     modcaps=CAPS, announce_submounts, no_posix_lock, no_flock, no_killpriv_v2, no_posix_acl, \
+     no_security_label";
+
+/// Parses one item of a `-o` list. `None`: accepted and without effect (`no_posix_lock`,
+/// `no_flock`: no lock reaches the host).
+pub fn parse_compat(item: &str) -> Result<Option<Setting>, UsageError> {
+    let (key, value) = match item.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (item, None),
+    };
+    let written = format!("-o {key}");
+    let flag = |s: Setting| match value {
+        None => Ok(Some(s)),
+        Some(_) => Err(UsageError(format!("-o {key} takes no value"))),
+    };
+    match (key, value) {
+        ("source", Some(dir)) if !dir.is_empty() => Ok(Some(Setting::Source(dir.into()))),
+        ("cache", Some(mode)) => mode
+            .parse()
+            .map(|m| Some(Setting::Cache(m)))
+            .map_err(|e| UsageError(format!("-o cache: {e}"))),
+        // The Rust virtiofsd's form is `loglevel=debug|info|warn|err`; `log_level=` is ours.
+        ("loglevel" | "log_level", Some(level)) => {
+            let parsed = if level == "err" {
+                Ok(LogLevel::Error)
+            } else {
+                LogLevel::from_str(level, true)
+            };
+            parsed.map(|l| Some(Setting::LogLevel(l))).map_err(|_| {
+                UsageError(format!(
+                    "-o {key}: invalid level '{level}' (allowed: error, err, warn, info, debug, trace, off)"
+                ))
+            })
+        }
+        ("sandbox", Some(mode)) => match mode {
+            "namespace" => Ok(Some(Setting::Sandbox(SandboxMode::Namespace))),
+            "chroot" => Ok(Some(Setting::Sandbox(SandboxMode::Chroot))),
+            "none" => Ok(Some(Setting::Sandbox(SandboxMode::None))),
+            _ => Err(UsageError(format!(
+                "-o sandbox: invalid mode '{mode}' (allowed: namespace, chroot, none)"
+            ))),
+        },
+        ("modcaps", Some(caps)) => Ok(Some(Setting::Modcaps(caps.into()))),
+        ("xattrmap", Some(map)) if !map.is_empty() => Ok(Some(Setting::NotYet(written))),
+        ("xattr", _) => flag(Setting::Xattr(true)),
+        ("no_xattr", _) => flag(Setting::Xattr(false)),
+        ("readdirplus", _) => flag(Setting::Readdirplus(true)),
+        ("no_readdirplus", _) => flag(Setting::Readdirplus(false)),
+        ("writeback", _) => flag(Setting::Writeback(true)),
+        ("no_writeback", _) => flag(Setting::Writeback(false)),
+        ("allow_direct_io", _) => flag(Setting::DirectIo(true)),
+        ("no_allow_direct_io", _) => flag(Setting::DirectIo(false)),
+        ("announce_submounts", _) => flag(Setting::AnnounceSubmounts(true, written)),
+        ("killpriv_v2", _) => flag(Setting::KillprivV2(true, written)),
+        ("no_killpriv_v2", _) => flag(Setting::KillprivV2(false, written)),
+        ("posix_acl", _) => flag(Setting::PosixAcl(Negotiation::Always, written)),
+        ("no_posix_acl", _) => flag(Setting::PosixAcl(Negotiation::Never, written)),
+        ("security_label", _) => flag(Setting::SecurityLabel(Negotiation::Always, written)),
+        ("no_security_label", _) => flag(Setting::SecurityLabel(Negotiation::Never, written)),
+        // No lock request reaches the host (the guest gets ENOSYS and locks locally), so the
+        // `no_` forms are what we do and the others cannot be honoured.
+        ("no_posix_lock" | "no_flock", None) => Ok(None),
+        ("posix_lock" | "flock", None) => Ok(Some(Setting::NotYet(written))),
+        _ => Err(UsageError(format!(
+            "invalid -o option '{item}' (allowed: {COMPAT_ALLOWED})"
+        ))),
+    }
+}
+
+/// `--tag`: 1 to 36 bytes of UTF-8.
+pub fn parse_tag(tag: &str) -> Result<String, String> {
+    if !tag.is_empty() && tag.len() <= MAX_TAG_LEN {
+        Ok(tag.into())
+    } else {
+        Err(format!("the tag must be 1 to {MAX_TAG_LEN} bytes"))
+    }
+}
+
+/// `--xattrmap`: a non-empty rule list (its syntax is checked once the feature exists).
+pub fn parse_xattrmap(map: &str) -> Result<String, String> {
+    if map.trim().is_empty() {
+        Err("the map is empty".into())
+    } else {
+        Ok(map.into())
+    }
+}
+
+/// `--uid-map` / `--gid-map`: `:namespace_id:host_id:count:` with any non-alphanumeric
+/// delimiter, as in the Rust virtiofsd.
+pub fn parse_ns_idmap(map: &str) -> Result<String, String> {
+    let delimiter = map
+        .chars()
+        .last()
+        .filter(|c| !c.is_alphanumeric())
+        .ok_or("expected :namespace_id:host_id:count:")?;
+    let inner = map[..map.len() - delimiter.len_utf8()]
+        .strip_prefix(delimiter)
+        .ok_or("expected :namespace_id:host_id:count:")?;
+    let fields: Vec<&str> = inner.split(delimiter).collect();
+    if fields.len() != 3 || fields.iter().any(|f| f.parse::<u32>().is_err()) {
+        return Err("expected :namespace_id:host_id:count: (three numbers)".into());
+    }
+    Ok(map.into())
+}
+
+/// `--translate-uid` / `--translate-gid`: `TYPE:a:b:count` (`forbid-guest:a:count`).
+pub fn parse_translate_idmap(map: &str) -> Result<String, String> {
+    const USAGE: &str = "expected guest|host|squash-guest|squash-host|map:BASE:BASE:COUNT \
+         or forbid-guest:BASE:COUNT";
+    let split = map
+        .find(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
+        .ok_or(USAGE)?;
+    let (kind, rest) = map.split_at(split);
+    let delimiter = rest.chars().next().ok_or(USAGE)?;
+    let fields: Vec<&str> = rest[delimiter.len_utf8()..].split(delimiter).collect();
+    let want = match kind.to_lowercase().as_str() {
+        "guest" | "host" | "squash-guest" | "squash-host" | "map" => 3,
+        "forbid-guest" => 2,
+        _ => return Err(USAGE.into()),
+    };
+    if fields.len() != want || fields.iter().any(|f| f.parse::<u32>().is_err()) {
+        return Err(USAGE.into());
+    }
+    Ok(map.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compat_items() {
+        assert_eq!(
+            parse_compat("cache=none").unwrap(),
+            Some(Setting::Cache(CacheMode::Never))
+        );
+        assert_eq!(
+            parse_compat("loglevel=err").unwrap(),
+            Some(Setting::LogLevel(LogLevel::Error))
+        );
+        assert_eq!(
+            parse_compat("sandbox=chroot").unwrap(),
+            Some(Setting::Sandbox(SandboxMode::Chroot))
+        );
+        assert_eq!(parse_compat("no_flock").unwrap(), None);
+        assert_eq!(
+            parse_compat("flock").unwrap(),
+            Some(Setting::NotYet("-o flock".into()))
+        );
+        assert_eq!(
+            parse_compat("xattrmap=:map::user.virtiofs.:").unwrap(),
+            Some(Setting::NotYet("-o xattrmap".into()))
+        );
+        assert!(parse_compat("sandbox=jail").is_err());
+        assert!(parse_compat("xattr=1").is_err());
+        assert!(parse_compat("loglevel=loud").is_err());
+    }
+
+    #[test]
+    fn id_maps() {
+        assert!(parse_ns_idmap(":0:100000:65536:").is_ok());
+        assert!(parse_ns_idmap("/0/100000/65536/").is_ok());
+        assert!(parse_ns_idmap(":0:100000:").is_err());
+        assert!(parse_ns_idmap("0:1:2").is_err());
+        assert!(parse_translate_idmap("guest:0:1000:1").is_ok());
+        assert!(parse_translate_idmap("forbid-guest:0:10").is_ok());
+        assert!(parse_translate_idmap("squash-host/0/1/2").is_ok());
+        assert!(parse_translate_idmap("forbid-guest:0:1:2").is_err());
+        assert!(parse_translate_idmap("sideways:0:1:2").is_err());
+        assert!(parse_tag("myfs").is_ok());
+        assert!(parse_tag("").is_err());
+        assert!(parse_tag(&"x".repeat(37)).is_err());
+    }
+}
