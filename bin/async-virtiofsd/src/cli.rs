@@ -259,7 +259,7 @@ struct Args {
     #[arg(long, value_name = "GROUP", conflicts_with = "fd")]
     socket_group: Option<String>,
 
-    /// Print the vhost-user.json capabilities and exit [not implemented yet].
+    /// Print the vhost-user.json capabilities (what libvirt reads) and exit.
     #[arg(long)]
     print_capabilities: bool,
 
@@ -353,6 +353,10 @@ where
         Err(e) => return Err(UsageError(one_line(&e))),
     };
     let args = Args::from_arg_matches(&matches).map_err(|e| UsageError(one_line(&e)))?;
+    if args.print_capabilities {
+        // Needs no share or socket: libvirt runs it to learn which command line to build.
+        return Ok(Parsed::Exit(compat::capabilities_json()));
+    }
 
     // Every setting with its position; applied in order, so the last one given wins.
     let pos = |id: &str| -> Option<usize> {

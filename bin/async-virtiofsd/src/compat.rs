@@ -161,6 +161,20 @@ pub fn parse_compat(item: &str) -> Result<Option<Setting>, UsageError> {
     }
 }
 
+/// The `--print-capabilities` output: the vhost-user.json backend capabilities libvirt reads
+/// (`qemuVhostUserFillFSCapabilities`). Only what we have: `separate-options` (libvirt then passes
+/// `--shared-dir`, `--cache`, `--sandbox`, `--xattr`, ... instead of one `-o` list). Not
+/// `migrate-precopy` (no live migration), nor the Rust virtiofsd's
+/// `posix-acl-negotiation-mode` / `security-label-negotiation-mode` (no ACLs, no labels).
+pub fn capabilities_json() -> String {
+    let features = ["separate-options"];
+    let list: Vec<String> = features.iter().map(|f| format!("    \"{f}\"")).collect();
+    format!(
+        "{{\n  \"type\": \"fs\",\n  \"features\": [\n{}\n  ]\n}}\n",
+        list.join(",\n")
+    )
+}
+
 /// `--tag`: 1 to 36 bytes of UTF-8.
 pub fn parse_tag(tag: &str) -> Result<String, String> {
     if !tag.is_empty() && tag.len() <= MAX_TAG_LEN {

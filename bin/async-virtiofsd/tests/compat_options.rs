@@ -114,7 +114,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     (
         "--print-capabilities",
         &["--print-capabilities"],
-        NotYet("--print-capabilities"),
+        Prints("separate-options"),
     ),
     ("--modcaps", &["--modcaps=-mknod:+sys_admin"], Serves("")),
     ("--log-level", &["--log-level", "debug"], Serves("DEBUG")),

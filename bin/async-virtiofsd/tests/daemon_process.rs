@@ -242,3 +242,27 @@ fn sandbox_none_removes_its_socket_under_seccomp() {
     assert_eq!(wait_exit(&mut child), 0, "{}", rest(&rx));
     assert!(!sock.exists(), "socket file left behind");
 }
+
+/// libvirt runs `BINARY --print-capabilities` with no other option, parses stdout as JSON and
+/// reads `features` (qemuVhostUserFillFSCapabilities): `separate-options` makes it pass
+/// `--shared-dir`, `--cache`, `--sandbox`, ... instead of one `-o` list.
+#[test]
+fn print_capabilities_is_the_json_libvirt_reads() {
+    let o = run(&["--print-capabilities"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_of(&o));
+    assert!(o.stderr.is_empty(), "{}", stderr_of(&o));
+    let caps: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(caps["type"], "fs");
+    let features: Vec<&str> = caps["features"]
+        .as_array()
+        .expect("features is a list")
+        .iter()
+        .map(|f| f.as_str().expect("features are strings"))
+        .collect();
+    assert_eq!(features, ["separate-options"]);
+    // Nothing we do not have: no live migration, no ACL / label negotiation.
+    assert!(!features.contains(&"migrate-precopy"));
+    // With other options too (ours are still checked by clap, not required).
+    let o = run(&["--print-capabilities", "--cache=never"]);
+    assert_eq!(o.status.code(), Some(0));
+}
