@@ -263,7 +263,7 @@ struct Args {
     #[arg(long)]
     print_capabilities: bool,
 
-    /// Log to syslog instead of stderr [not implemented yet].
+    /// Log to syslog (/dev/log) instead of stderr.
     #[arg(long)]
     syslog: bool,
 }
@@ -287,6 +287,8 @@ pub struct Options {
     pub capabilities: CapabilityPolicy,
     /// `--rlimit-nofile` (None: the default target).
     pub rlimit_nofile: Option<u64>,
+    /// `--syslog`.
+    pub syslog: bool,
     /// Preferences we cannot honour but that degrade gracefully: logged as warnings.
     pub warnings: Vec<String>,
     /// Options that ask for what the daemon does anyway: logged at info.
@@ -506,7 +508,6 @@ where
             "--print-capabilities",
             args.print_capabilities,
         ),
-        ("syslog", "--syslog", args.syslog),
     ];
     for (id, name, given) in refused {
         if let (Some(p), true) = (pos(id), given) {
@@ -612,6 +613,7 @@ where
         },
         capabilities,
         rlimit_nofile: args.rlimit_nofile,
+        syslog: args.syslog,
         warnings,
         notes,
     })))

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(opts.log_level);
+    logging::init(opts.log_level, opts.syslog);
     for w in &opts.warnings {
         tracing::warn!("{w}");
     }

@@ -119,7 +119,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     ("--modcaps", &["--modcaps=-mknod:+sys_admin"], Serves("")),
     ("--log-level", &["--log-level", "debug"], Serves("DEBUG")),
     ("--log-level", &["--log-level=error"], Serves("")),
-    ("--syslog", &["--syslog"], NotYet("--syslog")),
+    ("--syslog", &["--syslog"], Serves("")),
     (
         "--rlimit-nofile",
         &["--rlimit-nofile=8192"],

@@ -266,3 +266,116 @@ fn print_capabilities_is_the_json_libvirt_reads() {
     let o = run(&["--print-capabilities", "--cache=never"]);
     assert_eq!(o.status.code(), Some(0));
 }
+
+/// Receives datagrams until one contains `until` (or 20 s pass).
+fn recv_until(server: &std::os::unix::net::UnixDatagram, until: &str) -> Vec<String> {
+    server
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = server
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no '{until}' in {got:#?}: {e}"));
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = msg.contains(until);
+        got.push(msg);
+        if done {
+            return got;
+        }
+    }
+}
+
+#[test]
+fn syslog_gets_rfc3164_datagrams_with_severities_and_the_log_level() {
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let log = tmp.path().join("log");
+    let server = std::os::unix::net::UnixDatagram::bind(&log).unwrap();
+    let sock = tmp.path().join("vfs.sock");
+    // Namespace sandbox (the default): connected before the root moves.
+    let child = Command::new(BIN)
+        .args(["--shared-dir", share.to_str().unwrap()])
+        .args(["--socket-path", sock.to_str().unwrap()])
+        .args(["--syslog", "--inode-file-handles=prefer"])
+        .env("ASYNC_VIRTIOFSD_SYSLOG_SOCKET", &log)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut msgs = recv_until(&server, WAITING);
+    drop(UnixStream::connect(&sock).unwrap());
+    msgs.extend(recv_until(&server, "request pipeline stopped"));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{}", stderr_of(&out));
+    let tag = format!(" async-virtiofsd[{pid}]: ");
+    for m in &msgs {
+        // <PRI>Mmm dd hh:mm:ss TAG[PID]: ...
+        let stamp = m.split_once('>').unwrap().1;
+        assert!(m.starts_with('<') && stamp[15..].starts_with(&tag), "{m}");
+        assert!(!m.contains('\n'), "{m}");
+    }
+    let find = |text: &str| msgs.iter().find(|m| m.contains(text)).unwrap().clone();
+    assert!(find(WAITING).starts_with("<14>"), "user.info");
+    assert!(
+        find("--inode-file-handles").starts_with("<12>"),
+        "user.warning"
+    );
+
+    // --log-level warn: no info datagram.
+    let child = Command::new(BIN)
+        .args(["--shared-dir", share.to_str().unwrap()])
+        .args(["--socket-path", sock.to_str().unwrap()])
+        .args(["--syslog", "--log-level=warn", "-o", "announce_submounts"])
+        .env("ASYNC_VIRTIOFSD_SYSLOG_SOCKET", &log)
+        .env_remove("RUST_LOG")
+        .spawn()
+        .unwrap();
+    let mut msgs = recv_until(&server, "announce_submounts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    server.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = server.recv(&mut buf) {
+        msgs.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    for m in &msgs {
+        let pri: u8 = m[1..m.find('>').unwrap()].parse().unwrap();
+        assert!(pri / 8 == 1 && pri % 8 <= 4, "below --log-level warn: {m}");
+    }
+}
+
+#[test]
+fn syslog_socket_missing_warns_and_logs_to_stderr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("vfs.sock");
+    let mut child = Command::new(BIN)
+        .args(["--shared-dir", tmp.path().to_str().unwrap()])
+        .args(["--socket-path", sock.to_str().unwrap(), "--syslog"])
+        .env("ASYNC_VIRTIOFSD_SYSLOG_SOCKET", tmp.path().join("no-log"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = forward_lines(child.stderr.take().unwrap());
+    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(
+        first.contains("WARN") && first.contains("--syslog") && first.contains("no-log"),
+        "{first}"
+    );
+    while !rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("never waiting")
+        .contains(WAITING)
+    {}
+    drop(UnixStream::connect(&sock).unwrap());
+    assert_eq!(wait_exit(&mut child), 0);
+}
