@@ -341,8 +341,22 @@ fn not_yet(names: &[String]) -> UsageError {
     UsageError(format!("{} {verb} not implemented yet", names.join(", ")))
 }
 
-/// Parses the command line (`argv[0]` first).
+/// Parses the command line (`argv[0]` first), with systemd socket activation from the
+/// environment (`LISTEN_FDS` / `LISTEN_PID`).
 pub fn parse<I, T>(argv: I) -> Result<Parsed, UsageError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let activated = crate::systemd::activation_fd().map_err(|e| UsageError(e.to_string()));
+    parse_with(argv, activated)
+}
+
+/// Parses the command line; `activated` is the socket systemd passed, if any.
+fn parse_with<I, T>(
+    argv: I,
+    activated: Result<Option<RawFd>, UsageError>,
+) -> Result<Parsed, UsageError>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -577,10 +591,16 @@ where
     share.shared_dir = source.ok_or_else(|| {
         UsageError("missing shared directory: give --shared-dir DIR or -o source=DIR".into())
     })?;
-    let listen = match (args.socket_path, args.fd) {
-        (Some(p), None) => Listen::Path(p),
-        (None, Some(fd)) if fd >= 0 => Listen::Fd(fd),
-        (None, Some(fd)) => return Err(UsageError(format!("invalid --fd {fd}"))),
+    let listen = match (args.socket_path, args.fd, activated?) {
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            return Err(UsageError(
+                "systemd passed a socket (LISTEN_FDS): give neither --socket-path nor --fd".into(),
+            ))
+        }
+        (None, None, Some(fd)) => Listen::Fd(fd),
+        (Some(p), None, None) => Listen::Path(p),
+        (None, Some(fd), None) if fd >= 0 => Listen::Fd(fd),
+        (None, Some(fd), None) => return Err(UsageError(format!("invalid --fd {fd}"))),
         _ => {
             return Err(UsageError(
                 "missing vhost-user socket: give --socket-path PATH or --fd FD".into(),

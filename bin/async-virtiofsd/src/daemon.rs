@@ -15,6 +15,10 @@ use virtiofs_sandbox::{rlimit, seccomp, EnterError, Entered, SandboxMode};
 
 use crate::cli::{Listen, Options};
 use crate::socket::{ListenSocket, SocketError};
+use crate::systemd::Notifier;
+
+/// Logged (and sent to systemd as STATUS) once the daemon is ready for its frontend.
+const WAITING: &str = "Waiting for vhost-user socket connection...";
 
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -55,6 +59,11 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
     let max_threads = pipeline.max_blocking_threads(backend.num_queues());
     let nofile = rlimit::raise_nofile(opts.rlimit_nofile)?;
     let guest_fds = rlimit::guest_fd_limit(nofile, max_threads as u64)?;
+    // NOTIFY_SOCKET may be out of the sandbox's sight: connect (and set up the relay) first.
+    let mut notifier = Notifier::from_env();
+    if opts.sandbox == SandboxMode::Namespace {
+        notifier.relay_through_supervisor()?;
+    }
 
     let share = match enter_sandbox(&opts, &shared_dir) {
         Ok(Entered::Inside(share)) => share,
@@ -67,6 +76,9 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
     };
     if opts.sandbox != SandboxMode::None {
         socket.forget_path();
+    }
+    if opts.sandbox == SandboxMode::Namespace {
+        notifier.child();
     }
     let share = share.import()?.with_fd_quota(guest_fds)?;
     opts.capabilities.apply()?;
@@ -81,7 +93,14 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
         .thread_name("virtiofsd-worker")
         .max_blocking_threads(max_threads)
         .build()?;
-    let result = runtime.block_on(serve(opts, socket, Arc::new(share), backend, pipeline));
+    let result = runtime.block_on(serve(
+        opts,
+        socket,
+        Arc::new(share),
+        backend,
+        pipeline,
+        notifier,
+    ));
     // Blocking threads still parked in accept() or in the vhost-user thread must not keep us alive.
     runtime.shutdown_background();
     result.map(|()| 0)
@@ -105,6 +124,7 @@ async fn serve(
     share: Arc<Share>,
     backend: FsBackend,
     pipeline_config: PipelineConfig,
+    notifier: Notifier,
 ) -> Result<(), DaemonError> {
     let (mut daemon, links) = backend
         .create_daemon("async-virtiofsd")
@@ -123,8 +143,9 @@ async fn serve(
     // Every thread exists now (runtime workers, the hiprio thread); later ones inherit the filter.
     seccomp::install(opts.seccomp)?;
 
-    // Callers (Kata's runtime-rs) wait for this exact text.
-    info!("Waiting for vhost-user socket connection...");
+    // Callers (Kata's runtime-rs) wait for this exact text; systemd for READY=1.
+    info!("{WAITING}");
+    notifier.ready(WAITING);
     let mut accept =
         tokio::task::spawn_blocking(move || daemon.start(&mut listener).map(|()| daemon));
     let accepted = tokio::select! {
@@ -134,6 +155,7 @@ async fn serve(
     };
     let mut daemon = match accepted {
         None => {
+            notifier.stopping();
             pipeline.shutdown(SHUTDOWN_GRACE).await;
             return Ok(());
         }
@@ -163,6 +185,7 @@ async fn serve(
         Ok(()) => info!("vhost-user frontend disconnected"),
         Err(e) => error!("vhost-user connection failed: {e}"),
     }
+    notifier.stopping();
     pipeline.shutdown(SHUTDOWN_GRACE).await;
     drop(socket);
     outcome

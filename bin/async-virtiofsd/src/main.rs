@@ -10,6 +10,7 @@ mod compat;
 mod daemon;
 mod logging;
 mod socket;
+mod systemd;
 
 use std::process::ExitCode;
 

@@ -105,6 +105,26 @@ impl ListenSocket {
         if rc < 0 || listening == 0 {
             return Err(bad("not a listening socket".into()));
         }
+        let int_opt = |opt| {
+            let mut v: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: as above, into a local int.
+            let rc = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            (rc == 0).then_some(v)
+        };
+        if int_opt(libc::SO_DOMAIN) != Some(libc::AF_UNIX)
+            || int_opt(libc::SO_TYPE) != Some(libc::SOCK_STREAM)
+        {
+            return Err(bad("not a unix stream socket (vhost-user needs one)".into()));
+        }
         // SAFETY: checked above to be a listening socket; the caller hands it to us.
         let listener = unsafe { UnixListener::from_raw_fd(fd) };
         Ok(Self {
@@ -258,5 +278,9 @@ mod tests {
             ListenSocket::from_fd(9999),
             Err(SocketError::BadFd { .. })
         ));
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tcp);
+        let err = ListenSocket::from_fd(fd).err().unwrap();
+        assert!(err.to_string().contains("unix stream"), "{err}");
     }
 }

@@ -272,3 +272,20 @@ fn graceful_preferences_become_warnings() {
     assert!(o.warnings.is_empty());
     assert!(o.notes[0].contains("--no-announce-submounts"));
 }
+
+#[test]
+fn socket_activation_is_fd_3_and_excludes_socket_options() {
+    let parse_act = |args: &[&str]| {
+        let argv = std::iter::once("async-virtiofsd").chain(args.iter().copied());
+        match parse_with(argv, Ok(Some(3))) {
+            Ok(Parsed::Run(o)) => Ok(o.listen),
+            Ok(Parsed::Exit(t)) => Err(t),
+            Err(e) => Err(e.0),
+        }
+    };
+    assert_eq!(parse_act(&["--shared-dir=/a"]), Ok(Listen::Fd(3)));
+    for extra in ["--socket-path=/s", "--fd=4"] {
+        let e = parse_act(&["--shared-dir=/a", extra]).unwrap_err();
+        assert!(e.contains("LISTEN_FDS") && !e.contains('\n'), "{e}");
+    }
+}
