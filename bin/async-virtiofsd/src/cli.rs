@@ -255,7 +255,7 @@ struct Args {
     #[arg(long, value_parser = compat::parse_tag)]
     tag: Option<String>,
 
-    /// Group owning the created vhost-user socket [not implemented yet].
+    /// Group owning the created vhost-user socket (mode 0770).
     #[arg(long, value_name = "GROUP", conflicts_with = "fd")]
     socket_group: Option<String>,
 
@@ -289,6 +289,8 @@ pub struct Options {
     pub rlimit_nofile: Option<u64>,
     /// `--syslog`.
     pub syslog: bool,
+    /// `--socket-group`.
+    pub socket_group: Option<String>,
     /// Preferences we cannot honour but that degrade gracefully: logged as warnings.
     pub warnings: Vec<String>,
     /// Options that ask for what the daemon does anyway: logged at info.
@@ -512,16 +514,6 @@ where
             args.migration_confirm_paths,
         ),
         ("tag", "--tag", args.tag.is_some()),
-        (
-            "socket_group",
-            "--socket-group",
-            args.socket_group.is_some(),
-        ),
-        (
-            "print_capabilities",
-            "--print-capabilities",
-            args.print_capabilities,
-        ),
     ];
     for (id, name, given) in refused {
         if let (Some(p), true) = (pos(id), given) {
@@ -597,6 +589,12 @@ where
                 "systemd passed a socket (LISTEN_FDS): give neither --socket-path nor --fd".into(),
             ))
         }
+        (None, None, Some(_)) if args.socket_group.is_some() => {
+            return Err(UsageError(
+                "--socket-group is for a socket created with --socket-path, not one systemd passed"
+                    .into(),
+            ))
+        }
         (None, None, Some(fd)) => Listen::Fd(fd),
         (Some(p), None, None) => Listen::Path(p),
         (None, Some(fd), None) if fd >= 0 => Listen::Fd(fd),
@@ -634,6 +632,7 @@ where
         capabilities,
         rlimit_nofile: args.rlimit_nofile,
         syslog: args.syslog,
+        socket_group: args.socket_group,
         warnings,
         notes,
     })))

@@ -49,7 +49,13 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
     // Everything outside the share first: the sandbox hides the rest of the host.
     let shared_dir = check_shared_dir(&opts.share.shared_dir)?;
     let mut socket = match &opts.listen {
-        Listen::Path(path) => ListenSocket::bind(path)?,
+        Listen::Path(path) => {
+            let socket = ListenSocket::bind(path)?;
+            if let Some(group) = &opts.socket_group {
+                socket.set_group(group)?;
+            }
+            socket
+        }
         Listen::Fd(fd) => ListenSocket::from_fd(*fd)?,
     };
     let backend = FsBackend::new(FsBackendConfig::default());

@@ -24,6 +24,14 @@ pub enum SocketError {
         /// What the system said.
         source: io::Error,
     },
+    /// `--socket-group`: the group is unknown or the socket cannot be given to it.
+    #[error("--socket-group {group}: {why}")]
+    Group {
+        /// The group name.
+        group: String,
+        /// What is wrong.
+        why: String,
+    },
     /// The fd given with `--fd` is not a listening socket.
     #[error("--fd {fd}: {why}")]
     BadFd {
@@ -131,6 +139,28 @@ impl ListenSocket {
             listener,
             created: None,
         })
+    }
+
+    /// `--socket-group`: gives the socket we created to `group` with read/write access for it
+    /// (mode 0770, as the Rust virtiofsd creates it).
+    pub fn set_group(&self, group: &str) -> Result<(), SocketError> {
+        use std::os::unix::fs::PermissionsExt;
+        let fail = |why: String| SocketError::Group {
+            group: group.to_owned(),
+            why,
+        };
+        let Some((path, _, _)) = &self.created else {
+            return Err(fail("only for a socket created with --socket-path".into()));
+        };
+        let gid = match nix::unistd::Group::from_name(group) {
+            Ok(Some(g)) => g.gid,
+            Ok(None) => return Err(fail("no such group".into())),
+            Err(e) => return Err(fail(format!("cannot look the group up: {e}"))),
+        };
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| fail(format!("cannot chown {}: {e}", path.display())))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o770))
+            .map_err(|e| fail(format!("cannot chmod {}: {e}", path.display())))
     }
 
     /// Gives up removing the socket path on drop: inside a sandbox the path is out of reach (and

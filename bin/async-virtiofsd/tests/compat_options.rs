@@ -43,11 +43,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
         Serves(""),
     ),
     ("--socket-path", &["--socket-path={sock}"], Serves("")),
-    (
-        "--socket-group",
-        &["--socket-group", "root"],
-        NotYet("--socket-group"),
-    ),
+    ("--socket-group", &["--socket-group", "root"], Serves("")),
     ("--fd", &["--shared-dir", "{dir}", "--fd={fd}"], Serves("")),
     (
         "--thread-pool-size",

@@ -379,3 +379,66 @@ fn syslog_socket_missing_warns_and_logs_to_stderr() {
     drop(UnixStream::connect(&sock).unwrap());
     assert_eq!(wait_exit(&mut child), 0);
 }
+
+/// A group other than root's, from /etc/group.
+fn some_group() -> (String, u32) {
+    let groups = std::fs::read_to_string("/etc/group").unwrap();
+    groups
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((f.first()?.to_string(), f.get(2)?.parse::<u32>().ok()?))
+        })
+        .find(|(_, gid)| *gid != 0)
+        .expect("a non-root group in /etc/group")
+}
+
+#[test]
+fn socket_group_owns_the_socket_with_group_access() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (group, gid) = some_group();
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("vfs.sock");
+    let mut child = Command::new(BIN)
+        .args(["--shared-dir", tmp.path().to_str().unwrap()])
+        .args([
+            "--socket-path",
+            sock.to_str().unwrap(),
+            "--socket-group",
+            &group,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = forward_lines(child.stderr.take().unwrap());
+    while !rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("never waiting")
+        .contains(WAITING)
+    {}
+    let md = std::fs::symlink_metadata(&sock).unwrap();
+    assert_eq!(md.gid(), gid, "{group}");
+    assert_eq!(md.permissions().mode() & 0o777, 0o770);
+    drop(UnixStream::connect(&sock).unwrap());
+    assert_eq!(wait_exit(&mut child), 0);
+
+    let o = run(&[
+        "--shared-dir",
+        tmp.path().to_str().unwrap(),
+        "--socket-path",
+        sock.to_str().unwrap(),
+        "--socket-group",
+        "no-such-group-here",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr_of(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no-such-group-here") && err.contains("no such group"),
+        "{err}"
+    );
+    assert!(!sock.exists(), "the socket is removed again");
+    // Only for a socket we create.
+    let o = run(&["--shared-dir=/tmp", "--fd=3", "--socket-group", &group]);
+    assert_eq!(o.status.code(), Some(2));
+}
