@@ -41,6 +41,9 @@ step "guest end-to-end matrix (QEMU TCG)"
 cargo build -p async-virtiofsd
 bash tests/e2e/matrix.sh "$REPO/target/debug/async-virtiofsd"
 
+step "libvirt starts the daemon for a domain's <filesystem> (Debian's libvirt 9.0, TCG guest)"
+bash tests/libvirt/run.sh "$REPO/target/debug/async-virtiofsd"
+
 step "soak, 60 s: mixed verified workload at depth 256 on 4 queues, DESTROY/INIT, new daemons (docs/soak.md)"
 cargo build --release -p vhost-user-fs-client --bin vhost-user-fs-soak
 target/release/vhost-user-fs-soak --daemon "$REPO/target/debug/async-virtiofsd" --duration 60s \
