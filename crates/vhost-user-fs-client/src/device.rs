@@ -72,10 +72,10 @@ impl DeviceConfig {
 /// What a reset of the device sends besides stopping the rings ([`Device::reset`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reset {
-    /// Nothing: QEMU up to 9.1 on a guest reboot (SET_VRING_ENABLE 0 and GET_VRING_BASE per
+    /// Nothing: QEMU 7.2 on a guest reboot (SET_VRING_ENABLE 0 and GET_VRING_BASE per
     /// ring, then the rings set up again for the new driver).
     Rings,
-    /// RESET_DEVICE after stopping the rings: QEMU from 9.2 when RESET_DEVICE is negotiated.
+    /// RESET_DEVICE after stopping the rings: newer QEMU when RESET_DEVICE is negotiated.
     Device,
 }
 

@@ -1,8 +1,8 @@
 //! The guest driver goes away without unmounting (reboot, kexec, driver rebind, device reset)
 //! and a new one takes the device over: the old FUSE session must end as if DESTROY had come
 //! (its inodes and handles released, nothing leaked) and the new driver's INIT must start a new
-//! one. Both ways a frontend reports it are covered: QEMU up to 9.1 only stops and restarts the
-//! rings ([`Reset::Rings`]), QEMU from 9.2 also sends RESET_DEVICE ([`Reset::Device`]).
+//! one. Both ways a frontend reports it are covered: QEMU 7.2 only stops and restarts the
+//! rings ([`Reset::Rings`]), newer QEMU also sends RESET_DEVICE ([`Reset::Device`]).
 
 mod common;
 

@@ -25,6 +25,17 @@ pub const MAX_REQUEST_QUEUES: usize = 64;
 /// Largest queue size we accept (the virtio split-ring maximum).
 pub const MAX_QUEUE_SIZE: usize = 32768;
 
+/// Longest virtio-fs tag: the `tag` field of the device's config space (virtio 1.2, 5.11.4).
+pub const MAX_TAG_LEN: usize = 36;
+
+/// Size of the virtio-fs config space: `tag[36]` and `le32 num_request_queues`.
+pub const CONFIG_SPACE_LEN: usize = MAX_TAG_LEN + 4;
+
+/// A tag that does not fit the config space.
+#[derive(Debug, thiserror::Error)]
+#[error("the tag must be 1 to {MAX_TAG_LEN} bytes of UTF-8, not {0}")]
+pub struct TagError(pub usize);
+
 /// Device settings chosen on the command line.
 #[derive(Debug, Clone)]
 pub struct FsBackendConfig {
@@ -50,6 +61,8 @@ type ResetHook = Box<dyn Fn() + Send + Sync>;
 #[derive(Clone)]
 pub struct FsBackend {
     config: FsBackendConfig,
+    /// `--tag`: offered through VHOST_USER_PROTOCOL_F_CONFIG when set.
+    tag: Option<Arc<str>>,
     // Shared by every clone: the daemon holds one, the caller sets the hook on another.
     on_reset: Arc<OnceLock<ResetHook>>,
 }
@@ -59,8 +72,31 @@ impl FsBackend {
     pub fn new(config: FsBackendConfig) -> Self {
         Self {
             config,
+            tag: None,
             on_reset: Arc::default(),
         }
+    }
+
+    /// Advertises `tag` in the device's config space: the CONFIG protocol feature is offered and
+    /// GET_CONFIG answers `tag` (NUL-padded) and the number of request queues. Frontends may
+    /// ignore it (QEMU uses its own `tag=` property).
+    pub fn with_tag(mut self, tag: &str) -> Result<Self, TagError> {
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+            return Err(TagError(tag.len()));
+        }
+        self.tag = Some(tag.into());
+        Ok(self)
+    }
+
+    /// The virtio-fs config space: `tag` padded with NUL bytes (not NUL-terminated when it
+    /// fills the field), then `num_request_queues` little-endian.
+    fn config_space(&self) -> [u8; CONFIG_SPACE_LEN] {
+        let mut space = [0u8; CONFIG_SPACE_LEN];
+        if let Some(tag) = &self.tag {
+            space[..tag.len()].copy_from_slice(tag.as_bytes());
+        }
+        space[MAX_TAG_LEN..].copy_from_slice(&(self.config.request_queues as u32).to_le_bytes());
+        space
     }
 
     /// Runs `hook` on the vhost-user protocol thread whenever the frontend resets the device
@@ -122,10 +158,24 @@ impl VhostUserBackend for FsBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::RESET_DEVICE
+            | if self.tag.is_some() {
+                // Only with a tag: QEMU 7.1 to 8.0 crash when a vhost-user-fs backend offers it.
+                VhostUserProtocolFeatures::CONFIG
+            } else {
+                VhostUserProtocolFeatures::empty()
+            }
     }
 
-    /// VHOST_USER_RESET_DEVICE: QEMU ≥ 9.2 sends it when the guest resets the device (reboot,
-    /// driver unbind). Older frontends say nothing; the pipeline then ends the session at the
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // Bytes past the config space read as zero.
+        let space = self.config_space();
+        (offset as usize..offset as usize + size as usize)
+            .map(|i| space.get(i).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// VHOST_USER_RESET_DEVICE: newer QEMU (since its commit 2688e8df, late 2024) sends it when
+    /// the guest resets the device (reboot, driver unbind). QEMU 7.2 says nothing; the pipeline then ends the session at the
     /// new driver's FUSE_INIT.
     fn reset_device(&self) {
         tracing::info!("frontend reset the device");
@@ -240,5 +290,31 @@ mod tests {
             .protocol_features()
             .contains(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::RESET_DEVICE));
         assert_eq!(backend.num_queues(), 1 + MAX_REQUEST_QUEUES);
+    }
+
+    #[test]
+    fn tag_is_offered_through_the_config_space() {
+        let plain = FsBackend::new(FsBackendConfig { request_queues: 4 });
+        assert!(!plain
+            .protocol_features()
+            .contains(VhostUserProtocolFeatures::CONFIG));
+        let tagged = plain.clone().with_tag("myfs").unwrap();
+        assert!(tagged
+            .protocol_features()
+            .contains(VhostUserProtocolFeatures::CONFIG));
+        let space = tagged.get_config(0, CONFIG_SPACE_LEN as u32);
+        assert_eq!(&space[..4], b"myfs");
+        assert!(space[4..MAX_TAG_LEN].iter().all(|&b| b == 0));
+        assert_eq!(&space[MAX_TAG_LEN..], &4u32.to_le_bytes());
+        assert_eq!(tagged.get_config(36, 8), [4, 0, 0, 0, 0, 0, 0, 0]);
+        let full = "t".repeat(MAX_TAG_LEN);
+        let space = plain.clone().with_tag(&full).unwrap().get_config(0, 36);
+        assert_eq!(
+            space,
+            full.as_bytes(),
+            "no NUL terminator when the tag fills the field"
+        );
+        assert!(plain.clone().with_tag("").is_err());
+        assert!(plain.with_tag(&"t".repeat(MAX_TAG_LEN + 1)).is_err());
     }
 }

@@ -274,7 +274,7 @@ pub fn serve_chain<H: FuseHandler + ?Sized>(
         return reply_error(chain, h.unique, libc::EIO).unwrap_or(0) as u32;
     }
     // An INIT in a live session comes from a new driver: the guest rebooted (or kexec'd, or
-    // rebound the driver) without unmounting, and the frontend (QEMU before 9.2) did not say so.
+    // rebound the driver) without unmounting, and the frontend (QEMU 7.2) did not say so.
     // The old driver's session ends as if it had sent DESTROY, then INIT starts a new one.
     if h.opcode == Opcode::Init as u32 {
         if let Some(session) = pass.as_deref_mut().and_then(Pass::session_mut) {
