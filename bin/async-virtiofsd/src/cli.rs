@@ -251,7 +251,8 @@ struct Args {
     #[arg(long)]
     migration_confirm_paths: bool,
 
-    /// Tag advertised in the virtio-fs config space [not implemented yet].
+    /// Tag advertised in the virtio-fs config space (VHOST_USER_PROTOCOL_F_CONFIG; QEMU ignores
+    /// it, and QEMU 7.1 to 8.0 crash when it is offered).
     #[arg(long, value_parser = compat::parse_tag)]
     tag: Option<String>,
 
@@ -291,6 +292,8 @@ pub struct Options {
     pub syslog: bool,
     /// `--socket-group`.
     pub socket_group: Option<String>,
+    /// `--tag`.
+    pub tag: Option<String>,
     /// Preferences we cannot honour but that degrade gracefully: logged as warnings.
     pub warnings: Vec<String>,
     /// Options that ask for what the daemon does anyway: logged at info.
@@ -513,7 +516,6 @@ where
             "--migration-confirm-paths",
             args.migration_confirm_paths,
         ),
-        ("tag", "--tag", args.tag.is_some()),
     ];
     for (id, name, given) in refused {
         if let (Some(p), true) = (pos(id), given) {
@@ -633,6 +635,7 @@ where
         rlimit_nofile: args.rlimit_nofile,
         syslog: args.syslog,
         socket_group: args.socket_group,
+        tag: args.tag,
         warnings,
         notes,
     })))

@@ -11,7 +11,7 @@ use virtiofs_sandbox::SandboxMode;
 use crate::cli::{LogLevel, UsageError};
 
 /// Longest `--tag` (the virtio-fs config space's tag field), as in the Rust virtiofsd.
-pub const MAX_TAG_LEN: usize = 36;
+pub use virtiofs_device::MAX_TAG_LEN;
 
 /// `--posix-acl` / `--security-label`: whether to offer the feature to the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -35,6 +35,9 @@ pub enum DaemonError {
     /// Confinement (limits, sandbox, capabilities, seccomp) could not be set up.
     #[error(transparent)]
     Confine(#[from] virtiofs_sandbox::Error),
+    /// The `--tag` does not fit the config space.
+    #[error("--tag: {0}")]
+    Tag(#[from] virtiofs_device::TagError),
     /// The runtime or a thread could not be started.
     #[error("cannot start: {0}")]
     Start(#[from] std::io::Error),
@@ -58,7 +61,10 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
         }
         Listen::Fd(fd) => ListenSocket::from_fd(*fd)?,
     };
-    let backend = FsBackend::new(FsBackendConfig::default());
+    let mut backend = FsBackend::new(FsBackendConfig::default());
+    if let Some(tag) = &opts.tag {
+        backend = backend.with_tag(tag)?;
+    }
     let pipeline = PipelineConfig {
         thread_pool_size: opts.thread_pool_size,
     };

@@ -36,7 +36,7 @@ use Expect::*;
 const TABLE: &[(&str, &[&str], Expect)] = &[
     // ---- the `Opt` struct, in its order ----
     ("--shared-dir", &["--shared-dir", "{dir}"], Serves("")),
-    ("--tag", &["--tag=myfs"], NotYet("--tag")),
+    ("--tag", &["--tag=myfs"], Serves("")),
     (
         "--socket",
         &["--shared-dir", "{dir}", "--socket", "{sock}"],

@@ -442,3 +442,61 @@ fn socket_group_owns_the_socket_with_group_access() {
     let o = run(&["--shared-dir=/tmp", "--fd=3", "--socket-group", &group]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `--tag`: a frontend that negotiates VHOST_USER_PROTOCOL_F_CONFIG reads the tag and the number
+/// of request queues from the config space; without `--tag` the feature is not offered.
+#[test]
+fn tag_is_in_the_config_space() {
+    use vhost::vhost_user::message::{
+        VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    };
+    use vhost::vhost_user::{Frontend, VhostUserFrontend};
+    use vhost::VhostBackend;
+
+    let protocol_features = |extra: &[&str]| {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("vfs.sock");
+        let mut child = Command::new(BIN)
+            .args(["--shared-dir", tmp.path().to_str().unwrap()])
+            .args(["--socket-path", sock.to_str().unwrap()])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let rx = forward_lines(child.stderr.take().unwrap());
+        while !rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("never waiting")
+            .contains(WAITING)
+        {}
+        let mut frontend = Frontend::connect(&sock, 65).unwrap();
+        frontend.set_owner().unwrap();
+        let features = frontend.get_features().unwrap();
+        assert_ne!(
+            features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
+            0
+        );
+        frontend.set_features(features).unwrap();
+        let pf = frontend.get_protocol_features().unwrap();
+        let config = if pf.contains(VhostUserProtocolFeatures::CONFIG) {
+            frontend
+                .set_protocol_features(VhostUserProtocolFeatures::CONFIG)
+                .unwrap();
+            let (_, space) = frontend
+                .get_config(0, 40, VhostUserConfigFlags::empty(), &[0u8; 40])
+                .unwrap();
+            Some(space)
+        } else {
+            None
+        };
+        drop(frontend);
+        assert_eq!(wait_exit(&mut child), 0);
+        config
+    };
+    let space = protocol_features(&["--tag", "myfs"]).expect("CONFIG offered with --tag");
+    assert_eq!(&space[..4], b"myfs");
+    assert!(space[4..36].iter().all(|&b| b == 0), "NUL padded");
+    let queues = u32::from_le_bytes(space[36..40].try_into().unwrap());
+    assert!(queues >= 1, "num_request_queues {queues}");
+    assert_eq!(protocol_features(&[]), None, "no CONFIG without --tag");
+}

@@ -10,7 +10,10 @@
 mod backend;
 mod vring;
 
-pub use backend::{FsBackend, FsBackendConfig, GuestMemory, MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES};
+pub use backend::{
+    FsBackend, FsBackendConfig, GuestMemory, TagError, CONFIG_SPACE_LEN, MAX_QUEUE_SIZE,
+    MAX_REQUEST_QUEUES, MAX_TAG_LEN,
+};
 pub use vring::{QueueLink, WatchedVring};
 
 /// Index of the high-priority queue (FORGET and BATCH_FORGET only).
