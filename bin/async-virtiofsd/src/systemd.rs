@@ -38,6 +38,10 @@ pub fn activation_fd() -> Result<Option<RawFd>, ActivationError> {
         return Ok(None);
     }
     let fds = std::env::var("LISTEN_FDS").unwrap_or_default();
+    // Ours: consumed, as sd_listen_fds(1) does (this runs first thing, single-threaded).
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
     match fds.parse::<u32>() {
         Ok(1) => Ok(Some(LISTEN_FDS_START)),
         Ok(n) => Err(ActivationError::Count(n)),
