@@ -510,3 +510,104 @@ fn reference_help_lists_no_option_missing_from_the_table() {
         "{bin} --help lists {missing:?}, not in the table"
     );
 }
+
+/// The Rust virtiofsd 1.14's source, when cargo has it (the benchmark fetches it): every long
+/// option of its `Opt` struct must be in [`REFERENCE_LONG`], and every `-o` item its
+/// `parse_compat` matches in [`REFERENCE_SHORT_AND_COMPAT`].
+#[test]
+fn reference_source_has_no_option_missing_from_the_table() {
+    let Some(home) = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+    else {
+        return;
+    };
+    let Some(main) = std::fs::read_dir(home.join("registry/src"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("virtiofsd-1.14.0/src/main.rs"))
+        .find(|p| p.exists())
+    else {
+        eprintln!("the Rust virtiofsd 1.14 source is not in the cargo registry: check skipped");
+        return;
+    };
+    let src = std::fs::read_to_string(&main).unwrap();
+    let opt = &src[src.find("struct Opt {").unwrap()..];
+    let opt = &opt[..opt.find("\n}\n").unwrap()];
+    let mut long = BTreeSet::new();
+    let mut pending: Option<Option<String>> = None; // inside #[arg(long ...)]: explicit name?
+    for line in opt.lines().map(str::trim) {
+        if line.starts_with("#[arg(") && line.contains("long") {
+            let explicit = line
+                .split("long = \"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .map(str::to_owned);
+            pending = Some(explicit);
+        } else if let (Some(name), Some((field, _))) = (&pending, line.split_once(':')) {
+            if !line.starts_with("///") && !line.starts_with("#[") {
+                let derived = field.trim_start_matches('_').replace('_', "-");
+                long.insert(format!("--{}", name.clone().unwrap_or(derived)));
+                pending = None;
+            }
+        }
+    }
+    assert!(
+        long.len() > 30,
+        "parsed too few options from {}: {long:?}",
+        main.display()
+    );
+    let missing: Vec<&String> = long
+        .iter()
+        .filter(|o| !REFERENCE_LONG.contains(&o.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} has {missing:?}, not in the table",
+        main.display()
+    );
+
+    // parse_tuple: `["key", value] => match value { "v" => ..., }`; parse_single: `"a" | "b" =>`.
+    let body = |f: &str| {
+        let b = &src[src.find(f).unwrap()..];
+        b[..b.find("\n    }\n").unwrap()].to_owned()
+    };
+    let mut items = BTreeSet::new();
+    let mut values = BTreeSet::new();
+    let mut key = None;
+    for line in body("fn parse_tuple").lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("[\"") {
+            let k = rest.split('"').next().unwrap().to_owned();
+            items.insert(format!("-o {k}"));
+            key = Some(k);
+        } else if let (Some(k), Some(v)) = (&key, line.strip_prefix('"')) {
+            values.insert(format!("{k}={}", v.split('"').next().unwrap()));
+        }
+    }
+    for line in body("fn parse_single").lines().map(str::trim) {
+        if line.starts_with('"') && line.contains("=>") {
+            for alt in line.split("=>").next().unwrap().split('|') {
+                items.insert(format!("-o {}", alt.trim().trim_matches('"')));
+            }
+        }
+    }
+    assert!(items.len() > 20 && values.len() > 8, "{items:?} {values:?}");
+    let tried: BTreeSet<String> = TABLE
+        .iter()
+        .flat_map(|(_, args, _)| args.iter().map(|a| a.to_string()))
+        .collect();
+    let untried: Vec<&String> = values.iter().filter(|v| !tried.contains(*v)).collect();
+    assert!(
+        untried.is_empty(),
+        "parse_compat accepts {untried:?}, not tried in the table"
+    );
+    let missing: Vec<&String> = items
+        .iter()
+        .filter(|o| !REFERENCE_SHORT_AND_COMPAT.contains(&o.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "parse_compat has {missing:?}, not in the table"
+    );
+}
