@@ -29,9 +29,13 @@ const FACILITY_USER: u8 = 1;
 pub fn init(level: LogLevel, syslog: bool) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.as_directive()));
+    // A log line that cannot be written is dropped: tracing-subscriber would report it with
+    // `eprintln!`, which panics when stderr is a broken pipe (its reader died), and a panic in
+    // the sandbox ends in SIGSYS. The daemon must outlive whoever reads its log.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(false);
+        .with_ansi(false)
+        .log_internal_errors(false);
     if syslog {
         match Syslog::connect() {
             Ok(writer) => {

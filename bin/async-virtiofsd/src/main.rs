@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("async-virtiofsd: error: {e}");
+            error_line(&e);
             return ExitCode::from(2);
         }
     };
@@ -36,8 +36,14 @@ fn main() -> ExitCode {
     match daemon::run(opts) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("async-virtiofsd: error: {e}");
+            error_line(&e);
             ExitCode::FAILURE
         }
     }
+}
+
+/// The one-line error on stderr; a broken stderr must not turn it into a panic.
+fn error_line(e: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "async-virtiofsd: error: {e}");
 }

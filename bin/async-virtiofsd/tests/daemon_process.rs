@@ -500,3 +500,30 @@ fn tag_is_in_the_config_space() {
     assert!(queues >= 1, "num_request_queues {queues}");
     assert_eq!(protocol_features(&[]), None, "no CONFIG without --tag");
 }
+
+/// The process that reads the daemon's stderr goes away (a supervisor that died, a closed
+/// journal pipe): logging into the broken pipe must not kill the daemon, which serves on and
+/// exits 0 when the frontend disconnects. (tracing-subscriber reports a failed write with
+/// `eprintln!`, which panics on a broken stderr; seccomp then killed the panicking daemon.)
+#[test]
+fn a_closed_stderr_does_not_kill_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("vfs.sock");
+    let mut child = Command::new(BIN)
+        .args(["--shared-dir", tmp.path().to_str().unwrap()])
+        .args(["--socket-path", sock.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains(WAITING) {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no banner");
+    }
+    drop(stderr); // the reader is gone: every log line from now on hits EPIPE
+    let conn = UnixStream::connect(&sock).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(conn);
+    assert_eq!(wait_exit(&mut child), 0, "exit code with a broken stderr");
+}
