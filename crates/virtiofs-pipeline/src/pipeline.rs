@@ -48,8 +48,8 @@ pub struct SessionReset(Arc<dyn Fn() -> bool + Send + Sync>);
 
 impl SessionReset {
     /// Waits until no request runs, then ends the live session as DESTROY would (its inodes and
-    /// handles are released; requests get `EIO` until the next INIT). Blocks the calling thread,
-    /// which must not be a tokio runtime thread. Returns whether a session was live.
+    /// handles are released; requests get `EIO` until the next INIT). Blocks the calling thread
+    /// (normally the vhost-user protocol thread). Returns whether a session was live.
     pub fn reset(&self) -> bool {
         (self.0)()
     }
