@@ -44,6 +44,9 @@ bash tests/e2e/matrix.sh "$REPO/target/debug/async-virtiofsd"
 step "libvirt starts the daemon for a domain's <filesystem> (Debian's libvirt 9.0, TCG guest)"
 bash tests/libvirt/run.sh "$REPO/target/debug/async-virtiofsd"
 
+step "Debian package: build, dpkg -i, the installed daemon serves a guest, dpkg -r"
+bash tests/package/run.sh
+
 step "soak, 60 s: mixed verified workload at depth 256 on 4 queues, DESTROY/INIT, new daemons (docs/soak.md)"
 cargo build --release -p vhost-user-fs-client --bin vhost-user-fs-soak
 target/release/vhost-user-fs-soak --daemon "$REPO/target/debug/async-virtiofsd" --duration 60s \
