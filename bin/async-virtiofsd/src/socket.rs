@@ -99,20 +99,6 @@ impl ListenSocket {
         if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
             return Err(bad("not a socket".into()));
         }
-        let mut listening: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ACCEPTCONN,
-                (&mut listening as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 || listening == 0 {
-            return Err(bad("not a listening socket".into()));
-        }
         let int_opt = |opt| {
             let mut v: libc::c_int = 0;
             let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -128,6 +114,9 @@ impl ListenSocket {
             };
             (rc == 0).then_some(v)
         };
+        if int_opt(libc::SO_ACCEPTCONN).unwrap_or(0) == 0 {
+            return Err(bad("not a listening socket".into()));
+        }
         if int_opt(libc::SO_DOMAIN) != Some(libc::AF_UNIX)
             || int_opt(libc::SO_TYPE) != Some(libc::SOCK_STREAM)
         {
@@ -188,15 +177,8 @@ impl Drop for ListenSocket {
 
 /// Removes a file with unlinkat(2): this runs under the seccomp filter (`--sandbox none`), whose
 /// allowlist has unlinkat (the guest's UNLINK) but not unlink, which `fs::remove_file` calls.
-fn unlink(path: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: a NUL-terminated path that outlives the call.
-    if unsafe { libc::unlinkat(libc::AT_FDCWD, c.as_ptr(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+fn unlink(path: &Path) -> nix::Result<()> {
+    nix::unistd::unlinkat(None, path, nix::unistd::UnlinkatFlags::NoRemoveDir)
 }
 
 /// Whether some process listens on the unix socket at `path` (in this network namespace).
