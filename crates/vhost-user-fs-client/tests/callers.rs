@@ -132,16 +132,19 @@ fn serve_as_kata(args: &[&str]) -> (Option<i32>, Vec<String>) {
     (code, logged)
 }
 
+/// Kata's Go runtime's command line (`DIR` is replaced by the share).
+const KATA_GO: &[&str] = &[
+    "--syslog",
+    "--cache=auto",
+    "--shared-dir=DIR",
+    "--fd=3",
+    "--thread-pool-size=1",
+    "--announce-submounts",
+];
+
 #[test]
 fn kata_go_runtime_command_line_serves_a_guest() {
-    let (code, logged) = serve_as_kata(&[
-        "--syslog",
-        "--cache=auto",
-        "--shared-dir=DIR",
-        "--fd=3",
-        "--thread-pool-size=1",
-        "--announce-submounts",
-    ]);
+    let (code, logged) = serve_as_kata(KATA_GO);
     assert_eq!(code, Some(0), "{logged:#?}");
     assert!(
         logged.iter().any(|m| m.contains("frontend disconnected")),
@@ -153,19 +156,10 @@ fn kata_go_runtime_command_line_serves_a_guest() {
 fn kata_runtime_rs_command_lines_serve_a_guest() {
     for handles in ["never", "prefer"] {
         let opt = format!("--inode-file-handles={handles}");
-        let (code, logged) = serve_as_kata(&[
-            "--syslog",
-            "--cache=auto",
-            "--shared-dir=DIR",
-            "--fd=3",
-            "--thread-pool-size=1",
-            "--announce-submounts",
-            "--sandbox",
-            "none",
-            "--seccomp",
-            "none",
-            &opt,
-        ]);
+        // runtime-rs: the Go runtime's line plus its own sandbox and file-handle settings.
+        let mut args = KATA_GO.to_vec();
+        args.extend(["--sandbox", "none", "--seccomp", "none", &opt]);
+        let (code, logged) = serve_as_kata(&args);
         assert_eq!(code, Some(0), "{handles}: {logged:#?}");
     }
 }
