@@ -105,12 +105,7 @@ impl GuestMemory {
         let Some(region) = self.mem.iter().nth(*plugged) else {
             return Ok(None);
         };
-        let table = self
-            .mem
-            .iter()
-            .take(*plugged + 1)
-            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).map_err(Error::Vhost))
-            .collect::<Result<Vec<_>>>()?;
+        let table = self.table(*plugged + 1)?;
         let info = *table.last().expect("the region being plugged");
         announce(&info, &table)?;
         self.alloc
@@ -129,9 +124,14 @@ impl GuestMemory {
     /// The regions as the vhost-user memory table describes them (`userspace_addr` is this
     /// process's mapping address).
     pub fn region_infos(&self) -> Result<Vec<VhostUserMemoryRegionInfo>> {
+        self.table(*self.plugged.lock().unwrap())
+    }
+
+    /// The memory-table entries of the first `n` regions.
+    fn table(&self, n: usize) -> Result<Vec<VhostUserMemoryRegionInfo>> {
         self.mem
             .iter()
-            .take(*self.plugged.lock().unwrap())
+            .take(n)
             .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).map_err(Error::Vhost))
             .collect()
     }
