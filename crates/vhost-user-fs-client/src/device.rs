@@ -374,13 +374,13 @@ impl Device {
     /// starts them) are set up and enabled. Requests still in the old rings are lost, as in a
     /// guest that reboots; the FUSE session is the backend's to end (the caller INITs again).
     pub fn reset(&mut self, how: Reset) -> Result<()> {
+        for i in 0..self.queues.len() {
+            self.set_vring_enable(i, false)?;
+        }
+        for i in 0..self.queues.len() {
+            self.get_vring_base(i)?;
+        }
         let fe = self.frontend.get_mut().unwrap();
-        for i in 0..self.queues.len() {
-            step("SET_VRING_ENABLE", fe.set_vring_enable(i, false))?;
-        }
-        for i in 0..self.queues.len() {
-            step("GET_VRING_BASE", fe.get_vring_base(i))?;
-        }
         if how == Reset::Device {
             if self.negotiated.protocol_features & VhostUserProtocolFeatures::RESET_DEVICE.bits()
                 == 0
