@@ -10,19 +10,35 @@ passed=0
 failed=0
 check() { if eval "$2"; then echo "ok - $1"; passed=$((passed + 1)); else echo "not ok - $1"; failed=$((failed + 1)); fi; }
 
+# man renders the installed page below.
+command -v man >/dev/null || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q man-db >/dev/null; }
 DEB=$(bash dist/build-deb.sh | tail -n 1)
 check "package built ($DEB)" "[ -f '$DEB' ]"
 dpkg -i "$DEB" >/dev/null
 trap 'dpkg -r async-virtiofsd >/dev/null 2>&1 || true' EXIT
 for f in /usr/libexec/async-virtiofsd /usr/share/qemu/vhost-user/50-async-virtiofsd.json \
          /lib/systemd/system/async-virtiofsd@.service /lib/systemd/system/async-virtiofsd@.socket \
-         /usr/share/man/man1/async-virtiofsd.1.gz; do
+         /usr/share/man/man1/async-virtiofsd.1.gz /usr/share/bash-completion/completions/async-virtiofsd \
+         /usr/share/zsh/vendor-completions/_async-virtiofsd /usr/share/fish/vendor_completions.d/async-virtiofsd.fish; do
     check "installed $f" "[ -e '$f' ]"
 done
 check "the discovery file names the installed binary" \
     "python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d[\"type\"]==\"fs\" and d[\"binary\"]==\"/usr/libexec/async-virtiofsd\"' /usr/share/qemu/vhost-user/50-async-virtiofsd.json"
 check "the man page documents --thread-pool-size" \
     "zcat /usr/share/man/man1/async-virtiofsd.1.gz | grep -q -- 'thread\\\\-pool\\\\-size\\|thread-pool-size'"
+check "the man page renders and has its EXIT STATUS and EXAMPLES sections" \
+    "MANWIDTH=100 man -l /usr/share/man/man1/async-virtiofsd.1.gz 2>/dev/null | grep -q '^EXIT STATUS' &&
+     MANWIDTH=100 man -l /usr/share/man/man1/async-virtiofsd.1.gz 2>/dev/null | grep -q '^EXAMPLES'"
+# What bash completion would offer after "--cach" and after "--cache=": the option, then its values.
+complete_bash() {
+    bash -c 'source /usr/share/bash-completion/completions/async-virtiofsd
+             COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
+             _async__virtiofsd "$1" "${COMP_WORDS[-1]}" "${COMP_WORDS[-2]}"; echo "${COMPREPLY[@]}"' _ "$@"
+}
+check "bash completes --cach to --cache" "complete_bash /usr/libexec/async-virtiofsd --cach | grep -qw -- --cache"
+check "bash completes the values of --cache" "complete_bash async-virtiofsd --cache '' | grep -qw metadata"
+check "bash registers the completion for the installed path" \
+    "bash -c 'source /usr/share/bash-completion/completions/async-virtiofsd; complete -p /usr/libexec/async-virtiofsd' >/dev/null"
 check "--print-capabilities of the installed binary" \
     "/usr/libexec/async-virtiofsd --print-capabilities | grep -q '\"fs\"'"
 if command -v systemd-analyze >/dev/null; then

@@ -267,6 +267,14 @@ struct Args {
     /// Log to syslog (/dev/log) instead of stderr.
     #[arg(long)]
     syslog: bool,
+
+    /// Print the man page (roff) generated from this CLI definition and exit.
+    #[arg(long, hide = true)]
+    print_man_page: bool,
+
+    /// Print a completion script for SHELL generated from this CLI definition and exit.
+    #[arg(long, value_name = "SHELL", hide = true)]
+    print_completions: Option<clap_complete::Shell>,
 }
 
 /// The daemon's settings after parsing.
@@ -374,6 +382,15 @@ where
         Err(e) => return Err(UsageError(one_line(&e))),
     };
     let args = Args::from_arg_matches(&matches).map_err(|e| UsageError(one_line(&e)))?;
+    if args.print_man_page {
+        return Ok(Parsed::Exit(crate::manual::man_page(Args::command())));
+    }
+    if let Some(shell) = args.print_completions {
+        return Ok(Parsed::Exit(crate::manual::completions(
+            Args::command(),
+            shell,
+        )));
+    }
     if args.print_capabilities {
         // Needs no share or socket: libvirt runs it to learn which command line to build.
         return Ok(Parsed::Exit(compat::capabilities_json()));

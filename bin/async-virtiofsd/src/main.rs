@@ -9,6 +9,7 @@ mod cli;
 mod compat;
 mod daemon;
 mod logging;
+mod manual;
 mod socket;
 mod systemd;
 

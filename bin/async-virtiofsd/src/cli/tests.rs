@@ -289,3 +289,43 @@ fn socket_activation_is_fd_3_and_excludes_socket_options() {
         assert!(e.contains("LISTEN_FDS") && !e.contains('\n'), "{e}");
     }
 }
+
+#[test]
+fn man_page_and_completions_list_every_visible_option_and_need_nothing_else() {
+    let page = run(&["--print-man-page"]).unwrap_err();
+    let bash = run(&["--print-completions", "bash"]).unwrap_err();
+    let mut visible = 0;
+    for arg in Args::command().get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if arg.is_hide_set() {
+            assert!(
+                !page.contains(&long.replace('-', r"\-")),
+                "hidden --{long} in the man page"
+            );
+            continue;
+        }
+        visible += 1;
+        let roff = format!(r"\-\-{}", long.replace('-', r"\-"));
+        assert!(page.contains(&roff), "--{long} missing from the man page");
+        assert!(
+            bash.contains(&format!("--{long}")),
+            "--{long} missing from bash completion"
+        );
+    }
+    assert!(visible > 30, "only {visible} options seen");
+    assert!(page.starts_with("exit: .ie"), "not roff: {}", &page[..40]);
+    for section in [
+        "NAME",
+        "OPTIONS",
+        "\"EXIT STATUS\"",
+        "ENVIRONMENT",
+        "EXAMPLES",
+    ] {
+        assert!(
+            page.contains(&format!(".SH {section}\n")),
+            "no {section} section"
+        );
+    }
+    let e = run(&["--print-completions", "tcsh"]).unwrap_err();
+    assert!(e.contains("allowed: bash"), "{e}");
+}
