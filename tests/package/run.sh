@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Debian package: build it (dist/build-deb.sh), install it with dpkg -i, check what it put
 # where, serve a real guest with the installed /usr/libexec/async-virtiofsd (e2e rig, smoke
-# mode), then remove it. Run as root on Debian 12. Ends with "package: N passed, N failed".
+# mode) and with its units under a real systemd (tests/systemd/run.sh), then remove it. Run as root on Debian 12. Ends with "package: N passed, N failed".
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -48,6 +48,8 @@ fi
 check "the installed daemon serves a guest (e2e smoke, 6.1)" \
     "bash tests/e2e/run-e2e.sh --kernel 6.1 --mode smoke --log-dir target/e2e-logs/package \
         --daemon-cmd '/usr/libexec/async-virtiofsd --socket-path={socket} --shared-dir={shared}' >target/e2e-logs/package.out 2>&1"
+check "the installed units under a real systemd (nspawn): socket activation, READY=1, two guests" \
+    "bash tests/systemd/run.sh >target/e2e-logs/systemd.out 2>&1"
 dpkg -r async-virtiofsd >/dev/null
 trap - EXIT
 check "dpkg -r removes the binary" "[ ! -e /usr/libexec/async-virtiofsd ]"
