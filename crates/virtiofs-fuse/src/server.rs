@@ -1,0 +1,261 @@
+//! The FUSE server: one request in, one reply out. Reads the header, checks it against what
+//! the chain holds, handles INIT and DESTROY, and hands every other request to
+//! [`crate::dispatch`].
+
+use crate::abi::{ext, init_flags, ExtHeader, InHeader, Opcode};
+use crate::filesystem::{Context, Errno, Filesystem};
+use crate::input::{DecodeError, Input, Memory, Segment};
+use crate::output::{Output, ReplyError};
+use crate::session::{negotiate, Init, Limits, State};
+
+/// Size of a request header.
+pub const IN_HEADER_LEN: usize = std::mem::size_of::<InHeader>();
+
+/// A request the server could not answer at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Not even a header could be read: there is no request id to reply to.
+    #[error("no request header: {0}")]
+    NoHeader(DecodeError),
+    /// The reply (even an error reply) could not be written.
+    #[error("reply to request {unique}: {error}")]
+    Reply {
+        /// The request's id.
+        unique: u64,
+        /// Why.
+        error: ReplyError,
+    },
+}
+
+/// Why a request failed, on its way to becoming an errno reply.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The filesystem's answer.
+    Errno(Errno),
+    /// The request was malformed.
+    Decode(DecodeError),
+    /// The reply did not fit.
+    Reply(ReplyError),
+}
+
+impl From<Errno> for Failure {
+    fn from(e: Errno) -> Self {
+        Failure::Errno(e)
+    }
+}
+
+impl From<DecodeError> for Failure {
+    fn from(e: DecodeError) -> Self {
+        Failure::Decode(e)
+    }
+}
+
+impl From<ReplyError> for Failure {
+    fn from(e: ReplyError) -> Self {
+        Failure::Reply(e)
+    }
+}
+
+/// What the server did with one request, for the caller's statistics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Reply bytes written (0: no reply, FORGET and BATCH_FORGET).
+    pub written: usize,
+    /// The request's opcode (None: unknown).
+    pub opcode: Option<Opcode>,
+    /// The errno the guest got (0: success).
+    pub errno: i32,
+}
+
+/// A FUSE server for one filesystem.
+pub struct Server<F> {
+    pub(crate) fs: F,
+    pub(crate) state: State,
+    limits: Limits,
+}
+
+impl<F: Filesystem> Server<F> {
+    /// A server for `fs` that offers `limits` at INIT.
+    pub fn new(fs: F, limits: Limits) -> Self {
+        Server {
+            fs,
+            state: State::default(),
+            limits,
+        }
+    }
+
+    /// The filesystem.
+    pub fn filesystem(&self) -> &F {
+        &self.fs
+    }
+
+    /// Whether a session is live (INIT done, no DESTROY since).
+    pub fn is_live(&self) -> bool {
+        self.state.is_live()
+    }
+
+    /// Ends the session without a DESTROY (the guest's driver is gone): the filesystem
+    /// forgets every node and handle. Must not run concurrently with a request.
+    pub fn end_session(&self) {
+        if self.state.end() {
+            self.fs.destroy();
+        }
+    }
+
+    /// Serves the request in `readable` and writes the reply into `writable`.
+    pub fn handle(
+        &self,
+        mem: &Memory,
+        readable: &[Segment],
+        writable: &[Segment],
+    ) -> Result<Served, ServeError> {
+        let mut input = Input::new(mem, readable);
+        let header: InHeader = input.read_obj().map_err(ServeError::NoHeader)?;
+        let mut out = Output::new(mem, writable);
+        let opcode = Opcode::from_u32(header.opcode);
+        let result = match self.parse(&header, input) {
+            Ok((ctx, mut args)) => match opcode {
+                None => Err(Failure::Errno(Errno(libc::ENOSYS))),
+                Some(op) => self.serve(op, &header, &ctx, &mut args, &mut out),
+            },
+            Err(e) => Err(Failure::Decode(e)),
+        };
+        let errno = match result {
+            Ok(()) => 0,
+            Err(Failure::Errno(Errno(e))) => e,
+            Err(Failure::Decode(e)) => {
+                tracing::debug!(
+                    unique = header.unique,
+                    opcode = header.opcode,
+                    "malformed request: {e}"
+                );
+                e.errno()
+            }
+            Err(Failure::Reply(e)) => {
+                tracing::warn!(
+                    unique = header.unique,
+                    opcode = header.opcode,
+                    "reply does not fit: {e}"
+                );
+                libc::EIO
+            }
+        };
+        if opcode.is_some_and(Opcode::has_no_reply) {
+            return Ok(Served {
+                written: 0,
+                opcode,
+                errno,
+            });
+        }
+        if errno != 0 {
+            out.reply_error(header.unique, errno)
+                .map_err(|error| ServeError::Reply {
+                    unique: header.unique,
+                    error,
+                })?;
+        }
+        Ok(Served {
+            written: out.written(),
+            opcode,
+            errno,
+        })
+    }
+
+    /// Checks the header against the chain and splits the request into its arguments and
+    /// its extensions (the caller's supplementary group).
+    fn parse<'a>(
+        &self,
+        h: &InHeader,
+        mut input: Input<'a>,
+    ) -> Result<(Context, Input<'a>), DecodeError> {
+        let body = (h.len as usize)
+            .checked_sub(IN_HEADER_LEN)
+            .ok_or(DecodeError::Invalid(
+                "header length below the header's size",
+            ))?;
+        input.limit(body)?;
+        let ext_len = usize::from(h.total_extlen) * 8;
+        let args_len = body
+            .checked_sub(ext_len)
+            .ok_or(DecodeError::Invalid("extensions longer than the request"))?;
+        let args = input.take(args_len)?;
+        let mut ctx = Context {
+            unique: h.unique,
+            uid: h.uid,
+            gid: h.gid,
+            pid: h.pid,
+            supp_group: None,
+        };
+        if ext_len > 0 && self.state.has(init_flags::CREATE_SUPP_GROUP) {
+            ctx.supp_group = supp_group(&mut input)?;
+        }
+        Ok((ctx, args))
+    }
+
+    fn serve(
+        &self,
+        op: Opcode,
+        h: &InHeader,
+        ctx: &Context,
+        args: &mut Input<'_>,
+        out: &mut Output<'_>,
+    ) -> Result<(), Failure> {
+        match op {
+            Opcode::Init => self.init(h, args, out),
+            // The kernel sends nothing before INIT; a fuzzer or a broken driver might.
+            _ if !self.state.is_live() => Err(Errno(libc::EIO).into()),
+            Opcode::Destroy => {
+                self.end_session();
+                crate::dispatch::empty(h.unique, out)
+            }
+            _ => crate::dispatch::dispatch(self, op, h, ctx, args, out),
+        }
+    }
+
+    fn init(
+        &self,
+        h: &InHeader,
+        args: &mut Input<'_>,
+        out: &mut Output<'_>,
+    ) -> Result<(), Failure> {
+        // Guests before 7.36 send the first 16 bytes only.
+        let arg = args.read_obj_prefix(args.remaining())?;
+        if self.state.is_live() {
+            // A new driver (guest reboot, kexec, rebind): the old session is over.
+            tracing::info!("FUSE_INIT in a live session: the previous session ends");
+            self.end_session();
+        }
+        match negotiate(&arg, &self.limits, |capable| self.fs.init(capable))? {
+            Init::Downgrade(reply) => crate::dispatch::reply_obj(h.unique, out, &reply),
+            Init::Ready(reply, agreed) => {
+                crate::dispatch::reply_obj(h.unique, out, &reply)?;
+                tracing::info!(
+                    minor = agreed.minor,
+                    max_write = agreed.max_write,
+                    "FUSE session started; flags: {}",
+                    init_flags::describe(agreed.flags)
+                );
+                self.state.start(&agreed);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The first supplementary group in the request's extensions (the kernel sends one: the new
+/// file's parent directory's group, when the caller is in it).
+fn supp_group(input: &mut Input<'_>) -> Result<Option<u32>, DecodeError> {
+    while input.remaining() >= std::mem::size_of::<ExtHeader>() {
+        let eh: ExtHeader = input.read_obj()?;
+        let len = (eh.size as usize)
+            .checked_sub(std::mem::size_of::<ExtHeader>())
+            .filter(|n| n % 8 == 0)
+            .ok_or(DecodeError::Invalid("extension length"))?;
+        let mut body = input.take(len)?;
+        if eh.typ == ext::GROUPS {
+            let n: u32 = body.read_obj()?;
+            return Ok(if n >= 1 { Some(body.read_obj()?) } else { None });
+        }
+    }
+    Ok(None)
+}

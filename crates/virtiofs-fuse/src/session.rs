@@ -1,0 +1,251 @@
+//! FUSE_INIT: what a guest and this server agree on, and the session state every later request
+//! reads (protocol minor, flags, write size).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use crate::abi::{
+    init_flags as f, InitIn, InitOut, KERNEL_MINOR_VERSION, KERNEL_VERSION,
+    MIN_KERNEL_MINOR_VERSION,
+};
+use crate::filesystem::{Errno, Result};
+
+/// The guest page size the kernel's `max_pages` counts in.
+pub const PAGE_SIZE: u32 = 4096;
+/// Pages per request a kernel without MAX_PAGES uses (`FUSE_DEFAULT_MAX_PAGES_PER_REQ`).
+const DEFAULT_MAX_PAGES: u32 = 32;
+
+/// Flags the server implements itself, whatever the filesystem wants: large requests and the
+/// second flags word.
+const SERVER_FLAGS: u64 = f::BIG_WRITES | f::MAX_PAGES | f::INIT_EXT;
+/// Flags never agreed to: features that need what a virtio-fs server does not have (a DAX
+/// window, a /dev/fuse fd for passthrough or io_uring, splice, id-mapped mounts).
+const NEVER: u64 = f::SPLICE_WRITE
+    | f::SPLICE_MOVE
+    | f::SPLICE_READ
+    | f::MAP_ALIGNMENT
+    | f::HAS_INODE_DAX
+    | f::PASSTHROUGH
+    | f::OVER_IO_URING
+    | f::ALLOW_IDMAP
+    | f::INIT_RESERVED;
+
+/// Limits the server offers in INIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most pages of data in one READ or WRITE (the request's buffers must fit the queue's
+    /// descriptors: a queue of N descriptors carries at most about N - 4 pages).
+    pub max_pages: u16,
+    /// Background requests (readahead, async writes) the guest may queue.
+    pub max_background: u16,
+    /// Background requests above which the guest throttles.
+    pub congestion_threshold: u16,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pages: 256, // 1 MiB
+            max_background: 512,
+            congestion_threshold: 384,
+        }
+    }
+}
+
+/// What INIT agreed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agreed {
+    /// Protocol minor version of the session.
+    pub minor: u32,
+    /// INIT flags both sides use.
+    pub flags: u64,
+    /// Largest WRITE payload.
+    pub max_write: u32,
+    /// Largest READ the guest will send, in pages.
+    pub max_pages: u32,
+}
+
+/// The outcome of an INIT request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Init {
+    /// A session begins with this reply.
+    Ready(InitOut, Agreed),
+    /// The guest speaks a newer major version: reply with ours only, it retries with 7.
+    Downgrade(InitOut),
+}
+
+/// Negotiates INIT. `wanted` is the filesystem's answer to what the guest is capable of.
+pub fn negotiate(
+    arg: &InitIn,
+    limits: &Limits,
+    wanted: impl FnOnce(u64) -> Result<u64>,
+) -> Result<Init> {
+    if arg.major > KERNEL_VERSION {
+        return Ok(Init::Downgrade(InitOut {
+            major: KERNEL_VERSION,
+            minor: KERNEL_MINOR_VERSION,
+            ..Default::default()
+        }));
+    }
+    if arg.major < KERNEL_VERSION || arg.minor < MIN_KERNEL_MINOR_VERSION {
+        return Err(Errno(libc::EPROTO));
+    }
+    let mut capable = u64::from(arg.flags);
+    if capable & f::INIT_EXT != 0 {
+        capable |= u64::from(arg.flags2) << 32;
+    }
+    let fs_wants = wanted(capable)?;
+    let flags = capable & (fs_wants | SERVER_FLAGS) & !NEVER;
+    let max_pages = if flags & f::MAX_PAGES != 0 {
+        u32::from(limits.max_pages.max(1))
+    } else {
+        DEFAULT_MAX_PAGES.min(u32::from(limits.max_pages.max(1)))
+    };
+    let max_write = max_pages * PAGE_SIZE;
+    let out = InitOut {
+        major: KERNEL_VERSION,
+        minor: arg.minor.min(KERNEL_MINOR_VERSION),
+        max_readahead: arg.max_readahead,
+        flags: flags as u32,
+        max_background: limits.max_background,
+        congestion_threshold: limits.congestion_threshold,
+        max_write,
+        time_gran: 1,
+        max_pages: if flags & f::MAX_PAGES != 0 {
+            max_pages as u16
+        } else {
+            0
+        },
+        flags2: if flags & f::INIT_EXT != 0 {
+            (flags >> 32) as u32
+        } else {
+            0
+        },
+        ..Default::default()
+    };
+    let agreed = Agreed {
+        minor: out.minor,
+        flags,
+        max_write,
+        max_pages,
+    };
+    Ok(Init::Ready(out, agreed))
+}
+
+/// The session state requests read: set by INIT, cleared by DESTROY. The server's callers
+/// never run INIT or DESTROY concurrently with other requests (the pipeline's gate), which
+/// orders these plain relaxed atomics.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    live: AtomicBool,
+    minor: AtomicU32,
+    flags: AtomicU64,
+    max_write: AtomicU32,
+}
+
+impl State {
+    pub(crate) fn start(&self, a: &Agreed) {
+        self.minor.store(a.minor, Ordering::Relaxed);
+        self.flags.store(a.flags, Ordering::Relaxed);
+        self.max_write.store(a.max_write, Ordering::Relaxed);
+        self.live.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn end(&self) -> bool {
+        self.live.swap(false, Ordering::AcqRel)
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn has(&self, flag: u64) -> bool {
+        self.flags.load(Ordering::Relaxed) & flag != 0
+    }
+
+    pub(crate) fn max_write(&self) -> u32 {
+        self.max_write.load(Ordering::Relaxed)
+    }
+
+    #[allow(dead_code)] // read by decoders of structs that grew with the protocol
+    pub(crate) fn minor(&self) -> u32 {
+        self.minor.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init(minor: u32, flags: u64) -> InitIn {
+        InitIn {
+            major: 7,
+            minor,
+            max_readahead: 128 << 10,
+            flags: flags as u32,
+            flags2: (flags >> 32) as u32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn agrees_on_what_both_sides_have_and_sizes_writes_by_max_pages() {
+        let guest = f::ASYNC_READ
+            | f::BIG_WRITES
+            | f::MAX_PAGES
+            | f::INIT_EXT
+            | f::POSIX_LOCKS
+            | f::CREATE_SUPP_GROUP
+            | f::MAP_ALIGNMENT
+            | f::SPLICE_READ;
+        let fs = f::ASYNC_READ | f::CREATE_SUPP_GROUP | f::MAP_ALIGNMENT | f::WRITEBACK_CACHE;
+        let Init::Ready(out, agreed) = negotiate(&init(38, guest), &Limits::default(), |c| {
+            assert_eq!(c, guest);
+            Ok(fs)
+        })
+        .unwrap() else {
+            panic!("not ready")
+        };
+        let expect =
+            f::ASYNC_READ | f::BIG_WRITES | f::MAX_PAGES | f::INIT_EXT | f::CREATE_SUPP_GROUP;
+        assert_eq!(agreed.flags, expect, "{}", f::describe(agreed.flags));
+        assert_eq!(
+            (out.flags, out.flags2),
+            (expect as u32, (expect >> 32) as u32)
+        );
+        assert_eq!((out.max_pages, out.max_write), (256, 1 << 20));
+        assert_eq!((out.minor, out.max_readahead), (38, 128 << 10));
+    }
+
+    #[test]
+    fn old_and_new_guests() {
+        let Init::Ready(out, agreed) =
+            negotiate(&init(27, f::BIG_WRITES), &Limits::default(), |_| Ok(0)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((out.max_pages, agreed.max_write), (0, 32 * 4096));
+        assert_eq!(out.flags2, 0, "no flags2 without INIT_EXT");
+        let Init::Ready(out, _) = negotiate(&init(99, 0), &Limits::default(), |_| Ok(0)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(out.minor, KERNEL_MINOR_VERSION);
+        assert_eq!(
+            negotiate(&init(26, 0), &Limits::default(), |_| Ok(0)),
+            Err(Errno(libc::EPROTO))
+        );
+        let mut v8 = init(0, 0);
+        v8.major = 8;
+        assert!(
+            matches!(negotiate(&v8, &Limits::default(), |_| Ok(0)), Ok(Init::Downgrade(o)) if o.major == 7)
+        );
+        let mut v6 = init(38, 0);
+        v6.major = 6;
+        assert_eq!(
+            negotiate(&v6, &Limits::default(), |_| Ok(0)),
+            Err(Errno(libc::EPROTO))
+        );
+        let failing = negotiate(&init(38, 0), &Limits::default(), |_| Err(Errno(libc::EIO)));
+        assert_eq!(failing, Err(Errno(libc::EIO)));
+    }
+}
