@@ -42,6 +42,11 @@ impl<'o, 'm> DirSink<'o, 'm> {
         self.plus
     }
 
+    /// Bytes the reply may still take.
+    pub fn room(&self) -> usize {
+        self.room
+    }
+
     /// Entries added so far.
     pub fn len(&self) -> usize {
         self.added

@@ -313,9 +313,11 @@ pub trait Filesystem: Send + Sync {
     ) -> Result<(Entry, Opened)> {
         Err(Errno(libc::ENOSYS))
     }
-    /// IOCTL; `data` is the caller's input, `arg.out_size` the most it may get back.
+    /// IOCTL; `data` is the caller's input, `arg.out_size` the most it may get back. The
+    /// default is ENOTTY, what ioctl(2) gives for a file without ioctls (the kernel turns an
+    /// ENOSYS into that too: "ENOSYS shouldn't be returned from fs").
     fn ioctl(&self, ctx: &Context, nodeid: u64, arg: &IoctlIn, data: &[u8]) -> Result<IoctlReply> {
-        Err(Errno(libc::ENOSYS))
+        Err(Errno(libc::ENOTTY))
     }
     /// POLL: the ready events.
     fn poll(&self, ctx: &Context, nodeid: u64, arg: &PollIn) -> Result<u32> {

@@ -8,6 +8,10 @@ use crate::input::{DecodeError, Input, Memory, Segment};
 use crate::output::{Output, ReplyError};
 use crate::session::{negotiate, Init, Limits, State};
 
+/// The first `fuse_init_in` layout (major, minor, max_readahead, flags), before 7.36 added
+/// `flags2`.
+const INIT_IN_COMPAT_LEN: usize = 16;
+
 /// Size of a request header.
 pub const IN_HEADER_LEN: usize = std::mem::size_of::<InHeader>();
 
@@ -87,6 +91,11 @@ impl<F: Filesystem> Server<F> {
     /// The filesystem.
     pub fn filesystem(&self) -> &F {
         &self.fs
+    }
+
+    /// The filesystem, to configure before serving.
+    pub fn filesystem_mut(&mut self) -> &mut F {
+        &mut self.fs
     }
 
     /// Whether a session is live (INIT done, no DESTROY since).
@@ -202,12 +211,13 @@ impl<F: Filesystem> Server<F> {
     ) -> Result<(), Failure> {
         match op {
             Opcode::Init => self.init(h, args, out),
-            // The kernel sends nothing before INIT; a fuzzer or a broken driver might.
-            _ if !self.state.is_live() => Err(Errno(libc::EIO).into()),
+            // Ends the session if there is one; without one there is nothing to end.
             Opcode::Destroy => {
                 self.end_session();
                 crate::dispatch::empty(h.unique, out)
             }
+            // The kernel sends nothing before INIT; a fuzzer or a broken driver might.
+            _ if !self.state.is_live() => Err(Errno(libc::EIO).into()),
             _ => crate::dispatch::dispatch(self, op, h, ctx, args, out),
         }
     }
@@ -218,7 +228,10 @@ impl<F: Filesystem> Server<F> {
         args: &mut Input<'_>,
         out: &mut Output<'_>,
     ) -> Result<(), Failure> {
-        // Guests before 7.36 send the first 16 bytes only.
+        // Guests before 7.36 send the first 16 bytes only; fewer is no INIT at all.
+        if args.remaining() < INIT_IN_COMPAT_LEN {
+            return Err(DecodeError::Invalid("fuse_init_in shorter than 16 bytes").into());
+        }
         let arg = args.read_obj_prefix(args.remaining())?;
         if self.state.is_live() {
             // A new driver (guest reboot, kexec, rebind): the old session is over.

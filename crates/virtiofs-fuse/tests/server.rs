@@ -643,7 +643,10 @@ fn destroy_and_a_second_init_end_the_session() {
     assert_eq!(g.server.filesystem().seen.lock().unwrap().destroys, 2);
     assert_eq!(g.send(Opcode::Lookup, 1, b"hello\0").error, -libc::EIO);
     g.server.end_session(); // no session: nothing to destroy
+    assert_eq!(g.send(Opcode::Destroy, 0, &[]).error, 0, "DESTROY without a session: harmless");
     assert_eq!(g.server.filesystem().seen.lock().unwrap().destroys, 2);
+    let short_init = g.send(Opcode::Init, 0, &[7, 0, 0, 0, 38, 0, 0, 0]);
+    assert_eq!(short_init.error, -libc::EINVAL, "fuse_init_in of 8 bytes");
 }
 
 #[test]
@@ -705,12 +708,12 @@ fn every_opcode_the_filesystem_does_not_serve_is_enosys() {
         Opcode::SetupMapping,
         Opcode::Lseek,
         Opcode::Poll,
-        Opcode::Ioctl,
         Opcode::Fallocate,
     ] {
         let r = g.send(op, 2, &[0; 64]);
         assert_eq!(r.error, -libc::ENOSYS, "{op:?}");
     }
+    assert_eq!(g.send(Opcode::Ioctl, 2, &[0; 64]).error, -libc::ENOTTY);
 }
 
 /// Random requests, valid headers with random bodies and random bytes, must all be answered or

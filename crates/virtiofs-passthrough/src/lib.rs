@@ -1,26 +1,26 @@
 //! The shared directory as a FUSE filesystem.
 //!
-//! fuse-backend-rs provides the FUSE server and the passthrough filesystem; this crate maps the
-//! daemon's options onto them ([`ShareOptions`] → [`Share`]) and applies the one negotiation
-//! choice the library does not expose (`--no-readdirplus`). It also refuses requests that would
-//! take the guest past its file-descriptor quota ([`FdQuota`]).
+//! Our FUSE server (`virtiofs-fuse`) answers the requests; the filesystem behind it is still
+//! fuse-backend-rs's passthrough, translated in [`borrowed`], with the daemon's options mapped
+//! onto it ([`ShareOptions`] → [`Share`]). Requests that would take the guest past its
+//! file-descriptor quota are refused ([`FdQuota`]).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod borrowed;
 mod fd_quota;
+mod guest_io;
 pub use fd_quota::FdQuota;
 
-use fuse_backend_rs::abi::fuse_abi::{FsOptions, InitOut, Opcode, OutHeader};
-use fuse_backend_rs::api::filesystem::FileSystem;
-use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
-use virtiofs_pipeline::request::{
-    peek_in_header, read_reply_prefix, reply_error, write_reply_prefix,
-};
-use virtiofs_pipeline::{serve_with, Chain, FuseHandler, HandleError};
+use smallvec::SmallVec;
+use virtiofs_fuse::{Limits, Segment, ServeError, Server};
+use virtiofs_pipeline::{Chain, FuseHandler, HandleError};
+
+use crate::borrowed::Borrowed;
 
 /// Guest caching policy (`--cache`), with the Rust virtiofsd's timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,11 +135,7 @@ pub fn check_shared_dir(path: &Path) -> Result<PathBuf, ShareError> {
 
 /// The FUSE server over the shared directory.
 pub struct Share {
-    server: Server<Arc<PassthroughFs>>,
-    // The server's filesystem, for ending a session without a DESTROY request.
-    fs: Arc<PassthroughFs>,
-    readdirplus: bool,
-    fd_quota: Option<FdQuota>,
+    server: Server<Borrowed>,
 }
 
 /// A share whose filesystem object exists (it holds /proc/self/fd) but whose root is not open
@@ -195,21 +191,8 @@ impl Share {
             path: PathBuf::from("(fd quota)"),
             source,
         })?;
-        self.fd_quota = Some(quota);
+        self.server.filesystem_mut().fd_quota = Some(quota);
         Ok(self)
-    }
-
-    /// Clears READDIRPLUS from a successful INIT reply when it is turned off.
-    fn restrict_init_reply(&self, chain: &Chain) {
-        let mut buf = [0u8; std::mem::size_of::<OutHeader>() + std::mem::size_of::<InitOut>()];
-        if !read_reply_prefix(chain, &mut buf) {
-            return; // older guests send a shorter InitOut; nothing we can patch
-        }
-        let flags_at = std::mem::size_of::<OutHeader>() + std::mem::offset_of!(InitOut, flags);
-        let mut flags = u32::from_ne_bytes(buf[flags_at..flags_at + 4].try_into().unwrap());
-        flags &= !(FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO).bits() as u32;
-        buf[flags_at..flags_at + 4].copy_from_slice(&flags.to_ne_bytes());
-        write_reply_prefix(chain, &buf);
     }
 }
 
@@ -220,42 +203,44 @@ impl PreparedShare {
             path: self.root.clone(),
             source,
         })?;
-        let fs = Arc::new(self.fs);
-        Ok(Share {
-            server: Server::new(fs.clone()),
-            fs,
+        let fs = Borrowed {
+            fs: Arc::new(self.fs),
             readdirplus: self.readdirplus,
             fd_quota: None,
+        };
+        Ok(Share {
+            server: Server::new(fs, Limits::default()),
         })
     }
 }
 
 impl FuseHandler for Share {
     fn handle(&self, chain: &Chain) -> Result<usize, HandleError> {
-        if let (Some(quota), Some(header)) = (&self.fd_quota, peek_in_header(chain)) {
-            if FdQuota::opens_descriptors(header.opcode) && quota.exhausted() {
-                tracing::debug!(
-                    "fd quota of {} reached: EMFILE for opcode {}",
-                    quota.limit(),
-                    header.opcode
-                );
-                return reply_error(chain, header.unique, libc::EMFILE)
-                    .ok_or_else(|| HandleError::Chain("no room for a reply header".into()));
+        // One walk of the chain: the server reads the request and writes the reply by segment.
+        let mut readable: SmallVec<[Segment; 8]> = SmallVec::new();
+        let mut writable: SmallVec<[Segment; 8]> = SmallVec::new();
+        for d in chain.clone() {
+            let seg = Segment {
+                addr: d.addr(),
+                len: d.len(),
+            };
+            if d.is_write_only() {
+                writable.push(seg);
+            } else {
+                readable.push(seg);
             }
         }
-        let written = serve_with(&self.server, chain)?;
-        if !self.readdirplus
-            && peek_in_header(chain).is_some_and(|h| h.opcode == Opcode::Init as u32)
-        {
-            self.restrict_init_reply(chain);
+        match self.server.handle(chain.memory(), &readable, &writable) {
+            Ok(served) => Ok(served.written),
+            Err(e @ ServeError::NoHeader(_)) => Err(HandleError::Request(e.to_string())),
+            Err(e @ ServeError::Reply { .. }) => Err(HandleError::Server(e.to_string())),
         }
-        Ok(written)
     }
 
     fn end_session(&self) {
         // What DESTROY runs: every inode and handle is dropped (their fds closed) and the root
-        // is imported again for the next INIT.
-        self.fs.destroy();
+        // is imported again at the next INIT.
+        self.server.end_session();
     }
 }
 
