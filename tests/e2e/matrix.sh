@@ -132,7 +132,7 @@ check_daemon_log() {
         echo "    not ok - the guest never sent READDIRPLUS"; ok=1
     fi
     if [[ $opts == *--writeback* ]]; then
-        log_has 'out_opts:.*WRITEBACK_CACHE' "--writeback: WRITEBACK_CACHE negotiated" \
+        log_has 'FUSE session started; agreed:.*WRITEBACK_CACHE' "--writeback: WRITEBACK_CACHE negotiated" \
             "--writeback: WRITEBACK_CACHE not negotiated"
     fi
     if [[ $opts == *"--mem 5G"* ]]; then

@@ -245,8 +245,9 @@ impl<F: Filesystem> Server<F> {
                 tracing::info!(
                     minor = agreed.minor,
                     max_write = agreed.max_write,
-                    "FUSE session started; flags: {}",
-                    init_flags::describe(agreed.flags)
+                    "FUSE session started; agreed: {}; the guest offered: {}",
+                    init_flags::describe(agreed.flags),
+                    init_flags::describe(agreed.offered)
                 );
                 self.state.start(&agreed);
                 Ok(())

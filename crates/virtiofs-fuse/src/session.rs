@@ -54,6 +54,8 @@ impl Default for Limits {
 /// What INIT agreed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Agreed {
+    /// INIT flags the guest offered.
+    pub offered: u64,
     /// Protocol minor version of the session.
     pub minor: u32,
     /// INIT flags both sides use.
@@ -123,6 +125,7 @@ pub fn negotiate(
         ..Default::default()
     };
     let agreed = Agreed {
+        offered: capable,
         minor: out.minor,
         flags,
         max_write,

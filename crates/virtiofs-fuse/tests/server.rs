@@ -643,7 +643,11 @@ fn destroy_and_a_second_init_end_the_session() {
     assert_eq!(g.server.filesystem().seen.lock().unwrap().destroys, 2);
     assert_eq!(g.send(Opcode::Lookup, 1, b"hello\0").error, -libc::EIO);
     g.server.end_session(); // no session: nothing to destroy
-    assert_eq!(g.send(Opcode::Destroy, 0, &[]).error, 0, "DESTROY without a session: harmless");
+    assert_eq!(
+        g.send(Opcode::Destroy, 0, &[]).error,
+        0,
+        "DESTROY without a session: harmless"
+    );
     assert_eq!(g.server.filesystem().seen.lock().unwrap().destroys, 2);
     let short_init = g.send(Opcode::Init, 0, &[7, 0, 0, 0, 38, 0, 0, 0]);
     assert_eq!(short_init.error, -libc::EINVAL, "fuse_init_in of 8 bytes");

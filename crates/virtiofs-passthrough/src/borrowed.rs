@@ -32,11 +32,8 @@ type Result<T> = std::result::Result<T, Errno>;
 /// writeback when configured). PARALLEL_DIROPS and ASYNC_READ: the library's inode and handle
 /// maps are shared-locked, so concurrent lookups, readdirs and reads in one directory or file are
 /// safe, as in the Rust virtiofsd, which descends from the same code.
-const SERVED: u64 = f::ASYNC_READ
-    | f::PARALLEL_DIROPS
-    | f::ATOMIC_O_TRUNC
-    | f::AUTO_INVAL_DATA
-    | f::ASYNC_DIO;
+const SERVED: u64 =
+    f::ASYNC_READ | f::PARALLEL_DIROPS | f::ATOMIC_O_TRUNC | f::AUTO_INVAL_DATA | f::ASYNC_DIO;
 /// Flags taken from the library's own INIT answer.
 const FROM_LIBRARY: u64 = f::DO_READDIRPLUS | f::READDIRPLUS_AUTO | f::WRITEBACK_CACHE;
 /// The largest xattr value or list (`XATTR_SIZE_MAX`, `XATTR_LIST_MAX`).
@@ -149,7 +146,10 @@ impl Filesystem for Borrowed {
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &Name) -> Result<Entry> {
         self.quota()?;
-        let e = self.fs.lookup(&lib_ctx(ctx), parent, name.as_cstr()).map_err(errno)?;
+        let e = self
+            .fs
+            .lookup(&lib_ctx(ctx), parent, name.as_cstr())
+            .map_err(errno)?;
         Ok(entry(e))
     }
 
@@ -164,7 +164,10 @@ impl Filesystem for Borrowed {
 
     fn getattr(&self, ctx: &Context, nodeid: u64, fh: Option<u64>) -> Result<AttrReply> {
         let (st, valid) = self.fs.getattr(&lib_ctx(ctx), nodeid, fh).map_err(errno)?;
-        Ok(AttrReply { attr: attr(&st, 0), valid })
+        Ok(AttrReply {
+            attr: attr(&st, 0),
+            valid,
+        })
     }
 
     fn setattr(&self, ctx: &Context, nodeid: u64, arg: &SetattrIn) -> Result<AttrReply> {
@@ -186,7 +189,10 @@ impl Filesystem for Borrowed {
             .fs
             .setattr(&lib_ctx(ctx), nodeid, st, fh, valid)
             .map_err(errno)?;
-        Ok(AttrReply { attr: attr(&st, 0), valid })
+        Ok(AttrReply {
+            attr: attr(&st, 0),
+            valid,
+        })
     }
 
     fn readlink(&self, ctx: &Context, nodeid: u64) -> Result<Vec<u8>> {
@@ -203,7 +209,15 @@ impl Filesystem for Borrowed {
         Ok(entry(e))
     }
 
-    fn mknod(&self, ctx: &Context, parent: u64, name: &Name, mode: u32, rdev: u32, umask: u32) -> Result<Entry> {
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &Name,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> Result<Entry> {
         self.quota()?;
         let e = self
             .fs
@@ -212,7 +226,14 @@ impl Filesystem for Borrowed {
         Ok(entry(e))
     }
 
-    fn mkdir(&self, ctx: &Context, parent: u64, name: &Name, mode: u32, umask: u32) -> Result<Entry> {
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &Name,
+        mode: u32,
+        umask: u32,
+    ) -> Result<Entry> {
         self.quota()?;
         let e = self
             .fs
@@ -222,16 +243,35 @@ impl Filesystem for Borrowed {
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &Name) -> Result<()> {
-        self.fs.unlink(&lib_ctx(ctx), parent, name.as_cstr()).map_err(errno)
+        self.fs
+            .unlink(&lib_ctx(ctx), parent, name.as_cstr())
+            .map_err(errno)
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &Name) -> Result<()> {
-        self.fs.rmdir(&lib_ctx(ctx), parent, name.as_cstr()).map_err(errno)
+        self.fs
+            .rmdir(&lib_ctx(ctx), parent, name.as_cstr())
+            .map_err(errno)
     }
 
-    fn rename(&self, ctx: &Context, olddir: u64, oldname: &Name, newdir: u64, newname: &Name, flags: u32) -> Result<()> {
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &Name,
+        newdir: u64,
+        newname: &Name,
+        flags: u32,
+    ) -> Result<()> {
         self.fs
-            .rename(&lib_ctx(ctx), olddir, oldname.as_cstr(), newdir, newname.as_cstr(), flags)
+            .rename(
+                &lib_ctx(ctx),
+                olddir,
+                oldname.as_cstr(),
+                newdir,
+                newname.as_cstr(),
+                flags,
+            )
             .map_err(errno)
     }
 
@@ -253,17 +293,38 @@ impl Filesystem for Borrowed {
         Ok(opened(handle, opts))
     }
 
-    fn read(&self, ctx: &Context, nodeid: u64, arg: &ReadIn, dst: &[GuestSlice<'_>]) -> Result<usize> {
+    fn read(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &ReadIn,
+        dst: &[GuestSlice<'_>],
+    ) -> Result<usize> {
         let capacity: usize = dst.iter().map(|s| s.len()).sum();
         let mut w = GuestWriter::new(dst);
         let lock_owner = (arg.read_flags & flags::READ_LOCKOWNER != 0).then_some(arg.lock_owner);
         self.fs
-            .read(&lib_ctx(ctx), nodeid, arg.fh, &mut w, capacity as u32, arg.offset, lock_owner, rw_flags(arg.flags))
+            .read(
+                &lib_ctx(ctx),
+                nodeid,
+                arg.fh,
+                &mut w,
+                capacity as u32,
+                arg.offset,
+                lock_owner,
+                rw_flags(arg.flags),
+            )
             .map_err(errno)?;
         Ok(w.written(capacity))
     }
 
-    fn write(&self, ctx: &Context, nodeid: u64, arg: &WriteIn, src: &[GuestSlice<'_>]) -> Result<usize> {
+    fn write(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &WriteIn,
+        src: &[GuestSlice<'_>],
+    ) -> Result<usize> {
         let mut r = GuestReader::new(src);
         let delayed = arg.write_flags & flags::WRITE_CACHE != 0;
         let lock_owner = (arg.write_flags & flags::WRITE_LOCKOWNER != 0).then_some(arg.lock_owner);
@@ -303,15 +364,33 @@ impl Filesystem for Borrowed {
         let flock = arg.release_flags & flags::RELEASE_FLOCK_UNLOCK != 0;
         let lock_owner = (flush || flock).then_some(arg.lock_owner);
         self.fs
-            .release(&lib_ctx(ctx), nodeid, arg.flags, arg.fh, flush, flock, lock_owner)
+            .release(
+                &lib_ctx(ctx),
+                nodeid,
+                arg.flags,
+                arg.fh,
+                flush,
+                flock,
+                lock_owner,
+            )
             .map_err(errno)
     }
 
     fn fsync(&self, ctx: &Context, nodeid: u64, fh: u64, datasync: bool) -> Result<()> {
-        self.fs.fsync(&lib_ctx(ctx), nodeid, datasync, fh).map_err(errno)
+        self.fs
+            .fsync(&lib_ctx(ctx), nodeid, datasync, fh)
+            .map_err(errno)
     }
 
-    fn setxattr(&self, ctx: &Context, nodeid: u64, name: &Name, value: &[u8], flags: u32, _: u32) -> Result<()> {
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        name: &Name,
+        value: &[u8],
+        flags: u32,
+        _: u32,
+    ) -> Result<()> {
         self.fs
             .setxattr(&lib_ctx(ctx), nodeid, name.as_cstr(), value, flags)
             .map_err(errno)
@@ -346,7 +425,9 @@ impl Filesystem for Borrowed {
     }
 
     fn flush(&self, ctx: &Context, nodeid: u64, fh: u64, lock_owner: u64) -> Result<()> {
-        self.fs.flush(&lib_ctx(ctx), nodeid, fh, lock_owner).map_err(errno)
+        self.fs
+            .flush(&lib_ctx(ctx), nodeid, fh, lock_owner)
+            .map_err(errno)
     }
 
     fn opendir(&self, ctx: &Context, nodeid: u64, flags: u32) -> Result<Opened> {
@@ -358,7 +439,14 @@ impl Filesystem for Borrowed {
         Ok(opened(handle, opts))
     }
 
-    fn readdir(&self, ctx: &Context, nodeid: u64, fh: u64, offset: u64, out: &mut DirSink<'_, '_>) -> Result<()> {
+    fn readdir(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        out: &mut DirSink<'_, '_>,
+    ) -> Result<()> {
         // The library reads `size` bytes of host entries (and allocates that much), then stops
         // at the first entry that does not fit the reply (a returned size of 0).
         let size = out.room() as u32;
@@ -383,18 +471,28 @@ impl Filesystem for Borrowed {
     }
 
     fn releasedir(&self, ctx: &Context, nodeid: u64, fh: u64, flags: u32) -> Result<()> {
-        self.fs.releasedir(&lib_ctx(ctx), nodeid, flags, fh).map_err(errno)
+        self.fs
+            .releasedir(&lib_ctx(ctx), nodeid, flags, fh)
+            .map_err(errno)
     }
 
     fn fsyncdir(&self, ctx: &Context, nodeid: u64, fh: u64, datasync: bool) -> Result<()> {
-        self.fs.fsyncdir(&lib_ctx(ctx), nodeid, datasync, fh).map_err(errno)
+        self.fs
+            .fsyncdir(&lib_ctx(ctx), nodeid, datasync, fh)
+            .map_err(errno)
     }
 
     fn access(&self, ctx: &Context, nodeid: u64, mask: u32) -> Result<()> {
         self.fs.access(&lib_ctx(ctx), nodeid, mask).map_err(errno)
     }
 
-    fn create(&self, ctx: &Context, parent: u64, name: &Name, arg: &CreateIn) -> Result<(Entry, Opened)> {
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &Name,
+        arg: &CreateIn,
+    ) -> Result<(Entry, Opened)> {
         self.quota()?;
         let (e, handle, opts, _) = self
             .fs
@@ -405,12 +503,21 @@ impl Filesystem for Borrowed {
 
     fn fallocate(&self, ctx: &Context, nodeid: u64, arg: &FallocateIn) -> Result<()> {
         self.fs
-            .fallocate(&lib_ctx(ctx), nodeid, arg.fh, arg.mode, arg.offset, arg.length)
+            .fallocate(
+                &lib_ctx(ctx),
+                nodeid,
+                arg.fh,
+                arg.mode,
+                arg.offset,
+                arg.length,
+            )
             .map_err(errno)
     }
 
     fn lseek(&self, ctx: &Context, nodeid: u64, fh: u64, offset: u64, whence: u32) -> Result<u64> {
-        self.fs.lseek(&lib_ctx(ctx), nodeid, fh, offset, whence).map_err(errno)
+        self.fs
+            .lseek(&lib_ctx(ctx), nodeid, fh, offset, whence)
+            .map_err(errno)
     }
 
     fn copy_file_range(&self, _: &Context, _: u64, _: &CopyFileRangeIn) -> Result<u64> {

@@ -71,7 +71,10 @@ impl<'s, 'm> Cursor<'s, 'm> {
 
 /// The library's view of guest slices for its vectored file I/O.
 fn file_slices<'m>(slices: &[GuestSlice<'m>]) -> Vec<FileVolatileSlice<'m>> {
-    slices.iter().map(FileVolatileSlice::from_volatile_slice).collect()
+    slices
+        .iter()
+        .map(FileVolatileSlice::from_volatile_slice)
+        .collect()
 }
 
 /// Guest memory a READ's data goes to.
