@@ -10,7 +10,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use fuse_backend_rs::abi::fuse_abi::Opcode;
 
 /// Refuses descriptor-opening requests once the guest holds `limit` descriptors.
 #[derive(Debug)]
@@ -48,24 +47,6 @@ impl FdQuota {
         unsafe { libc::close(fd) };
         fd as u64 >= self.limit
     }
-
-    /// Whether `opcode` may leave descriptors open in the server (an inode's O_PATH fd, an open
-    /// file or directory handle).
-    pub fn opens_descriptors(opcode: u32) -> bool {
-        [
-            Opcode::Lookup,
-            Opcode::Mknod,
-            Opcode::Mkdir,
-            Opcode::Symlink,
-            Opcode::Link,
-            Opcode::Open,
-            Opcode::Create,
-            Opcode::Opendir,
-            Opcode::Readdirplus,
-        ]
-        .iter()
-        .any(|op| *op as u32 == opcode)
-    }
 }
 
 #[cfg(test)]
@@ -82,8 +63,5 @@ mod tests {
         };
         // The descriptor `lowest` is free again: a quota above it has room.
         assert!(!FdQuota::new(lowest + 100).unwrap().exhausted());
-        assert!(FdQuota::opens_descriptors(Opcode::Lookup as u32));
-        assert!(!FdQuota::opens_descriptors(Opcode::Getattr as u32));
-        assert!(!FdQuota::opens_descriptors(Opcode::Read as u32));
     }
 }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode};
+use virtiofs_fuse::abi::{InHeader, Opcode};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use crate::request::is_forget;

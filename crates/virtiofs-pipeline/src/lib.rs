@@ -21,7 +21,7 @@ pub mod request;
 pub mod stats;
 
 pub use gate::{Pass, SessionGate};
-pub use handler::{serve_with, Chain, FuseHandler, HandleError};
+pub use handler::{Chain, FuseHandler, HandleError};
 pub use pipeline::{Pipeline, PipelineConfig, SessionReset};
 pub use queue::serve_chain;
 pub use stats::QueueStats;

@@ -157,38 +157,6 @@ pub fn private_chain(chain: &Chain) -> Result<Chain, PrivateError> {
         .ok_or_else(|| PrivateError::Region("private chain not available".into()))
 }
 
-/// Overwrites bytes `offset..offset + bytes.len()` of the request in a chain made by
-/// [`private_chain`]; false (and nothing written) if they are not in its private copy.
-pub fn patch_private(chain: &Chain, offset: usize, bytes: &[u8]) -> bool {
-    let Some(first) = chain.clone().readable().next() else {
-        return false;
-    };
-    let end = offset.saturating_add(bytes.len());
-    if first.addr().0 != PRIVATE_BASE + DATA || end > first.len() as usize {
-        return false;
-    }
-    chain
-        .memory()
-        .write_slice(bytes, GuestAddress(PRIVATE_BASE + DATA + offset as u64))
-        .is_ok()
-}
-
-/// Reads bytes `offset..offset + buf.len()` of the request from the private copy of a chain made
-/// by [`private_chain`]; false if they are not in it.
-pub fn read_private(chain: &Chain, offset: usize, buf: &mut [u8]) -> bool {
-    let Some(first) = chain.clone().readable().next() else {
-        return false;
-    };
-    let end = offset.saturating_add(buf.len());
-    if first.addr().0 != PRIVATE_BASE + DATA || end > first.len() as usize {
-        return false;
-    }
-    chain
-        .memory()
-        .read_slice(buf, GuestAddress(PRIVATE_BASE + DATA + offset as u64))
-        .is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,14 +233,6 @@ mod tests {
         m.read_slice(&mut reply, GuestAddress(0x2_0000)).unwrap();
         assert_eq!(&reply, b"reply");
 
-        // Patching touches only the private copy.
-        assert!(patch_private(&private, 0, &[1, 2]));
-        assert!(!patch_private(&private, PRIVATE_PREFIX - 1, &[1, 2]));
-        let mut two = [0u8; 2];
-        assert!(read_private(&private, 0, &mut two));
-        assert_eq!(two, [1, 2]);
-        m.read_slice(&mut two, GuestAddress(a)).unwrap();
-        assert_eq!(two, [0xEE, 0xEE]);
     }
 
     #[test]

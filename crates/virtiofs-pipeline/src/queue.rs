@@ -21,7 +21,7 @@ use virtio_queue::QueueT;
 use virtiofs_device::QueueLink;
 use vm_memory::{ByteValued, GuestAddressSpace};
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode};
+use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::gate::{is_exclusive, Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler};

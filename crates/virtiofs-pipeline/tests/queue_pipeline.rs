@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
+use virtiofs_fuse::abi::{InHeader, Opcode, OutHeader};
 use vhost_user_backend::VringT;
 use virtiofs_device::{FsBackend, FsBackendConfig, QueueLink};
 use virtiofs_pipeline::request::{peek_in_header, write_reply_prefix};
