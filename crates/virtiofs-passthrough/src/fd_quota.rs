@@ -10,7 +10,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-
 /// Refuses descriptor-opening requests once the guest holds `limit` descriptors.
 #[derive(Debug)]
 pub struct FdQuota {

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use virtiofs_fuse::abi::{InHeader, Opcode};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::request::is_forget;
 

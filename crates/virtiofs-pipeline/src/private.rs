@@ -232,7 +232,6 @@ mod tests {
         let mut reply = [0u8; 5];
         m.read_slice(&mut reply, GuestAddress(0x2_0000)).unwrap();
         assert_eq!(&reply, b"reply");
-
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! The pipeline needs the opcode before it runs a request (to pick the gate side) and must be able
 //! to answer a request the server never saw (before INIT, or when the server failed).
 
-use virtiofs_fuse::abi::{InHeader, Opcode, OutHeader};
 use std::ops::Range;
 use virtio_queue::desc::split::Descriptor;
+use virtiofs_fuse::abi::{InHeader, Opcode, OutHeader};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use virtiofs_fuse::abi::{InHeader, Opcode, OutHeader};
 use vhost_user_backend::VringT;
 use virtiofs_device::{FsBackend, FsBackendConfig, QueueLink};
+use virtiofs_fuse::abi::{InHeader, Opcode, OutHeader};
 use virtiofs_pipeline::request::{peek_in_header, write_reply_prefix};
 use virtiofs_pipeline::{Chain, FuseHandler, HandleError, Pipeline, PipelineConfig};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
