@@ -120,6 +120,32 @@ impl<F: Filesystem> Server<F> {
     ) -> Result<Served, ServeError> {
         let mut input = Input::new(mem, readable);
         let header: InHeader = input.read_obj().map_err(ServeError::NoHeader)?;
+        self.serve_after_header(mem, &header, input, writable)
+    }
+
+    /// Serves a request whose header the caller has read already (and acted on: the pipeline
+    /// picks the INIT/DESTROY gate side by it): `header` is used as given and the first
+    /// [`IN_HEADER_LEN`] bytes of `readable` are not read again.
+    pub fn handle_with_header(
+        &self,
+        mem: &Memory,
+        header: &InHeader,
+        readable: &[Segment],
+        writable: &[Segment],
+    ) -> Result<Served, ServeError> {
+        let mut input = Input::new(mem, readable);
+        input.skip(IN_HEADER_LEN).map_err(ServeError::NoHeader)?;
+        self.serve_after_header(mem, header, input, writable)
+    }
+
+    fn serve_after_header(
+        &self,
+        mem: &Memory,
+        header: &InHeader,
+        input: Input<'_>,
+        writable: &[Segment],
+    ) -> Result<Served, ServeError> {
+        let header = *header;
         let mut out = Output::new(mem, writable);
         let opcode = Opcode::from_u32(header.opcode);
         let result = match self.parse(&header, input) {

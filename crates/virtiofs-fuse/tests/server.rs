@@ -752,3 +752,37 @@ fn random_requests_never_panic() {
         }
     }
 }
+
+/// The pipeline reads the header once and picks the INIT/DESTROY gate side by it; the server
+/// must serve that header, not what the guest has written there since.
+#[test]
+fn a_header_handed_over_is_used_as_given_not_read_again() {
+    let mut g = Guest::new();
+    g.init(38, LINUX_6_12);
+    // In guest memory: a DESTROY. Handed over: the LOOKUP the pipeline saw first.
+    let in_memory = g.header(Opcode::Destroy as u32, 0, 6);
+    let seen = g.header(Opcode::Lookup as u32, 1, 6);
+    let mut bytes = in_memory.as_slice().to_vec();
+    bytes.extend_from_slice(b"hello\0");
+    g.mem.write_slice(&bytes, GuestAddress(IN_AT)).unwrap();
+    let readable = [Segment {
+        addr: GuestAddress(IN_AT),
+        len: bytes.len() as u32,
+    }];
+    let writable = [Segment {
+        addr: GuestAddress(OUT_AT),
+        len: 4096,
+    }];
+    let served = g
+        .server
+        .handle_with_header(&g.mem, &seen, &readable, &writable)
+        .unwrap();
+    assert_eq!((served.opcode, served.errno), (Some(Opcode::Lookup), 0));
+    let reply: abi::OutHeader = g.mem.read_obj(GuestAddress(OUT_AT)).unwrap();
+    assert_eq!(reply.unique, seen.unique);
+    assert!(
+        g.server.is_live(),
+        "the DESTROY in guest memory was not served"
+    );
+    assert_eq!(g.server.filesystem().seen.lock().unwrap().destroys, 0);
+}

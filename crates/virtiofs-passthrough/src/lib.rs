@@ -17,8 +17,9 @@ pub use fd_quota::FdQuota;
 
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use smallvec::SmallVec;
+use virtiofs_fuse::abi::InHeader;
 use virtiofs_fuse::{Limits, Segment, ServeError, Server};
-use virtiofs_pipeline::{Chain, FuseHandler, HandleError};
+use virtiofs_pipeline::{Chain, FuseHandler, HandleError, Handled};
 
 use crate::borrowed::Borrowed;
 
@@ -215,7 +216,7 @@ impl PreparedShare {
 }
 
 impl FuseHandler for Share {
-    fn handle(&self, chain: &Chain) -> Result<usize, HandleError> {
+    fn handle(&self, chain: &Chain, header: &InHeader) -> Result<Handled, HandleError> {
         // One walk of the chain: the server reads the request and writes the reply by segment.
         let mut readable: SmallVec<[Segment; 8]> = SmallVec::new();
         let mut writable: SmallVec<[Segment; 8]> = SmallVec::new();
@@ -230,8 +231,14 @@ impl FuseHandler for Share {
                 readable.push(seg);
             }
         }
-        match self.server.handle(chain.memory(), &readable, &writable) {
-            Ok(served) => Ok(served.written),
+        match self
+            .server
+            .handle_with_header(chain.memory(), header, &readable, &writable)
+        {
+            Ok(served) => Ok(Handled {
+                len: served.written,
+                errno: served.errno,
+            }),
             Err(e @ ServeError::NoHeader(_)) => Err(HandleError::Request(e.to_string())),
             Err(e @ ServeError::Reply { .. }) => Err(HandleError::Server(e.to_string())),
         }

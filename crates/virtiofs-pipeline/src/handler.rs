@@ -1,6 +1,7 @@
 //! The FUSE server seen from the pipeline: one call per descriptor chain.
 
 use virtio_queue::DescriptorChain;
+use virtiofs_fuse::abi::InHeader;
 use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
 
 /// A descriptor chain popped from a virtqueue, with the guest memory it points into.
@@ -30,11 +31,23 @@ impl HandleError {
     }
 }
 
+/// What a handler did with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    /// Reply bytes written (0: no reply).
+    pub len: usize,
+    /// The errno the reply carries (0: success).
+    pub errno: i32,
+}
+
 /// Handles one FUSE request: reads it from the chain's readable part and writes the reply into its
 /// writable part. Runs on a thread that may block.
 pub trait FuseHandler: Send + Sync + 'static {
-    /// Handles the request in `chain`; returns the number of reply bytes written.
-    fn handle(&self, chain: &Chain) -> Result<usize, HandleError>;
+    /// Handles the request in `chain`. `header` is the request's header as the pipeline read it
+    /// (once) and chose the gate side for: the handler must use it and not read the header from
+    /// guest memory again, where the guest may have changed it since. Every other field it must
+    /// read out of guest memory once, into memory the guest cannot see, before checking it.
+    fn handle(&self, chain: &Chain, header: &InHeader) -> Result<Handled, HandleError>;
 
     /// Ends the FUSE session without a DESTROY from the guest: the driver that owned it is gone
     /// (guest reboot, kexec, driver rebind, device reset). Releases every inode and handle of

@@ -19,14 +19,13 @@ use tracing::{debug, info, trace, warn};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use virtiofs_device::QueueLink;
-use vm_memory::{ByteValued, GuestAddressSpace};
+use vm_memory::GuestAddressSpace;
 
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::gate::{is_exclusive, Pass, SessionGate};
-use crate::handler::{Chain, FuseHandler};
-use crate::private::private_chain;
-use crate::request::{is_forget, peek_in_header, peek_out_header, reply_error, IN_HEADER_LEN};
+use crate::handler::{Chain, FuseHandler, Handled};
+use crate::request::{is_forget, peek_in_header, reply_error, IN_HEADER_LEN};
 use crate::stats::QueueStats;
 
 /// Malformed chains logged at `warn` per queue; later ones go to `debug` so a hostile guest
@@ -214,9 +213,8 @@ impl<H: FuseHandler> QueueContext<H> {
     }
 }
 
-/// Serves one descriptor chain popped from a queue: copies the start of the request out of
-/// guest memory ([`crate::private`]; the handler sees only that copy), checks the FUSE header
-/// against the chain, answers requests outside a session with `EIO`, ends a live session before
+/// Serves one descriptor chain popped from a queue: checks the FUSE header (read once, by
+/// [`peek_in_header`]) against the chain, answers requests outside a session with `EIO`, ends a live session before
 /// an INIT (its driver is gone), otherwise runs `handler`, and writes an errno reply if the
 /// handler fails. Returns the used length to put on the used ring (0 when there is no reply).
 ///
@@ -249,18 +247,9 @@ pub fn serve_chain<H: FuseHandler + ?Sized>(
             false => reply_error(chain, h.unique, libc::EINVAL).unwrap_or(0) as u32,
         }
     };
-    // From here on only a private copy of the request is read: the guest cannot change what
-    // was checked before it is used.
-    let private = match private_chain(chain) {
-        Ok(c) => c,
-        Err(e) => return refuse(&e.to_string()),
-    };
-    let chain = &private;
-    if !peek_in_header(chain).is_some_and(|p| p.as_slice() == h.as_slice()) {
-        // The gate pass was chosen for `header`.
-        return refuse("FUSE header changed while the request was read");
-    }
-    // The header's `len` must fit the chain: the server trusts it for fixed-size arguments.
+    // `h` was read once; from here on it is the header (the handler gets it and does not read
+    // the guest's copy again, which the guest may have changed since).
+    // The header's `len` must fit the chain.
     let readable: u64 = chain.clone().readable().map(|d| u64::from(d.len())).sum();
     if (h.len as usize) < IN_HEADER_LEN || u64::from(h.len) > readable {
         return refuse("FUSE header len does not match the request");
@@ -288,22 +277,25 @@ pub fn serve_chain<H: FuseHandler + ?Sized>(
         }
     }
     trace!(queue, opcode = h.opcode, unique = h.unique, "request");
-    let len = match handler.handle(chain) {
-        Ok(n) => n,
+    let handled = match handler.handle(chain, &h) {
+        Ok(handled) => handled,
         Err(e) => {
             malformed(stats, queue, head, &e.to_string());
-            if is_forget(h.opcode) {
-                0
-            } else {
-                reply_error(chain, h.unique, e.errno()).unwrap_or(0)
+            let len = match is_forget(h.opcode) {
+                true => 0,
+                false => reply_error(chain, h.unique, e.errno()).unwrap_or(0),
+            };
+            Handled {
+                len,
+                errno: e.errno(),
             }
         }
     };
     if let Some(pass) = pass.as_mut() {
-        let succeeded = len > 0 && peek_out_header(chain).is_some_and(|o| o.error == 0);
-        pass.record(h.opcode, succeeded);
+        // From the handler's own account, not from the reply in guest memory.
+        pass.record(h.opcode, handled.len > 0 && handled.errno == 0);
     }
-    len as u32
+    handled.len as u32
 }
 
 /// Counts a malformed chain; logs the first few at `warn`, later ones at `debug`.

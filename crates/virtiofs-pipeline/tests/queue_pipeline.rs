@@ -11,7 +11,7 @@ use vhost_user_backend::VringT;
 use virtiofs_device::{FsBackend, FsBackendConfig, QueueLink};
 use virtiofs_fuse::abi::{InHeader, Opcode, OutHeader};
 use virtiofs_pipeline::request::{peek_in_header, write_reply_prefix};
-use virtiofs_pipeline::{Chain, FuseHandler, HandleError, Pipeline, PipelineConfig};
+use virtiofs_pipeline::{Chain, FuseHandler, HandleError, Handled, Pipeline, PipelineConfig};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -39,11 +39,15 @@ struct ScriptedHandler {
 }
 
 impl FuseHandler for ScriptedHandler {
-    fn handle(&self, chain: &Chain) -> Result<usize, HandleError> {
+    fn handle(&self, chain: &Chain, h: &InHeader) -> Result<Handled, HandleError> {
         let start = Instant::now();
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
-        let h = peek_in_header(chain).expect("pipeline only passes chains with a header");
+        assert_eq!(
+            peek_in_header(chain).map(|p| p.unique),
+            Some(h.unique),
+            "the header handed over is the chain's"
+        );
         let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
         if h.opcode == GETATTR && delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
@@ -61,7 +65,7 @@ impl FuseHandler for ScriptedHandler {
             .unwrap()
             .push((h.opcode, h.unique, start, Instant::now()));
         if ok {
-            Ok(16)
+            Ok(Handled { len: 16, errno: 0 })
         } else {
             Err(HandleError::Server("no room for the reply".into()))
         }
