@@ -28,7 +28,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use fuse_backend_rs::abi::fuse_abi::{EntryOut, InHeader, Opcode, OutHeader};
+use virtiofs_fuse::abi::{EntryOut, InHeader, Opcode, OutHeader};
 use virtiofs_passthrough::{CacheMode, Share, ShareOptions};
 use virtiofs_pipeline::request::{is_forget, peek_in_header, read_reply_prefix, IN_HEADER_LEN};
 use virtiofs_pipeline::{serve_chain, QueueStats, SessionGate};
@@ -205,9 +205,8 @@ impl State {
         readable_ok: bool,
         learned: &mut Learned,
     ) {
-        let no_reply = is_forget(h.opcode)
-            || h.opcode == Opcode::Interrupt as u32
-            || h.opcode == Opcode::NotifyReply as u32;
+        // Our server answers INTERRUPT (ENOSYS); NOTIFY_REPLY answers a notification, unanswered.
+        let no_reply = is_forget(h.opcode) || h.opcode == Opcode::NotifyReply as u32;
         if is_forget(h.opcode) {
             assert_eq!(len, 0, "a reply to a FORGET");
         }
@@ -412,7 +411,7 @@ fn message(req: &Request, unique: u64, learned: &Learned) -> Vec<u8> {
         uid: id,
         gid: id,
         pid: 1,
-        padding: 0,
+        ..Default::default()
     };
     let mut m = header.as_slice().to_vec();
     m.extend(args);
