@@ -311,6 +311,16 @@ if dd if=/tmp/big.src of="$ROOT/big.bin" bs=1M conv=fsync 2>/tmp/err; then
 else
     not_ok "write ${BIG_MB} MiB" "$(cat /tmp/err)"
 fi
+# O_DIRECT, 1 MiB at a time: each dd write is one FUSE WRITE of 1 MiB when the daemon agreed
+# to MAX_PAGES (the host checks the daemon's log for it).
+if dd if=/tmp/big.src of="$ROOT/direct.bin" bs=1M count=4 oflag=direct 2>/tmp/err; then
+    expect "write 4 MiB with O_DIRECT (dd bs=1M oflag=direct)" "$(head -c 4194304 /tmp/big.src | md5sum | cut -d' ' -f1)" \
+        "$(md5 "$ROOT/direct.bin")"
+elif grep -qi 'invalid\|unknown' /tmp/err; then
+    skip "write 4 MiB with O_DIRECT" "this dd has no oflag=direct: $(cat /tmp/err)"
+else
+    not_ok "write 4 MiB with O_DIRECT" "$(cat /tmp/err)"
+fi
 rm -f /tmp/big.src
 drop_caches
 expect "${BIG_MB} MiB size" "$BIG_BYTES" "$(size "$ROOT/big.bin")"

@@ -40,7 +40,7 @@ run() {
         # Trace logging of the pipeline records every request's opcode (checked below).
         bash "$HERE/run-e2e.sh" --no-setup --kernel "$kernel" --cpus "$cpus" --queues "$queues" \
             --mode full --log-dir "$dir" "$@" \
-            --daemon-cmd "env RUST_LOG=info,virtiofs_pipeline=trace $BIN --socket-path={socket} --shared-dir={shared} $flags" \
+            --daemon-cmd "env RUST_LOG=info,virtiofs_pipeline=trace,virtiofs_fuse=trace $BIN --socket-path={socket} --shared-dir={shared} $flags" \
             >"$dir.out" 2>&1 || rc=$?
         # Multi-vCPU TCG occasionally crashes the guest kernel during early boot (seen: an int3
         # Oops in sched_clock_cpu from an initcall). Retry once, but only when the guest kernel
@@ -130,6 +130,11 @@ check_daemon_log() {
         echo "    ok - READDIRPLUS offered and used"
     else
         echo "    not ok - the guest never sent READDIRPLUS"; ok=1
+    fi
+    # Full mode writes 4 MiB with dd bs=1M oflag=direct: 1 MiB per WRITE (MAX_PAGES).
+    if [[ $opts != *"--mode "* ]]; then
+        log_has 'WRITE.*size=1048576' "a 1 MiB guest write arrived as one 1 MiB WRITE" \
+            "no 1 MiB WRITE reached the daemon (MAX_PAGES not in effect?)"
     fi
     if [[ $opts == *--writeback* ]]; then
         log_has 'FUSE session started; agreed:.*WRITEBACK_CACHE' "--writeback: WRITEBACK_CACHE negotiated" \

@@ -182,6 +182,7 @@ pub(crate) fn dispatch<F: Filesystem>(
         }
         Opcode::Read => {
             let a: ReadIn = args.read_obj()?;
+            tracing::trace!(unique = u, size = a.size, offset = a.offset, "READ");
             out.begin()?;
             let want = (a.size as usize).min(out.remaining());
             let dst = out.slices(want)?;
@@ -196,6 +197,7 @@ pub(crate) fn dispatch<F: Filesystem>(
             if size > args.remaining() || a.size > server.state.max_write() {
                 return Err(DecodeError::Invalid("WRITE size beyond its data or max_write").into());
             }
+            tracing::trace!(unique = u, size = a.size, offset = a.offset, "WRITE");
             let src = args.slices(size)?;
             let n = fs.write(ctx, node, &a, &src)?.min(size);
             reply_obj(
