@@ -58,12 +58,57 @@ impl DecodeError {
 /// A cursor over the readable segments of a request.
 pub struct Input<'a> {
     mem: &'a Memory,
-    segs: &'a [Segment],
-    /// Index of the current segment and offset in it.
-    seg: usize,
-    off: u32,
+    pos: Position<'a>,
     /// Bytes the cursor may still read (the segments' total, or a limit set by [`Self::take`]).
     left: usize,
+}
+
+/// A place in a list of segments: which segment, and how far into it. Shared by the request's
+/// [`Input`] and the reply's [`crate::output::Output`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Position<'a> {
+    segs: &'a [Segment],
+    seg: usize,
+    off: u32,
+}
+
+impl<'a> Position<'a> {
+    /// The start of `segs`.
+    pub(crate) fn start(segs: &'a [Segment]) -> Self {
+        Position {
+            segs,
+            seg: 0,
+            off: 0,
+        }
+    }
+
+    /// Moves `n` bytes on (the caller checked that they are there), calling `f` with each
+    /// contiguous guest range; `bad` is the error for a range whose address overflows.
+    pub(crate) fn walk<E>(
+        &mut self,
+        mut n: usize,
+        bad: impl Fn(u64) -> E,
+        mut f: impl FnMut(GuestAddress, usize) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while n > 0 {
+            let seg = self.segs[self.seg];
+            let avail = (seg.len - self.off) as usize;
+            if avail == 0 {
+                self.seg += 1;
+                self.off = 0;
+                continue;
+            }
+            let step = avail.min(n);
+            let addr = seg
+                .addr
+                .checked_add(u64::from(self.off))
+                .ok_or_else(|| bad(seg.addr.0))?;
+            f(addr, step)?;
+            self.off += step as u32;
+            n -= step;
+        }
+        Ok(())
+    }
 }
 
 impl<'a> Input<'a> {
@@ -72,9 +117,7 @@ impl<'a> Input<'a> {
         let left = segs.iter().map(|s| s.len as usize).sum();
         Input {
             mem,
-            segs,
-            seg: 0,
-            off: 0,
+            pos: Position::start(segs),
             left,
         }
     }
@@ -113,29 +156,12 @@ impl<'a> Input<'a> {
     /// Walks `n` bytes, calling `f` with each contiguous guest range.
     fn walk(
         &mut self,
-        mut n: usize,
-        mut f: impl FnMut(GuestAddress, usize) -> Result<(), DecodeError>,
+        n: usize,
+        f: impl FnMut(GuestAddress, usize) -> Result<(), DecodeError>,
     ) -> Result<(), DecodeError> {
         self.check(n)?;
         self.left -= n;
-        while n > 0 {
-            let seg = self.segs[self.seg];
-            let avail = (seg.len - self.off) as usize;
-            if avail == 0 {
-                self.seg += 1;
-                self.off = 0;
-                continue;
-            }
-            let step = avail.min(n);
-            let addr = seg
-                .addr
-                .checked_add(u64::from(self.off))
-                .ok_or(DecodeError::BadAddress(seg.addr.0))?;
-            f(addr, step)?;
-            self.off += step as u32;
-            n -= step;
-        }
-        Ok(())
+        self.pos.walk(n, DecodeError::BadAddress, f)
     }
 
     fn advance(&mut self, n: usize) -> Result<(), DecodeError> {

@@ -1,9 +1,9 @@
 //! The writable part of a request: where the reply goes, written straight into guest memory.
 
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemory};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
 
 use crate::abi::OutHeader;
-use crate::input::{Memory, Segment, Slices};
+use crate::input::{Memory, Position, Segment, Slices};
 
 /// Why a reply could not be written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,8 +28,7 @@ pub const OUT_HEADER_LEN: usize = std::mem::size_of::<OutHeader>();
 pub struct Output<'a> {
     mem: &'a Memory,
     segs: &'a [Segment],
-    seg: usize,
-    off: u32,
+    pos: Position<'a>,
     written: usize,
     capacity: usize,
 }
@@ -40,8 +39,7 @@ impl<'a> Output<'a> {
         Output {
             mem,
             segs,
-            seg: 0,
-            off: 0,
+            pos: Position::start(segs),
             written: 0,
             capacity: segs.iter().map(|s| s.len as usize).sum(),
         }
@@ -64,8 +62,8 @@ impl<'a> Output<'a> {
 
     fn walk(
         &mut self,
-        mut n: usize,
-        mut f: impl FnMut(GuestAddress, usize) -> Result<(), ReplyError>,
+        n: usize,
+        f: impl FnMut(GuestAddress, usize) -> Result<(), ReplyError>,
     ) -> Result<(), ReplyError> {
         if n > self.remaining() {
             return Err(ReplyError::NoRoom {
@@ -73,25 +71,8 @@ impl<'a> Output<'a> {
                 capacity: self.capacity,
             });
         }
-        while n > 0 {
-            let seg = self.segs[self.seg];
-            let avail = (seg.len - self.off) as usize;
-            if avail == 0 {
-                self.seg += 1;
-                self.off = 0;
-                continue;
-            }
-            let step = avail.min(n);
-            let addr = seg
-                .addr
-                .checked_add(u64::from(self.off))
-                .ok_or(ReplyError::BadAddress(seg.addr.0))?;
-            f(addr, step)?;
-            self.off += step as u32;
-            self.written += step;
-            n -= step;
-        }
-        Ok(())
+        self.written += n;
+        self.pos.walk(n, ReplyError::BadAddress, f)
     }
 
     /// Writes `bytes` at the cursor.
