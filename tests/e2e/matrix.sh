@@ -99,17 +99,28 @@ check_daemon_log() {
     if [[ $opts == *"--mode reboot"* ]]; then
         local boots=${opts##*--boots }
         boots=${boots%% *}
+        # Each mount of a boot is one INIT. Multi-vCPU TCG now and then panics a guest kernel
+        # after it mounted (the int3 Oops noted in run() below); QEMU then reboots it, which is
+        # one more boot, mount and abandoned session, so count the mounts the guest reported.
+        local serial mounts
+        serial=$(dirname "$log")/serial.log
+        mounts=$(grep -c '^\[e2e\] mounted virtiofs' "$serial" 2>/dev/null || true)
+        if [ "${mounts:-0}" -gt "$boots" ]; then
+            echo "    (the guest kernel crashed and rebooted $((mounts - boots)) extra time(s): $(grep -c 'Kernel panic' "$serial" || true) panic(s) in serial.log)"
+        elif [ "${mounts:-0}" -lt "$boots" ]; then
+            echo "    not ok - $boots boots but the guest reported ${mounts:-0} mounts"; ok=1
+        fi
         n=$(count 'opcode=26 ')
-        if [ "$n" = $((boots + 1)) ]; then
-            echo "    ok - $boots boots and a driver rebind, $n FUSE_INITs"
+        if [ "$n" = $((mounts + 1)) ]; then
+            echo "    ok - $mounts boots and a driver rebind, $n FUSE_INITs"
         else
-            echo "    not ok - $boots boots and a rebind but $n FUSE_INITs"; ok=1
+            echo "    not ok - $mounts boots and a rebind but $n FUSE_INITs"; ok=1
         fi
         n=$(count 'FUSE_INIT in a live session')
-        if [ "$n" = $((boots - 1)) ]; then
+        if [ "$n" = $((mounts - 1)) ]; then
             echo "    ok - $n abandoned sessions ended at the next boot's INIT"
         else
-            echo "    not ok - expected $((boots - 1)) abandoned sessions ended, the log has $n"; ok=1
+            echo "    not ok - expected $((mounts - 1)) abandoned sessions ended, the log has $n"; ok=1
         fi
         if grep -q 'refused: no FUSE session' "$log"; then
             echo "    not ok - requests refused for lack of a session"; ok=1
