@@ -214,9 +214,9 @@ impl<H: FuseHandler> QueueContext<H> {
 }
 
 /// Serves one descriptor chain popped from a queue: checks the FUSE header (read once, by
-/// [`peek_in_header`]) against the chain, answers requests outside a session with `EIO`, ends a live session before
-/// an INIT (its driver is gone), otherwise runs `handler`, and writes an errno reply if the
-/// handler fails. Returns the used length to put on the used ring (0 when there is no reply).
+/// [`peek_in_header`]) against the chain, answers requests outside a session with `EIO`, ends a
+/// live session before an INIT (its driver is gone), otherwise runs `handler` with that header,
+/// and writes an errno reply if the handler fails. Returns the used length to put on the used ring (0 when there is no reply).
 ///
 /// `header` is [`peek_in_header`] of the chain and `pass` the gate pass from
 /// [`SessionGate::pass_for`] for it. This is exactly what a queue task runs per chain between
