@@ -1,5 +1,5 @@
 //! FUSE_INIT: what a guest and this server agree on, and the session state every later request
-//! reads (protocol minor, flags, write size).
+//! reads (flags, write size).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -140,14 +140,12 @@ pub fn negotiate(
 #[derive(Debug, Default)]
 pub(crate) struct State {
     live: AtomicBool,
-    minor: AtomicU32,
     flags: AtomicU64,
     max_write: AtomicU32,
 }
 
 impl State {
     pub(crate) fn start(&self, a: &Agreed) {
-        self.minor.store(a.minor, Ordering::Relaxed);
         self.flags.store(a.flags, Ordering::Relaxed);
         self.max_write.store(a.max_write, Ordering::Relaxed);
         self.live.store(true, Ordering::Release);
@@ -167,11 +165,6 @@ impl State {
 
     pub(crate) fn max_write(&self) -> u32 {
         self.max_write.load(Ordering::Relaxed)
-    }
-
-    #[allow(dead_code)] // read by decoders of structs that grew with the protocol
-    pub(crate) fn minor(&self) -> u32 {
-        self.minor.load(Ordering::Relaxed)
     }
 }
 

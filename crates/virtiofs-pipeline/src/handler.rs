@@ -10,9 +10,6 @@ pub type Chain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap<()>>>;
 /// Why a request could not be handled; the pipeline turns it into an errno reply if it can.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    /// The descriptor chain does not describe valid guest memory.
-    #[error("malformed descriptor chain: {0}")]
-    Chain(String),
     /// The FUSE message in the chain could not be decoded.
     #[error("malformed FUSE request: {0}")]
     Request(String),
@@ -25,7 +22,7 @@ impl HandleError {
     /// The errno the guest gets for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            HandleError::Chain(_) | HandleError::Request(_) => libc::EINVAL,
+            HandleError::Request(_) => libc::EINVAL,
             HandleError::Server(_) => libc::EIO,
         }
     }

@@ -72,12 +72,6 @@ pub fn write_reply_prefix(chain: &Chain, buf: &[u8]) -> bool {
     })
 }
 
-/// The reply header the server wrote at the start of the writable part.
-pub fn peek_out_header(chain: &Chain) -> Option<OutHeader> {
-    let mut header = OutHeader::default();
-    read_reply_prefix(chain, vm_memory::ByteValued::as_mut_slice(&mut header)).then_some(header)
-}
-
 /// Writes a reply carrying only `-errno` for request `unique`; returns the bytes written, or
 /// `None` if the chain has no room for a reply header.
 pub fn reply_error(chain: &Chain, unique: u64, errno: i32) -> Option<usize> {
