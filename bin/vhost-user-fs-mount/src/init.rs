@@ -9,28 +9,6 @@
 use vhost_user_fs_client::abi::{init_flags, InitIn, InitOut};
 use vm_memory::ByteValued;
 
-/// INIT flags newer than the client's ABI module (Linux `fuse.h`, 7.36–7.43).
-pub mod extra_flags {
-    /// `FUSE_CREATE_SUPP_GROUP`.
-    pub const CREATE_SUPP_GROUP: u64 = 1 << 34;
-    /// `FUSE_HAS_EXPIRE_ONLY`.
-    pub const HAS_EXPIRE_ONLY: u64 = 1 << 35;
-    /// `FUSE_DIRECT_IO_ALLOW_MMAP`.
-    pub const DIRECT_IO_ALLOW_MMAP: u64 = 1 << 36;
-    /// `FUSE_PASSTHROUGH`.
-    pub const PASSTHROUGH: u64 = 1 << 37;
-    /// `FUSE_NO_EXPORT_SUPPORT`.
-    pub const NO_EXPORT_SUPPORT: u64 = 1 << 38;
-    /// `FUSE_HAS_RESEND`.
-    pub const HAS_RESEND: u64 = 1 << 39;
-    /// `FUSE_ALLOW_IDMAP`.
-    pub const ALLOW_IDMAP: u64 = 1 << 40;
-    /// `FUSE_OVER_IO_URING`.
-    pub const OVER_IO_URING: u64 = 1 << 41;
-    /// `FUSE_REQUEST_TIMEOUT`.
-    pub const REQUEST_TIMEOUT: u64 = 1 << 42;
-}
-
 /// Page size the kernel counts `max_pages` in.
 pub const PAGE_SIZE: u32 = 4096;
 
@@ -53,7 +31,6 @@ pub const DEFAULT_MAX_PAGES: u32 = 32;
 /// Everything that only changes the bytes of requests and replies (`SECURITY_CTX`,
 /// `CREATE_SUPP_GROUP`, `SETXATTR_EXT`, ...) is kept: the bridge forwards requests verbatim.
 pub fn forwardable_flags() -> u64 {
-    use extra_flags::*;
     use init_flags::*;
     let low = (0..32u32)
         .map(|b| 1u64 << b)
@@ -268,7 +245,6 @@ mod tests {
 
     #[test]
     fn init_in_drops_what_the_bridge_cannot_carry() {
-        use extra_flags::*;
         use init_flags::*;
         let k = kernel(
             ASYNC_READ

@@ -102,6 +102,16 @@ pub mod init_flags {
     pub const INIT_RESERVED: u64 = 1 << 31;
     pub const SECURITY_CTX: u64 = 1 << 32;
     pub const HAS_INODE_DAX: u64 = 1 << 33;
+    // Newer than this module's 7.38 layouts (fuse.h 7.38–7.43), for the bridge's INIT.
+    pub const CREATE_SUPP_GROUP: u64 = 1 << 34;
+    pub const HAS_EXPIRE_ONLY: u64 = 1 << 35;
+    pub const DIRECT_IO_ALLOW_MMAP: u64 = 1 << 36;
+    pub const PASSTHROUGH: u64 = 1 << 37;
+    pub const NO_EXPORT_SUPPORT: u64 = 1 << 38;
+    pub const HAS_RESEND: u64 = 1 << 39;
+    pub const ALLOW_IDMAP: u64 = 1 << 40;
+    pub const OVER_IO_URING: u64 = 1 << 41;
+    pub const REQUEST_TIMEOUT: u64 = 1 << 42;
 }
 
 /// SETATTR `valid` bits.
