@@ -1,0 +1,135 @@
+//! Names in directories: LOOKUP, FORGET, MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME.
+//!
+//! Every call names one component relative to the parent's O_PATH descriptor, so no path is
+//! walked; new names are never "." or ".." (EINVAL), and symlinks are never followed.
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+
+use virtiofs_fuse::abi::ROOT_ID;
+use virtiofs_fuse::{Context, Entry, Errno, Name};
+
+use crate::passthrough::{existing_name, new_name, Passthrough, Result};
+use crate::sys;
+
+/// The host `dev_t` of FUSE's 32-bit device number (the kernel's `new_encode_dev`).
+pub(crate) fn host_dev(rdev: u32) -> u64 {
+    let major = (rdev & 0xfff00) >> 8;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+impl Passthrough {
+    pub(crate) fn do_lookup(&self, parent: u64, name: &Name) -> Result<Entry> {
+        let dir = self.inode(parent)?;
+        if !dir.is_dir() {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        let name = existing_name(name)?;
+        // ".." of the root is the root (EXPORT_SUPPORT: the guest asks for parents). Elsewhere
+        // ".." stays inside the share because every directory the guest knows was reached from
+        // the root by lookups.
+        let name = if name.to_bytes() == b".." && dir.id == ROOT_ID {
+            c"."
+        } else {
+            name
+        };
+        self.lookup_in(&dir, name)
+    }
+
+    pub(crate) fn do_mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &Name,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<Entry> {
+        let dir = self.inode(parent)?;
+        let name = new_name(name)?;
+        {
+            let _caller = self.as_caller(ctx)?;
+            sys::mknodat(dir.fd(), name, mode, host_dev(rdev))?;
+        }
+        self.lookup_in(&dir, name)
+    }
+
+    pub(crate) fn do_mkdir(&self, ctx: &Context, parent: u64, name: &Name, mode: u32) -> Result<Entry> {
+        let dir = self.inode(parent)?;
+        let name = new_name(name)?;
+        {
+            let _caller = self.as_caller(ctx)?;
+            sys::mkdirat(dir.fd(), name, mode)?;
+        }
+        self.lookup_in(&dir, name)
+    }
+
+    pub(crate) fn do_symlink(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &Name,
+        target: &[u8],
+    ) -> Result<Entry> {
+        let dir = self.inode(parent)?;
+        let name = new_name(name)?;
+        let target = CString::new(target).map_err(|_| Errno(libc::EINVAL))?;
+        {
+            let _caller = self.as_caller(ctx)?;
+            sys::symlinkat(&target, dir.fd(), name)?;
+        }
+        self.lookup_in(&dir, name)
+    }
+
+    pub(crate) fn do_link(&self, nodeid: u64, newparent: u64, newname: &Name) -> Result<Entry> {
+        let inode = self.inode(nodeid)?;
+        let dir = self.inode(newparent)?;
+        let name = new_name(newname)?;
+        // Through the node's /proc/self/fd entry: linking the file the descriptor holds (a
+        // symlink stays a symlink), with no need for CAP_DAC_READ_SEARCH (AT_EMPTY_PATH).
+        let fd_name = sys::fd_name(inode.fd.as_raw_fd());
+        sys::linkat(
+            self.proc_fd(),
+            fd_name.as_cstr(),
+            dir.fd(),
+            name,
+            libc::AT_SYMLINK_FOLLOW,
+        )?;
+        self.lookup_in(&dir, name)
+    }
+
+    pub(crate) fn do_unlink(&self, parent: u64, name: &Name, flags: i32) -> Result<()> {
+        let dir = self.inode(parent)?;
+        let name = existing_name(name)?;
+        Ok(sys::unlinkat(dir.fd(), name, flags)?)
+    }
+
+    pub(crate) fn do_rename(
+        &self,
+        olddir: u64,
+        oldname: &Name,
+        newdir: u64,
+        newname: &Name,
+        flags: u32,
+    ) -> Result<()> {
+        let old = self.inode(olddir)?;
+        let new = self.inode(newdir)?;
+        let oldname = existing_name(oldname)?;
+        let newname = new_name(newname)?;
+        Ok(sys::renameat2(old.fd(), oldname, new.fd(), newname, flags)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_decode_as_the_kernel_encodes_them() {
+        // /dev/null is 1:3; a large minor uses the high bits.
+        assert_eq!(host_dev((1 << 8) | 3), libc::makedev(1, 3));
+        let (major, minor) = (259u32, 70_000u32);
+        let fuse = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        assert_eq!(host_dev(fuse), libc::makedev(major, minor));
+    }
+}

@@ -1,0 +1,9 @@
+//! The operations, by kind. Each is an inherent method of [`crate::passthrough::Passthrough`]
+//! that `filesystem.rs` calls from the [`virtiofs_fuse::Filesystem`] trait.
+
+pub(crate) mod attr;
+pub(crate) mod dir;
+pub(crate) mod entry;
+pub(crate) mod file;
+pub(crate) mod lock;
+pub(crate) mod xattr;

@@ -1,0 +1,298 @@
+//! The passthrough filesystem's state and the helpers every operation shares: finding nodes,
+//! checking names, making entries, reopening an O_PATH node for I/O.
+//!
+//! The operations themselves are in `ops/` by kind; `filesystem.rs` wires them to the
+//! [`virtiofs_fuse::Filesystem`] trait.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use virtiofs_fuse::abi::{init_flags as f, Attr};
+use virtiofs_fuse::{Context, Entry, Errno, Name};
+
+use crate::creds;
+use crate::fd_quota::FdQuota;
+use crate::handle::HandleTable;
+use crate::inode::{Inode, InodeStore};
+use crate::ops::lock::LockTable;
+use crate::sys;
+use crate::CacheMode;
+
+pub(crate) type Result<T> = std::result::Result<T, Errno>;
+
+/// What the filesystem serves, from the daemon's options.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Guest caching policy.
+    pub cache: CacheMode,
+    /// Serve extended attributes.
+    pub xattr: bool,
+    /// Offer the writeback cache.
+    pub writeback: bool,
+    /// Offer READDIRPLUS.
+    pub readdirplus: bool,
+    /// Pass the guest's O_DIRECT to the host.
+    pub allow_direct_io: bool,
+    /// Mark mount points inside the share (FUSE_ATTR_SUBMOUNT) so the guest gives them their
+    /// own st_dev.
+    pub announce_submounts: bool,
+}
+
+/// The INIT flags this filesystem always serves.
+/// - ASYNC_READ, PARALLEL_DIROPS: node and handle tables are shared-locked, so concurrent
+///   reads of one file and lookups in one directory are safe.
+/// - EXPORT_SUPPORT: LOOKUP of "." and ".." works (NFS export of the guest's mount).
+/// - FLOCK_LOCKS, POSIX_LOCKS: real host locks (open file description locks), so host processes
+///   and other guests see them.
+/// - CREATE_SUPP_GROUP: a new file is made with the caller's group that the parent has.
+const SERVED: u64 = f::ASYNC_READ
+    | f::PARALLEL_DIROPS
+    | f::ATOMIC_O_TRUNC
+    | f::AUTO_INVAL_DATA
+    | f::ASYNC_DIO
+    | f::EXPORT_SUPPORT
+    | f::FLOCK_LOCKS
+    | f::POSIX_LOCKS
+    | f::CREATE_SUPP_GROUP;
+
+/// The shared directory as a FUSE filesystem.
+pub struct Passthrough {
+    pub(crate) cfg: Config,
+    pub(crate) inodes: InodeStore,
+    pub(crate) handles: HandleTable,
+    pub(crate) locks: LockTable,
+    /// `/proc/self/fd`, opened before the sandbox moves the root: reopening an O_PATH node for
+    /// I/O goes through it, so no path outside the share is ever walked.
+    proc_self_fd: OwnedFd,
+    /// Where the root is opened at each session start.
+    root: PathBuf,
+    /// The writeback cache was negotiated (O_WRONLY opens become O_RDWR, O_APPEND is the
+    /// guest's job).
+    pub(crate) writeback: AtomicBool,
+    /// Switch to the caller's ids for requests that make files.
+    switch_creds: bool,
+    pub(crate) fd_quota: Option<FdQuota>,
+}
+
+impl Passthrough {
+    /// A filesystem whose root will be `root`; opens `/proc/self/fd` now (call this before
+    /// entering the sandbox's new root).
+    pub fn new(cfg: Config, root: &Path) -> io::Result<Self> {
+        let proc_self_fd = sys::openat(
+            cwd(),
+            c"/proc/self/fd",
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        Ok(Passthrough {
+            cfg,
+            inodes: InodeStore::default(),
+            handles: HandleTable::default(),
+            locks: LockTable::default(),
+            proc_self_fd,
+            root: root.to_owned(),
+            writeback: AtomicBool::new(false),
+            switch_creds: creds::can_switch(),
+            fd_quota: None,
+        })
+    }
+
+    /// Opens the root (a new session's node 1) and drops everything of the last session.
+    pub fn import(&self) -> io::Result<()> {
+        let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let fd = sys::openat(cwd(), &path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let stx = sys::fstatx(fd.as_fd(), sys::STATX_WANTED)?;
+        self.handles.clear();
+        self.locks.clear();
+        self.inodes.reset(fd, &stx);
+        Ok(())
+    }
+
+    /// INIT: the flags wanted of those the guest offers.
+    pub(crate) fn init(&self, capable: u64) -> Result<u64> {
+        // A session that follows another (a guest driver restart) starts from a fresh root.
+        if self.inodes.len() != 1 || !self.handles.is_empty() {
+            self.import().map_err(Errno::from)?;
+        }
+        let mut wants = SERVED;
+        if self.cfg.readdirplus {
+            wants |= f::DO_READDIRPLUS | f::READDIRPLUS_AUTO;
+        }
+        if self.cfg.announce_submounts {
+            wants |= f::SUBMOUNTS;
+        }
+        // The writeback cache keeps data in the guest: pointless (and unsafe for other
+        // clients) when nothing may be cached.
+        let writeback = self.cfg.writeback
+            && self.cfg.cache != CacheMode::Never
+            && capable & f::WRITEBACK_CACHE != 0;
+        if writeback {
+            wants |= f::WRITEBACK_CACHE;
+        }
+        self.writeback.store(writeback, Ordering::Relaxed);
+        Ok(wants)
+    }
+
+    /// The session ended: every node, handle and lock goes; the next INIT opens the root again.
+    pub(crate) fn destroy(&self) {
+        self.handles.clear();
+        self.locks.clear();
+        self.inodes.clear();
+    }
+
+    /// Node `id`.
+    pub(crate) fn inode(&self, id: u64) -> Result<Arc<Inode>> {
+        self.inodes.get(id)
+    }
+
+    /// EMFILE once the guest holds its quota of descriptors.
+    pub(crate) fn quota(&self) -> Result<()> {
+        match &self.fd_quota {
+            Some(q) if q.exhausted() => {
+                tracing::debug!("fd quota of {} reached: EMFILE", q.limit());
+                Err(Errno(libc::EMFILE))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs as the caller (for requests that make files): the new file's owner is the guest
+    /// user, and the host checks the caller's rights as the guest's did.
+    pub(crate) fn as_caller(&self, ctx: &Context) -> Result<creds::Switched> {
+        creds::switch(self.switch_creds, ctx.uid, ctx.gid, ctx.supp_group).map_err(Errno::from)
+    }
+
+    /// How long the guest may cache entries and attributes.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.cfg.cache.timeout()
+    }
+
+    /// A looked-up entry for `inode`, whose attributes are `stx`.
+    pub(crate) fn entry(&self, inode: &Inode, stx: &libc::statx, parent_mnt: u64) -> Entry {
+        let mut attr = attr_of(stx);
+        if self.cfg.announce_submounts && inode.is_dir() && stx.stx_mnt_id != parent_mnt {
+            attr.flags |= virtiofs_fuse::abi::flags::ATTR_SUBMOUNT;
+        }
+        Entry {
+            nodeid: inode.id,
+            generation: 0,
+            attr,
+            attr_valid: self.timeout(),
+            entry_valid: self.timeout(),
+        }
+    }
+
+    /// LOOKUP of one component `name` in `parent` (counts a lookup of the result).
+    pub(crate) fn lookup_in(&self, parent: &Inode, name: &CStr) -> Result<Entry> {
+        self.quota()?;
+        let fd = sys::openat(
+            parent.fd(),
+            name,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )?;
+        let stx = sys::fstatx(fd.as_fd(), sys::STATX_WANTED)?;
+        let inode = self.inodes.insert_or_ref(fd, &stx);
+        Ok(self.entry(&inode, &stx, parent.key.mnt_id))
+    }
+
+    /// Opens `inode` for I/O with `flags`, through `/proc/self/fd` (an O_PATH descriptor
+    /// cannot be read). Only regular files and directories are ever opened: a FIFO would block
+    /// a worker, a device node would reach the host's device, a symlink its target.
+    pub(crate) fn reopen(&self, inode: &Inode, flags: i32) -> Result<OwnedFd> {
+        match inode.kind {
+            libc::S_IFREG | libc::S_IFDIR => {}
+            libc::S_IFLNK => return Err(Errno(libc::ELOOP)),
+            libc::S_IFIFO | libc::S_IFSOCK => return Err(Errno(libc::ENXIO)),
+            _ => return Err(Errno(libc::EACCES)),
+        }
+        // O_NOFOLLOW would refuse the /proc magic link itself; O_CREAT and O_EXCL create
+        // nothing here.
+        let flags = flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL | libc::O_PATH)
+            | libc::O_NOCTTY;
+        let name = sys::fd_name(inode.fd.as_raw_fd());
+        Ok(sys::openat(
+            self.proc_self_fd.as_fd(),
+            name.as_cstr(),
+            flags,
+            0,
+        )?)
+    }
+
+    /// `/proc/self/fd/N` of `inode` as a path, for the calls that only take paths (xattrs of
+    /// files that cannot be opened).
+    pub(crate) fn proc_path(&self, inode: &Inode) -> std::ffi::CString {
+        std::ffi::CString::new(format!("/proc/self/fd/{}", inode.fd.as_raw_fd()))
+            .expect("no NUL in a number")
+    }
+
+    /// The open flags the host gets for a guest's `flags`.
+    pub(crate) fn open_flags(&self, flags: u32) -> i32 {
+        let mut flags = flags as i32;
+        if !self.cfg.allow_direct_io {
+            flags &= !libc::O_DIRECT;
+        }
+        if self.writeback.load(Ordering::Relaxed) {
+            // The guest's page cache reads pages it writes back, and it does O_APPEND itself.
+            if flags & libc::O_ACCMODE == libc::O_WRONLY {
+                flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            flags &= !libc::O_APPEND;
+        }
+        flags
+    }
+}
+
+/// The current directory, for paths that are absolute anyway.
+fn cwd() -> BorrowedFd<'static> {
+    // SAFETY: AT_FDCWD is a valid "descriptor" for every *at call, forever.
+    unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }
+}
+
+/// A name that will name a new file (or the target of a rename or link): one component, not
+/// "." or "..".
+pub(crate) fn new_name(name: &Name) -> Result<&CStr> {
+    match name.as_bytes() {
+        b"" | b"." | b".." => Err(Errno(libc::EINVAL)),
+        b if b.contains(&b'/') => Err(Errno(libc::EINVAL)),
+        _ => Ok(name.as_cstr()),
+    }
+}
+
+/// A name of an existing file in a directory: one component (an empty name is ENOENT, as for
+/// any path component).
+pub(crate) fn existing_name(name: &Name) -> Result<&CStr> {
+    match name.as_bytes() {
+        b"" => Err(Errno(libc::ENOENT)),
+        b if b.contains(&b'/') => Err(Errno(libc::EINVAL)),
+        _ => Ok(name.as_cstr()),
+    }
+}
+
+/// FUSE attributes from `statx`.
+pub(crate) fn attr_of(stx: &libc::statx) -> Attr {
+    Attr {
+        ino: stx.stx_ino,
+        size: stx.stx_size,
+        blocks: stx.stx_blocks,
+        atime: stx.stx_atime.tv_sec as u64,
+        mtime: stx.stx_mtime.tv_sec as u64,
+        ctime: stx.stx_ctime.tv_sec as u64,
+        atimensec: stx.stx_atime.tv_nsec,
+        mtimensec: stx.stx_mtime.tv_nsec,
+        ctimensec: stx.stx_ctime.tv_nsec,
+        mode: u32::from(stx.stx_mode),
+        nlink: stx.stx_nlink,
+        uid: stx.stx_uid,
+        gid: stx.stx_gid,
+        rdev: libc::makedev(stx.stx_rdev_major, stx.stx_rdev_minor) as u32,
+        blksize: stx.stx_blksize,
+        flags: 0,
+    }
+}

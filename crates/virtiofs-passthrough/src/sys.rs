@@ -1,0 +1,343 @@
+//! The system calls the passthrough filesystem makes, as small safe functions over descriptors.
+//! Every path argument is one component relative to a directory descriptor (or "" with
+//! `AT_EMPTY_PATH`): the filesystem never hands the kernel a path with a slash in it.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// The empty path, for `AT_EMPTY_PATH` calls on the descriptor itself.
+pub const EMPTY: &CStr = c"";
+
+/// The result of a call that returns -1 and sets errno on failure.
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// openat(2); the descriptor is always close-on-exec.
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; the result is a new descriptor or -1.
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `statx(dir, name, flags, mask)`: with `name` empty and `AT_EMPTY_PATH`, the descriptor's own
+/// file. Symlinks are never followed.
+pub fn statx(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mask: u32) -> io::Result<libc::statx> {
+    // SAFETY: statx is plain integers; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to a NUL-terminated name and to `stx`.
+    check(unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::AT_SYMLINK_NOFOLLOW,
+            mask,
+            &mut stx,
+        )
+    })?;
+    Ok(stx)
+}
+
+/// A descriptor's own attributes (`statx(fd, "", AT_EMPTY_PATH)`), with `mask` asked for.
+pub fn fstatx(fd: BorrowedFd<'_>, mask: u32) -> io::Result<libc::statx> {
+    statx(fd, EMPTY, libc::AT_EMPTY_PATH, mask)
+}
+
+/// The attributes the filesystem always asks for: everything `stat` gives plus the mount id.
+pub const STATX_WANTED: u32 = libc::STATX_BASIC_STATS | libc::STATX_MNT_ID;
+
+/// readlinkat(2) into a buffer of PATH_MAX.
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: `buf` is writable for its length.
+    let n = check_size(unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// mkdirat(2).
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: NUL-terminated name.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+/// mknodat(2).
+pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: NUL-terminated name.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// symlinkat(2).
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: NUL-terminated strings.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// linkat(2).
+pub fn linkat(
+    olddir: BorrowedFd<'_>,
+    oldname: &CStr,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+    flags: i32,
+) -> io::Result<()> {
+    // SAFETY: NUL-terminated names.
+    check(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            oldname.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// unlinkat(2).
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: NUL-terminated name.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+/// renameat2(2).
+pub fn renameat2(
+    olddir: BorrowedFd<'_>,
+    oldname: &CStr,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+    flags: u32,
+) -> io::Result<()> {
+    // SAFETY: NUL-terminated names.
+    check(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            oldname.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// fchmodat(2) (no flags: Linux cannot change a symlink's mode).
+pub fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: NUL-terminated name.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// fchownat(2); `u32::MAX` leaves an id unchanged.
+pub fn fchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32, flags: i32) -> io::Result<()> {
+    // SAFETY: NUL-terminated name.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+/// utimensat(2).
+pub fn utimensat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    times: &[libc::timespec; 2],
+    flags: i32,
+) -> io::Result<()> {
+    // SAFETY: NUL-terminated name, two timespecs.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
+        .map(drop)
+}
+
+/// ftruncate(2).
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: plain call on a descriptor.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size) }).map(drop)
+}
+
+/// `preadv2` into `iov`.
+pub fn preadv2(fd: BorrowedFd<'_>, iov: &[libc::iovec], offset: u64, flags: i32) -> io::Result<usize> {
+    // SAFETY: the iovecs describe memory the caller lets the kernel write.
+    check_size(unsafe {
+        libc::preadv2(
+            fd.as_raw_fd(),
+            iov.as_ptr(),
+            iov.len() as i32,
+            offset as i64,
+            flags,
+        )
+    })
+}
+
+/// `pwritev2` from `iov`.
+pub fn pwritev2(
+    fd: BorrowedFd<'_>,
+    iov: &[libc::iovec],
+    offset: u64,
+    flags: i32,
+) -> io::Result<usize> {
+    // SAFETY: the iovecs describe memory the caller lets the kernel read.
+    check_size(unsafe {
+        libc::pwritev2(
+            fd.as_raw_fd(),
+            iov.as_ptr(),
+            iov.len() as i32,
+            offset as i64,
+            flags,
+        )
+    })
+}
+
+/// fsync(2) or fdatasync(2).
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain calls on a descriptor.
+    check(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
+}
+
+/// syncfs(2).
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain call on a descriptor.
+    check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+}
+
+/// fallocate(2).
+pub fn fallocate(fd: BorrowedFd<'_>, mode: u32, offset: u64, len: u64) -> io::Result<()> {
+    let (offset, len) = match (i64::try_from(offset), i64::try_from(len)) {
+        (Ok(o), Ok(l)) => (o, l),
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    // SAFETY: plain call on a descriptor.
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode as i32, offset, len) }).map(drop)
+}
+
+/// lseek(2).
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<u64> {
+    // SAFETY: plain call on a descriptor.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// copy_file_range(2) between two descriptors at explicit offsets.
+pub fn copy_file_range(
+    fd_in: BorrowedFd<'_>,
+    off_in: u64,
+    fd_out: BorrowedFd<'_>,
+    off_out: u64,
+    len: usize,
+    flags: u32,
+) -> io::Result<usize> {
+    let mut off_in = i64::try_from(off_in).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut off_out =
+        i64::try_from(off_out).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: the offsets are valid for the call; descriptors are borrowed.
+    check_size(unsafe {
+        libc::copy_file_range(
+            fd_in.as_raw_fd(),
+            &mut off_in,
+            fd_out.as_raw_fd(),
+            &mut off_out,
+            len,
+            flags,
+        )
+    })
+}
+
+/// fstatfs(2).
+pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statfs64> {
+    // SAFETY: statfs64 is plain integers; all-zero is valid.
+    let mut st: libc::statfs64 = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    check(unsafe { libc::fstatfs64(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+/// getdents64(2) into `buf`: the bytes filled (0 at the end of the directory).
+pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// fcntl(2) with a `flock` argument (F_OFD_GETLK / F_OFD_SETLK / F_OFD_SETLKW).
+pub fn fcntl_lock(fd: BorrowedFd<'_>, cmd: i32, lock: &mut libc::flock) -> io::Result<()> {
+    // SAFETY: `lock` is a valid flock.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, lock as *mut libc::flock) }).map(drop)
+}
+
+/// flock(2).
+pub fn flock(fd: BorrowedFd<'_>, op: i32) -> io::Result<()> {
+    // SAFETY: plain call on a descriptor.
+    check(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
+}
+
+/// The `errno` of an `io::Error` (EIO when it has none).
+pub fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// A descriptor's number as a C string, for naming it in `/proc/self/fd`.
+pub fn fd_name(fd: RawFd) -> FdName {
+    let mut buf = [0u8; 12];
+    let s = fd.to_string();
+    buf[..s.len()].copy_from_slice(s.as_bytes());
+    FdName { buf }
+}
+
+/// See [`fd_name`].
+pub struct FdName {
+    buf: [u8; 12],
+}
+
+impl FdName {
+    /// As a C string.
+    pub fn as_cstr(&self) -> &CStr {
+        CStr::from_bytes_until_nul(&self.buf).expect("NUL-terminated")
+    }
+}
