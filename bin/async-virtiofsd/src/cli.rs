@@ -557,13 +557,14 @@ where
         writeback: false,
         readdirplus: true,
         allow_direct_io: false,
+        announce_submounts: false,
     };
     let mut log_level = LogLevel::Info;
     let mut source = None;
     let mut sandbox = SandboxMode::Namespace;
     let mut modcaps = None;
     let mut not_implemented = Vec::new();
-    let (mut killpriv, mut posix_acl, mut security_label, mut announce) = (None, None, None, None);
+    let (mut killpriv, mut posix_acl, mut security_label) = (None, None, None);
     for (_, s) in settings {
         match s {
             Setting::Source(d) => source = Some(d),
@@ -582,7 +583,7 @@ where
             Setting::SecurityLabel(mode, name) => {
                 security_label = (mode != Negotiation::Never).then_some(name)
             }
-            Setting::AnnounceSubmounts(on, name) => announce = Some((on, name)),
+            Setting::AnnounceSubmounts(on, _) => share.announce_submounts = on,
             Setting::NotYet(name) => not_implemented.push(name),
         }
     }
@@ -590,15 +591,7 @@ where
     if !not_implemented.is_empty() {
         return Err(not_yet(&not_implemented));
     }
-    let mut notes = Vec::new();
-    match announce {
-        Some((true, name)) => warnings.push(format!(
-            "{name}: announcing submounts is not implemented yet; the guest sees mount points \
-             under the share as plain directories"
-        )),
-        Some((false, name)) => notes.push(format!("{name}: submounts are not announced")),
-        None => {}
-    }
+    let notes = Vec::new();
     share.shared_dir = source.ok_or_else(|| {
         UsageError("missing shared directory: give --shared-dir DIR or -o source=DIR".into())
     })?;

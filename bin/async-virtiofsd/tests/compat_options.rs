@@ -75,12 +75,12 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     (
         "--announce-submounts",
         &["--announce-submounts"],
-        Warns("--announce-submounts"),
+        Serves(""),
     ),
     (
         "--no-announce-submounts",
         &["--no-announce-submounts"],
-        Serves("submounts are not announced"),
+        Serves(""),
     ),
     (
         "--inode-file-handles",
@@ -229,7 +229,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     (
         "-o announce_submounts",
         &["-o", "announce_submounts"],
-        Warns("-o announce_submounts"),
+        Serves(""),
     ),
     (
         "-o killpriv_v2",

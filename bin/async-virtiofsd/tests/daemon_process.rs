@@ -330,12 +330,16 @@ fn syslog_gets_rfc3164_datagrams_with_severities_and_the_log_level() {
     let child = Command::new(BIN)
         .args(["--shared-dir", share.to_str().unwrap()])
         .args(["--socket-path", sock.to_str().unwrap()])
-        .args(["--syslog", "--log-level=warn", "-o", "announce_submounts"])
+        .args([
+            "--syslog",
+            "--log-level=warn",
+            "--inode-file-handles=prefer",
+        ])
         .env("ASYNC_VIRTIOFSD_SYSLOG_SOCKET", &log)
         .env_remove("RUST_LOG")
         .spawn()
         .unwrap();
-    let mut msgs = recv_until(&server, "announce_submounts");
+    let mut msgs = recv_until(&server, "inode-file-handles");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while UnixStream::connect(&sock).is_err() {
         assert!(std::time::Instant::now() < deadline, "never listened");

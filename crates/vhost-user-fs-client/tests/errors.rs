@@ -179,11 +179,11 @@ fn namespace_errors_match_the_host() {
     check("failed renames");
 
     // READLINK / OPEN / OPENDIR / SETATTR on the wrong kind of node.
-    // The host's readlink(2) says EINVAL for a non-symlink; PassthroughFs calls
-    // readlinkat(fd, "") on its O_PATH fd, which says ENOENT. (A guest kernel never sends
-    // READLINK for a node it knows is not a symlink.)
-    assert_eq!(errno(c.readlink(file.nodeid)), Errno::ENOENT);
-    assert_eq!(errno(c.readlink(dir.nodeid)), Errno::ENOENT);
+    // EINVAL for a non-symlink, as the host's readlink(2) says (fuse-backend-rs said ENOENT,
+    // from readlinkat(fd, "") on its O_PATH fd). A guest kernel never sends READLINK for a
+    // node it knows is not a symlink.
+    assert_eq!(errno(c.readlink(file.nodeid)), Errno::EINVAL);
+    assert_eq!(errno(c.readlink(dir.nodeid)), Errno::EINVAL);
     assert_eq!(c.readlink(link.nodeid).unwrap(), b"file");
     assert_eq!(errno(c.opendir(file.nodeid, O_RDONLY)), Errno::ENOTDIR);
     assert_eq!(errno(c.open(dir.nodeid, O_RDWR)), Errno::EISDIR);
@@ -427,11 +427,10 @@ fn xattr_errors_with_xattr_enabled() {
 }
 
 /// Without `--xattr` every xattr op is ENOSYS (the FUSE way to say "not supported": the guest
-/// kernel stops asking and reports EOPNOTSUPP to its callers). Opcodes fuse-backend-rs 0.14
-/// does not dispatch (COPY_FILE_RANGE, SYNCFS, TMPFILE, STATX, unknown ones) are ENOSYS too,
-/// as are those `PassthroughFs` does not implement (GETLK/SETLK/SETLKW, BMAP, POLL);
-/// SETUPMAPPING without a DAX window is EINVAL, IOCTL is ENOTTY.
-/// The session carries on after each.
+/// kernel stops asking and reports EOPNOTSUPP to its callers). Unknown opcodes, BMAP (no block
+/// device behind the share) and POLL are ENOSYS; SETUPMAPPING without a DAX window is ENOSYS,
+/// IOCTL is ENOTTY. The operations fuse-backend-rs did not serve (COPY_FILE_RANGE, SYNCFS,
+/// TMPFILE, STATX, GETLK/SETLK/SETLKW) get real answers. The session carries on after each.
 #[test]
 fn unsupported_operations_are_enosys() {
     let (d, c) = started();
@@ -446,9 +445,6 @@ fn unsupported_operations_are_enosys() {
     assert_eq!(errno(c.listxattr(n, 256)), Errno::ENOSYS);
     assert_eq!(errno(c.removexattr(n, "user.a")), Errno::ENOSYS);
 
-    let fh = fo.fh.to_ne_bytes().to_vec();
-    let mut lk = vec![0u8; 48]; // fuse_lk_in: fh, owner, fuse_file_lock (24), lk_flags, padding
-    lk[..8].copy_from_slice(&fh);
     let cases: Vec<(&str, FuseRequest)> = vec![
         ("opcode 9999", FuseRequest::new(9999, n, vec![], vec![64])),
         (
@@ -458,39 +454,6 @@ fn unsupported_operations_are_enosys() {
         (
             "opcode u32::MAX",
             FuseRequest::new(u32::MAX, n, vec![], vec![64]),
-        ),
-        (
-            "COPY_FILE_RANGE",
-            FuseRequest::new(opcode::COPY_FILE_RANGE, n, vec![vec![0; 56]], vec![8]),
-        ),
-        (
-            "SYNCFS",
-            FuseRequest::new(opcode::SYNCFS, ROOT_ID, vec![vec![0; 8]], vec![]),
-        ),
-        (
-            "TMPFILE",
-            FuseRequest::new(
-                opcode::TMPFILE,
-                ROOT_ID,
-                vec![vec![0; 16], b"t\0".to_vec()],
-                vec![128, 16],
-            ),
-        ),
-        (
-            "STATX",
-            FuseRequest::new(opcode::STATX, n, vec![vec![0; 24]], vec![256]),
-        ),
-        (
-            "GETLK",
-            FuseRequest::new(opcode::GETLK, n, vec![lk.clone()], vec![24]),
-        ),
-        (
-            "SETLK",
-            FuseRequest::new(opcode::SETLK, n, vec![lk.clone()], vec![]),
-        ),
-        (
-            "SETLKW",
-            FuseRequest::new(opcode::SETLKW, n, vec![lk], vec![]),
         ),
         (
             "BMAP",
@@ -516,6 +479,75 @@ fn unsupported_operations_are_enosys() {
         );
         assert!(c.getattr(n, None).is_ok(), "{what}: session carries on");
     }
+
+    // Served now. fuse_lk_in: fh, owner, fuse_file_lock {start, end, type, pid}, lk_flags.
+    let lk = |typ: i32| {
+        let mut lk = vec![0u8; 48];
+        lk[..8].copy_from_slice(&fo.fh.to_ne_bytes());
+        lk[8..16].copy_from_slice(&7u64.to_ne_bytes());
+        lk[24..32].copy_from_slice(&u64::MAX.to_ne_bytes()); // to the end
+        lk[32..36].copy_from_slice(&(typ as u32).to_ne_bytes());
+        lk
+    };
+    let served: Vec<(&str, FuseRequest, Option<Errno>)> = vec![
+        (
+            "COPY_FILE_RANGE of a handle never opened",
+            FuseRequest::new(opcode::COPY_FILE_RANGE, n, vec![vec![0; 56]], vec![8]),
+            Some(Errno::EBADF),
+        ),
+        (
+            "SYNCFS",
+            FuseRequest::new(opcode::SYNCFS, ROOT_ID, vec![vec![0; 8]], vec![]),
+            None,
+        ),
+        (
+            "STATX",
+            FuseRequest::new(opcode::STATX, n, vec![vec![0; 24]], vec![288]),
+            None,
+        ),
+        (
+            "SETLK F_WRLCK",
+            FuseRequest::new(opcode::SETLK, n, vec![lk(libc::F_WRLCK)], vec![]),
+            None,
+        ),
+        (
+            "GETLK by the owner holding it",
+            FuseRequest::new(opcode::GETLK, n, vec![lk(libc::F_WRLCK)], vec![24]),
+            None,
+        ),
+        (
+            "SETLKW F_UNLCK",
+            FuseRequest::new(opcode::SETLKW, n, vec![lk(libc::F_UNLCK)], vec![]),
+            None,
+        ),
+        (
+            "SETLK of an unknown lock type",
+            FuseRequest::new(opcode::SETLK, n, vec![lk(77)], vec![]),
+            Some(Errno::EINVAL),
+        ),
+    ];
+    for (what, req, want) in served {
+        let got = c.call(req).map(|r| r.error);
+        assert!(
+            matches!(got, Ok(e) if e == want),
+            "{what}: want {want:?}, got {got:?}"
+        );
+    }
+    // TMPFILE: an unnamed file, opened (entry + open reply), that no directory lists.
+    let tmp = FuseRequest::new(
+        opcode::TMPFILE,
+        ROOT_ID,
+        vec![
+            [libc::O_RDWR as u32, 0o600, 0, 0]
+                .iter()
+                .flat_map(|v| v.to_ne_bytes())
+                .collect(),
+            b"t\0".to_vec(),
+        ],
+        vec![128, 16],
+    );
+    assert_eq!(c.call(tmp).unwrap().error, None);
+    assert_eq!(host_names(&d.share), names(&["f"]));
     c.release(n, fo.fh, 0).unwrap();
     let log = d.take_log();
     assert!(!log.contains("panicked"), "{log}");

@@ -145,6 +145,10 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert_eq!((meta.uid(), meta.gid()), (4321, 8765));
         // SAFETY: plain getter.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "other threads never switched");
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "other threads never switched"
+        );
     }
 }

@@ -186,6 +186,7 @@ impl InodeStore {
     }
 
     /// Whether there is no node at all (before the first session).
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -1,27 +1,31 @@
 //! The shared directory as a FUSE filesystem.
 //!
-//! Our FUSE server (`virtiofs-fuse`) answers the requests; the filesystem behind it is still
-//! fuse-backend-rs's passthrough, translated in [`borrowed`], with the daemon's options mapped
-//! onto it ([`ShareOptions`] → [`Share`]). Requests that would take the guest past its
-//! file-descriptor quota are refused ([`FdQuota`]).
+//! Our FUSE server (`virtiofs-fuse`) answers the requests; the filesystem behind it is
+//! [`Passthrough`]: an inode store of O_PATH descriptors keyed by (st_dev, st_ino, mount id)
+//! (`inode.rs`), a handle table (`handle.rs`), the caller's credentials for requests that make
+//! files (`creds.rs`), and the operations by kind (`ops/`) over thin system-call wrappers
+//! (`sys.rs`). [`ShareOptions`] → [`Share`] maps the daemon's options onto it. Requests that
+//! would take the guest past its file-descriptor quota are refused ([`FdQuota`]).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
-mod borrowed;
+mod creds;
 mod fd_quota;
-mod guest_io;
+mod filesystem;
+mod handle;
+mod inode;
+mod ops;
+mod passthrough;
+mod sys;
 pub use fd_quota::FdQuota;
+pub use passthrough::{Config, Passthrough};
 
-use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use smallvec::SmallVec;
 use virtiofs_fuse::abi::InHeader;
 use virtiofs_fuse::{Limits, Segment, ServeError, Server};
 use virtiofs_pipeline::{Chain, FuseHandler, HandleError, Handled};
-
-use crate::borrowed::Borrowed;
 
 /// Guest caching policy (`--cache`), with the Rust virtiofsd's timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,15 +50,6 @@ impl CacheMode {
             CacheMode::Never => Duration::ZERO,
             CacheMode::Auto => Duration::from_secs(1),
             CacheMode::Metadata | CacheMode::Always => Duration::from_secs(86400),
-        }
-    }
-
-    fn policy(self) -> CachePolicy {
-        match self {
-            CacheMode::Never => CachePolicy::Never,
-            CacheMode::Auto => CachePolicy::Auto,
-            CacheMode::Metadata => CachePolicy::Metadata,
-            CacheMode::Always => CachePolicy::Always,
         }
     }
 }
@@ -90,6 +85,8 @@ pub struct ShareOptions {
     pub readdirplus: bool,
     /// Honour O_DIRECT from the guest.
     pub allow_direct_io: bool,
+    /// Mark mount points inside the share so the guest gives each its own st_dev.
+    pub announce_submounts: bool,
 }
 
 /// Why the share cannot be served.
@@ -106,15 +103,12 @@ pub enum ShareError {
     /// The path is not a directory.
     #[error("shared directory {0} is not a directory")]
     NotADirectory(PathBuf),
-    /// The path cannot be passed to the filesystem library.
-    #[error("shared directory {0} is not valid UTF-8")]
-    NotUtf8(PathBuf),
-    /// The filesystem library refused the configuration or the root.
+    /// The root (or /proc/self/fd) cannot be opened.
     #[error("cannot serve {path}: {source}")]
     Open {
         /// The directory given.
         path: PathBuf,
-        /// What the library said.
+        /// What the system said.
         source: std::io::Error,
     },
 }
@@ -136,21 +130,20 @@ pub fn check_shared_dir(path: &Path) -> Result<PathBuf, ShareError> {
 
 /// The FUSE server over the shared directory.
 pub struct Share {
-    server: Server<Borrowed>,
+    server: Server<Passthrough>,
 }
 
 /// A share whose filesystem object exists (it holds /proc/self/fd) but whose root is not open
 /// yet: the sandbox changes the root between [`Share::prepare`] and [`PreparedShare::import`].
 pub struct PreparedShare {
-    fs: PassthroughFs,
-    readdirplus: bool,
+    fs: Passthrough,
     root: PathBuf,
 }
 
 impl Share {
-    /// Opens the shared directory (prepare and import in one step, no sandbox). Note: the library
-    /// clears the process umask here (the guest's modes arrive already masked), so create host
-    /// files the daemon owns before calling this.
+    /// Opens the shared directory (prepare and import in one step, no sandbox). Note: this
+    /// clears the process umask (the guest's modes arrive already masked), so create host
+    /// files the daemon owns before calling it.
     pub fn open(opts: &ShareOptions) -> Result<Self, ShareError> {
         let dir = check_shared_dir(&opts.shared_dir)?;
         Self::prepare(opts, &dir)?.import()
@@ -159,29 +152,24 @@ impl Share {
     /// Builds the filesystem object for `opts`; its root will be `root`, the shared directory as
     /// seen after entering the sandbox (`/` once pivoted or chrooted into it).
     pub fn prepare(opts: &ShareOptions, root: &Path) -> Result<PreparedShare, ShareError> {
-        let root_dir = root
-            .to_str()
-            .ok_or_else(|| ShareError::NotUtf8(root.to_owned()))?
-            .to_owned();
-        let timeout = opts.cache.timeout();
         let cfg = Config {
-            root_dir,
-            entry_timeout: timeout,
-            attr_timeout: timeout,
-            cache_policy: opts.cache.policy(),
-            writeback: opts.writeback,
+            cache: opts.cache,
             xattr: opts.xattr,
+            writeback: opts.writeback,
+            readdirplus: opts.readdirplus,
             allow_direct_io: opts.allow_direct_io,
-            do_import: true,
-            ..Config::default()
+            announce_submounts: opts.announce_submounts,
         };
-        let fs = PassthroughFs::<()>::new(cfg).map_err(|source| ShareError::Open {
-            path: opts.shared_dir.clone(),
+        let fs = Passthrough::new(cfg, root).map_err(|source| ShareError::Open {
+            path: PathBuf::from("/proc/self/fd"),
             source,
         })?;
+        // The guest's kernel applies its caller's umask before sending a mode (the session
+        // does not negotiate DONT_MASK); ours must not take more away.
+        // SAFETY: umask has no failure mode and touches only the process's mask.
+        unsafe { libc::umask(0) };
         Ok(PreparedShare {
             fs,
-            readdirplus: opts.readdirplus,
             root: root.to_owned(),
         })
     }
@@ -204,13 +192,8 @@ impl PreparedShare {
             path: self.root.clone(),
             source,
         })?;
-        let fs = Borrowed {
-            fs: Arc::new(self.fs),
-            readdirplus: self.readdirplus,
-            fd_quota: None,
-        };
         Ok(Share {
-            server: Server::new(fs, Limits::default()),
+            server: Server::new(self.fs, Limits::default()),
         })
     }
 }
@@ -263,6 +246,7 @@ mod tests {
             writeback: false,
             readdirplus: true,
             allow_direct_io: false,
+            announce_submounts: false,
         }
     }
 

@@ -83,12 +83,8 @@ impl Passthrough {
     /// A filesystem whose root will be `root`; opens `/proc/self/fd` now (call this before
     /// entering the sandbox's new root).
     pub fn new(cfg: Config, root: &Path) -> io::Result<Self> {
-        let proc_self_fd = sys::openat(
-            cwd(),
-            c"/proc/self/fd",
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )?;
+        let proc_self_fd =
+            sys::openat(cwd(), c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?;
         Ok(Passthrough {
             cfg,
             inodes: InodeStore::default(),
@@ -191,12 +187,7 @@ impl Passthrough {
     /// LOOKUP of one component `name` in `parent` (counts a lookup of the result).
     pub(crate) fn lookup_in(&self, parent: &Inode, name: &CStr) -> Result<Entry> {
         self.quota()?;
-        let fd = sys::openat(
-            parent.fd(),
-            name,
-            libc::O_PATH | libc::O_NOFOLLOW,
-            0,
-        )?;
+        let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let stx = sys::fstatx(fd.as_fd(), sys::STATX_WANTED)?;
         let inode = self.inodes.insert_or_ref(fd, &stx);
         Ok(self.entry(&inode, &stx, parent.key.mnt_id))
@@ -223,6 +214,11 @@ impl Passthrough {
             flags,
             0,
         )?)
+    }
+
+    /// `/proc/self/fd`, for the *at calls that name a node by its descriptor's entry.
+    pub(crate) fn proc_fd(&self) -> BorrowedFd<'_> {
+        self.proc_self_fd.as_fd()
     }
 
     /// `/proc/self/fd/N` of `inode` as a path, for the calls that only take paths (xattrs of

@@ -156,7 +156,13 @@ pub fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
 }
 
 /// fchownat(2); `u32::MAX` leaves an id unchanged.
-pub fn fchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32, flags: i32) -> io::Result<()> {
+pub fn fchownat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    uid: u32,
+    gid: u32,
+    flags: i32,
+) -> io::Result<()> {
     // SAFETY: NUL-terminated name.
     check(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) }).map(drop)
 }
@@ -181,7 +187,12 @@ pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
 }
 
 /// `preadv2` into `iov`.
-pub fn preadv2(fd: BorrowedFd<'_>, iov: &[libc::iovec], offset: u64, flags: i32) -> io::Result<usize> {
+pub fn preadv2(
+    fd: BorrowedFd<'_>,
+    iov: &[libc::iovec],
+    offset: u64,
+    flags: i32,
+) -> io::Result<usize> {
     // SAFETY: the iovecs describe memory the caller lets the kernel write.
     check_size(unsafe {
         libc::preadv2(
@@ -262,7 +273,8 @@ pub fn copy_file_range(
     len: usize,
     flags: u32,
 ) -> io::Result<usize> {
-    let mut off_in = i64::try_from(off_in).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut off_in =
+        i64::try_from(off_in).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut off_out =
         i64::try_from(off_out).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: the offsets are valid for the call; descriptors are borrowed.
@@ -317,16 +329,23 @@ pub fn flock(fd: BorrowedFd<'_>, op: i32) -> io::Result<()> {
     check(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
 }
 
-/// The `errno` of an `io::Error` (EIO when it has none).
-pub fn errno_of(e: &io::Error) -> i32 {
-    e.raw_os_error().unwrap_or(libc::EIO)
-}
-
 /// A descriptor's number as a C string, for naming it in `/proc/self/fd`.
 pub fn fd_name(fd: RawFd) -> FdName {
+    // Digits written by hand: this runs on every open, and a descriptor is never negative.
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (fd.max(0) as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
     let mut buf = [0u8; 12];
-    let s = fd.to_string();
-    buf[..s.len()].copy_from_slice(s.as_bytes());
+    for (i, d) in digits[..len].iter().rev().enumerate() {
+        buf[i] = *d;
+    }
     FdName { buf }
 }
 
@@ -339,5 +358,17 @@ impl FdName {
     /// As a C string.
     pub fn as_cstr(&self) -> &CStr {
         CStr::from_bytes_until_nul(&self.buf).expect("NUL-terminated")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_names_are_the_decimal_numbers() {
+        for fd in [0, 7, 10, 12345, i32::MAX] {
+            assert_eq!(fd_name(fd).as_cstr().to_str().unwrap(), fd.to_string());
+        }
     }
 }

@@ -141,6 +141,7 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_symlinkat,
         SYS_linkat,
         SYS_unlinkat,
+        SYS_renameat, // glibc's renameat2 with flags 0
         SYS_renameat2,
         SYS_fchmod,
         SYS_fchmodat,
@@ -160,11 +161,22 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_flistxattr,
         SYS_fremovexattr,
     ]);
-    // Credentials: fsuid/fsgid switching per request (fuse-backend-rs uses setresuid/setresgid
-    // on the thread) and dropping CAP_FSETID for HANDLE_KILLPRIV_V2 writes.
+    // Operations beyond the basic file calls: COPY_FILE_RANGE, SYNCFS, ACCESS (glibc's
+    // faccessat tries faccessat2 first).
+    v.extend(calls![
+        SYS_copy_file_range,
+        SYS_syncfs,
+        SYS_faccessat,
+        SYS_faccessat2,
+    ]);
+    // Credentials: the caller's ids on the thread that makes a file (setresuid/setresgid of
+    // the thread only, raw syscalls), its supplementary group for CREATE_SUPP_GROUP, and
+    // capget/capset for the sandbox's own capability drop.
     v.extend(calls![
         SYS_setresuid,
         SYS_setresgid,
+        SYS_setgroups,
+        SYS_getgroups,
         SYS_capget,
         SYS_capset,
         SYS_geteuid,

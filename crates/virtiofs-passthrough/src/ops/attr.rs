@@ -92,8 +92,16 @@ impl Passthrough {
             sys::fchmodat(self.proc_fd(), proc_name.as_cstr(), arg.mode & 0o7777)?;
         }
         if arg.valid & (fattr::UID | fattr::GID) != 0 {
-            let uid = if arg.valid & fattr::UID != 0 { arg.uid } else { u32::MAX };
-            let gid = if arg.valid & fattr::GID != 0 { arg.gid } else { u32::MAX };
+            let uid = if arg.valid & fattr::UID != 0 {
+                arg.uid
+            } else {
+                u32::MAX
+            };
+            let gid = if arg.valid & fattr::GID != 0 {
+                arg.gid
+            } else {
+                u32::MAX
+            };
             sys::fchownat(
                 inode.fd(),
                 sys::EMPTY,

@@ -110,7 +110,12 @@ impl Passthrough {
     }
 
     /// A READDIRPLUS record: the entry is looked up (and counted) only if it is sent.
-    fn add_plus(&self, out: &mut DirSink<'_, '_>, dir: &crate::inode::Inode, d: &HostDirent) -> bool {
+    fn add_plus(
+        &self,
+        out: &mut DirSink<'_, '_>,
+        dir: &crate::inode::Inode,
+        d: &HostDirent,
+    ) -> bool {
         if d.name == b"." || d.name == b".." {
             // The guest skips these; no lookup is counted for them (node id 0).
             let entry = Entry {
@@ -168,8 +173,17 @@ mod tests {
             buf.extend_from_slice(name);
             buf.resize(start + reclen, 0);
         }
-        let got: Vec<_> = records(&buf).map(|d| (d.ino, d.off, d.name.to_vec())).collect();
-        assert_eq!(got, vec![(5, 10, b"a".to_vec()), (6, 20, b"long-name".to_vec())]);
-        assert_eq!(records(&buf[..buf.len() - 1]).count(), 1, "a cut record is not read");
+        let got: Vec<_> = records(&buf)
+            .map(|d| (d.ino, d.off, d.name.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(5, 10, b"a".to_vec()), (6, 20, b"long-name".to_vec())]
+        );
+        assert_eq!(
+            records(&buf[..buf.len() - 1]).count(),
+            1,
+            "a cut record is not read"
+        );
     }
 }

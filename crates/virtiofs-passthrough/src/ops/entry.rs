@@ -54,7 +54,13 @@ impl Passthrough {
         self.lookup_in(&dir, name)
     }
 
-    pub(crate) fn do_mkdir(&self, ctx: &Context, parent: u64, name: &Name, mode: u32) -> Result<Entry> {
+    pub(crate) fn do_mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &Name,
+        mode: u32,
+    ) -> Result<Entry> {
         let dir = self.inode(parent)?;
         let name = new_name(name)?;
         {

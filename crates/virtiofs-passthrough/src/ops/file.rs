@@ -7,7 +7,9 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use smallvec::SmallVec;
-use virtiofs_fuse::abi::{fopen, CopyFileRangeIn, CreateIn, FallocateIn, ReadIn, ReleaseIn, WriteIn};
+use virtiofs_fuse::abi::{
+    fopen, CopyFileRangeIn, CreateIn, FallocateIn, ReadIn, ReleaseIn, WriteIn,
+};
 use virtiofs_fuse::{Context, Entry, Errno, GuestSlice, Name, Opened};
 
 use crate::passthrough::{new_name, Passthrough, Result};
@@ -122,7 +124,12 @@ impl Passthrough {
         ))
     }
 
-    pub(crate) fn do_read(&self, nodeid: u64, arg: &ReadIn, dst: &[GuestSlice<'_>]) -> Result<usize> {
+    pub(crate) fn do_read(
+        &self,
+        nodeid: u64,
+        arg: &ReadIn,
+        dst: &[GuestSlice<'_>],
+    ) -> Result<usize> {
         let h = self.handles.get(nodeid, arg.fh)?;
         let iov = iovecs(dst, arg.size as usize);
         if iov.is_empty() {

@@ -64,16 +64,6 @@ impl LockTable {
             .get(&(nodeid, owner))
             .cloned()
     }
-
-    /// How many owners hold a description.
-    pub fn len(&self) -> usize {
-        self.owners.lock().expect("lock table").len()
-    }
-
-    /// Whether none does.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The host `flock` of a FUSE lock (FUSE ranges are inclusive; OFFSET_MAX means to the end).
@@ -137,7 +127,9 @@ impl Passthrough {
         };
         let mut owners = self.locks.owners.lock().expect("lock table");
         Ok(Arc::clone(
-            owners.entry((nodeid, owner)).or_insert_with(|| Arc::new(fd)),
+            owners
+                .entry((nodeid, owner))
+                .or_insert_with(|| Arc::new(fd)),
         ))
     }
 
@@ -216,7 +208,11 @@ mod tests {
         let fl = host_lock(&to_end).unwrap();
         assert_eq!(fl.l_len, 0);
         assert_eq!(fuse_lock(&fl).end, OFFSET_MAX);
-        let backwards = FileLock { start: 5, end: 4, ..lk };
+        let backwards = FileLock {
+            start: 5,
+            end: 4,
+            ..lk
+        };
         assert_eq!(host_lock(&backwards).unwrap_err(), Errno(libc::EINVAL));
         let bad_type = FileLock { typ: 77, ..lk };
         assert_eq!(host_lock(&bad_type).unwrap_err(), Errno(libc::EINVAL));

@@ -1,0 +1,203 @@
+//! [`Passthrough`] as a [`Filesystem`]: each trait method is one operation in `ops/`, plus
+//! the checks every operation of its kind needs (the fd quota for those that open one).
+
+use virtiofs_fuse::abi::{
+    CopyFileRangeIn, CreateIn, FallocateIn, FileLock, ForgetOne, Kstatfs, LkIn, ReadIn, ReleaseIn,
+    SetattrIn, StatxIn, WriteIn,
+};
+use virtiofs_fuse::filesystem::Result;
+use virtiofs_fuse::{
+    AttrReply, Context, DirSink, Entry, Filesystem, GuestSlice, Name, Opened, StatxReply, Xattr,
+};
+
+use crate::passthrough::Passthrough;
+
+impl Filesystem for Passthrough {
+    fn init(&self, capable: u64) -> Result<u64> {
+        Passthrough::init(self, capable)
+    }
+    fn destroy(&self) {
+        Passthrough::destroy(self)
+    }
+    fn lookup(&self, _: &Context, parent: u64, name: &Name) -> Result<Entry> {
+        self.do_lookup(parent, name)
+    }
+    fn forget(&self, nodeid: u64, nlookup: u64) {
+        self.inodes.forget(nodeid, nlookup)
+    }
+    fn batch_forget(&self, items: &[ForgetOne]) {
+        for item in items {
+            self.inodes.forget(item.nodeid, item.nlookup)
+        }
+    }
+    fn getattr(&self, _: &Context, nodeid: u64, _fh: Option<u64>) -> Result<AttrReply> {
+        // The node's O_PATH fd says the same as the handle's fd: one inode.
+        self.do_getattr(nodeid)
+    }
+    fn setattr(&self, _: &Context, nodeid: u64, arg: &SetattrIn) -> Result<AttrReply> {
+        self.do_setattr(nodeid, arg)
+    }
+    fn readlink(&self, _: &Context, nodeid: u64) -> Result<Vec<u8>> {
+        self.do_readlink(nodeid)
+    }
+    fn symlink(&self, ctx: &Context, parent: u64, name: &Name, target: &[u8]) -> Result<Entry> {
+        self.quota()?;
+        self.do_symlink(ctx, parent, name, target)
+    }
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &Name,
+        mode: u32,
+        rdev: u32,
+        _umask: u32,
+    ) -> Result<Entry> {
+        // `mode` arrives with the guest's umask applied (no DONT_MASK), and the daemon's own
+        // umask is 0, so the host makes exactly `mode`.
+        self.quota()?;
+        self.do_mknod(ctx, parent, name, mode, rdev)
+    }
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &Name,
+        mode: u32,
+        _umask: u32,
+    ) -> Result<Entry> {
+        self.quota()?;
+        self.do_mkdir(ctx, parent, name, mode)
+    }
+    fn unlink(&self, _: &Context, parent: u64, name: &Name) -> Result<()> {
+        self.do_unlink(parent, name, 0)
+    }
+    fn rmdir(&self, _: &Context, parent: u64, name: &Name) -> Result<()> {
+        self.do_unlink(parent, name, libc::AT_REMOVEDIR)
+    }
+    fn rename(
+        &self,
+        _: &Context,
+        olddir: u64,
+        oldname: &Name,
+        newdir: u64,
+        newname: &Name,
+        flags: u32,
+    ) -> Result<()> {
+        self.do_rename(olddir, oldname, newdir, newname, flags)
+    }
+    fn link(&self, _: &Context, nodeid: u64, newparent: u64, newname: &Name) -> Result<Entry> {
+        self.quota()?;
+        self.do_link(nodeid, newparent, newname)
+    }
+    fn open(&self, _: &Context, nodeid: u64, flags: u32, _open_flags: u32) -> Result<Opened> {
+        self.quota()?;
+        self.do_open(nodeid, flags)
+    }
+    fn read(
+        &self,
+        _: &Context,
+        nodeid: u64,
+        arg: &ReadIn,
+        dst: &[GuestSlice<'_>],
+    ) -> Result<usize> {
+        self.do_read(nodeid, arg, dst)
+    }
+    fn write(
+        &self,
+        _: &Context,
+        nodeid: u64,
+        arg: &WriteIn,
+        src: &[GuestSlice<'_>],
+    ) -> Result<usize> {
+        self.do_write(nodeid, arg, src)
+    }
+    fn statfs(&self, _: &Context, nodeid: u64) -> Result<Kstatfs> {
+        self.do_statfs(nodeid)
+    }
+    fn release(&self, _: &Context, nodeid: u64, arg: &ReleaseIn) -> Result<()> {
+        self.do_release(nodeid, arg)
+    }
+    fn fsync(&self, _: &Context, nodeid: u64, fh: u64, datasync: bool) -> Result<()> {
+        self.do_fsync(nodeid, fh, datasync)
+    }
+    fn setxattr(
+        &self,
+        _: &Context,
+        nodeid: u64,
+        name: &Name,
+        value: &[u8],
+        flags: u32,
+        _setxattr_flags: u32,
+    ) -> Result<()> {
+        self.do_setxattr(nodeid, name, value, flags)
+    }
+    fn getxattr(&self, _: &Context, nodeid: u64, name: &Name, size: u32) -> Result<Xattr> {
+        self.do_getxattr(nodeid, name, size)
+    }
+    fn listxattr(&self, _: &Context, nodeid: u64, size: u32) -> Result<Xattr> {
+        self.do_listxattr(nodeid, size)
+    }
+    fn removexattr(&self, _: &Context, nodeid: u64, name: &Name) -> Result<()> {
+        self.do_removexattr(nodeid, name)
+    }
+    fn flush(&self, _: &Context, nodeid: u64, fh: u64, lock_owner: u64) -> Result<()> {
+        self.do_flush(nodeid, fh, lock_owner)
+    }
+    fn opendir(&self, _: &Context, nodeid: u64, flags: u32) -> Result<Opened> {
+        self.quota()?;
+        self.do_opendir(nodeid, flags)
+    }
+    fn readdir(
+        &self,
+        _: &Context,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        out: &mut DirSink<'_, '_>,
+    ) -> Result<()> {
+        self.do_readdir(nodeid, fh, offset, out)
+    }
+    fn releasedir(&self, _: &Context, nodeid: u64, fh: u64, _flags: u32) -> Result<()> {
+        self.do_releasedir(nodeid, fh)
+    }
+    fn fsyncdir(&self, _: &Context, nodeid: u64, fh: u64, datasync: bool) -> Result<()> {
+        self.do_fsyncdir(nodeid, fh, datasync)
+    }
+    fn getlk(&self, _: &Context, nodeid: u64, arg: &LkIn) -> Result<FileLock> {
+        self.do_getlk(nodeid, arg)
+    }
+    fn setlk(&self, _: &Context, nodeid: u64, arg: &LkIn, wait: bool) -> Result<()> {
+        self.do_setlk(nodeid, arg, wait)
+    }
+    fn access(&self, ctx: &Context, nodeid: u64, mask: u32) -> Result<()> {
+        self.do_access(ctx, nodeid, mask)
+    }
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &Name,
+        arg: &CreateIn,
+    ) -> Result<(Entry, Opened)> {
+        self.do_create(ctx, parent, name, arg)
+    }
+    fn fallocate(&self, _: &Context, nodeid: u64, arg: &FallocateIn) -> Result<()> {
+        self.do_fallocate(nodeid, arg)
+    }
+    fn lseek(&self, _: &Context, nodeid: u64, fh: u64, offset: u64, whence: u32) -> Result<u64> {
+        self.do_lseek(nodeid, fh, offset, whence)
+    }
+    fn copy_file_range(&self, _: &Context, nodeid: u64, arg: &CopyFileRangeIn) -> Result<u64> {
+        self.do_copy_file_range(nodeid, arg)
+    }
+    fn syncfs(&self, _: &Context, nodeid: u64) -> Result<()> {
+        self.do_syncfs(nodeid)
+    }
+    fn tmpfile(&self, ctx: &Context, parent: u64, arg: &CreateIn) -> Result<(Entry, Opened)> {
+        self.do_tmpfile(ctx, parent, arg)
+    }
+    fn statx(&self, _: &Context, nodeid: u64, arg: &StatxIn) -> Result<StatxReply> {
+        self.do_statx(nodeid, arg)
+    }
+}
