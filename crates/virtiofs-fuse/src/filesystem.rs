@@ -296,6 +296,9 @@ pub trait Filesystem: Send + Sync {
         Err(Errno(libc::ENOSYS))
     }
     /// SETLK (`wait` false) and SETLKW (`wait` true); flock(2) when `arg.lk_flags` has LK_FLOCK.
+    /// A SETLKW may block until it gets the lock, or answer EAGAIN when the lock is held and
+    /// leave the waiting to the server's caller, which then sends the request again (the
+    /// async-virtiofsd pipeline does, so that no thread blocks in the kernel).
     fn setlk(&self, ctx: &Context, nodeid: u64, arg: &LkIn, wait: bool) -> Result<()> {
         Err(Errno(libc::ENOSYS))
     }

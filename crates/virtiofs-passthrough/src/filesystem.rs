@@ -167,8 +167,9 @@ impl Filesystem for Passthrough {
     fn getlk(&self, _: &Context, nodeid: u64, arg: &LkIn) -> Result<FileLock> {
         self.do_getlk(nodeid, arg)
     }
-    fn setlk(&self, _: &Context, nodeid: u64, arg: &LkIn, wait: bool) -> Result<()> {
-        self.do_setlk(nodeid, arg, wait)
+    fn setlk(&self, _: &Context, nodeid: u64, arg: &LkIn, _wait: bool) -> Result<()> {
+        // SETLKW too answers EAGAIN rather than block: the pipeline waits (see ops/lock.rs).
+        self.do_setlk(nodeid, arg)
     }
     fn access(&self, ctx: &Context, nodeid: u64, mask: u32) -> Result<()> {
         self.do_access(ctx, nodeid, mask)

@@ -62,6 +62,14 @@ impl Pass {
         }
     }
 
+    /// Completed INITs when this pass was granted: which session a request belongs to.
+    pub fn inits(&self) -> u64 {
+        match self {
+            Pass::Shared(s) => s.inits,
+            Pass::Exclusive(s) => s.inits,
+        }
+    }
+
     /// The session, when this is an exclusive pass (INIT or DESTROY).
     pub fn session_mut(&mut self) -> Option<&mut Session> {
         match self {

@@ -10,10 +10,13 @@
 //! 4. [`handler`]: the FUSE server proper (`virtiofs-fuse`, behind [`FuseHandler`]) runs the
 //!    request on a blocking thread, start to end on one OS thread (credentials are switched per
 //!    thread); it reads every other field out of guest memory once.
-//! 5. [`queue`] again: the chain goes back on the used ring and the guest is notified.
+//! 5. [`queue`] again: the chain goes back on the used ring and the guest is notified. A SETLKW
+//!    whose lock is held elsewhere waits in `lock_wait` instead, holding no worker and no gate
+//!    pass, and runs again until it gets the lock or its session or ring ends.
 
 pub mod gate;
 pub mod handler;
+mod lock_wait;
 mod pipeline;
 pub mod queue;
 pub mod request;

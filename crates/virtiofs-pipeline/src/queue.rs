@@ -25,6 +25,7 @@ use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::gate::{is_exclusive, Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler, Handled};
+use crate::lock_wait::LockWait;
 use crate::request::{is_forget, peek_in_header, reply_error, IN_HEADER_LEN};
 use crate::stats::QueueStats;
 
@@ -91,7 +92,7 @@ impl<H: FuseHandler> QueueContext<H> {
                 // Process first: a kick may have arrived before we started polling the eventfd.
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = self.drain(&tracker) => {}
+                    _ = self.drain(&tracker, &cancel) => {}
                 }
                 tokio::select! {
                     biased;
@@ -116,7 +117,7 @@ impl<H: FuseHandler> QueueContext<H> {
     }
 
     /// Pops and dispatches chains until the ring is empty with guest notifications re-enabled.
-    async fn drain(self: &Arc<Self>, tracker: &TaskTracker) {
+    async fn drain(self: &Arc<Self>, tracker: &TaskTracker, cancel: &CancellationToken) {
         let vring = &self.link.vring;
         loop {
             if let Err(e) = vring.disable_notification() {
@@ -138,7 +139,7 @@ impl<H: FuseHandler> QueueContext<H> {
                 };
                 let Some(chain) = chain else { break };
                 vring.request_started();
-                self.dispatch(chain, permit, tracker).await;
+                self.dispatch(chain, permit, tracker, cancel).await;
             }
             match vring.enable_notification() {
                 Ok(true) => continue, // more arrived while notifications were off
@@ -157,27 +158,41 @@ impl<H: FuseHandler> QueueContext<H> {
         chain: Chain,
         permit: Option<OwnedSemaphorePermit>,
         tracker: &TaskTracker,
+        cancel: &CancellationToken,
     ) {
         let header = peek_in_header(&chain);
         let pass = self.gate.pass_for(header.as_ref()).await;
-        match &self.mode {
+        let waits = match &self.mode {
             Mode::Pooled(_) => {
-                let ctx = self.clone();
-                tracker.spawn_blocking(move || {
-                    ctx.process(chain, header, pass);
+                let (ctx, tracker, cancel) = (self.clone(), tracker.clone(), cancel.clone());
+                tracker.clone().spawn_blocking(move || {
+                    let waits = ctx.process(chain, header, pass);
                     drop(permit);
+                    if let Some(w) = waits {
+                        // On a blocking thread of the runtime: its handle is there.
+                        tracker.spawn(ctx.wait_for_lock(w, tracker.clone(), cancel));
+                    }
                 });
+                None
             }
             Mode::Inline => tokio::task::block_in_place(|| self.process(chain, header, pass)),
             Mode::Dedicated => self.process(chain, header, pass),
+        };
+        if let Some(w) = waits {
+            tracker.spawn(self.clone().wait_for_lock(w, tracker.clone(), cancel.clone()));
         }
     }
 
-    /// Runs one request to completion on the current (blocking-capable) thread.
-    fn process(&self, chain: Chain, header: Option<InHeader>, mut pass: Option<Pass>) {
+    /// Runs one request to completion on the current (blocking-capable) thread; a SETLKW
+    /// whose lock is held elsewhere comes back instead, to wait (see [`crate::lock_wait`]).
+    fn process(
+        &self,
+        chain: Chain,
+        header: Option<InHeader>,
+        mut pass: Option<Pass>,
+    ) -> Option<LockWait> {
         let _running = self.stats.start();
-        let head = chain.head_index();
-        let len = serve_chain(
+        let handled = serve_chain_handled(
             &*self.handler,
             &chain,
             header,
@@ -185,14 +200,21 @@ impl<H: FuseHandler> QueueContext<H> {
             &self.stats,
             self.link.index,
         );
-        // The pass is released before the chain goes back, so a DESTROY the guest sends on seeing
-        // this completion never waits for it.
+        let waits = LockWait::new(chain, header, pass.as_ref(), &handled);
+        // The pass is released before the chain goes back (or waits), so a DESTROY the guest
+        // sends on seeing this completion never waits for it.
         drop(pass);
-        self.complete(head, len);
+        match waits {
+            Ok(w) => Some(w),
+            Err(chain) => {
+                self.complete(chain.head_index(), handled.len as u32);
+                None
+            }
+        }
     }
 
     /// Returns the chain to the guest and notifies it if the ring wants a notification.
-    fn complete(&self, head: u16, len: u32) {
+    pub(crate) fn complete(&self, head: u16, len: u32) {
         // Counted done whatever happens below, so stopping the ring never waits for it in vain.
         let _done = RequestDone(&self.link.vring);
         let mut state = self.link.vring.get_mut();
@@ -226,10 +248,22 @@ pub fn serve_chain<H: FuseHandler + ?Sized>(
     handler: &H,
     chain: &Chain,
     header: Option<InHeader>,
-    mut pass: Option<&mut Pass>,
+    pass: Option<&mut Pass>,
     stats: &QueueStats,
     queue: usize,
 ) -> u32 {
+    serve_chain_handled(handler, chain, header, pass, stats, queue).len as u32
+}
+
+/// [`serve_chain`], saying what the reply carries.
+pub(crate) fn serve_chain_handled<H: FuseHandler + ?Sized>(
+    handler: &H,
+    chain: &Chain,
+    header: Option<InHeader>,
+    mut pass: Option<&mut Pass>,
+    stats: &QueueStats,
+    queue: usize,
+) -> Handled {
     let head = chain.head_index();
     let Some(h) = header else {
         malformed(
@@ -238,13 +272,16 @@ pub fn serve_chain<H: FuseHandler + ?Sized>(
             head,
             "shorter than a FUSE header or outside guest memory",
         );
-        return 0;
+        return Handled { len: 0, errno: 0 };
     };
     let refuse = |why: &str| {
         malformed(stats, queue, head, why);
-        match is_forget(h.opcode) {
-            true => 0,
-            false => reply_error(chain, h.unique, libc::EINVAL).unwrap_or(0) as u32,
+        Handled {
+            len: match is_forget(h.opcode) {
+                true => 0,
+                false => reply_error(chain, h.unique, libc::EINVAL).unwrap_or(0),
+            },
+            errno: libc::EINVAL,
         }
     };
     // `h` was read once; from here on it is the header (the handler gets it and does not read
@@ -260,7 +297,10 @@ pub fn serve_chain<H: FuseHandler + ?Sized>(
     if needs_session && !live {
         stats.before_init.fetch_add(1, Ordering::Relaxed);
         debug!(queue, opcode = h.opcode, "refused: no FUSE session");
-        return reply_error(chain, h.unique, libc::EIO).unwrap_or(0) as u32;
+        return Handled {
+            len: reply_error(chain, h.unique, libc::EIO).unwrap_or(0),
+            errno: libc::EIO,
+        };
     }
     // An INIT in a live session comes from a new driver: the guest rebooted (or kexec'd, or
     // rebound the driver) without unmounting, and the frontend (QEMU 7.2) did not say so.
@@ -295,7 +335,7 @@ pub fn serve_chain<H: FuseHandler + ?Sized>(
         // From the handler's own account, not from the reply in guest memory.
         pass.record(h.opcode, handled.len > 0 && handled.errno == 0);
     }
-    handled.len as u32
+    handled
 }
 
 /// Counts a malformed chain; logs the first few at `warn`, later ones at `debug`.

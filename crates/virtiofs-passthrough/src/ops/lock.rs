@@ -8,15 +8,14 @@
 //! FLUSH with that owner, which closes the owner's description. flock(2) locks belong to an
 //! open file description already: they are taken on the handle's descriptor.
 //!
-//! SETLKW never blocks a thread in the kernel: it retries the non-blocking call with a growing
-//! pause (up to [`MAX_PAUSE`]), and ends with EINTR when the session ends or the daemon stops,
-//! so a waiting lock never holds up DESTROY, a reboot or shutdown.
+//! SETLKW never blocks a thread in the kernel: it tries the lock once and answers EAGAIN when
+//! it is held, and the pipeline (`virtiofs-pipeline`'s `lock_wait`) runs it again later, holding
+//! no worker meanwhile, and ends the wait with EINTR when the session, the ring or the daemon
+//! ends.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use virtiofs_fuse::abi::{flags, FileLock, LkIn};
 use virtiofs_fuse::Errno;
@@ -24,8 +23,6 @@ use virtiofs_fuse::Errno;
 use crate::passthrough::{Passthrough, Result};
 use crate::sys;
 
-/// The longest pause between two tries of a waiting lock.
-const MAX_PAUSE: Duration = Duration::from_millis(20);
 /// FUSE's "to the end of the file".
 const OFFSET_MAX: u64 = i64::MAX as u64;
 
@@ -33,20 +30,12 @@ const OFFSET_MAX: u64 = i64::MAX as u64;
 #[derive(Default)]
 pub struct LockTable {
     owners: Mutex<HashMap<(u64, u64), Arc<OwnedFd>>>,
-    /// Bumped to end every waiting SETLKW.
-    generation: AtomicU64,
 }
 
 impl LockTable {
-    /// Drops every owner's description (and so its locks), and ends every wait.
+    /// Drops every owner's description, and so its locks.
     pub fn clear(&self) {
-        self.cancel_waits();
         self.owners.lock().expect("lock table").clear();
-    }
-
-    /// Ends every waiting SETLKW with EINTR.
-    pub fn cancel_waits(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The guest process `owner` closed a descriptor of `nodeid`: its POSIX locks go.
@@ -143,7 +132,7 @@ impl Passthrough {
         Ok(fuse_lock(&fl))
     }
 
-    pub(crate) fn do_setlk(&self, nodeid: u64, arg: &LkIn, wait: bool) -> Result<()> {
+    pub(crate) fn do_setlk(&self, nodeid: u64, arg: &LkIn) -> Result<()> {
         if arg.lk_flags & flags::LK_FLOCK != 0 {
             let handle = self.handles.get(nodeid, arg.fh)?;
             let op = match arg.lk.typ as i32 {
@@ -152,36 +141,26 @@ impl Passthrough {
                 libc::F_UNLCK => return Ok(sys::flock(handle.fd(), libc::LOCK_UN)?),
                 _ => return Err(Errno(libc::EINVAL)),
             };
-            return self.retry(wait, || sys::flock(handle.fd(), op | libc::LOCK_NB));
+            return self.attempt(|| sys::flock(handle.fd(), op | libc::LOCK_NB));
         }
         let fl = host_lock(&arg.lk)?;
         if fl.l_type == libc::F_UNLCK as i16 && self.locks.get(nodeid, arg.owner).is_none() {
             return Ok(()); // this owner holds nothing here
         }
         let fd = self.owner_fd(nodeid, arg.owner, arg.fh)?;
-        self.retry(wait, || {
+        self.attempt(|| {
             let mut fl = fl;
             sys::fcntl_lock(fd.as_fd(), libc::F_OFD_SETLK, &mut fl)
         })
     }
 
-    /// Runs `attempt` once, or with `wait` until it stops reporting a conflict.
-    fn retry(&self, wait: bool, attempt: impl Fn() -> std::io::Result<()>) -> Result<()> {
-        let generation = self.locks.generation.load(Ordering::Acquire);
-        let mut pause = Duration::from_micros(500);
-        loop {
-            match attempt() {
-                Ok(()) => return Ok(()),
-                // Blocking flock(2) reports a conflict as EWOULDBLOCK, fcntl as EAGAIN/EACCES.
-                Err(e) if wait && would_block(&e) => {}
-                Err(e) if would_block(&e) => return Err(Errno(libc::EAGAIN)),
-                Err(e) => return Err(e.into()),
-            }
-            if self.locks.generation.load(Ordering::Acquire) != generation {
-                return Err(Errno(libc::EINTR));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(MAX_PAUSE);
+    /// Runs `attempt` once. A conflict is EAGAIN for SETLK and SETLKW alike (for SETLKW the
+    /// pipeline waits and asks again).
+    fn attempt(&self, attempt: impl Fn() -> std::io::Result<()>) -> Result<()> {
+        match attempt() {
+            // flock(2) reports a conflict as EWOULDBLOCK (EAGAIN), fcntl as EAGAIN or EACCES.
+            Err(e) if would_block(&e) => Err(Errno(libc::EAGAIN)),
+            r => Ok(r?),
         }
     }
 }
