@@ -179,7 +179,10 @@ impl<H: FuseHandler> QueueContext<H> {
             Mode::Dedicated => self.process(chain, header, pass),
         };
         if let Some(w) = waits {
-            tracker.spawn(self.clone().wait_for_lock(w, tracker.clone(), cancel.clone()));
+            tracker.spawn(
+                self.clone()
+                    .wait_for_lock(w, tracker.clone(), cancel.clone()),
+            );
         }
     }
 

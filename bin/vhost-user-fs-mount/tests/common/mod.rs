@@ -161,8 +161,20 @@ fn kill_tree(pid: u32) {
 impl Backend {
     /// Starts `kind` on `socket` sharing `share`; waits until the socket exists.
     pub fn start(kind: Kind, bin: &Path, socket: &Path, share: &Path) -> Backend {
+        Self::start_with_env(kind, bin, socket, share, &[])
+    }
+
+    /// [`Backend::start`] with extra environment variables (a `RUST_LOG` to see requests).
+    pub fn start_with_env(
+        kind: Kind,
+        bin: &Path,
+        socket: &Path,
+        share: &Path,
+        env: &[(&str, &str)],
+    ) -> Backend {
         let mut child = Command::new(bin)
             .args(kind.args(socket, share))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -236,6 +248,11 @@ impl Mounted {
     /// Starts `kind` over a fresh temp share and mounts it through the bridge with `extra`
     /// bridge arguments. None if the daemon binary is missing (and not required).
     pub fn start(kind: Kind, extra: &[&str]) -> Option<Mounted> {
+        Self::start_with_env(kind, &[], extra)
+    }
+
+    /// [`Mounted::start`] with extra environment variables for the backend.
+    pub fn start_with_env(kind: Kind, env: &[(&str, &str)], extra: &[&str]) -> Option<Mounted> {
         let Some(bin) = kind.binary() else {
             assert!(
                 !require_all(),
@@ -256,7 +273,8 @@ impl Mounted {
         // The share must be reachable by the unprivileged test users.
         set_mode(dir.path(), 0o755);
         set_mode(&share, 0o777);
-        let backend = Backend::start(kind, &bin, &dir.path().join("vfs.sock"), &share);
+        let backend =
+            Backend::start_with_env(kind, &bin, &dir.path().join("vfs.sock"), &share, env);
         let mut m = Self::attach(backend, &mnt, extra);
         m._dir = Some(dir);
         Some(m)
