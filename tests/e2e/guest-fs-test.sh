@@ -274,7 +274,9 @@ fi
 # --- system calls busybox cannot make: tests/guest-probe --------------------
 # xattrs (or EOPNOTSUPP when they are off), SEEK_DATA/SEEK_HOLE, fallocate modes,
 # renameat2 flags, O_DIRECT, fsync/fdatasync, flock, statx, copy_file_range and
-# utimensat nanoseconds, in $ROOT/probe. e2e.xattr=1 on the kernel command line
+# utimensat nanoseconds, locks, O_TMPFILE + linkat, syncfs, in $ROOT/probe.
+# e2e.hostlocks=1: a host process holds locks on $ROOT/host-locked (run-e2e.sh
+# --host-locks) that the guest must not get. e2e.xattr=1 on the kernel command line
 # says the daemon serves xattrs; the probe then leaves probe/xattr-host-check
 # with user.e2e=from-guest (run-e2e.sh --xattr checks it). Its lines count here.
 PROBE=/e2e/guest-probe
@@ -283,6 +285,7 @@ if [ -x "$PROBE" ]; then
     set --
     read -r _cmdline </proc/cmdline
     case " $_cmdline " in *" e2e.xattr=1 "*) set -- --xattr ;; esac
+    case " $_cmdline " in *" e2e.hostlocks=1 "*) set -- "$@" --host-locked "$ROOT/host-locked" ;; esac
     "$PROBE" "$ROOT/probe" "$@" >/tmp/probe.out 2>&1
     rc=$?
     cat /tmp/probe.out

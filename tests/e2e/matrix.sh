@@ -163,10 +163,10 @@ check_daemon_log() {
 }
 
 # Each configuration also covers one cache mode and the options that change what the guest sees.
-run pool0 6.1 2 1 "--thread-pool-size=0 --cache=always --writeback"
-run pool1 6.1 2 1 "--thread-pool-size=1 --cache=never --no-readdirplus"
-run pool64 6.1 2 1 "--thread-pool-size=64 --xattr" --xattr
-run multiqueue 6.12 4 4 "--thread-pool-size=64 --cache=metadata" --mem 5G
+run pool0 6.1 2 1 "--thread-pool-size=0 --cache=always --writeback" --host-locks
+run pool1 6.1 2 1 "--thread-pool-size=1 --cache=never --no-readdirplus" --host-locks
+run pool64 6.1 2 1 "--thread-pool-size=64 --xattr" --xattr --host-locks
+run multiqueue 6.12 4 4 "--thread-pool-size=64 --cache=metadata" --mem 5G --host-locks
 # A guest that reboots (reboot -f, then system_reset; writes in flight, no unmount) twice in one
 # QEMU process, then rebinds its driver.
 run reboot 6.1 2 1 "--thread-pool-size=64" --mode reboot --boots 3

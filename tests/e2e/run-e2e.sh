@@ -31,6 +31,7 @@ VERBOSE=()
 DAEMON_EXIT_WAIT=15
 ALLOW_LINGER=0
 XATTR=()
+HOST_LOCKS=()
 MEM=()
 
 usage() {
@@ -38,7 +39,7 @@ usage() {
 usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
           [--cpus N] [--mode full|smoke|demo|reboot|hotplug] [--boots N] [--timeout SECS] [--log-dir DIR]
           [--daemon-exit-wait SECS] [--allow-daemon-linger] [--keep] [--no-setup]
-          [--mem SIZE] [--xattr] [--verbose]
+          [--mem SIZE] [--xattr] [--host-locks] [--verbose]
 
   --daemon-cmd           daemon command line; {socket} becomes the vhost-user
                          socket path, {shared} the shared directory
@@ -49,6 +50,10 @@ usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
                          --daemon-cmd): passed to run-guest.sh, so the guest
                          checks xattrs work instead of failing EOPNOTSUPP, and
                          the host checks the xattr the guest set
+  --host-locks           a host process holds a POSIX lock and a flock on the
+                         share's host-locked file while the guest runs, and the
+                         guest checks it cannot take them (a daemon with real
+                         host locks; the references emulate locks in the guest)
   --log-dir              where serial.log, daemon.log and summary.txt go
                          (default: target/e2e-logs/<time>-<kernel>-<mode>...)
   --daemon-exit-wait     seconds the daemon gets to exit by itself after the
@@ -81,6 +86,7 @@ while [ $# -gt 0 ]; do
         --keep) KEEP=1 ;;
         --no-setup) SETUP=0 ;;
         --xattr) XATTR=(--xattr) ;;
+        --host-locks) HOST_LOCKS=(--host-locks) ;;
         --mem) [ $# -ge 2 ] || die "--mem needs a value"; MEM=(--mem "$2"); shift ;;
         --verbose) VERBOSE=(--verbose) ;;
         -h|--help) usage; exit 0 ;;
@@ -103,6 +109,7 @@ SUMMARY=$LOG_DIR/summary.txt
 TMP=
 DAEMON_PID=
 GUEST_PID=
+LOCKER_PID=
 # shellcheck disable=SC2317  # invoked via trap
 cleanup() {
     # Stop whatever we started (by pid / our own process groups), then drop
@@ -112,6 +119,7 @@ cleanup() {
         wait "$GUEST_PID" 2>/dev/null || true
     fi
     if [ -n "$DAEMON_PID" ]; then stop_daemon >/dev/null 2>&1 || true; fi
+    if [ -n "$LOCKER_PID" ]; then kill "$LOCKER_PID" 2>/dev/null || true; fi
     if [ -n "$TMP" ]; then
         if [ "$KEEP" = 1 ]; then
             say "kept shared directory: $TMP/shared"
@@ -163,6 +171,21 @@ if [ "$MODE" = full ]; then
     echo "$HOST_MD5  host-64m.bin" >"$SHARED/host-64m.bin.md5"
 fi
 
+# A host process that holds locks on host-locked for the guest to run into: an
+# fcntl (POSIX) write lock through one descriptor and a flock through another.
+if [ ${#HOST_LOCKS[@]} -gt 0 ]; then
+    printf 'locked by the host\n' >"$SHARED/host-locked"
+    python3 -c '
+import fcntl, sys, time
+a = open(sys.argv[1], "r+"); fcntl.lockf(a, fcntl.LOCK_EX | fcntl.LOCK_NB)
+b = open(sys.argv[1], "r+"); fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+time.sleep(100000)' "$SHARED/host-locked" >"$TMP/locker.out" 2>&1 &
+    LOCKER_PID=$!
+    for _ in $(seq 50); do grep -q locked "$TMP/locker.out" 2>/dev/null && break; sleep 0.1; done
+    grep -q locked "$TMP/locker.out" || die "host lock holder failed: $(cat "$TMP/locker.out")"
+fi
+
 # Substitute placeholders with shell-quoted paths.
 cmd=${DAEMON_CMD//\{socket\}/$(printf '%q' "$SOCKET")}
 cmd=${cmd//\{shared\}/$(printf '%q' "$SHARED")}
@@ -185,7 +208,7 @@ fi
 GUEST_START=$(date +%s)
 "$HERE/run-guest.sh" --socket "$SOCKET" --kernel "$KERNEL" --queues "$QUEUES" \
     --cpus "$CPUS" --mode "$MODE" --boots "$BOOTS" --timeout "$TIMEOUT" --log "$SERIAL_LOG" \
-    ${XATTR[@]+"${XATTR[@]}"} ${MEM[@]+"${MEM[@]}"} ${VERBOSE[@]+"${VERBOSE[@]}"} &
+    ${XATTR[@]+"${XATTR[@]}"} ${HOST_LOCKS[@]+"${HOST_LOCKS[@]}"} ${MEM[@]+"${MEM[@]}"} ${VERBOSE[@]+"${VERBOSE[@]}"} &
 GUEST_PID=$!
 # A daemon that dies while the guest runs leaves the guest hanging on its
 # next request; stop the guest shortly after instead of waiting for the

@@ -21,6 +21,7 @@ MEM=1G
 VERBOSE=0
 QUEUE_SIZE=1024
 XATTR=0
+HOST_LOCKS=0
 BOOTS=3
 
 usage() {
@@ -43,6 +44,8 @@ usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
   --mem      guest RAM (default $MEM; above 3G QEMU maps it as two regions)
   --xattr    tell the guest (e2e.xattr=1) that the daemon serves xattrs;
              start the daemon with xattr support yourself
+  --host-locks  tell the guest (e2e.hostlocks=1) that a host process holds
+             locks on the share's host-locked file
   --verbose  echo every console line, not just test lines
 EOF
 }
@@ -65,6 +68,7 @@ while [ $# -gt 0 ]; do
         --log) LOG=$2; shift ;;
         --mem) MEM=$2; shift ;;
         --xattr) XATTR=1 ;;
+        --host-locks) HOST_LOCKS=1 ;;
         --verbose) VERBOSE=1 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
@@ -101,6 +105,7 @@ if [ "$MODE" = hotplug ]; then
     APPEND="$APPEND memhp_default_state=online_movable"
 fi
 [ "$XATTR" = 0 ] || APPEND="$APPEND e2e.xattr=1"
+[ "$HOST_LOCKS" = 0 ] || APPEND="$APPEND e2e.hostlocks=1"
 if [ -z "$LOG" ]; then
     LOG=$(mktemp "${TMPDIR:-/tmp}/e2e-guest.XXXXXX.log")
 fi

@@ -27,10 +27,12 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod locks;
+
 const KIB: usize = 1024;
 const MIB: i64 = 1 << 20;
 
-const USAGE: &str = "usage: guest-probe DIR [--xattr]";
+const USAGE: &str = "usage: guest-probe DIR [--xattr] [--host-locked FILE]";
 
 /// The TAP-like output of guest-fs-test.sh (`ok`, `not_ok`, `skip`, `note` there).
 #[derive(Default)]
@@ -722,9 +724,12 @@ fn cleanup(dir: &Path) -> io::Result<()> {
 fn main() -> ExitCode {
     let mut dir = None;
     let mut xattr = false;
-    for arg in std::env::args_os().skip(1) {
+    let mut host_locked = None;
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--xattr") => xattr = true,
+            Some("--host-locked") => host_locked = args.next().map(PathBuf::from),
             Some("-h" | "--help") => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -775,6 +780,11 @@ fn main() -> ExitCode {
     statx_btime(&mut tap, &dir);
     copy_range(&mut tap, &dir);
     utimes_ns(&mut tap, &dir);
+    locks::posix_locks(&mut tap, &dir);
+    locks::tmpfile_and_syncfs(&mut tap, &dir);
+    if let Some(path) = &host_locked {
+        locks::host_locks(&mut tap, path);
+    }
     tap.check(
         "guest-probe scratch files removed",
         cleanup(&dir).context("cleanup"),
