@@ -304,8 +304,6 @@ pub struct Options {
     pub tag: Option<String>,
     /// Preferences we cannot honour but that degrade gracefully: logged as warnings.
     pub warnings: Vec<String>,
-    /// Options that ask for what the daemon does anyway: logged at info.
-    pub notes: Vec<String>,
 }
 
 /// A command-line problem: printed as one line, exit code 2.
@@ -591,7 +589,6 @@ where
     if !not_implemented.is_empty() {
         return Err(not_yet(&not_implemented));
     }
-    let notes = Vec::new();
     share.shared_dir = source.ok_or_else(|| {
         UsageError("missing shared directory: give --shared-dir DIR or -o source=DIR".into())
     })?;
@@ -647,7 +644,6 @@ where
         socket_group: args.socket_group,
         tag: args.tag,
         warnings,
-        notes,
     })))
 }
 

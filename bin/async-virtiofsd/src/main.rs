@@ -31,9 +31,6 @@ fn main() -> ExitCode {
     for w in &opts.warnings {
         tracing::warn!("{w}");
     }
-    for n in &opts.notes {
-        tracing::info!("{n}");
-    }
     match daemon::run(opts) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
