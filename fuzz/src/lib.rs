@@ -450,6 +450,8 @@ fn share_options(dir: &std::path::Path, options: u8) -> ShareOptions {
         writeback: options & 8 != 0,
         readdirplus: options & 16 == 0,
         allow_direct_io: options & 32 != 0,
+        posix_locks: true,
+        flock_locks: true,
         announce_submounts: options & 64 != 0,
     }
 }

@@ -145,10 +145,9 @@ EOF
 }
 
 run plain "" "" '--fd=[0-9]+' 'source='
-run options "<cache mode='always'/><thread_pool size='16'/>" " xattr='on'" \
-    'cache=always' 'xattr' 'thread-pool-size=16'
-# Locking off, as libvirt says it (on would need locks that reach the host: not yet), and the
-# chroot sandbox.
+run options "<cache mode='always'/><thread_pool size='16'/><lock posix='on' flock='on'/>" " xattr='on'" \
+    'cache=always' 'xattr' 'thread-pool-size=16' '[, ]posix_lock' '[, ]flock'
+# Locking off (the guest keeps its locks locally), as libvirt says it, and the chroot sandbox.
 run nolock-chroot "<lock posix='off' flock='off'/><sandbox mode='chroot'/>" "" \
     'no_posix_lock' 'no_flock' 'sandbox=chroot'
 

@@ -163,11 +163,12 @@ struct Args {
     #[arg(short = 'f', hide = true)]
     foreground: bool,
 
-    /// Tell the guest which directories are mount points [not implemented yet: a warning].
+    /// Tell the guest which directories are mount points (FUSE_ATTR_SUBMOUNT), so each has
+    /// its own st_dev in the guest.
     #[arg(long)]
     announce_submounts: bool,
 
-    /// Do not tell the guest which directories are mount points (what the daemon does).
+    /// Do not tell the guest which directories are mount points (the default).
     #[arg(long)]
     no_announce_submounts: bool,
 
@@ -556,6 +557,8 @@ where
         readdirplus: true,
         allow_direct_io: false,
         announce_submounts: false,
+        posix_locks: true,
+        flock_locks: true,
     };
     let mut log_level = LogLevel::Info;
     let mut source = None;
@@ -582,6 +585,8 @@ where
                 security_label = (mode != Negotiation::Never).then_some(name)
             }
             Setting::AnnounceSubmounts(on, _) => share.announce_submounts = on,
+            Setting::PosixLock(on) => share.posix_locks = on,
+            Setting::Flock(on) => share.flock_locks = on,
             Setting::NotYet(name) => not_implemented.push(name),
         }
     }
@@ -614,12 +619,6 @@ where
             ))
         }
     };
-    if share.xattr && sandbox == SandboxMode::Chroot {
-        // fuse-backend-rs names /proc/self/fd/N by path for xattrs; a chroot has no /proc.
-        return Err(UsageError(
-            "--xattr cannot be served with --sandbox chroot (use namespace or none)".into(),
-        ));
-    }
     let mut capabilities = CapabilityPolicy::default();
     if let Some(spec) = &modcaps {
         capabilities

@@ -85,6 +85,10 @@ pub enum Setting {
     SecurityLabel(Negotiation, String),
     /// `--announce-submounts`, `--no-announce-submounts` / `-o announce_submounts`.
     AnnounceSubmounts(bool, String),
+    /// `-o posix_lock`, `-o no_posix_lock`: serve POSIX locks on the host (default on).
+    PosixLock(bool),
+    /// `-o flock`, `-o no_flock`: serve flock(2) locks on the host (default on).
+    Flock(bool),
     /// An option whose feature is not built yet, as written: refused.
     NotYet(String),
 }
@@ -92,11 +96,10 @@ pub enum Setting {
 const COMPAT_ALLOWED: &str = "source=DIR, cache=never|none|auto|always|metadata, xattr, \
      no_xattr, readdirplus, no_readdirplus, writeback, no_writeback, allow_direct_io, \
      no_allow_direct_io, loglevel=LEVEL, log_level=LEVEL, sandbox=namespace|chroot|none, \
-     modcaps=CAPS, announce_submounts, no_posix_lock, no_flock, no_killpriv_v2, no_posix_acl, \
-     no_security_label";
+     modcaps=CAPS, announce_submounts, posix_lock, no_posix_lock, flock, no_flock, \
+     no_killpriv_v2, no_posix_acl, no_security_label";
 
-/// Parses one item of a `-o` list. `None`: accepted and without effect (`no_posix_lock`,
-/// `no_flock`: no lock reaches the host).
+/// Parses one item of a `-o` list.
 pub fn parse_compat(item: &str) -> Result<Option<Setting>, UsageError> {
     let (key, value) = match item.split_once('=') {
         Some((k, v)) => (k, Some(v)),
@@ -151,10 +154,12 @@ pub fn parse_compat(item: &str) -> Result<Option<Setting>, UsageError> {
         ("no_posix_acl", _) => flag(Setting::PosixAcl(Negotiation::Never, written)),
         ("security_label", _) => flag(Setting::SecurityLabel(Negotiation::Always, written)),
         ("no_security_label", _) => flag(Setting::SecurityLabel(Negotiation::Never, written)),
-        // No lock request reaches the host (the guest gets ENOSYS and locks locally), so the
-        // `no_` forms are what we do and the others cannot be honoured.
-        ("no_posix_lock" | "no_flock", None) => Ok(None),
-        ("posix_lock" | "flock", None) => Ok(Some(Setting::NotYet(written))),
+        // The C virtiofsd's lock options (libvirt's `<lock posix= flock=>`); the Rust virtiofsd
+        // takes only the `no_` forms, as no-ops (it serves no lock).
+        ("posix_lock", _) => flag(Setting::PosixLock(true)),
+        ("no_posix_lock", _) => flag(Setting::PosixLock(false)),
+        ("flock", _) => flag(Setting::Flock(true)),
+        ("no_flock", _) => flag(Setting::Flock(false)),
         _ => Err(UsageError(format!(
             "invalid -o option '{item}' (allowed: {COMPAT_ALLOWED})"
         ))),
@@ -250,11 +255,16 @@ mod tests {
             parse_compat("sandbox=chroot").unwrap(),
             Some(Setting::Sandbox(SandboxMode::Chroot))
         );
-        assert_eq!(parse_compat("no_flock").unwrap(), None);
         assert_eq!(
-            parse_compat("flock").unwrap(),
-            Some(Setting::NotYet("-o flock".into()))
+            parse_compat("no_flock").unwrap(),
+            Some(Setting::Flock(false))
         );
+        assert_eq!(parse_compat("flock").unwrap(), Some(Setting::Flock(true)));
+        assert_eq!(
+            parse_compat("posix_lock").unwrap(),
+            Some(Setting::PosixLock(true))
+        );
+        assert!(parse_compat("flock=yes").is_err());
         assert_eq!(
             parse_compat("xattrmap=:map::user.virtiofs.:").unwrap(),
             Some(Setting::NotYet("-o xattrmap".into()))

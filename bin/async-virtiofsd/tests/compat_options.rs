@@ -251,13 +251,9 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     ),
     ("-o no_posix_lock", &["-o", "no_posix_lock"], Serves("")),
     ("-o no_flock", &["-o", "no_flock"], Serves("")),
-    // Not in the Rust virtiofsd (the C one had them): no lock reaches the host, so refused.
-    (
-        "-o posix_lock",
-        &["-o", "posix_lock"],
-        NotYet("-o posix_lock"),
-    ),
-    ("-o flock", &["-o", "flock"], NotYet("-o flock")),
+    // Not in the Rust virtiofsd (the C one had them): host locks are served (the default).
+    ("-o posix_lock", &["-o", "posix_lock"], Serves("")),
+    ("-o flock", &["-o", "flock"], Serves("")),
 ];
 
 /// The long options of the Rust virtiofsd 1.14's `Opt` struct (clap derives `--no-killpriv-v2`

@@ -434,15 +434,131 @@ fn serving_process_is_filtered_and_stripped() {
         let theirs = std::fs::read_link(format!("/proc/{child}/ns/{ns}")).unwrap();
         assert_ne!(ours, theirs, "{ns} namespace");
     }
-    let root: Vec<_> = std::fs::read_dir(format!("/proc/{child}/root"))
+    // The sandbox's root is the share itself (pivot_root into it): nothing else of the host,
+    // not even /proc, is in sight.
+    let root = std::fs::metadata(format!("/proc/{child}/root/")).unwrap();
+    let share = std::fs::metadata(&d.share).unwrap();
+    assert_eq!(
+        (root.dev(), root.ino()),
+        (share.dev(), share.ino()),
+        "the sandbox root is the shared directory"
+    );
+    std::fs::write(d.share.join("marker"), b"x").unwrap();
+    let names: Vec<_> = std::fs::read_dir(format!("/proc/{child}/root"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
         .collect();
+    assert_eq!(names, ["marker"], "the sandbox root holds the share only");
+}
+
+/// A directory the host moves out of the share while the guest knows it: its ".." is outside,
+/// and LOOKUP ".." must not reach it. In the namespace sandbox the kernel refuses the walk
+/// itself (the share is the root mount: the moved directory is cut off from it); with chroot
+/// and none the daemon's walk up to the share's root does.
+fn moved_out_directory_has_no_parent(sandbox: &str) {
+    let d = Daemon::start(&["--sandbox", sandbox]);
+    std::fs::create_dir_all(d.share.join("sub/deep")).unwrap();
+    let c = d.connect(d.config());
+    c.init().unwrap();
+    let sub = c.lookup(ROOT_ID, "sub").unwrap();
+    let deep = c.lookup(sub.nodeid, "deep").unwrap();
     assert_eq!(
-        root,
-        ["proc", "share"],
-        "the sandbox root holds only the share and proc"
+        c.lookup(deep.nodeid, "..").unwrap().nodeid,
+        sub.nodeid,
+        "{sandbox}: deep/.. before the move"
     );
+    d.take_log();
+    let moved = d.share.parent().unwrap().join("moved-out");
+    std::fs::rename(d.share.join("sub"), &moved).unwrap();
+    assert_eq!(
+        errno(c.lookup(deep.nodeid, "..")),
+        Errno::ENOENT,
+        "{sandbox}: deep/.. after sub moved out"
+    );
+    assert_eq!(
+        errno(c.lookup(sub.nodeid, "..")),
+        Errno::ENOENT,
+        "{sandbox}: sub/.. after it moved out"
+    );
+    // The share itself still serves.
+    assert_eq!(
+        c.lookup(ROOT_ID, "..").unwrap().attr.ino,
+        std::fs::metadata(&d.share).unwrap().ino()
+    );
+    let mut log = String::new();
+    for _ in 0..20 {
+        log.push_str(&d.take_log());
+        if log.contains("outside the shared directory") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused_by_daemon = log.contains("outside the shared directory");
+    assert_eq!(
+        refused_by_daemon,
+        sandbox != "namespace",
+        "{sandbox}: who refused (daemon log: {log})"
+    );
+}
+
+#[test]
+fn moved_out_directory_has_no_parent_without_a_sandbox() {
+    moved_out_directory_has_no_parent("none");
+}
+
+#[test]
+fn moved_out_directory_has_no_parent_in_the_chroot_sandbox() {
+    moved_out_directory_has_no_parent("chroot");
+}
+
+#[test]
+fn moved_out_directory_has_no_parent_in_the_namespace_sandbox() {
+    moved_out_directory_has_no_parent("namespace");
+}
+
+/// xattrs reach every file type (no file is opened for them) in every sandbox, including
+/// chroot, where no /proc path exists: they go by the node's /proc/self/fd entry relative to
+/// the thread's working directory.
+#[test]
+fn xattrs_are_served_in_every_sandbox_and_on_special_files() {
+    use vhost_user_fs_client::XattrReply;
+    for sandbox in ["chroot", "namespace", "none"] {
+        let d = Daemon::start(&["--sandbox", sandbox, "--xattr"]);
+        std::fs::write(d.share.join("f"), b"x").unwrap();
+        let fifo =
+            std::ffi::CString::new(d.share.join("fifo").into_os_string().into_encoded_bytes())
+                .unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0);
+        let c = d.connect(d.config());
+        c.init().unwrap();
+        let f = c.lookup(ROOT_ID, "f").unwrap();
+        c.setxattr(f.nodeid, "user.k", b"value", 0).unwrap();
+        assert_eq!(
+            common::host_getxattr(&d.share.join("f"), "user.k"),
+            b"value",
+            "{sandbox}"
+        );
+        assert_eq!(
+            c.getxattr(f.nodeid, "user.k", 64).unwrap(),
+            XattrReply::Data(b"value".to_vec()),
+            "{sandbox}"
+        );
+        let dir = c.getxattr(ROOT_ID, "user.none", 64);
+        assert_eq!(errno(dir), Errno::ENODATA, "{sandbox}: the root");
+        // A FIFO is reached without being opened (an open would block): ENODATA for a name it
+        // does not have, its (empty) list, and quickly.
+        let p = c.lookup(ROOT_ID, "fifo").unwrap();
+        fails_fast(
+            &c,
+            FuseRequest::getxattr(p.nodeid, "user.none", 64),
+            &[Errno::ENODATA],
+            &format!("{sandbox}: getxattr of a FIFO"),
+        );
+        assert_eq!(
+            c.listxattr(p.nodeid, 0).unwrap(),
+            XattrReply::Size(0),
+            "{sandbox}"
+        );
+    }
 }

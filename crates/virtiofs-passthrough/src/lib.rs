@@ -87,6 +87,10 @@ pub struct ShareOptions {
     pub allow_direct_io: bool,
     /// Mark mount points inside the share so the guest gives each its own st_dev.
     pub announce_submounts: bool,
+    /// Serve POSIX locks on the host (POSIX_LOCKS); off, the guest kernel keeps them locally.
+    pub posix_locks: bool,
+    /// Serve flock(2) locks on the host (FLOCK_LOCKS); off, the guest kernel keeps them locally.
+    pub flock_locks: bool,
 }
 
 /// Why the share cannot be served.
@@ -159,6 +163,8 @@ impl Share {
             readdirplus: opts.readdirplus,
             allow_direct_io: opts.allow_direct_io,
             announce_submounts: opts.announce_submounts,
+            posix_locks: opts.posix_locks,
+            flock_locks: opts.flock_locks,
         };
         let fs = Passthrough::new(cfg, root).map_err(|source| ShareError::Open {
             path: PathBuf::from("/proc/self/fd"),
@@ -247,6 +253,8 @@ mod tests {
             readdirplus: true,
             allow_direct_io: false,
             announce_submounts: false,
+            posix_locks: true,
+            flock_locks: true,
         }
     }
 

@@ -41,14 +41,16 @@ pub struct Config {
     /// Mark mount points inside the share (FUSE_ATTR_SUBMOUNT) so the guest gives them their
     /// own st_dev.
     pub announce_submounts: bool,
+    /// Offer POSIX_LOCKS (host locks for fcntl).
+    pub posix_locks: bool,
+    /// Offer FLOCK_LOCKS (host locks for flock).
+    pub flock_locks: bool,
 }
 
 /// The INIT flags this filesystem always serves.
 /// - ASYNC_READ, PARALLEL_DIROPS: node and handle tables are shared-locked, so concurrent
 ///   reads of one file and lookups in one directory are safe.
 /// - EXPORT_SUPPORT: LOOKUP of "." and ".." works (NFS export of the guest's mount).
-/// - FLOCK_LOCKS, POSIX_LOCKS: real host locks (open file description locks), so host processes
-///   and other guests see them.
 /// - CREATE_SUPP_GROUP: a new file is made with the caller's group that the parent has.
 const SERVED: u64 = f::ASYNC_READ
     | f::PARALLEL_DIROPS
@@ -56,8 +58,6 @@ const SERVED: u64 = f::ASYNC_READ
     | f::AUTO_INVAL_DATA
     | f::ASYNC_DIO
     | f::EXPORT_SUPPORT
-    | f::FLOCK_LOCKS
-    | f::POSIX_LOCKS
     | f::CREATE_SUPP_GROUP;
 
 /// The shared directory as a FUSE filesystem.
@@ -117,6 +117,14 @@ impl Passthrough {
             self.import().map_err(Errno::from)?;
         }
         let mut wants = SERVED;
+        // Real host locks (open file description locks), so host processes and other guests
+        // see them; without, the guest kernel emulates locks for its own processes only.
+        if self.cfg.posix_locks {
+            wants |= f::POSIX_LOCKS;
+        }
+        if self.cfg.flock_locks {
+            wants |= f::FLOCK_LOCKS;
+        }
         if self.cfg.readdirplus {
             wants |= f::DO_READDIRPLUS | f::READDIRPLUS_AUTO;
         }
@@ -188,6 +196,11 @@ impl Passthrough {
     pub(crate) fn lookup_in(&self, parent: &Inode, name: &CStr) -> Result<Entry> {
         self.quota()?;
         let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        self.lookup_fd(parent, fd)
+    }
+
+    /// Counts a lookup of `fd`, a child of `parent` opened O_PATH.
+    pub(crate) fn lookup_fd(&self, parent: &Inode, fd: OwnedFd) -> Result<Entry> {
         let stx = sys::fstatx(fd.as_fd(), sys::STATX_WANTED)?;
         let inode = self.inodes.insert_or_ref(fd, &stx);
         Ok(self.entry(&inode, &stx, parent.key.mnt_id))
@@ -221,11 +234,18 @@ impl Passthrough {
         self.proc_self_fd.as_fd()
     }
 
-    /// `/proc/self/fd/N` of `inode` as a path, for the calls that only take paths (xattrs of
-    /// files that cannot be opened).
-    pub(crate) fn proc_path(&self, inode: &Inode) -> std::ffi::CString {
-        std::ffi::CString::new(format!("/proc/self/fd/{}", inode.fd.as_raw_fd()))
-            .expect("no NUL in a number")
+    /// Runs `call` with a path naming `inode` itself: its `/proc/self/fd` entry, relative to
+    /// this thread's working directory, which is moved there (the thread's own: see
+    /// [`sys::thread_chdir`]). For the calls that only take paths (xattrs of any file type),
+    /// with no absolute path: it works after the sandbox's pivot or chroot, where no /proc is.
+    pub(crate) fn with_node_path<T>(
+        &self,
+        inode: &Inode,
+        call: impl FnOnce(&CStr) -> Result<T>,
+    ) -> Result<T> {
+        sys::thread_chdir(self.proc_self_fd.as_fd())?;
+        let name = sys::fd_name(inode.fd.as_raw_fd());
+        call(name.as_cstr())
     }
 
     /// The open flags the host gets for a guest's `flags`.

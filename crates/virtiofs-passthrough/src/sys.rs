@@ -329,6 +329,22 @@ pub fn flock(fd: BorrowedFd<'_>, op: i32) -> io::Result<()> {
     check(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
 }
 
+/// Moves this thread's working directory to `dir`, after giving the thread a working directory
+/// of its own (`unshare(CLONE_FS)`, once per thread): other threads' relative paths are not
+/// affected. Used to name a node by its `/proc/self/fd` entry in calls that only take paths.
+pub fn thread_chdir(dir: BorrowedFd<'_>) -> io::Result<()> {
+    thread_local! {
+        static OWN_FS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !OWN_FS.get() {
+        // SAFETY: plain call; it only copies this thread's root, cwd and umask.
+        check(unsafe { libc::unshare(libc::CLONE_FS) })?;
+        OWN_FS.set(true);
+    }
+    // SAFETY: plain call on a descriptor.
+    check(unsafe { libc::fchdir(dir.as_raw_fd()) }).map(drop)
+}
+
 /// A descriptor's number as a C string, for naming it in `/proc/self/fd`.
 pub fn fd_name(fd: RawFd) -> FdName {
     // Digits written by hand: this runs on every open, and a descriptor is never negative.

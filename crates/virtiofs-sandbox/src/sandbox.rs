@@ -1,19 +1,16 @@
 //! `--sandbox`: where the daemon's filesystem root is once it serves a guest.
 //!
 //! - `namespace`: new mount, PID and network namespaces (plus a user namespace when not root),
-//!   then pivot_root into a new, read-only root that holds exactly two things:
-//!   `/share` (a bind mount of the shared directory) and `/proc/self/fd` (a bind mount of this
-//!   process's fd directory from a private /proc of the new PID namespace). fuse-backend-rs
-//!   reopens inodes through its descriptor to /proc/self/fd, but its xattr calls name
-//!   `/proc/self/fd/N` by absolute path, so that path must resolve; nothing else of the host does.
-//!   A supervisor process stays outside, forwards signals and exits with the daemon's status.
-//! - `chroot`: chroot(2) into the shared directory, no namespaces, no supervisor; no /proc path
-//!   inside, so it cannot serve xattrs.
+//!   then pivot_root into the shared directory itself: the share is `/`, nothing else of the
+//!   host is mounted. The file server opens `/proc/self/fd` (from a private /proc of the new PID
+//!   namespace) before the pivot and uses it by descriptor only. A supervisor process stays
+//!   outside, forwards signals and exits with the daemon's status.
+//! - `chroot`: chroot(2) into the shared directory, no namespaces, no supervisor.
 //! - `none`: nothing; for callers that contain the daemon themselves (Kata's runtime-rs).
+//!
+//! docs/security.md says which escape each layer stops.
 
-use std::ffi::CString;
 use std::fmt;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -46,15 +43,8 @@ impl SandboxMode {
     pub fn root_inside(self, shared_dir: &Path) -> PathBuf {
         match self {
             SandboxMode::None => shared_dir.to_owned(),
-            SandboxMode::Namespace => PathBuf::from(SHARE_INSIDE),
-            SandboxMode::Chroot => PathBuf::from("/"),
+            SandboxMode::Namespace | SandboxMode::Chroot => PathBuf::from("/"),
         }
-    }
-
-    /// Whether `/proc/self/fd/N` resolves by path inside the sandbox (fuse-backend-rs's xattr
-    /// calls need it).
-    pub fn has_proc_path(self) -> bool {
-        !matches!(self, SandboxMode::Chroot)
     }
 }
 
@@ -72,9 +62,6 @@ impl FromStr for SandboxMode {
         }
     }
 }
-
-/// Where the shared directory is mounted in the namespace sandbox's root.
-const SHARE_INSIDE: &str = "/share";
 
 /// Where [`enter`] returned.
 #[derive(Debug)]
@@ -132,7 +119,7 @@ pub fn enter<T, E>(
             }
             mount_private_proc().map_err(sandbox)?;
             let t = prepare().map_err(EnterError::Prepare)?;
-            build_root_and_pivot(shared_dir).map_err(sandbox)?;
+            pivot_into_share(shared_dir).map_err(sandbox)?;
             Ok(Entered::Inside(t))
         }
     }
@@ -236,77 +223,22 @@ fn mount_private_proc() -> Result<(), Error> {
     .map_err(|e| Error::sys("mount a private /proc", e))
 }
 
-/// A detached copy of the mount tree at `path` (open_tree(2) with OPEN_TREE_CLONE).
-fn clone_tree(path: &Path, recursive: bool, what: &'static str) -> Result<OwnedFd, Error> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    const AT_RECURSIVE: libc::c_uint = 0x8000;
-    let cpath = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::sys(what, nix::errno::Errno::EINVAL))?;
-    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
-    if recursive {
-        flags |= AT_RECURSIVE;
-    }
-    // SAFETY: valid C string; the result is a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(Error::sys(what, nix::errno::Errno::last()));
-    }
-    // SAFETY: `fd` is a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Attaches a detached tree from [`clone_tree`] at `target` (move_mount(2)).
-fn attach_tree(tree: OwnedFd, target: &Path, what: &'static str) -> Result<(), Error> {
-    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-    let ctarget = CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::sys(what, nix::errno::Errno::EINVAL))?;
-    // SAFETY: valid descriptor and C strings.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            ctarget.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(Error::sys(what, nix::errno::Errno::last()));
-    }
-    Ok(())
-}
-
-/// Builds the new root on a tmpfs, pivots into it and detaches everything else. The tmpfs is
-/// mounted over the shared directory's own path (the one path we know exists); the share and
-/// /proc/self/fd are cloned as detached trees first, so the tmpfs is not part of either.
-fn build_root_and_pivot(shared_dir: &Path) -> Result<(), Error> {
-    let share_tree = clone_tree(shared_dir, true, "clone the shared directory's mounts")?;
-    let fd_tree = clone_tree(Path::new("/proc/self/fd"), false, "clone /proc/self/fd")?;
-    let new_root = shared_dir;
+/// Makes the shared directory the root: bind-mounts it onto itself (with every mount inside it,
+/// so submounts stay visible), pivots into it and detaches the old root. From then on the
+/// kernel resolves `/` and every `..` that reaches the share's top to the share itself, and a
+/// directory the host moves out of the share has no `..` (ENOENT), whatever the file server does.
+fn pivot_into_share(shared_dir: &Path) -> Result<(), Error> {
     mount(
-        Some("tmpfs"),
-        new_root,
-        Some("tmpfs"),
-        MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID,
-        Some("size=16k,mode=0755"),
+        Some(shared_dir),
+        shared_dir,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
     )
-    .map_err(|e| Error::sys("mount the sandbox root (tmpfs)", e))?;
-    let share_dir = new_root.join(SHARE_INSIDE.trim_start_matches('/'));
-    let fd_dir = new_root.join("proc/self/fd");
-    for dir in [&share_dir, &fd_dir] {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Io(format!("create {} in the sandbox root", dir.display()), e))?;
-    }
-    attach_tree(
-        share_tree,
-        &share_dir,
-        "mount the shared directory in the sandbox root",
-    )?;
-    attach_tree(fd_tree, &fd_dir, "mount /proc/self/fd in the sandbox root")?;
-    chdir(new_root).map_err(|e| Error::sys("chdir to the sandbox root", e))?;
-    // The old root ends up stacked on ".": unmount it lazily, leaving the new root alone.
-    pivot_root(".", ".").map_err(|e| Error::sys("pivot_root into the sandbox root", e))?;
+    .map_err(|e| Error::sys("bind-mount the shared directory onto itself", e))?;
+    chdir(shared_dir).map_err(|e| Error::sys("chdir to the shared directory", e))?;
+    // The old root ends up stacked on ".": unmount it lazily, leaving the share alone.
+    pivot_root(".", ".").map_err(|e| Error::sys("pivot_root into the shared directory", e))?;
     mount(
         None::<&str>,
         ".",
@@ -316,21 +248,7 @@ fn build_root_and_pivot(shared_dir: &Path) -> Result<(), Error> {
     )
     .map_err(|e| Error::sys("make the old root a slave mount", e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| Error::sys("detach the old root", e))?;
-    chdir("/").map_err(|e| Error::sys("chdir /", e))?;
-    // Nothing may be created next to the share.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REMOUNT
-            | MsFlags::MS_BIND
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC
-            | MsFlags::MS_NOSUID,
-        None::<&str>,
-    )
-    .map_err(|e| Error::sys("make the sandbox root read-only", e))
+    chdir("/").map_err(|e| Error::sys("chdir /", e))
 }
 
 fn write_proc(path: &str, text: &str) -> Result<(), Error> {
@@ -351,8 +269,7 @@ mod tests {
         assert!(e.contains("namespace, chroot, none"), "{e}");
         let dir = Path::new("/srv/share");
         assert_eq!(SandboxMode::None.root_inside(dir), dir);
-        assert_eq!(SandboxMode::Namespace.root_inside(dir), Path::new("/share"));
+        assert_eq!(SandboxMode::Namespace.root_inside(dir), Path::new("/"));
         assert_eq!(SandboxMode::Chroot.root_inside(dir), Path::new("/"));
-        assert!(!SandboxMode::Chroot.has_proc_path());
     }
 }

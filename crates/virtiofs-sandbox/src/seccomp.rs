@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 use crate::Error;
 
@@ -47,7 +50,8 @@ impl FromStr for SeccompMode {
 }
 
 /// The allowlist, by purpose. Calls used only before the filter is installed (execve, bind,
-/// listen, mount, pivot_root, unshare, setrlimit, ...) are deliberately absent.
+/// listen, mount, pivot_root, setrlimit, ...) are deliberately absent; unshare only with
+/// CLONE_FS ([`conditional_rules`]).
 pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
     macro_rules! calls {
         ($($name:ident),* $(,)?) => { vec![$((stringify!($name), libc::$name)),*] };
@@ -150,8 +154,10 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_umask,
         SYS_ioctl, // FIONREAD-type queries by the runtime; file ioctls are not forwarded
     ]);
-    // Extended attributes (--xattr).
+    // Extended attributes (--xattr): by the node's /proc/self/fd entry, relative to the
+    // thread's own working directory there (fchdir; `conditional_rules` allows unshare(CLONE_FS)).
     v.extend(calls![
+        SYS_fchdir,
         SYS_getxattr,
         SYS_setxattr,
         SYS_listxattr,
@@ -185,6 +191,23 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
     v
 }
 
+/// Calls allowed only with certain arguments: `unshare(CLONE_FS)`, which gives a thread its
+/// own working directory (the xattr calls change it; no namespace may be made once serving).
+fn conditional_rules() -> Result<Vec<(i64, Vec<SeccompRule>)>, Error> {
+    let err = |e: seccompiler::BackendError| Error::Seccomp(e.to_string());
+    let clone_fs = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::Eq,
+        libc::CLONE_FS as u64,
+    )
+    .map_err(err)?;
+    Ok(vec![(
+        libc::SYS_unshare,
+        vec![SeccompRule::new(vec![clone_fs]).map_err(err)?],
+    )])
+}
+
 /// Compiles the filter for `mode`; `None` for [`SeccompMode::None`].
 pub fn compile(mode: SeccompMode) -> Result<Option<BpfProgram>, Error> {
     let mismatch = match mode {
@@ -193,10 +216,11 @@ pub fn compile(mode: SeccompMode) -> Result<Option<BpfProgram>, Error> {
         SeccompMode::Log => SeccompAction::Log,
         SeccompMode::Trap => SeccompAction::Trap,
     };
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
         .into_iter()
         .map(|(_, nr)| (nr, Vec::new()))
         .collect();
+    rules.extend(conditional_rules()?);
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|e| Error::Seccomp(format!("unsupported architecture: {e}")))?;
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
@@ -266,6 +290,26 @@ mod tests {
         assert!(matches!(
             in_filtered_child(SeccompMode::Kill, allowed),
             WaitStatus::Exited(_, 0)
+        ));
+    }
+
+    #[test]
+    fn unshare_is_allowed_for_clone_fs_only() {
+        let fs = || unsafe {
+            if libc::unshare(libc::CLONE_FS) != 0 {
+                libc::_exit(3);
+            }
+        };
+        assert!(matches!(
+            in_filtered_child(SeccompMode::Kill, fs),
+            WaitStatus::Exited(_, 0)
+        ));
+        let ns = || unsafe {
+            libc::unshare(libc::CLONE_NEWNS);
+        };
+        assert!(matches!(
+            in_filtered_child(SeccompMode::Kill, ns),
+            WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
         ));
     }
 

@@ -4,13 +4,16 @@
 //! walked; new names are never "." or ".." (EINVAL), and symlinks are never followed.
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use virtiofs_fuse::abi::ROOT_ID;
 use virtiofs_fuse::{Context, Entry, Errno, Name};
 
 use crate::passthrough::{existing_name, new_name, Passthrough, Result};
 use crate::sys;
+
+/// How many ".." steps a parent check takes at most (PATH_MAX / 2: no path is deeper).
+const MAX_DEPTH: usize = 2048;
 
 /// The host `dev_t` of FUSE's 32-bit device number (the kernel's `new_encode_dev`).
 pub(crate) fn host_dev(rdev: u32) -> u64 {
@@ -26,15 +29,49 @@ impl Passthrough {
             return Err(Errno(libc::ENOTDIR));
         }
         let name = existing_name(name)?;
-        // ".." of the root is the root (EXPORT_SUPPORT: the guest asks for parents). Elsewhere
-        // ".." stays inside the share because every directory the guest knows was reached from
-        // the root by lookups.
-        let name = if name.to_bytes() == b".." && dir.id == ROOT_ID {
-            c"."
-        } else {
-            name
-        };
-        self.lookup_in(&dir, name)
+        if name.to_bytes() != b".." {
+            return self.lookup_in(&dir, name);
+        }
+        // ".." (EXPORT_SUPPORT: the guest asks for parents). Of the root it is the root.
+        if dir.id == ROOT_ID {
+            return self.lookup_in(&dir, c".");
+        }
+        self.quota()?;
+        let up = sys::openat(dir.fd(), c"..", libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        self.check_within_share(&up, parent)?;
+        self.lookup_fd(&dir, up)
+    }
+
+    /// Refuses (ENOENT, as the kernel answers for a directory cut off from its mount's root) a
+    /// parent reached by ".." that is not inside the share: a directory the host moved out of
+    /// the share has a ".." outside it. In the namespace sandbox the kernel already refuses
+    /// that walk (the share is the root mount); with `--sandbox chroot` or `none` this walk up
+    /// to the share's root is what stops it.
+    fn check_within_share(&self, dir: &OwnedFd, from: u64) -> Result<()> {
+        let root = self.inode(ROOT_ID)?;
+        let ident = |stx: &libc::statx| (stx.stx_dev_major, stx.stx_dev_minor, stx.stx_ino);
+        let root_id = ident(&sys::fstatx(root.fd(), libc::STATX_INO)?);
+        let mut cur = sys::fstatx(dir.as_fd(), libc::STATX_INO)?;
+        let mut up: Option<OwnedFd> = None;
+        // The depth bound only guards against a filesystem whose ".." never ends.
+        for _ in 0..MAX_DEPTH {
+            if ident(&cur) == root_id {
+                return Ok(());
+            }
+            let here = up.as_ref().map_or(dir.as_fd(), AsFd::as_fd);
+            let next = sys::openat(here, c"..", libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            let next_stx = sys::fstatx(next.as_fd(), libc::STATX_INO)?;
+            if ident(&next_stx) == ident(&cur) {
+                break; // the top of the filesystem (or of the process's root): not the share
+            }
+            cur = next_stx;
+            up = Some(next);
+        }
+        tracing::warn!(
+            "LOOKUP '..' of node {from}: its parent is outside the shared directory (moved there \
+             by the host?); refused"
+        );
+        Err(Errno(libc::ENOENT))
     }
 
     pub(crate) fn do_mknod(

@@ -1,9 +1,10 @@
 //! Extended attributes (`--xattr`): SETXATTR, GETXATTR, LISTXATTR, REMOVEXATTR.
 //!
-//! An O_PATH descriptor cannot carry xattr calls, so they go by the node's `/proc/self/fd/N`
-//! path, whose magic link leads to the node itself (needs /proc in the sandbox: `--sandbox
-//! chroot` refuses `--xattr`). Symlinks are refused with EOPNOTSUPP: the path call would follow
-//! them. Without `--xattr` every call is ENOSYS, and the guest stops asking.
+//! An O_PATH descriptor cannot carry xattr calls, so they go by the node's `/proc/self/fd`
+//! entry (relative to the thread's working directory, moved there: no absolute path, so it
+//! works in every sandbox), whose magic link leads to the node itself, whatever its type; no
+//! file is opened. Symlinks are refused with EOPNOTSUPP: the path call would follow them.
+//! Without `--xattr` every call is ENOSYS, and the guest stops asking.
 
 use std::ffi::CStr;
 
@@ -25,8 +26,9 @@ fn check(ret: libc::ssize_t) -> Result<usize> {
 }
 
 impl Passthrough {
-    /// The node's path for xattr calls, once the option and the file type allow them.
-    fn xattr_path(&self, nodeid: u64) -> Result<std::ffi::CString> {
+    /// Runs an xattr `call` on the path of node `nodeid`, once the option and the file type
+    /// allow it.
+    fn on_xattr_path<T>(&self, nodeid: u64, call: impl FnOnce(&CStr) -> Result<T>) -> Result<T> {
         if !self.cfg.xattr {
             return Err(Errno(libc::ENOSYS));
         }
@@ -34,7 +36,7 @@ impl Passthrough {
         if inode.kind == libc::S_IFLNK {
             return Err(Errno(libc::EOPNOTSUPP));
         }
-        Ok(self.proc_path(&inode))
+        self.with_node_path(&inode, call)
     }
 
     pub(crate) fn do_setxattr(
@@ -44,48 +46,50 @@ impl Passthrough {
         value: &[u8],
         flags: u32,
     ) -> Result<()> {
-        let path = self.xattr_path(nodeid)?;
-        // SAFETY: NUL-terminated path and name; `value` is readable for its length.
-        let r = unsafe {
-            libc::setxattr(
-                path.as_ptr(),
-                name.as_cstr().as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags as i32,
-            )
-        };
-        check(r as libc::ssize_t).map(drop)
+        self.on_xattr_path(nodeid, |path| {
+            // SAFETY: NUL-terminated path and name; `value` is readable for its length.
+            let r = unsafe {
+                libc::setxattr(
+                    path.as_ptr(),
+                    name.as_cstr().as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    flags as i32,
+                )
+            };
+            check(r as libc::ssize_t).map(drop)
+        })
     }
 
     pub(crate) fn do_getxattr(&self, nodeid: u64, name: &Name, size: u32) -> Result<Xattr> {
-        let path = self.xattr_path(nodeid)?;
-        let get = |buf: &mut [u8]| {
-            // SAFETY: NUL-terminated path and name; `buf` is writable for its length.
-            check(unsafe {
-                libc::getxattr(
-                    path.as_ptr(),
-                    name.as_cstr().as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            })
-        };
-        sized(size, get)
+        self.on_xattr_path(nodeid, |path| {
+            let get = |buf: &mut [u8]| {
+                // SAFETY: NUL-terminated path and name; `buf` is writable for its length.
+                check(unsafe {
+                    libc::getxattr(
+                        path.as_ptr(),
+                        name.as_cstr().as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                })
+            };
+            sized(size, get)
+        })
     }
 
     pub(crate) fn do_listxattr(&self, nodeid: u64, size: u32) -> Result<Xattr> {
-        let path = self.xattr_path(nodeid)?;
-        let list = |buf: &mut [u8]| {
-            // SAFETY: NUL-terminated path; `buf` is writable for its length.
-            check(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
-        };
-        sized(size, list)
+        self.on_xattr_path(nodeid, |path| {
+            let list = |buf: &mut [u8]| {
+                // SAFETY: NUL-terminated path; `buf` is writable for its length.
+                check(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+            };
+            sized(size, list)
+        })
     }
 
     pub(crate) fn do_removexattr(&self, nodeid: u64, name: &Name) -> Result<()> {
-        let path = self.xattr_path(nodeid)?;
-        remove(&path, name.as_cstr())
+        self.on_xattr_path(nodeid, |path| remove(path, name.as_cstr()))
     }
 }
 
