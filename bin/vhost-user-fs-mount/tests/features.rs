@@ -1,7 +1,8 @@
 //! What async-virtiofsd serves beyond the reference daemons, through the host kernel's FUSE
 //! client: locks a host process sees (POSIX and flock, both directions, released when the
 //! locking process dies, SETLKW that waits), O_TMPFILE then linkat, statx birth time,
-//! COPY_FILE_RANGE done on the host, and a 1 MiB write arriving as one WRITE.
+//! COPY_FILE_RANGE done on the host, file attribute ioctls (chattr/lsattr), and a 1 MiB write
+//! arriving as one WRITE.
 
 mod common;
 
@@ -237,6 +238,41 @@ fn tmpfile_then_linkat_makes_a_named_file() {
         fs::metadata(&host).unwrap().permissions().mode() & 0o777,
         0o640
     );
+}
+
+/// FS_IOC_GETFLAGS / FS_IOC_SETFLAGS (`lsattr` / `chattr`) on `p`'s open descriptor.
+fn inode_flags(f: &File, set: Option<u32>) -> Result<u32, i32> {
+    const GETFLAGS: libc::Ioctl = 0x8008_6601u32 as libc::Ioctl;
+    const SETFLAGS: libc::Ioctl = 0x4008_6602u32 as libc::Ioctl;
+    let mut flags = set.unwrap_or(0);
+    let cmd = if set.is_some() { SETFLAGS } else { GETFLAGS };
+    // SAFETY: both commands read or write one int at the pointer.
+    match unsafe { libc::ioctl(f.as_raw_fd(), cmd, &mut flags) } {
+        0 => Ok(flags),
+        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap()),
+    }
+}
+
+#[test]
+fn chattr_and_lsattr_reach_the_host_file_and_directory() {
+    const NODUMP: u32 = 0x40;
+    let m = ours();
+    fs::write(m.backend.share.join("f"), b"x").unwrap();
+    fs::create_dir(m.backend.share.join("d")).unwrap();
+    for name in ["f", "d"] {
+        let host = File::open(m.backend.share.join(name)).unwrap();
+        let guest = File::open(m.mnt.join(name)).unwrap();
+        let before = inode_flags(&host, None).unwrap();
+        assert_eq!(inode_flags(&guest, None), Ok(before), "{name}: lsattr");
+        inode_flags(&guest, Some(before | NODUMP)).unwrap();
+        assert_eq!(
+            inode_flags(&host, None),
+            Ok(before | NODUMP),
+            "{name}: chattr +d"
+        );
+        inode_flags(&guest, Some(before)).unwrap();
+        assert_eq!(inode_flags(&host, None), Ok(before), "{name}: chattr -d");
+    }
 }
 
 fn statx(p: &Path) -> libc::statx {

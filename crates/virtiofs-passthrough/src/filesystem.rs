@@ -2,12 +2,13 @@
 //! the checks every operation of its kind needs (the fd quota for those that open one).
 
 use virtiofs_fuse::abi::{
-    CopyFileRangeIn, CreateIn, FallocateIn, FileLock, ForgetOne, Kstatfs, LkIn, ReadIn, ReleaseIn,
-    SetattrIn, StatxIn, WriteIn,
+    CopyFileRangeIn, CreateIn, FallocateIn, FileLock, ForgetOne, IoctlIn, Kstatfs, LkIn, ReadIn,
+    ReleaseIn, SetattrIn, StatxIn, WriteIn,
 };
 use virtiofs_fuse::filesystem::Result;
 use virtiofs_fuse::{
-    AttrReply, Context, DirSink, Entry, Filesystem, GuestSlice, Name, Opened, StatxReply, Xattr,
+    AttrReply, Context, DirSink, Entry, Filesystem, GuestSlice, IoctlReply, Name, Opened,
+    StatxReply, Xattr,
 };
 
 use crate::passthrough::Passthrough;
@@ -182,6 +183,9 @@ impl Filesystem for Passthrough {
         arg: &CreateIn,
     ) -> Result<(Entry, Opened)> {
         self.do_create(ctx, parent, name, arg)
+    }
+    fn ioctl(&self, _: &Context, nodeid: u64, arg: &IoctlIn, data: &[u8]) -> Result<IoctlReply> {
+        self.do_ioctl(nodeid, arg, data)
     }
     fn fallocate(&self, _: &Context, nodeid: u64, arg: &FallocateIn) -> Result<()> {
         self.do_fallocate(nodeid, arg)

@@ -51,6 +51,7 @@ pub struct Config {
 /// - ASYNC_READ, PARALLEL_DIROPS: node and handle tables are shared-locked, so concurrent
 ///   reads of one file and lookups in one directory are safe.
 /// - EXPORT_SUPPORT: LOOKUP of "." and ".." works (NFS export of the guest's mount).
+/// - HAS_IOCTL_DIR: the file attribute ioctls (`ops/ioctl.rs`) work on directories too.
 /// - CREATE_SUPP_GROUP: a new file is made with the caller's group that the parent has.
 const SERVED: u64 = f::ASYNC_READ
     | f::PARALLEL_DIROPS
@@ -58,6 +59,7 @@ const SERVED: u64 = f::ASYNC_READ
     | f::AUTO_INVAL_DATA
     | f::ASYNC_DIO
     | f::EXPORT_SUPPORT
+    | f::HAS_IOCTL_DIR
     | f::CREATE_SUPP_GROUP;
 
 /// The shared directory as a FUSE filesystem.

@@ -5,5 +5,6 @@ pub(crate) mod attr;
 pub(crate) mod dir;
 pub(crate) mod entry;
 pub(crate) mod file;
+pub(crate) mod ioctl;
 pub(crate) mod lock;
 pub(crate) mod xattr;
