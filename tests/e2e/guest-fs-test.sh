@@ -416,9 +416,13 @@ esac
 if [ -n "$SUBMOUNT" ]; then
     S=$ROOT/submount
     root_dev=$(stat -c %d "$ROOT")
+    # stat(2) of an automount point does not mount it (it answers for the directory the
+    # guest looked up); a walk into it does.
+    pre_dev=$(stat -c %d "$S")
+    ls "$S/" >/dev/null
     sub_dev=$(stat -c %d "$S")
     file_dev=$(stat -c %d "$S/from-host.txt")
-    note "st_dev: share root $root_dev, submount/ $sub_dev, submount/from-host.txt $file_dev ($SUBMOUNT)"
+    note "st_dev: share root $root_dev, submount/ $sub_dev (stat before a walk into it: $pre_dev), submount/from-host.txt $file_dev ($SUBMOUNT)"
     expect "read a host file on the submount" "on the host's tmpfs" "$(cat "$S/from-host.txt" 2>&1)"
     if [ "$SUBMOUNT" = announced ]; then
         if [ -n "$sub_dev" ] && [ "$sub_dev" != "$root_dev" ]; then

@@ -67,7 +67,7 @@ usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
   --direct-io            the daemon passes O_DIRECT to the host (give it --allow-direct-io):
                          the guest probe then accepts EINVAL for unaligned O_DIRECT
   --guest-max-pages N    the guest raises fs.fuse.max_pages_limit to N before mounting
-                         (Linux 6.12+), so READ/WRITE may go past 1 MiB
+                         (Linux 6.13+), so READ/WRITE may go past 1 MiB
   --log-dir              where serial.log, daemon.log and summary.txt go
                          (default: target/e2e-logs/<time>-<kernel>-<mode>...)
   --daemon-exit-wait     seconds the daemon gets to exit by itself after the

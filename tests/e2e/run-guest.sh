@@ -54,7 +54,7 @@ usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
              the share's submount/ and whether the daemon announces submounts
   --direct-io  tell the guest (e2e.directio=1) that the daemon passes O_DIRECT to the host
   --guest-max-pages N  the guest sets fs.fuse.max_pages_limit to N before mounting
-             (e2e.fuse_max_pages=N; Linux 6.12+)
+             (e2e.fuse_max_pages=N; Linux 6.13+)
   --verbose  echo every console line, not just test lines
 EOF
 }
