@@ -231,12 +231,16 @@ pub const IOV_MAX: usize = 1024;
 /// than that (a queue of more than 1028 descriptors) is one request but several calls. Stops at
 /// a short read (end of file); an error after some data was read makes a short read.
 pub fn preadv_all(fd: BorrowedFd<'_>, iov: &[libc::iovec], offset: u64) -> io::Result<usize> {
-    each_chunk(iov, |chunk, done| preadv2(fd, chunk, offset + done as u64, 0))
+    each_chunk(iov, |chunk, done| {
+        preadv2(fd, chunk, offset + done as u64, 0)
+    })
 }
 
 /// `pwritev2` of all of `iov` at `offset`, [`IOV_MAX`] iovecs per call, as [`preadv_all`].
 pub fn pwritev_all(fd: BorrowedFd<'_>, iov: &[libc::iovec], offset: u64) -> io::Result<usize> {
-    each_chunk(iov, |chunk, done| pwritev2(fd, chunk, offset + done as u64, 0))
+    each_chunk(iov, |chunk, done| {
+        pwritev2(fd, chunk, offset + done as u64, 0)
+    })
 }
 
 /// Runs `io(chunk, bytes done so far)` on `iov` in [`IOV_MAX`] pieces until one is short.

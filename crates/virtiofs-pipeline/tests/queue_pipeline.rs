@@ -75,7 +75,10 @@ impl FuseHandler for ScriptedHandler {
 
     fn set_queue_size(&self, descriptors: u16) {
         let handled = self.handled.load(Ordering::SeqCst);
-        self.queue_sizes.lock().unwrap().push((descriptors, handled));
+        self.queue_sizes
+            .lock()
+            .unwrap()
+            .push((descriptors, handled));
     }
 
     fn end_session(&self) {
@@ -331,7 +334,11 @@ mt_test!(init_is_told_the_smallest_started_request_queue, || {
     d.post(GETATTR, 2);
     d.kick();
     d.wait_used(1);
-    assert_eq!(r.handler.queue_sizes.lock().unwrap().len(), 1, "only at INIT");
+    assert_eq!(
+        r.handler.queue_sizes.lock().unwrap().len(),
+        1,
+        "only at INIT"
+    );
     // A stopped queue does not count.
     r.vrings[3].set_queue_ready(false);
     r.init(2);
