@@ -56,6 +56,7 @@ case $MODE in
     smoke) NFILES=100 BIG_MB=4 PAR_MB=1 ;;
     *) echo "usage: $0 [full|smoke] [ROOT] [TAG]" >&2; exit 2 ;;
 esac
+read -r CMDLINE </proc/cmdline
 T0=$(now)
 W=$ROOT/e2e-work      # scratch area, removed at the end
 HC=$ROOT/host-check   # left behind for the host to verify
@@ -273,7 +274,8 @@ fi
 
 # --- system calls busybox cannot make: tests/guest-probe --------------------
 # xattrs (or EOPNOTSUPP when they are off), SEEK_DATA/SEEK_HOLE, fallocate modes,
-# renameat2 flags, O_DIRECT, fsync/fdatasync, flock, statx, copy_file_range and
+# renameat2 flags, O_DIRECT (unaligned too: e2e.directio=1 says the daemon passes O_DIRECT
+# on, so the host may refuse it), fsync/fdatasync, flock, statx, copy_file_range and
 # utimensat nanoseconds, locks, O_TMPFILE + linkat, syncfs, in $ROOT/probe.
 # e2e.hostlocks=1: a host process holds locks on $ROOT/host-locked (run-e2e.sh
 # --host-locks) that the guest must not get. e2e.xattr=1 on the kernel command line
@@ -282,10 +284,10 @@ fi
 PROBE=/e2e/guest-probe
 if [ -x "$PROBE" ]; then
     t=$(now)
-    set --
-    read -r _cmdline </proc/cmdline
-    case " $_cmdline " in *" e2e.xattr=1 "*) set -- --xattr ;; esac
-    case " $_cmdline " in *" e2e.hostlocks=1 "*) set -- "$@" --host-locked "$ROOT/host-locked" ;; esac
+    set -- --o-direct-model /tmp/o-direct.model
+    case " $CMDLINE " in *" e2e.xattr=1 "*) set -- "$@" --xattr ;; esac
+    case " $CMDLINE " in *" e2e.hostlocks=1 "*) set -- "$@" --host-locked "$ROOT/host-locked" ;; esac
+    case " $CMDLINE " in *" e2e.directio=1 "*) set -- "$@" --direct-io ;; esac
     "$PROBE" "$ROOT/probe" "$@" >/tmp/probe.out 2>&1
     rc=$?
     cat /tmp/probe.out
@@ -296,6 +298,11 @@ if [ -x "$PROBE" ]; then
     SKIPPED=$((SKIPPED + _skip))
     if [ "$rc" != 0 ] && [ "$_fail" = 0 ]; then
         not_ok guest-probe "exited with status $rc"
+    fi
+    # What the probe meant to write with O_DIRECT; the host compares its copy of the file.
+    if [ -f /tmp/o-direct.model ]; then
+        echo "GUEST-MD5 probe/o-direct-host-check $(md5 /tmp/o-direct.model)"
+        rm -f /tmp/o-direct.model
     fi
     note "guest-probe run: $(($(now) - t))s"
 else
@@ -323,6 +330,20 @@ elif grep -qi 'invalid\|unknown' /tmp/err; then
     skip "write 4 MiB with O_DIRECT" "this dd has no oflag=direct: $(cat /tmp/err)"
 else
     not_ok "write 4 MiB with O_DIRECT" "$(cat /tmp/err)"
+fi
+# O_DIRECT, 4 MiB at a time: each dd write becomes WRITEs of max_pages pages (the daemon offers
+# queue size - 4 = 1020; the guest takes at most fs.fuse.max_pages_limit, 256 unless raised: see
+# run-e2e.sh --guest-max-pages). The matrix checks the WRITE sizes in the daemon's log.
+N4=$((BIG_MB / 4))
+[ "$N4" -le 2 ] || N4=2
+if dd if=/tmp/big.src of="$ROOT/direct-4m.bin" bs=4M count="$N4" oflag=direct 2>/tmp/err; then
+    sum=$(head -c $((N4 * 4194304)) /tmp/big.src | md5sum | cut -d' ' -f1)
+    expect "write $((N4 * 4)) MiB with O_DIRECT (dd bs=4M oflag=direct)" "$sum" "$(md5 "$ROOT/direct-4m.bin")"
+    echo "GUEST-MD5 direct-4m.bin $sum"
+elif grep -qi 'invalid\|unknown' /tmp/err; then
+    skip "write $((N4 * 4)) MiB with O_DIRECT" "this dd has no oflag=direct: $(cat /tmp/err)"
+else
+    not_ok "write $((N4 * 4)) MiB with O_DIRECT" "$(cat /tmp/err)"
 fi
 rm -f /tmp/big.src
 drop_caches
@@ -381,6 +402,62 @@ note "parallel: $(($(now) - t))s"
 # --- cleanup of the scratch area (bulk unlink + rmdir) ----------------------
 try "rm -r scratch tree" rm -r "$W"
 expect "scratch tree gone" absent "$([ -e "$W" ] && echo present || echo absent)"
+
+# --- a host mount inside the share (run-e2e.sh --submount) -----------------
+# The host mounted a tmpfs on submount/ before the daemon started. e2e.submount=announced: the
+# daemon runs with --announce-submounts (FUSE_ATTR_SUBMOUNT on directories whose mount differs
+# from their parent's), so the guest kernel mounts the directory as a submount of its own, with
+# its own st_dev. e2e.submount=plain: no announcement, one st_dev for the whole share.
+SUBMOUNT=
+case " $CMDLINE " in
+    *" e2e.submount=announced "*) SUBMOUNT=announced ;;
+    *" e2e.submount=plain "*) SUBMOUNT=plain ;;
+esac
+if [ -n "$SUBMOUNT" ]; then
+    S=$ROOT/submount
+    root_dev=$(stat -c %d "$ROOT")
+    # stat(2) of an automount point does not mount it (it answers for the directory the
+    # guest looked up); a walk into it does.
+    pre_dev=$(stat -c %d "$S")
+    ls "$S/" >/dev/null
+    sub_dev=$(stat -c %d "$S")
+    file_dev=$(stat -c %d "$S/from-host.txt")
+    note "st_dev: share root $root_dev, submount/ $sub_dev (stat before a walk into it: $pre_dev), submount/from-host.txt $file_dev ($SUBMOUNT)"
+    expect "read a host file on the submount" "on the host's tmpfs" "$(cat "$S/from-host.txt" 2>&1)"
+    if [ "$SUBMOUNT" = announced ]; then
+        if [ -n "$sub_dev" ] && [ "$sub_dev" != "$root_dev" ]; then
+            ok "announced submount has its own st_dev ($sub_dev, root $root_dev)"
+        else
+            not_ok "announced submount has its own st_dev" "submount $sub_dev, root $root_dev"
+        fi
+        expect "a file on the submount has the submount's st_dev" "$sub_dev" "$file_dev"
+        if grep -q " $S virtiofs " /proc/mounts; then
+            ok "the guest kernel mounted submount/ itself (/proc/mounts)"
+        else
+            not_ok "submount in /proc/mounts" "$(grep " $ROOT" /proc/mounts | tr '\n' ';')"
+        fi
+    else
+        expect "unannounced submount shares the root's st_dev" "$root_dev" "$sub_dev"
+        if grep -q " $S " /proc/mounts; then
+            not_ok "no guest mount on submount/" "$(grep " $S " /proc/mounts)"
+        else
+            ok "no guest mount on submount/"
+        fi
+    fi
+    printf 'written by the guest\n' >"$S/from-guest.txt"
+    expect "write on the submount" "written by the guest" "$(cat "$S/from-guest.txt" 2>&1)"
+    host_expect md5 submount/from-guest.txt "$(md5 "$S/from-guest.txt")"
+    host_expect same-dev submount/from-guest.txt submount
+    host_expect other-dev submount .
+    refuse "hard link from the share into the submount fails (EXDEV)" ln "$ROOT/hello.txt" "$S/hello-link"
+    if [ "$SUBMOUNT" = announced ]; then
+        # An automount: unmounted, it comes back at the next access.
+        try "umount the submount" umount "$S"
+        expect "the submount comes back at the next access" "on the host's tmpfs" "$(cat "$S/from-host.txt" 2>&1)"
+        expect "st_dev again its own" yes "$([ "$(stat -c %d "$S")" != "$root_dev" ] && echo yes || echo no)"
+        umount "$S" 2>/dev/null
+    fi
+fi
 
 # --- unmount and mount again: FUSE DESTROY, then a fresh INIT -------------
 if grep -q " $ROOT virtiofs " /proc/mounts; then

@@ -6,6 +6,8 @@
 #   e2e.mode=full|smoke|demo|reboot|hotplug   what to run (default full)
 #   e2e.tag=TAG                virtio-fs tag (default myfs)
 #   e2e.boots=N                reboot mode: boots in all (reboot -f, no unmount, between them)
+#   e2e.fuse_max_pages=N       set fs.fuse.max_pages_limit to N before mounting (Linux 6.13+;
+#                              the kernel says so when it has no such sysctl)
 # shellcheck shell=sh
 
 /bin/busybox mount -t proc proc /proc
@@ -35,12 +37,14 @@ finish() {
 MODE=full
 TAG=myfs
 BOOTS=3
+FUSE_MAX_PAGES=
 read -r cmdline </proc/cmdline
 for word in $cmdline; do
     case $word in
         e2e.mode=*) MODE=${word#e2e.mode=} ;;
         e2e.tag=*) TAG=${word#e2e.tag=} ;;
         e2e.boots=*) BOOTS=${word#e2e.boots=} ;;
+        e2e.fuse_max_pages=*) FUSE_MAX_PAGES=${word#e2e.fuse_max_pages=} ;;
     esac
 done
 say "kernel $(uname -r), $(nproc) cpus, mode $MODE"
@@ -51,6 +55,22 @@ while read -r mod; do
     [ -n "$mod" ] || continue
     insmod "/lib/modules/e2e/$mod.ko" || finish "FAIL insmod $mod"
 done </lib/modules/e2e/order
+
+# Pages per FUSE request the kernel allows (fuse_conn_init copies it at mount): a sysctl since
+# Linux 6.13, the constant FUSE_MAX_MAX_PAGES (256) before.
+LIMIT=/proc/sys/fs/fuse/max_pages_limit
+if [ -n "$FUSE_MAX_PAGES" ]; then
+    if [ -f "$LIMIT" ]; then
+        echo "$FUSE_MAX_PAGES" >"$LIMIT" || finish "FAIL set fs.fuse.max_pages_limit=$FUSE_MAX_PAGES"
+    else
+        say "no fs.fuse.max_pages_limit in this kernel (it came in Linux 6.13): FUSE requests stay at 256 pages"
+    fi
+fi
+if [ -f "$LIMIT" ]; then
+    say "fs.fuse.max_pages_limit = $(cat "$LIMIT")"
+else
+    say "fs.fuse.max_pages_limit: none (Linux before 6.13: 256 pages, FUSE_MAX_MAX_PAGES)"
+fi
 
 # The virtio-pci device may be probed asynchronously; retry briefly.
 n=0

@@ -4,17 +4,25 @@
 # queues on the Debian 13 guest with 4 vCPUs, where the daemon's per-queue statistics must show
 # that more than one request queue served requests. The pool-64 run has xattrs on (daemon --xattr,
 # run-e2e.sh --xattr: the guest probe sets and reads them, the host checks one), the others off
-# (the probe checks they fail EOPNOTSUPP). Then a guest that reboots three times in one QEMU
+# (the probe checks they fail EOPNOTSUPP); it also passes O_DIRECT to the host (--allow-direct-io,
+# where the others strip it). pool0 (6.1) and multiqueue (6.12) have a host tmpfs inside the share
+# announced as a submount (its own st_dev in the guest), pool1 the same tmpfs unannounced (one
+# st_dev). multiqueue's guest raises fs.fuse.max_pages_limit where its kernel has it (6.13+); every
+# full run checks the daemon offered 1020 pages (queue of 1024 - 4) and the largest WRITE the
+# guest sent: 1020 pages with a raised limit, 256 (1 MiB) otherwise. Then a guest that reboots three times in one QEMU
 # process (reboot -f, then system_reset from the monitor, then a driver rebind; 6.1, and 6.12
 # with 4 queues) and one that gets memory hot-added under I/O. Ends with
 # "e2e matrix: N passed, N failed".
 #
-# usage: tests/e2e/matrix.sh [path/to/async-virtiofsd]   (default: target/debug/async-virtiofsd)
+# usage: tests/e2e/matrix.sh [path/to/async-virtiofsd [NAME...]]
+#   (default: target/debug/async-virtiofsd; NAMEs run only those configurations, e.g. pool0 multiqueue)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 BIN=${1:-$REPO/target/debug/async-virtiofsd}
+shift $(($# > 0 ? 1 : 0))
+ONLY=" $* "
 [ -x "$BIN" ] || { echo "matrix: no daemon binary at $BIN (run cargo build)" >&2; exit 2; }
 LOGS=$REPO/target/e2e-logs/matrix
 rm -rf "$LOGS"
@@ -30,6 +38,7 @@ failures=()
 run() {
     local name=$1 kernel=$2 cpus=$3 queues=$4 flags=$5
     shift 5
+    if [ "$ONLY" != "  " ] && [[ $ONLY != *" $name "* ]]; then return 0; fi
     local dir=$LOGS/$name start rc
     echo "=== e2e $name: kernel $kernel, $cpus vCPUs, $queues request queue(s), $flags $*"
     start=$(date +%s)
@@ -76,6 +85,8 @@ guest_crashed_before_mount() {
         ! grep -q 'mounted virtiofs' "$dir/serial.log" &&
         grep -q 'request pipeline stopped requests=0 ' "$dir/daemon.log" 2>/dev/null
 }
+
+min() { if [ "$1" -lt "$2" ]; then echo "$1"; else echo "$2"; fi; }
 
 # What the daemon's log must show for the options a configuration uses.
 check_daemon_log() {
@@ -142,10 +153,27 @@ check_daemon_log() {
     else
         echo "    not ok - the guest never sent READDIRPLUS"; ok=1
     fi
-    # Full mode writes 4 MiB with dd bs=1M oflag=direct: 1 MiB per WRITE (MAX_PAGES).
+    # Every guest here has queues of 1024 descriptors (run-guest.sh): INIT offers what a chain
+    # of 1024 carries besides the request's headers and arguments.
+    log_has 'FUSE session started.*max_pages=1020 max_write=4177920 queue_size=Some(1024)' \
+        "INIT offered 1020 pages per READ/WRITE (queue of 1024 - 4)" \
+        "INIT did not offer 1020 pages for queues of 1024"
+    # Full mode writes with dd oflag=direct, 1 MiB and 4 MiB at a time. The guest kernel takes
+    # min(our offer, its limit): fs.fuse.max_pages_limit where it has one (Linux 6.13+; the guest
+    # raises it with --guest-max-pages), FUSE_MAX_MAX_PAGES = 256 before (6.1, 6.12).
     if [[ $opts != *"--mode "* ]]; then
         log_has 'WRITE.*size=1048576' "a 1 MiB guest write arrived as one 1 MiB WRITE" \
             "no 1 MiB WRITE reached the daemon (MAX_PAGES not in effect?)"
+        local serial limit want largest
+        serial=$(dirname "$log")/serial.log
+        limit=$(sed -n 's/.*fs\.fuse\.max_pages_limit = \([0-9]*\).*/\1/p' "$serial" | tr -d '\r' | tail -n 1)
+        want=$(( $(min "${limit:-256}" 1020) * 4096 ))
+        largest=$(grep -oE 'dispatch: WRITE .* size=[0-9]+' "$log" | grep -oE '[0-9]+$' | sort -n | tail -n 1)
+        if [ "${largest:-0}" = "$want" ]; then
+            echo "    ok - largest WRITE $largest bytes (guest fs.fuse.max_pages_limit ${limit:-absent})"
+        else
+            echo "    not ok - largest WRITE ${largest:-none}, expected $want (guest fs.fuse.max_pages_limit ${limit:-absent})"; ok=1
+        fi
     fi
     if [[ $opts == *--writeback* ]]; then
         log_has 'FUSE session started; agreed:.*WRITEBACK_CACHE' "--writeback: WRITEBACK_CACHE negotiated" \
@@ -163,10 +191,12 @@ check_daemon_log() {
 }
 
 # Each configuration also covers one cache mode and the options that change what the guest sees.
-run pool0 6.1 2 1 "--thread-pool-size=0 --cache=always --writeback" --host-locks
-run pool1 6.1 2 1 "--thread-pool-size=1 --cache=never --no-readdirplus" --host-locks
-run pool64 6.1 2 1 "--thread-pool-size=64 --xattr" --xattr --host-locks
-run multiqueue 6.12 4 4 "--thread-pool-size=64 --cache=metadata" --mem 5G --host-locks
+run pool0 6.1 2 1 "--thread-pool-size=0 --cache=always --writeback --announce-submounts" \
+    --host-locks --submount announced
+run pool1 6.1 2 1 "--thread-pool-size=1 --cache=never --no-readdirplus" --host-locks --submount plain
+run pool64 6.1 2 1 "--thread-pool-size=64 --xattr --allow-direct-io" --xattr --host-locks --direct-io
+run multiqueue 6.12 4 4 "--thread-pool-size=64 --cache=metadata --announce-submounts" --mem 5G \
+    --host-locks --submount announced --guest-max-pages 1024
 # A guest that reboots (reboot -f, then system_reset; writes in flight, no unmount) twice in one
 # QEMU process, then rebinds its driver.
 run reboot 6.1 2 1 "--thread-pool-size=64" --mode reboot --boots 3

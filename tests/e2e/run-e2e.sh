@@ -33,13 +33,17 @@ ALLOW_LINGER=0
 XATTR=()
 HOST_LOCKS=()
 MEM=()
+SUBMOUNT=
+DIRECT_IO=()
+GUEST_MAX_PAGES=()
 
 usage() {
     cat <<EOF
 usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
           [--cpus N] [--mode full|smoke|demo|reboot|hotplug] [--boots N] [--timeout SECS] [--log-dir DIR]
           [--daemon-exit-wait SECS] [--allow-daemon-linger] [--keep] [--no-setup]
-          [--mem SIZE] [--xattr] [--host-locks] [--verbose]
+          [--mem SIZE] [--xattr] [--host-locks] [--submount announced|plain] [--direct-io]
+          [--guest-max-pages N] [--verbose]
 
   --daemon-cmd           daemon command line; {socket} becomes the vhost-user
                          socket path, {shared} the shared directory
@@ -54,6 +58,16 @@ usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
                          share's host-locked file while the guest runs, and the
                          guest checks it cannot take them (a daemon with real
                          host locks; the references emulate locks in the guest)
+  --submount MODE        before the daemon starts, mount a 4 MiB tmpfs on the share's
+                         submount/ (a file from the host in it); unmounted at the end
+                         whatever happens. MODE says what the guest must see: announced
+                         (give the daemon --announce-submounts: its own st_dev, a guest
+                         mount of its own) or plain (the root's st_dev, no guest mount);
+                         either way the host checks a file the guest wrote landed on the tmpfs
+  --direct-io            the daemon passes O_DIRECT to the host (give it --allow-direct-io):
+                         the guest probe then accepts EINVAL for unaligned O_DIRECT
+  --guest-max-pages N    the guest raises fs.fuse.max_pages_limit to N before mounting
+                         (Linux 6.13+), so READ/WRITE may go past 1 MiB
   --log-dir              where serial.log, daemon.log and summary.txt go
                          (default: target/e2e-logs/<time>-<kernel>-<mode>...)
   --daemon-exit-wait     seconds the daemon gets to exit by itself after the
@@ -69,7 +83,7 @@ die() { printf '[e2e] ERROR: %s\n' "$*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --daemon-cmd|--kernel|--queues|--cpus|--mode|--boots|--timeout|--log-dir|--daemon-exit-wait)
+        --daemon-cmd|--kernel|--queues|--cpus|--mode|--boots|--timeout|--log-dir|--daemon-exit-wait|--submount|--guest-max-pages)
             [ $# -ge 2 ] || die "$1 needs a value" ;;
     esac
     case $1 in
@@ -87,6 +101,9 @@ while [ $# -gt 0 ]; do
         --no-setup) SETUP=0 ;;
         --xattr) XATTR=(--xattr) ;;
         --host-locks) HOST_LOCKS=(--host-locks) ;;
+        --submount) SUBMOUNT=$2; shift ;;
+        --direct-io) DIRECT_IO=(--direct-io) ;;
+        --guest-max-pages) GUEST_MAX_PAGES=(--guest-max-pages "$2"); shift ;;
         --mem) [ $# -ge 2 ] || die "--mem needs a value"; MEM=(--mem "$2"); shift ;;
         --verbose) VERBOSE=(--verbose) ;;
         -h|--help) usage; exit 0 ;;
@@ -96,6 +113,10 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$DAEMON_CMD" ] || { usage >&2; exit 2; }
 case $MODE in full|smoke|demo|reboot|hotplug) ;; *) die "bad --mode $MODE" ;; esac
+case $SUBMOUNT in ''|announced|plain) ;; *) die "bad --submount $SUBMOUNT (announced or plain)" ;; esac
+if [ -n "$SUBMOUNT" ]; then
+    case $MODE in full|smoke) ;; *) die "--submount needs --mode full or smoke" ;; esac
+fi
 
 if [ -z "$LOG_DIR" ]; then
     LOG_DIR=$REPO/target/e2e-logs/$(date +%Y%m%d-%H%M%S)-k$KERNEL-$MODE-c$CPUS-q$QUEUES
@@ -110,6 +131,7 @@ TMP=
 DAEMON_PID=
 GUEST_PID=
 LOCKER_PID=
+SUBMOUNT_DIR=
 # shellcheck disable=SC2317  # invoked via trap
 cleanup() {
     # Stop whatever we started (by pid / our own process groups), then drop
@@ -120,6 +142,11 @@ cleanup() {
     fi
     if [ -n "$DAEMON_PID" ]; then stop_daemon >/dev/null 2>&1 || true; fi
     if [ -n "$LOCKER_PID" ]; then kill "$LOCKER_PID" 2>/dev/null || true; fi
+    # The host tmpfs inside the share: unmounted before the share goes, lazily if it is busy.
+    if [ -n "$SUBMOUNT_DIR" ] && mountpoint -q "$SUBMOUNT_DIR"; then
+        umount "$SUBMOUNT_DIR" 2>/dev/null || umount -l "$SUBMOUNT_DIR" \
+            || say "could not unmount $SUBMOUNT_DIR"
+    fi
     if [ -n "$TMP" ]; then
         if [ "$KEEP" = 1 ]; then
             say "kept shared directory: $TMP/shared"
@@ -186,6 +213,17 @@ time.sleep(100000)' "$SHARED/host-locked" >"$TMP/locker.out" 2>&1 &
     grep -q locked "$TMP/locker.out" || die "host lock holder failed: $(cat "$TMP/locker.out")"
 fi
 
+# A host mount inside the share, made before the daemon starts (its sandbox clones the share's
+# mounts when it starts).
+if [ -n "$SUBMOUNT" ]; then
+    SUBMOUNT_DIR=$SHARED/submount
+    mkdir "$SUBMOUNT_DIR"
+    mount -t tmpfs -o size=4m,mode=0755 e2e-submount "$SUBMOUNT_DIR" \
+        || die "cannot mount a tmpfs on $SUBMOUNT_DIR (needs root)"
+    printf "on the host's tmpfs\n" >"$SUBMOUNT_DIR/from-host.txt"
+    say "tmpfs mounted on the share's submount/ (guest expects: $SUBMOUNT)"
+fi
+
 # Substitute placeholders with shell-quoted paths.
 cmd=${DAEMON_CMD//\{socket\}/$(printf '%q' "$SOCKET")}
 cmd=${cmd//\{shared\}/$(printf '%q' "$SHARED")}
@@ -208,7 +246,9 @@ fi
 GUEST_START=$(date +%s)
 "$HERE/run-guest.sh" --socket "$SOCKET" --kernel "$KERNEL" --queues "$QUEUES" \
     --cpus "$CPUS" --mode "$MODE" --boots "$BOOTS" --timeout "$TIMEOUT" --log "$SERIAL_LOG" \
-    ${XATTR[@]+"${XATTR[@]}"} ${HOST_LOCKS[@]+"${HOST_LOCKS[@]}"} ${MEM[@]+"${MEM[@]}"} ${VERBOSE[@]+"${VERBOSE[@]}"} &
+    ${XATTR[@]+"${XATTR[@]}"} ${HOST_LOCKS[@]+"${HOST_LOCKS[@]}"} ${MEM[@]+"${MEM[@]}"} \
+    ${SUBMOUNT:+--submount "$SUBMOUNT"} ${DIRECT_IO[@]+"${DIRECT_IO[@]}"} \
+    ${GUEST_MAX_PAGES[@]+"${GUEST_MAX_PAGES[@]}"} ${VERBOSE[@]+"${VERBOSE[@]}"} &
 GUEST_PID=$!
 # A daemon that dies while the guest runs leaves the guest hanging on its
 # next request; stop the guest shortly after instead of waiting for the
@@ -326,6 +366,15 @@ while read -r _ kind path a _; do
                 hnot "type of $path" "not a $a: $(stat -c %F "$p" 2>&1)"
             fi ;;
         count) hexpect "entries in $path" "$a" "$(find "$p" -mindepth 1 -maxdepth 1 | wc -l)" ;;
+        same-dev|other-dev)
+            in_share "$a" || { hnot "$kind $path" "bad path"; continue; }
+            d1=$(stat -c %d "$p" 2>&1) d2=$(stat -c %d "$SHARED/$a" 2>&1)
+            if { [ "$kind" = same-dev ] && [ "$d1" = "$d2" ]; } \
+                || { [ "$kind" = other-dev ] && [ "$d1" != "$d2" ]; }; then
+                hok "$path and $a: $kind on the host ($d1, $d2)"
+            else
+                hnot "$path and $a: $kind on the host" "st_dev $d1 and $d2"
+            fi ;;
         absent)
             if [ -e "$p" ] || [ -L "$p" ]; then hnot "$path absent" "still exists"; else hok "$path absent"; fi ;;
         *) hnot "HOST-EXPECT $kind" "unknown kind" ;;
@@ -346,10 +395,23 @@ if [ "$MODE" = full ]; then
     for want in '^GUEST-MD5 big.bin ' '^GUEST-MD5 host-64m.bin ' '^GUEST-MD5-RANGE ' \
                 '^HOST-EXPECT owner ' '^HOST-EXPECT symlink ' '^HOST-EXPECT links ' \
                 '^HOST-EXPECT mode ' '^HOST-EXPECT mtime ' '^HOST-EXPECT count ' \
-                '^# guest-probe: [0-9]+ passed'; do
+                '^# guest-probe: [0-9]+ passed' '^GUEST-MD5 probe/o-direct-host-check ' \
+                '^GUEST-MD5 direct-4m.bin '; do
         grep -qE "$want" "$CLEAN" || hnot "guest report" "no line matching $want"
     done
     if [ -e "$SHARED/e2e-work" ]; then hnot "scratch area removed" "e2e-work still exists"; fi
+fi
+# Submount: the guest compared the st_devs and wrote on the tmpfs (checked above through its
+# HOST-EXPECT lines), and the tmpfs is still the host's mount.
+if [ -n "$SUBMOUNT" ]; then
+    for want in '^# st_dev: share root ' '^HOST-EXPECT same-dev submount/from-guest.txt '; do
+        grep -qE "$want" "$CLEAN" || hnot "guest report (submount)" "no line matching $want"
+    done
+    if mountpoint -q "$SUBMOUNT_DIR" && [ "$(stat -f -c %T "$SUBMOUNT_DIR")" = tmpfs ]; then
+        hok "submount/ is still the host's tmpfs"
+    else
+        hnot "submount/" "no longer a tmpfs mount on the host"
+    fi
 fi
 # Hotplug mode: the guest saw the memory and checked its data in it.
 if [ "$MODE" = hotplug ]; then
@@ -386,7 +448,7 @@ PASSED=$((G_PASS + H_PASS))
 FAILED=$((G_FAIL + H_FAIL))
 SKIPPED=$((G_SKIP + H_SKIP))
 {
-    echo "=== e2e summary: kernel $KERNEL, mode $MODE, $CPUS cpus, $QUEUES queues, xattrs $([ ${#XATTR[@]} -gt 0 ] && echo on || echo off)"
+    echo "=== e2e summary: kernel $KERNEL, mode $MODE, $CPUS cpus, $QUEUES queues, xattrs $([ ${#XATTR[@]} -gt 0 ] && echo on || echo off)${SUBMOUNT:+, submount $SUBMOUNT}${GUEST_MAX_PAGES[1]:+, guest max_pages_limit ${GUEST_MAX_PAGES[1]}}"
     echo "daemon command: $cmd"
     echo "guest:  $G_PASS ok, $G_FAIL not ok, $G_SKIP skipped; boot + test ${GUEST_SECS}s (run-guest exit $GUEST_RC)"
     echo "host:   $H_PASS ok, $H_FAIL not ok"

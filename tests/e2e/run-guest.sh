@@ -23,12 +23,16 @@ QUEUE_SIZE=1024
 XATTR=0
 HOST_LOCKS=0
 BOOTS=3
+SUBMOUNT=
+DIRECT_IO=0
+GUEST_MAX_PAGES=
 
 usage() {
     cat <<EOF
 usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
           [--mode full|smoke|demo|reboot] [--boots N] [--timeout SECS] [--log FILE] [--mem SIZE]
-          [--xattr] [--verbose]
+          [--xattr] [--host-locks] [--submount announced|plain] [--direct-io]
+          [--guest-max-pages N] [--verbose]
 
   --socket   vhost-user socket of a running virtio-fs daemon (required)
   --kernel   guest kernel prepared by setup.sh (default $KERNEL)
@@ -46,6 +50,11 @@ usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
              start the daemon with xattr support yourself
   --host-locks  tell the guest (e2e.hostlocks=1) that a host process holds
              locks on the share's host-locked file
+  --submount announced|plain  tell the guest (e2e.submount=) that the host mounted a tmpfs on
+             the share's submount/ and whether the daemon announces submounts
+  --direct-io  tell the guest (e2e.directio=1) that the daemon passes O_DIRECT to the host
+  --guest-max-pages N  the guest sets fs.fuse.max_pages_limit to N before mounting
+             (e2e.fuse_max_pages=N; Linux 6.13+)
   --verbose  echo every console line, not just test lines
 EOF
 }
@@ -54,7 +63,7 @@ die() { printf '[run-guest] ERROR: %s\n' "$*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --socket|--kernel|--queues|--cpus|--mode|--boots|--timeout|--log|--mem)
+        --socket|--kernel|--queues|--cpus|--mode|--boots|--timeout|--log|--mem|--submount|--guest-max-pages)
             [ $# -ge 2 ] || die "$1 needs a value" ;;
     esac
     case $1 in
@@ -69,6 +78,9 @@ while [ $# -gt 0 ]; do
         --mem) MEM=$2; shift ;;
         --xattr) XATTR=1 ;;
         --host-locks) HOST_LOCKS=1 ;;
+        --submount) SUBMOUNT=$2; shift ;;
+        --direct-io) DIRECT_IO=1 ;;
+        --guest-max-pages) GUEST_MAX_PAGES=$2; shift ;;
         --verbose) VERBOSE=1 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
@@ -79,7 +91,8 @@ done
 [ -n "$SOCKET" ] || { usage >&2; exit 2; }
 [ -S "$SOCKET" ] || die "$SOCKET is not a socket (is the daemon running?)"
 case $MODE in full|smoke|demo|reboot|hotplug) ;; *) die "bad --mode $MODE" ;; esac
-for n in "$QUEUES" "$CPUS" "$TIMEOUT" "$BOOTS"; do
+case $SUBMOUNT in ''|announced|plain) ;; *) die "bad --submount $SUBMOUNT (announced or plain)" ;; esac
+for n in "$QUEUES" "$CPUS" "$TIMEOUT" "$BOOTS" ${GUEST_MAX_PAGES:+"$GUEST_MAX_PAGES"}; do
     case $n in ''|*[!0-9]*|0) die "expected a positive number, got '$n'" ;; esac
 done
 VMLINUZ=$CACHE/$KERNEL/vmlinuz
@@ -106,6 +119,9 @@ if [ "$MODE" = hotplug ]; then
 fi
 [ "$XATTR" = 0 ] || APPEND="$APPEND e2e.xattr=1"
 [ "$HOST_LOCKS" = 0 ] || APPEND="$APPEND e2e.hostlocks=1"
+[ -z "$SUBMOUNT" ] || APPEND="$APPEND e2e.submount=$SUBMOUNT"
+[ "$DIRECT_IO" = 0 ] || APPEND="$APPEND e2e.directio=1"
+[ -z "$GUEST_MAX_PAGES" ] || APPEND="$APPEND e2e.fuse_max_pages=$GUEST_MAX_PAGES"
 if [ -z "$LOG" ]; then
     LOG=$(mktemp "${TMPDIR:-/tmp}/e2e-guest.XXXXXX.log")
 fi

@@ -163,8 +163,8 @@ struct Args {
     #[arg(short = 'f', hide = true)]
     foreground: bool,
 
-    /// Tell the guest which directories are mount points (FUSE_ATTR_SUBMOUNT), so each has
-    /// its own st_dev in the guest.
+    /// Tell the guest which directories are mount points (FUSE_ATTR_SUBMOUNT): it mounts each as
+    /// a submount with its own st_dev.
     #[arg(long)]
     announce_submounts: bool,
 

@@ -7,6 +7,7 @@ use crate::filesystem::{Context, Errno, Filesystem};
 use crate::input::{DecodeError, Input, Memory, Segment};
 use crate::output::{Output, ReplyError};
 use crate::session::{negotiate, Init, Limits, State};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The first `fuse_init_in` layout (major, minor, max_readahead, flags), before 7.36 added
 /// `flags2`.
@@ -76,6 +77,9 @@ pub struct Server<F> {
     pub(crate) fs: F,
     pub(crate) state: State,
     limits: Limits,
+    /// The smallest request queue's size as last told ([`Server::set_queue_size`]); 0: unknown,
+    /// the `queue_size` of `limits` then holds.
+    queue_size: AtomicU32,
 }
 
 impl<F: Filesystem> Server<F> {
@@ -85,6 +89,26 @@ impl<F: Filesystem> Server<F> {
             fs,
             state: State::default(),
             limits,
+            queue_size: AtomicU32::new(0),
+        }
+    }
+
+    /// Tells the server how many descriptors the smallest request queue has (the frontend set
+    /// it with SET_VRING_NUM): the next INIT offers as many pages per READ and WRITE as a chain
+    /// of that queue carries ([`Limits::pages`]). 0 forgets it.
+    pub fn set_queue_size(&self, descriptors: u16) {
+        self.queue_size
+            .store(u32::from(descriptors), Ordering::Relaxed);
+    }
+
+    /// The limits the next INIT offers.
+    pub fn limits(&self) -> Limits {
+        match self.queue_size.load(Ordering::Relaxed) {
+            0 => self.limits,
+            q => Limits {
+                queue_size: Some(q as u16),
+                ..self.limits
+            },
         }
     }
 
@@ -264,13 +288,16 @@ impl<F: Filesystem> Server<F> {
             tracing::info!("FUSE_INIT in a live session: the previous session ends");
             self.end_session();
         }
-        match negotiate(&arg, &self.limits, |capable| self.fs.init(capable))? {
+        let limits = self.limits();
+        match negotiate(&arg, &limits, |capable| self.fs.init(capable))? {
             Init::Downgrade(reply) => crate::dispatch::reply_obj(h.unique, out, &reply),
             Init::Ready(reply, agreed) => {
                 crate::dispatch::reply_obj(h.unique, out, &reply)?;
                 tracing::info!(
                     minor = agreed.minor,
+                    max_pages = agreed.max_pages,
                     max_write = agreed.max_write,
+                    queue_size = ?limits.queue_size,
                     "FUSE session started; agreed: {}; the guest offered: {}",
                     init_flags::describe(agreed.flags),
                     init_flags::describe(agreed.offered)

@@ -29,12 +29,26 @@ const NEVER: u64 = f::SPLICE_WRITE
     | f::ALLOW_IDMAP
     | f::INIT_RESERVED;
 
+/// Pages per READ or WRITE offered when the queue size is not known: 1 MiB, the most Linux
+/// guests take without a raised `fs.fuse.max_pages_limit` (before 6.12: `FUSE_MAX_MAX_PAGES`).
+pub const UNKNOWN_QUEUE_MAX_PAGES: u16 = 256;
+
+/// Descriptors a READ or WRITE takes besides one per page of data: the request header, the
+/// request's arguments, the reply header and the reply's arguments (the Linux virtio-fs
+/// driver's `FUSE_HEADER_OVERHEAD`; a READ takes one fewer, its reply data being the pages).
+pub const CHAIN_OVERHEAD: u16 = 4;
+
 /// Limits the server offers in INIT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Most pages of data in one READ or WRITE (the request's buffers must fit the queue's
-    /// descriptors: a queue of N descriptors carries at most about N - 4 pages).
+    /// Cap on the pages of data in one READ or WRITE, below what the queue allows (default:
+    /// `u16::MAX`, the field's own limit: no cap of ours).
     pub max_pages: u16,
+    /// Descriptors of the smallest request queue, when known (the frontend's SET_VRING_NUM):
+    /// a chain never holds more (virtio 1.2, 2.7.5.3.1, for indirect tables too), so a READ or
+    /// WRITE carries at most `queue_size - CHAIN_OVERHEAD` pages. `None`:
+    /// [`UNKNOWN_QUEUE_MAX_PAGES`].
+    pub queue_size: Option<u16>,
     /// Background requests (readahead, async writes) the guest may queue.
     pub max_background: u16,
     /// Background requests above which the guest throttles.
@@ -44,10 +58,23 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_pages: 256, // 1 MiB
+            max_pages: u16::MAX,
+            queue_size: None,
             max_background: 512,
             congestion_threshold: 384,
         }
+    }
+}
+
+impl Limits {
+    /// The pages of data one READ or WRITE may carry: as many as a chain of the queue holds
+    /// besides the request's other parts, at most [`Limits::max_pages`], at least 1.
+    pub fn pages(&self) -> u16 {
+        let by_queue = match self.queue_size {
+            Some(q) => q.saturating_sub(CHAIN_OVERHEAD),
+            None => UNKNOWN_QUEUE_MAX_PAGES,
+        };
+        by_queue.min(self.max_pages).max(1)
     }
 }
 
@@ -98,9 +125,9 @@ pub fn negotiate(
     let fs_wants = wanted(capable)?;
     let flags = capable & (fs_wants | SERVER_FLAGS) & !NEVER;
     let max_pages = if flags & f::MAX_PAGES != 0 {
-        u32::from(limits.max_pages.max(1))
+        u32::from(limits.pages())
     } else {
-        DEFAULT_MAX_PAGES.min(u32::from(limits.max_pages.max(1)))
+        DEFAULT_MAX_PAGES.min(u32::from(limits.pages()))
     };
     let max_write = max_pages * PAGE_SIZE;
     let out = InitOut {
@@ -210,6 +237,50 @@ mod tests {
         );
         assert_eq!((out.max_pages, out.max_write), (256, 1 << 20));
         assert_eq!((out.minor, out.max_readahead), (38, 128 << 10));
+    }
+
+    fn offered(limits: Limits, flags: u64) -> (u16, u32, u32) {
+        let Init::Ready(out, agreed) = negotiate(&init(41, flags), &limits, |_| Ok(0)).unwrap()
+        else {
+            panic!("not ready")
+        };
+        assert_eq!(agreed.max_write, out.max_write);
+        (out.max_pages, out.max_write, agreed.max_pages)
+    }
+
+    fn queue(size: u16) -> Limits {
+        Limits {
+            queue_size: Some(size),
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn max_pages_is_what_a_chain_of_the_queue_carries() {
+        let mp = f::MAX_PAGES | f::BIG_WRITES;
+        // Unknown queue: 1 MiB, as before.
+        assert_eq!(offered(Limits::default(), mp), (256, 1 << 20, 256));
+        // QEMU's largest queue: 1024 descriptors, 4 of them the request's and reply's headers
+        // and arguments, 1020 pages of data (the Linux driver's own bound, FUSE_HEADER_OVERHEAD).
+        assert_eq!(offered(queue(1024), mp), (1020, 1020 * 4096, 1020));
+        // QEMU's default queue size for vhost-user-fs.
+        assert_eq!(offered(queue(128), mp), (124, 124 * 4096, 124));
+        // The split ring's largest queue still fits the u16 field.
+        assert_eq!(offered(queue(32768), mp), (32764, 32764 * 4096, 32764));
+        assert_eq!(offered(queue(u16::MAX), mp).0, u16::MAX - CHAIN_OVERHEAD);
+        // A queue too small for a page of data still offers one page (the kernel wants >= 1).
+        for tiny in [0, 1, 4, 5] {
+            assert_eq!(offered(queue(tiny), mp), (1, 4096, 1), "queue of {tiny}");
+        }
+        // Our own cap wins when it is lower than the queue's.
+        let capped = Limits {
+            max_pages: 32,
+            ..queue(1024)
+        };
+        assert_eq!(offered(capped, mp), (32, 32 * 4096, 32));
+        // A guest without MAX_PAGES sends at most 32 pages, fewer if the queue is smaller.
+        assert_eq!(offered(queue(1024), f::BIG_WRITES), (0, 32 * 4096, 32));
+        assert_eq!(offered(queue(16), f::BIG_WRITES), (0, 12 * 4096, 12));
     }
 
     #[test]

@@ -462,6 +462,50 @@ fn a_1_mib_write_over_many_descriptors_reaches_the_filesystem_whole() {
 }
 
 #[test]
+fn a_queue_of_1024_descriptors_takes_writes_of_1020_pages() {
+    let mut g = Guest::new();
+    // What the pipeline tells the server before INIT: the smallest request queue's size.
+    g.server.set_queue_size(1024);
+    let out = g.init(41, LINUX_6_12);
+    assert_eq!((out.max_pages, out.max_write), (1020, 1020 * 4096));
+    // One WRITE of 1020 pages, one descriptor each, reaches the filesystem whole.
+    let data: Vec<u8> = (0..1020 * 4096u32).map(|i| (i * 13 % 251) as u8).collect();
+    let arg = abi::WriteIn {
+        fh: 1,
+        size: data.len() as u32,
+        ..Default::default()
+    };
+    let h = g.header(Opcode::Write as u32, 2, 40 + data.len());
+    let r = g
+        .send_raw(h, &cat(&[arg.as_slice(), &data]), 4096, 4096)
+        .unwrap();
+    assert_eq!(r.error, 0);
+    assert_eq!(r.obj::<abi::WriteOut>().size as usize, data.len());
+    assert!(
+        g.server.filesystem().seen.lock().unwrap().written == data,
+        "data differs"
+    );
+    // A byte beyond max_write is refused.
+    let arg = abi::WriteIn {
+        size: 1020 * 4096 + 1,
+        ..Default::default()
+    };
+    let big = vec![0u8; 1020 * 4096 + 1];
+    assert_eq!(
+        g.send(Opcode::Write, 2, &cat(&[arg.as_slice(), &big]))
+            .error,
+        -libc::EINVAL
+    );
+    // A new driver on a smaller queue gets a new offer at its INIT; 0 forgets the size.
+    g.server.set_queue_size(128);
+    let out = g.init(41, LINUX_6_12);
+    assert_eq!((out.max_pages, out.max_write), (124, 124 * 4096));
+    g.server.set_queue_size(0);
+    let out = g.init(41, LINUX_6_12);
+    assert_eq!((out.max_pages, out.max_write), (256, 1 << 20));
+}
+
+#[test]
 fn reads_land_in_guest_memory_and_short_reads_are_short_replies() {
     let mut g = Guest::new();
     g.init(38, LINUX_6_12);

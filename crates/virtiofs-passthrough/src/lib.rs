@@ -233,6 +233,11 @@ impl FuseHandler for Share {
         }
     }
 
+    fn set_queue_size(&self, descriptors: u16) {
+        // The next INIT offers as many pages per READ and WRITE as a chain of the queue holds.
+        self.server.set_queue_size(descriptors);
+    }
+
     fn end_session(&self) {
         // What DESTROY runs: every inode and handle is dropped (their fds closed) and the root
         // is imported again at the next INIT.

@@ -224,6 +224,47 @@ pub fn pwritev2(
     })
 }
 
+/// Most iovecs one `preadv2` / `pwritev2` takes (Linux's `UIO_MAXIOV`; more is `EINVAL`).
+pub const IOV_MAX: usize = 1024;
+
+/// `preadv2` of all of `iov` from `offset`, [`IOV_MAX`] iovecs per call: a READ of more pages
+/// than that (a queue of more than 1028 descriptors) is one request but several calls. Stops at
+/// a short read (end of file); an error after some data was read makes a short read.
+pub fn preadv_all(fd: BorrowedFd<'_>, iov: &[libc::iovec], offset: u64) -> io::Result<usize> {
+    each_chunk(iov, |chunk, done| {
+        preadv2(fd, chunk, offset + done as u64, 0)
+    })
+}
+
+/// `pwritev2` of all of `iov` at `offset`, [`IOV_MAX`] iovecs per call, as [`preadv_all`].
+pub fn pwritev_all(fd: BorrowedFd<'_>, iov: &[libc::iovec], offset: u64) -> io::Result<usize> {
+    each_chunk(iov, |chunk, done| {
+        pwritev2(fd, chunk, offset + done as u64, 0)
+    })
+}
+
+/// Runs `io(chunk, bytes done so far)` on `iov` in [`IOV_MAX`] pieces until one is short.
+fn each_chunk(
+    iov: &[libc::iovec],
+    mut io: impl FnMut(&[libc::iovec], usize) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut done = 0;
+    for chunk in iov.chunks(IOV_MAX) {
+        let want: usize = chunk.iter().map(|v| v.iov_len).sum();
+        match io(chunk, done) {
+            Ok(n) => {
+                done += n;
+                if n < want {
+                    break;
+                }
+            }
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
 /// fsync(2) or fdatasync(2).
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     // SAFETY: plain calls on a descriptor.
@@ -380,6 +421,44 @@ impl FdName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vectored_io_takes_more_iovecs_than_one_call_can() {
+        use std::os::fd::AsFd;
+        let file = tempfile::tempfile().unwrap();
+        // 3000 iovecs of 7 bytes, over IOV_MAX: three calls.
+        let data: Vec<u8> = (0..3000 * 7).map(|i| (i % 251) as u8).collect();
+        let iov = |base: *mut u8, len: usize| -> Vec<libc::iovec> {
+            (0..len)
+                .step_by(7)
+                .map(|at| libc::iovec {
+                    // SAFETY: `at` is within the buffer of `len` bytes at `base`.
+                    iov_base: unsafe { base.add(at) }.cast(),
+                    iov_len: 7.min(len - at),
+                })
+                .collect()
+        };
+        let src = iov(data.as_ptr().cast_mut(), data.len());
+        assert!(src.len() > IOV_MAX);
+        assert_eq!(pwritev_all(file.as_fd(), &src, 100).unwrap(), data.len());
+        let mut back = vec![0u8; data.len()];
+        let dst = iov(back.as_mut_ptr(), back.len());
+        assert_eq!(preadv_all(file.as_fd(), &dst, 100).unwrap(), data.len());
+        assert!(back == data, "data differs");
+        // A read past the end is short, and stops at the end.
+        back.fill(0);
+        let dst = iov(back.as_mut_ptr(), back.len());
+        let n = preadv_all(file.as_fd(), &dst, 100 + 10_000).unwrap();
+        assert_eq!(n, data.len() - 10_000);
+        assert!(back[..n] == data[10_000..]);
+        // An error before any data is the error.
+        let bad = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 7,
+        };
+        let e = pwritev_all(file.as_fd(), &[bad], 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EFAULT));
+    }
 
     #[test]
     fn fd_names_are_the_decimal_numbers() {

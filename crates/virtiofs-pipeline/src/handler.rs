@@ -46,6 +46,12 @@ pub trait FuseHandler: Send + Sync + 'static {
     /// read out of guest memory once, into memory the guest cannot see, before checking it.
     fn handle(&self, chain: &Chain, header: &InHeader) -> Result<Handled, HandleError>;
 
+    /// Before each FUSE_INIT: the number of descriptors of the smallest request queue the
+    /// frontend has set up (SET_VRING_NUM), the longest chain the guest may send, so that the
+    /// handler offers no more pages per READ and WRITE than a chain carries. The pipeline calls
+    /// it with no other request running. The default ignores it.
+    fn set_queue_size(&self, _descriptors: u16) {}
+
     /// Ends the FUSE session without a DESTROY from the guest: the driver that owned it is gone
     /// (guest reboot, kexec, driver rebind, device reset). Releases every inode and handle of
     /// the session, as DESTROY does, so that nothing of the old driver survives into the next

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use virtiofs_device::{QueueLink, HIPRIO_QUEUE};
+use virtiofs_device::{QueueLink, WatchedVring, HIPRIO_QUEUE};
 
 use crate::gate::SessionGate;
 use crate::handler::FuseHandler;
@@ -72,6 +72,11 @@ impl Pipeline {
                 gate.abandon_blocking(|| handler.end_session())
             }))
         };
+        let request_rings: Arc<[WatchedVring]> = links
+            .iter()
+            .filter(|link| link.index != HIPRIO_QUEUE)
+            .map(|link| link.vring.clone())
+            .collect();
         let mut stats = Vec::with_capacity(links.len());
         let mut hiprio = None;
         for link in links {
@@ -90,6 +95,7 @@ impl Pipeline {
                 gate: gate.clone(),
                 mode,
                 stats: Arc::new(QueueStats::default()),
+                request_rings: request_rings.clone(),
             });
             stats.push(ctx.stats.clone());
             let (cancel, tracker) = (cancel.clone(), tracker.clone());

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, trace, warn};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
-use virtiofs_device::QueueLink;
+use virtiofs_device::{QueueLink, WatchedVring};
 use vm_memory::GuestAddressSpace;
 
 use virtiofs_fuse::abi::{InHeader, Opcode};
@@ -56,6 +56,20 @@ pub struct QueueContext<H> {
     pub mode: Mode,
     /// Counters for this queue.
     pub stats: Arc<QueueStats>,
+    /// Every request queue's vring (this one's too), for the size of the smallest at INIT.
+    pub request_rings: Arc<[WatchedVring]>,
+}
+
+/// Descriptors of the smallest of `rings` that the frontend has started, if any.
+pub fn smallest_ready_queue(rings: &[WatchedVring]) -> Option<u16> {
+    rings
+        .iter()
+        .filter_map(|ring| {
+            let state = ring.get_ref();
+            let queue = state.get_queue();
+            queue.ready().then(|| queue.size())
+        })
+        .min()
 }
 
 impl<H: FuseHandler> QueueContext<H> {
@@ -195,6 +209,13 @@ impl<H: FuseHandler> QueueContext<H> {
         mut pass: Option<Pass>,
     ) -> Option<LockWait> {
         let _running = self.stats.start();
+        // INIT holds the gate's exclusive side: nothing else runs while the handler learns how
+        // long a chain the guest may send.
+        if header.is_some_and(|h| h.opcode == Opcode::Init as u32) {
+            if let Some(size) = smallest_ready_queue(&self.request_rings) {
+                self.handler.set_queue_size(size);
+            }
+        }
         let handled = serve_chain_handled(
             &*self.handler,
             &chain,

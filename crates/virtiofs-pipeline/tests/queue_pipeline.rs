@@ -36,6 +36,8 @@ struct ScriptedHandler {
     /// Sessions ended without DESTROY, and how many requests ran at that moment.
     sessions_ended: AtomicUsize,
     running_at_end: AtomicUsize,
+    /// Queue sizes told before each INIT, with the opcodes that had run by then.
+    queue_sizes: Mutex<Vec<(u16, usize)>>,
 }
 
 impl FuseHandler for ScriptedHandler {
@@ -69,6 +71,14 @@ impl FuseHandler for ScriptedHandler {
         } else {
             Err(HandleError::Server("no room for the reply".into()))
         }
+    }
+
+    fn set_queue_size(&self, descriptors: u16) {
+        let handled = self.handled.load(Ordering::SeqCst);
+        self.queue_sizes
+            .lock()
+            .unwrap()
+            .push((descriptors, handled));
     }
 
     fn end_session(&self) {
@@ -307,6 +317,32 @@ mt_test!(pool_size_bounds_requests_in_flight_per_queue, || {
         r.pipeline.stats()[1].peak_in_flight.load(Ordering::SeqCst),
         3
     );
+});
+
+mt_test!(init_is_told_the_smallest_started_request_queue, || {
+    let mut r = rig(3, 4, false);
+    // The hiprio queue carries no READ or WRITE: its size does not count.
+    r.vrings[0].set_queue_size(16);
+    r.vrings[3].set_queue_size(32);
+    r.init(1);
+    assert_eq!(
+        *r.handler.queue_sizes.lock().unwrap(),
+        [(32, 0)],
+        "told once, before the INIT ran"
+    );
+    let d = &mut r.drivers[1];
+    d.post(GETATTR, 2);
+    d.kick();
+    d.wait_used(1);
+    assert_eq!(
+        r.handler.queue_sizes.lock().unwrap().len(),
+        1,
+        "only at INIT"
+    );
+    // A stopped queue does not count.
+    r.vrings[3].set_queue_ready(false);
+    r.init(2);
+    assert_eq!(r.handler.queue_sizes.lock().unwrap()[1], (QUEUE_SIZE, 2));
 });
 
 mt_test!(pool_size_zero_runs_one_request_at_a_time, || {

@@ -1,6 +1,7 @@
-//! `guest-probe DIR [--xattr]`: the system calls the e2e guest's busybox cannot make, run inside
-//! the guest on the virtio-fs share. tests/e2e/guest-fs-test.sh runs it as
-//! `/e2e/guest-probe /mnt/probe [--xattr]`; like that script it prints one TAP-like line per check:
+//! `guest-probe DIR [--xattr] [--host-locked FILE] [--direct-io] [--o-direct-model FILE]`: the
+//! system calls the e2e guest's busybox cannot make, run inside the guest on the virtio-fs share.
+//! tests/e2e/guest-fs-test.sh runs it as `/e2e/guest-probe /mnt/probe [OPTIONS]`; like that
+//! script it prints one TAP-like line per check:
 //!
 //! ```text
 //! ok - NAME            not ok - NAME: DETAIL        ok - NAME # SKIP WHY        # NOTE
@@ -9,10 +10,14 @@
 //! and exits 1 if any check failed (2 on usage errors).
 //!
 //! DIR is emptied and recreated. The probe removes what it created except DIR/xattr-host-check,
-//! which with `--xattr` carries `user.e2e=from-guest` for the host to verify (run-e2e.sh --xattr).
-//! `--xattr` says the daemon serves extended attributes; without it the xattr calls must fail with
-//! EOPNOTSUPP (fuse-backend-rs answers ENOSYS when xattrs are off, and the guest kernel turns that
-//! into EOPNOTSUPP).
+//! which with `--xattr` carries `user.e2e=from-guest` for the host to verify (run-e2e.sh --xattr),
+//! and DIR/o-direct-host-check, written with O_DIRECT at unaligned offsets, sizes and buffers,
+//! whose intended contents go to the `--o-direct-model` file (the shell script prints its md5 for
+//! the host). `--xattr` says the daemon serves extended attributes; without it the xattr calls must
+//! fail with EOPNOTSUPP (the guest kernel's answer when the daemon says ENOSYS). `--direct-io`
+//! says the daemon passes O_DIRECT to the host (`--allow-direct-io`): unaligned transfers may then
+//! fail EINVAL, as the host filesystem decides; without it they must work. `--host-locked FILE`:
+//! a host process holds locks on FILE that the guest must not get.
 //!
 //! Built statically (glibc, `-C target-feature=+crt-static`) so the busybox initramfs needs no
 //! shared libraries: see tests/e2e/setup.sh.
@@ -32,7 +37,8 @@ mod locks;
 const KIB: usize = 1024;
 const MIB: i64 = 1 << 20;
 
-const USAGE: &str = "usage: guest-probe DIR [--xattr] [--host-locked FILE]";
+const USAGE: &str =
+    "usage: guest-probe DIR [--xattr] [--host-locked FILE] [--direct-io] [--o-direct-model FILE]";
 
 /// The TAP-like output of guest-fs-test.sh (`ok`, `not_ok`, `skip`, `note` there).
 #[derive(Default)]
@@ -564,6 +570,182 @@ fn o_direct(tap: &mut Tap, dir: &Path) {
     );
 }
 
+/// Page-aligned bytes whose slices at an offset make buffers that are not.
+#[repr(C, align(4096))]
+struct Pages([u8; 4 * 4096]);
+
+/// One O_DIRECT transfer: `len` bytes of the file at `offset`, through the buffer `skew` bytes
+/// past a page boundary.
+#[derive(Clone, Copy)]
+struct Transfer {
+    offset: u64,
+    len: usize,
+    skew: usize,
+}
+
+impl Transfer {
+    fn aligned(self) -> bool {
+        (self.offset as usize | self.len | self.skew) % 512 == 0
+    }
+
+    fn describe(self) -> String {
+        format!(
+            "{} B at {}, buffer at page+{}",
+            self.len, self.offset, self.skew
+        )
+    }
+}
+
+/// What the probe learnt of O_DIRECT transfers the host may refuse (`--direct-io`).
+enum Outcome {
+    Done,
+    Refused,
+}
+
+/// Runs one O_DIRECT transfer and checks what came of it. Without `--direct-io` the daemon opens
+/// the host file without O_DIRECT, so any offset, size and buffer must work; with it the host's
+/// filesystem decides: an unaligned transfer either works or fails EINVAL (ext4: offset, size and
+/// buffer in 512-byte units; tmpfs since Linux 6.6: anything), nothing else.
+fn direct_transfer(
+    direct_io: bool,
+    t: Transfer,
+    io: impl FnOnce(Transfer) -> io::Result<usize>,
+    want: usize,
+) -> Result<Outcome, String> {
+    match io(t) {
+        Ok(n) => ensure_eq("bytes", want, n).map(|()| Outcome::Done),
+        Err(e) if direct_io && !t.aligned() && e.raw_os_error() == Some(libc::EINVAL) => {
+            Ok(Outcome::Refused)
+        }
+        Err(e) => Err(describe(&e)),
+    }
+}
+
+/// O_DIRECT at offsets, sizes and buffer addresses that are no multiple of 512 (and an aligned
+/// one), checked by reading back through O_DIRECT and through the page cache. The file stays as
+/// `o-direct-host-check`; its intended contents go to `model` for the host to compare (md5 in
+/// guest-fs-test.sh).
+fn o_direct_unaligned(tap: &mut Tap, dir: &Path, direct_io: bool, model_path: Option<&Path>) {
+    let path = dir.join("o-direct-host-check");
+    let name = "O_DIRECT unaligned transfers";
+    let f = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => return tap.not_ok(name, &format!("open O_DIRECT: {}", describe(&e))),
+    };
+    let mut buf = Box::new(Pages([0; 4 * 4096]));
+    let mut model: Vec<u8> = Vec::new();
+    let mut refused = Vec::new();
+    let writes = [
+        Transfer {
+            offset: 8192,
+            len: 4096,
+            skew: 0,
+        },
+        Transfer {
+            offset: 1000,
+            len: 3000,
+            skew: 1,
+        },
+        Transfer {
+            offset: 5000,
+            len: 6001,
+            skew: 100,
+        },
+    ];
+    for (i, t) in writes.into_iter().enumerate() {
+        let data = pattern(t.len, 0x20 + i as u8);
+        buf.0[t.skew..t.skew + t.len].copy_from_slice(&data);
+        let what = format!("O_DIRECT write of {}", t.describe());
+        let r = direct_transfer(
+            direct_io,
+            t,
+            |t| f.write_at(&buf.0[t.skew..t.skew + t.len], t.offset),
+            t.len,
+        );
+        match r {
+            Ok(Outcome::Done) => {
+                let end = t.offset as usize + t.len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[t.offset as usize..end].copy_from_slice(&data);
+                tap.ok(&what);
+            }
+            Ok(Outcome::Refused) => {
+                refused.push(t.describe());
+                tap.ok(&format!("{what}: EINVAL from the host's O_DIRECT"));
+            }
+            Err(detail) => tap.not_ok(&what, &detail),
+        }
+    }
+    let reads = [
+        Transfer {
+            offset: 8192,
+            len: 4096,
+            skew: 0,
+        },
+        Transfer {
+            offset: 777,
+            len: 5000,
+            skew: 3,
+        },
+        // Across the end of the file: a short read.
+        Transfer {
+            offset: (model.len() as u64).saturating_sub(2288),
+            len: 4000,
+            skew: 5,
+        },
+    ];
+    for t in reads {
+        let what = format!("O_DIRECT read of {}", t.describe());
+        let start = (t.offset as usize).min(model.len());
+        let want = &model[start..(start + t.len).min(model.len())];
+        buf.0.fill(0xee);
+        let r = direct_transfer(
+            direct_io,
+            t,
+            |t| f.read_at(&mut buf.0[t.skew..t.skew + t.len], t.offset),
+            want.len(),
+        );
+        match r {
+            Ok(Outcome::Done) if &buf.0[t.skew..t.skew + want.len()] == want => tap.ok(&what),
+            Ok(Outcome::Done) => tap.not_ok(&what, "data differs from what was written"),
+            Ok(Outcome::Refused) => {
+                refused.push(t.describe());
+                tap.ok(&format!("{what}: EINVAL from the host's O_DIRECT"));
+            }
+            Err(detail) => tap.not_ok(&what, &detail),
+        }
+    }
+    drop(f);
+    drop_caches();
+    tap.check(
+        "O_DIRECT file read back through the page cache (caches dropped)",
+        fs::read(&path)
+            .context("read")
+            .and_then(|back| ensure_eq("contents", true, back == model)),
+    );
+    if !refused.is_empty() {
+        tap.note(&format!(
+            "with --allow-direct-io the host refused unaligned O_DIRECT: {}",
+            refused.join("; ")
+        ));
+    }
+    if let Some(m) = model_path {
+        tap.check(
+            "O_DIRECT model written for the host's md5",
+            fs::write(m, &model).context("write the model"),
+        );
+    }
+}
+
 // ------------------------------------------------------ fsync, flock, statx
 
 fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
@@ -710,11 +892,14 @@ fn utimes_ns(tap: &mut Tap, dir: &Path) {
 
 // ---------------------------------------------------------------------- main
 
-/// Removes what the probe created, keeping xattr-host-check for the host.
+/// What the probe leaves for the host to check.
+const KEPT: [&str; 2] = ["xattr-host-check", "o-direct-host-check"];
+
+/// Removes what the probe created, keeping [`KEPT`] for the host.
 fn cleanup(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name() != "xattr-host-check" {
+        if !KEPT.iter().any(|k| entry.file_name() == *k) {
             fs::remove_file(entry.path())?;
         }
     }
@@ -725,11 +910,15 @@ fn main() -> ExitCode {
     let mut dir = None;
     let mut xattr = false;
     let mut host_locked = None;
+    let mut direct_io = false;
+    let mut o_direct_model = None;
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--xattr") => xattr = true,
             Some("--host-locked") => host_locked = args.next().map(PathBuf::from),
+            Some("--direct-io") => direct_io = true,
+            Some("--o-direct-model") => o_direct_model = args.next().map(PathBuf::from),
             Some("-h" | "--help") => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -776,6 +965,7 @@ fn main() -> ExitCode {
     fallocate_modes(&mut tap, &dir);
     rename2(&mut tap, &dir);
     o_direct(&mut tap, &dir);
+    o_direct_unaligned(&mut tap, &dir, direct_io, o_direct_model.as_deref());
     sync_and_lock(&mut tap, &dir);
     statx_btime(&mut tap, &dir);
     copy_range(&mut tap, &dir);

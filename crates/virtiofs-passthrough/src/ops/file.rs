@@ -2,7 +2,7 @@
 //! COPY_FILE_RANGE, SYNCFS.
 //!
 //! READ and WRITE go straight between the file and guest memory: the guest's slices become the
-//! iovecs of one `preadv2` / `pwritev2`, with no buffer in between.
+//! iovecs of `preadv2` / `pwritev2` (one call up to `IOV_MAX` iovecs), with no buffer in between.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
@@ -135,7 +135,7 @@ impl Passthrough {
         if iov.is_empty() {
             return Ok(0);
         }
-        Ok(sys::preadv2(h.fd(), &iov, arg.offset, 0)?)
+        Ok(sys::preadv_all(h.fd(), &iov, arg.offset)?)
     }
 
     pub(crate) fn do_write(
@@ -149,7 +149,7 @@ impl Passthrough {
         if iov.is_empty() {
             return Ok(0);
         }
-        Ok(sys::pwritev2(h.fd(), &iov, arg.offset, 0)?)
+        Ok(sys::pwritev_all(h.fd(), &iov, arg.offset)?)
     }
 
     pub(crate) fn do_flush(&self, nodeid: u64, fh: u64, lock_owner: u64) -> Result<()> {
