@@ -1,5 +1,6 @@
 //! The passthrough filesystem's state and the helpers every operation shares: finding nodes,
-//! checking names, making entries, reopening an O_PATH node for I/O.
+//! checking names, making entries (a node's O_PATH descriptor or file handle), reopening a node
+//! for I/O.
 //!
 //! The operations themselves are in `ops/` by kind; `filesystem.rs` wires them to the
 //! [`virtiofs_fuse::Filesystem`] trait.
@@ -17,11 +18,12 @@ use virtiofs_fuse::{Context, Entry, Errno, Name};
 
 use crate::creds;
 use crate::fd_quota::FdQuota;
+use crate::file_handle::{self, FileHandle, MountFd, MountFds};
 use crate::handle::HandleTable;
-use crate::inode::{Inode, InodeStore};
+use crate::inode::{HandleNode, Inode, InodeStore, Storage};
 use crate::ops::lock::LockTable;
 use crate::sys;
-use crate::CacheMode;
+use crate::{CacheMode, InodeFileHandles};
 
 pub(crate) type Result<T> = std::result::Result<T, Errno>;
 
@@ -41,6 +43,9 @@ pub struct Config {
     /// Mark mount points inside the share (FUSE_ATTR_SUBMOUNT) so the guest gives them their
     /// own st_dev.
     pub announce_submounts: bool,
+    /// Nodes as file handles instead of O_PATH descriptors (in force once
+    /// [`Passthrough::enable_file_handles`] has checked they work).
+    pub inode_file_handles: InodeFileHandles,
 }
 
 /// The INIT flags this filesystem always serves.
@@ -77,6 +82,10 @@ pub struct Passthrough {
     /// Switch to the caller's ids for requests that make files.
     switch_creds: bool,
     pub(crate) fd_quota: Option<FdQuota>,
+    /// The file-handle mode in force: `Never` until [`Passthrough::enable_file_handles`].
+    file_handles: InodeFileHandles,
+    /// One descriptor per mount for opening handles.
+    mounts: MountFds,
 }
 
 impl Passthrough {
@@ -95,7 +104,69 @@ impl Passthrough {
             writeback: AtomicBool::new(false),
             switch_creds: creds::can_switch(),
             fd_quota: None,
+            file_handles: InodeFileHandles::Never,
+            mounts: MountFds::default(),
         })
+    }
+
+    /// Puts `--inode-file-handles` in force once it is checked to work here, with the
+    /// capabilities the daemon serves with (call it after dropping them, with the root
+    /// imported): `prefer` falls back to O_PATH descriptors with a warning when
+    /// open_by_handle_at is not permitted, `mandatory` fails with the reason.
+    pub fn enable_file_handles(&mut self) -> std::result::Result<(), String> {
+        let wanted = self.cfg.inode_file_handles;
+        if wanted == InodeFileHandles::Never {
+            return Ok(());
+        }
+        let root = self.inodes.get(virtiofs_fuse::abi::ROOT_ID).map_err(|_| {
+            "file handles: the shared directory is not open".to_string()
+        })?;
+        let fd = root.fd().map_err(|e| format!("file handles: {e}"))?;
+        match file_handle::probe(fd.as_fd(), root.key.mnt_id) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                if wanted == InodeFileHandles::Mandatory {
+                    return Err(format!(
+                        "{}: the shared directory's filesystem does not support file handles",
+                        wanted.option()
+                    ));
+                }
+                // Submounts may have them: each lookup there finds out.
+                tracing::info!(
+                    "{}: the shared directory's filesystem does not support file handles; \
+                     O_PATH descriptors for its files",
+                    wanted.option()
+                );
+            }
+            Err(e) => {
+                let why = match e.raw_os_error() {
+                    Some(libc::EPERM) => format!("{e} (needs CAP_DAC_READ_SEARCH)"),
+                    _ => e.to_string(),
+                };
+                if wanted == InodeFileHandles::Mandatory {
+                    return Err(format!(
+                        "{}: cannot open file handles: {why}",
+                        wanted.option()
+                    ));
+                }
+                tracing::warn!(
+                    "{}: cannot open file handles ({why}); using O_PATH file descriptors",
+                    wanted.option()
+                );
+                return Ok(());
+            }
+        }
+        drop(fd);
+        drop(root);
+        tracing::info!("{}: the guest's inodes are file handles", wanted.option());
+        self.file_handles = wanted;
+        // The root again, now knowing whether its filesystem gives handles.
+        self.import().map_err(|e| format!("file handles: {e}"))
+    }
+
+    /// Whether nodes may be file handles.
+    pub(crate) fn handles_on(&self) -> bool {
+        self.file_handles != InodeFileHandles::Never
     }
 
     /// Opens the root (a new session's node 1) and drops everything of the last session.
@@ -104,9 +175,12 @@ impl Passthrough {
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let fd = sys::openat(cwd(), &path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
         let stx = sys::fstatx(fd.as_fd(), sys::STATX_WANTED)?;
+        // The root stays an O_PATH node (one descriptor, no open per request); `handles` says
+        // whether what is made under it will be handle nodes.
+        let handles = self.handles_on() && matches!(FileHandle::of(fd.as_fd()), Ok(Some(_)));
         self.handles.clear();
         self.locks.clear();
-        self.inodes.reset(fd, &stx);
+        self.inodes.reset(fd, &stx, handles);
         Ok(())
     }
 
@@ -145,6 +219,16 @@ impl Passthrough {
     /// Node `id`.
     pub(crate) fn inode(&self, id: u64) -> Result<Arc<Inode>> {
         self.inodes.get(id)
+    }
+
+    /// The quota check for a request that makes a node under `dir`: a handle node holds no
+    /// descriptor, so only a directory whose nodes are O_PATH nodes counts.
+    pub(crate) fn node_quota(&self, dir: &Inode) -> Result<()> {
+        if dir.handles {
+            Ok(())
+        } else {
+            self.quota()
+        }
     }
 
     /// EMFILE once the guest holds its quota of descriptors.
@@ -186,11 +270,112 @@ impl Passthrough {
 
     /// LOOKUP of one component `name` in `parent` (counts a lookup of the result).
     pub(crate) fn lookup_in(&self, parent: &Inode, name: &CStr) -> Result<Entry> {
-        self.quota()?;
-        let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let dir = parent.fd()?;
+        self.lookup_at(parent, dir.as_fd(), name)
+    }
+
+    /// [`Self::lookup_in`] with the parent's descriptor `dir` already at hand.
+    pub(crate) fn lookup_at(&self, parent: &Inode, dir: BorrowedFd<'_>, name: &CStr) -> Result<Entry> {
+        if !self.handles_on() {
+            self.quota()?; // the new node keeps its descriptor
+        }
+        let fd = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let stx = sys::fstatx(fd.as_fd(), sys::STATX_WANTED)?;
-        let inode = self.inodes.insert_or_ref(fd, &stx);
+        let storage = self.storage(fd, &stx, parent, dir)?;
+        let inode = self.inodes.insert_or_ref(storage, &stx);
         Ok(self.entry(&inode, &stx, parent.key.mnt_id))
+    }
+
+    /// How a node found in `parent` (whose descriptor is `dir`) holds its file `fd`: the
+    /// descriptor itself (`never`, or `prefer` on a filesystem without handles), else its handle
+    /// (and `fd` is closed). With `mandatory`, a file without a handle is refused (EOPNOTSUPP).
+    pub(crate) fn storage(
+        &self,
+        fd: OwnedFd,
+        stx: &libc::statx,
+        parent: &Inode,
+        dir: BorrowedFd<'_>,
+    ) -> Result<Storage> {
+        if !self.handles_on() {
+            return Ok(Storage::Fd(fd));
+        }
+        match self.handle_node(fd.as_fd(), stx, parent, dir)? {
+            Some(node) => Ok(Storage::Handle(Box::new(node))),
+            None if self.file_handles == InodeFileHandles::Prefer => {
+                self.quota()?; // this one keeps its descriptor
+                Ok(Storage::Fd(fd))
+            }
+            None => Err(Errno(libc::EOPNOTSUPP)),
+        }
+    }
+
+    /// The handle of `fd`'s file and its mount's descriptor; `None` when that mount cannot
+    /// serve handles (said once per mount).
+    fn handle_node(
+        &self,
+        fd: BorrowedFd<'_>,
+        stx: &libc::statx,
+        parent: &Inode,
+        dir: BorrowedFd<'_>,
+    ) -> Result<Option<HandleNode>> {
+        let mnt_id = stx.stx_mnt_id;
+        let Some(handle) = FileHandle::of(fd)? else {
+            self.no_handles(mnt_id, "its filesystem does not support file handles");
+            return Ok(None);
+        };
+        // Nearly always the parent's mount, whose descriptor the parent holds.
+        if let Some(mount) = parent.mount().filter(|m| m.mnt_id() == mnt_id) {
+            return Ok(Some(HandleNode {
+                handle,
+                mount: Arc::clone(mount),
+            }));
+        }
+        if let Some(mount) = self.mounts.get(mnt_id) {
+            return Ok(Some(HandleNode { handle, mount }));
+        }
+        // A mount no node uses yet: a read-only descriptor of a directory on it (the parent,
+        // when it is on it; else the file, a mount point), kept while its nodes live.
+        self.quota()?;
+        let opened = if parent.key.mnt_id == mnt_id {
+            sys::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        } else if u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR {
+            sys::openat(fd, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        } else {
+            // A file mounted on a file: only a directory is opened here.
+            Err(std::io::Error::from_raw_os_error(libc::ENOTDIR))
+        };
+        let mount = match opened {
+            Ok(mount_fd) => MountFd::new(mnt_id, mount_fd),
+            Err(e) => {
+                self.no_handles(mnt_id, &format!("no descriptor to open them with: {e}"));
+                return Ok(None);
+            }
+        };
+        // open_by_handle_at works on this mount (it may not, e.g. a filesystem that makes handles
+        // it cannot decode).
+        if let Err(e) = handle.open(&mount, libc::O_PATH) {
+            self.no_handles(mnt_id, &format!("its file handles cannot be opened: {e}"));
+            return Ok(None);
+        }
+        Ok(Some(HandleNode {
+            handle,
+            mount: self.mounts.insert(mount),
+        }))
+    }
+
+    /// Says once per mount why its files are not handle nodes.
+    fn no_handles(&self, mnt_id: u64, why: &str) {
+        if self.mounts.first_report(mnt_id) {
+            match self.file_handles {
+                InodeFileHandles::Mandatory => tracing::warn!(
+                    "mount {mnt_id} in the share: {why}; its files are refused \
+                     (--inode-file-handles=mandatory)"
+                ),
+                _ => tracing::info!(
+                    "mount {mnt_id} in the share: {why}; O_PATH descriptors for its files"
+                ),
+            }
+        }
     }
 
     /// Opens `inode` for I/O with `flags`, through `/proc/self/fd` (an O_PATH descriptor
@@ -207,13 +392,19 @@ impl Passthrough {
         // nothing here.
         let flags = flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL | libc::O_PATH)
             | libc::O_NOCTTY;
-        let name = sys::fd_name(inode.fd.as_raw_fd());
-        Ok(sys::openat(
-            self.proc_self_fd.as_fd(),
-            name.as_cstr(),
-            flags,
-            0,
-        )?)
+        match &inode.storage {
+            Storage::Fd(fd) => {
+                let name = sys::fd_name(fd.as_raw_fd());
+                Ok(sys::openat(
+                    self.proc_self_fd.as_fd(),
+                    name.as_cstr(),
+                    flags,
+                    0,
+                )?)
+            }
+            // open_by_handle_at opens the file itself, not a path: no symlink is followed.
+            Storage::Handle(h) => Ok(h.handle.open(&h.mount, flags)?),
+        }
     }
 
     /// `/proc/self/fd`, for the *at calls that name a node by its descriptor's entry.
@@ -222,10 +413,23 @@ impl Passthrough {
     }
 
     /// `/proc/self/fd/N` of `inode` as a path, for the calls that only take paths (xattrs of
-    /// files that cannot be opened).
-    pub(crate) fn proc_path(&self, inode: &Inode) -> std::ffi::CString {
-        std::ffi::CString::new(format!("/proc/self/fd/{}", inode.fd.as_raw_fd()))
-            .expect("no NUL in a number")
+    /// files that cannot be opened); valid while the result lives.
+    pub(crate) fn proc_path(&self, inode: Arc<Inode>) -> Result<ProcPath> {
+        let (opened, fd) = match &inode.storage {
+            Storage::Fd(fd) => (None, fd.as_raw_fd()),
+            Storage::Handle(h) => {
+                let opened = h.handle.open(&h.mount, libc::O_PATH)?;
+                let fd = opened.as_raw_fd();
+                (Some(opened), fd)
+            }
+        };
+        let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}"))
+            .map_err(|_| Errno(libc::EIO))?;
+        Ok(ProcPath {
+            path,
+            _opened: opened,
+            _inode: inode,
+        })
     }
 
     /// The open flags the host gets for a guest's `flags`.
@@ -242,6 +446,20 @@ impl Passthrough {
             flags &= !libc::O_APPEND;
         }
         flags
+    }
+}
+
+/// A node's `/proc/self/fd/N` path, with what keeps `N` open.
+pub(crate) struct ProcPath {
+    path: std::ffi::CString,
+    _opened: Option<OwnedFd>,
+    _inode: Arc<Inode>,
+}
+
+impl std::ops::Deref for ProcPath {
+    type Target = CStr;
+    fn deref(&self) -> &CStr {
+        &self.path
     }
 }
 

@@ -1,10 +1,12 @@
 //! Names in directories: LOOKUP, FORGET, MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME.
 //!
-//! Every call names one component relative to the parent's O_PATH descriptor, so no path is
-//! walked; new names are never "." or ".." (EINVAL), and symlinks are never followed.
+//! Every call names one component relative to the parent's O_PATH descriptor (its own, or one
+//! opened from its file handle for the call), so no path is walked; new names are never "." or
+//! ".." (EINVAL), and symlinks are never followed. A request that makes a node checks the fd
+//! quota first unless the node will be a file handle (it holds no descriptor).
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use virtiofs_fuse::abi::ROOT_ID;
 use virtiofs_fuse::{Context, Entry, Errno, Name};
@@ -46,12 +48,14 @@ impl Passthrough {
         rdev: u32,
     ) -> Result<Entry> {
         let dir = self.inode(parent)?;
+        self.node_quota(&dir)?;
         let name = new_name(name)?;
+        let dir_fd = dir.fd()?;
         {
             let _caller = self.as_caller(ctx)?;
-            sys::mknodat(dir.fd(), name, mode, host_dev(rdev))?;
+            sys::mknodat(dir_fd.as_fd(), name, mode, host_dev(rdev))?;
         }
-        self.lookup_in(&dir, name)
+        self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
     pub(crate) fn do_mkdir(
@@ -62,12 +66,14 @@ impl Passthrough {
         mode: u32,
     ) -> Result<Entry> {
         let dir = self.inode(parent)?;
+        self.node_quota(&dir)?;
         let name = new_name(name)?;
+        let dir_fd = dir.fd()?;
         {
             let _caller = self.as_caller(ctx)?;
-            sys::mkdirat(dir.fd(), name, mode)?;
+            sys::mkdirat(dir_fd.as_fd(), name, mode)?;
         }
-        self.lookup_in(&dir, name)
+        self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
     pub(crate) fn do_symlink(
@@ -78,36 +84,41 @@ impl Passthrough {
         target: &[u8],
     ) -> Result<Entry> {
         let dir = self.inode(parent)?;
+        self.node_quota(&dir)?;
         let name = new_name(name)?;
         let target = CString::new(target).map_err(|_| Errno(libc::EINVAL))?;
+        let dir_fd = dir.fd()?;
         {
             let _caller = self.as_caller(ctx)?;
-            sys::symlinkat(&target, dir.fd(), name)?;
+            sys::symlinkat(&target, dir_fd.as_fd(), name)?;
         }
-        self.lookup_in(&dir, name)
+        self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
     pub(crate) fn do_link(&self, nodeid: u64, newparent: u64, newname: &Name) -> Result<Entry> {
         let inode = self.inode(nodeid)?;
         let dir = self.inode(newparent)?;
+        self.node_quota(&dir)?;
         let name = new_name(newname)?;
         // Through the node's /proc/self/fd entry: linking the file the descriptor holds (a
         // symlink stays a symlink), with no need for CAP_DAC_READ_SEARCH (AT_EMPTY_PATH).
-        let fd_name = sys::fd_name(inode.fd.as_raw_fd());
+        let fd = inode.fd()?;
+        let fd_name = sys::fd_name(fd.as_raw_fd());
+        let dir_fd = dir.fd()?;
         sys::linkat(
             self.proc_fd(),
             fd_name.as_cstr(),
-            dir.fd(),
+            dir_fd.as_fd(),
             name,
             libc::AT_SYMLINK_FOLLOW,
         )?;
-        self.lookup_in(&dir, name)
+        self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
     pub(crate) fn do_unlink(&self, parent: u64, name: &Name, flags: i32) -> Result<()> {
         let dir = self.inode(parent)?;
         let name = existing_name(name)?;
-        Ok(sys::unlinkat(dir.fd(), name, flags)?)
+        Ok(sys::unlinkat(dir.fd()?.as_fd(), name, flags)?)
     }
 
     pub(crate) fn do_rename(
@@ -122,7 +133,14 @@ impl Passthrough {
         let new = self.inode(newdir)?;
         let oldname = existing_name(oldname)?;
         let newname = new_name(newname)?;
-        Ok(sys::renameat2(old.fd(), oldname, new.fd(), newname, flags)?)
+        let (old_fd, new_fd) = (old.fd()?, new.fd()?);
+        Ok(sys::renameat2(
+            old_fd.as_fd(),
+            oldname,
+            new_fd.as_fd(),
+            newname,
+            flags,
+        )?)
     }
 }
 

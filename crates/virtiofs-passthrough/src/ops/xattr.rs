@@ -26,7 +26,7 @@ fn check(ret: libc::ssize_t) -> Result<usize> {
 
 impl Passthrough {
     /// The node's path for xattr calls, once the option and the file type allow them.
-    fn xattr_path(&self, nodeid: u64) -> Result<std::ffi::CString> {
+    fn xattr_path(&self, nodeid: u64) -> Result<crate::passthrough::ProcPath> {
         if !self.cfg.xattr {
             return Err(Errno(libc::ENOSYS));
         }
@@ -34,7 +34,7 @@ impl Passthrough {
         if inode.kind == libc::S_IFLNK {
             return Err(Errno(libc::EOPNOTSUPP));
         }
-        Ok(self.proc_path(&inode))
+        self.proc_path(inode)
     }
 
     pub(crate) fn do_setxattr(
