@@ -212,7 +212,7 @@ impl Share {
             path: PathBuf::from("(fd quota)"),
             source,
         })?;
-        self.server.filesystem_mut().fd_quota = Some(quota);
+        self.server.filesystem_mut().set_fd_quota(quota);
         Ok(self)
     }
 

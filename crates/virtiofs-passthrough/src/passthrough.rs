@@ -81,7 +81,7 @@ pub struct Passthrough {
     pub(crate) writeback: AtomicBool,
     /// Switch to the caller's ids for requests that make files.
     switch_creds: bool,
-    pub(crate) fd_quota: Option<FdQuota>,
+    fd_quota: Option<FdQuota>,
     /// The file-handle mode in force: `Never` until [`Passthrough::enable_file_handles`].
     file_handles: InodeFileHandles,
     /// One descriptor per mount for opening handles.
@@ -162,6 +162,11 @@ impl Passthrough {
         self.file_handles = wanted;
         // The root again, now knowing whether its filesystem gives handles.
         self.import().map_err(|e| format!("file handles: {e}"))
+    }
+
+    /// Refuses descriptor-opening requests with EMFILE once the guest holds `quota`'s limit.
+    pub fn set_fd_quota(&mut self, quota: FdQuota) {
+        self.fd_quota = Some(quota);
     }
 
     /// Whether nodes may be file handles.
