@@ -51,8 +51,16 @@ fn a_reused_inode_number_reads_the_new_file() {
         format!("new data {i}")
     );
     fs::write(m.mnt.join(&name), b"written by the guest").unwrap();
-    assert_eq!(fs::read(share.join(&name)).unwrap(), b"written by the guest");
-    assert!(m.backend.log.text().lines().all(|l| !l.contains("panicked")));
+    assert_eq!(
+        fs::read(share.join(&name)).unwrap(),
+        b"written by the guest"
+    );
+    assert!(m
+        .backend
+        .log
+        .text()
+        .lines()
+        .all(|l| !l.contains("panicked")));
 }
 
 #[test]
@@ -77,6 +85,8 @@ fn thousands_of_files_looked_up_hold_no_descriptor_each() {
     }
     assert_eq!(files, 2000);
     let after = daemon_fds(&m);
-    eprintln!("2021 nodes looked up by the kernel: the daemon holds {before} descriptors, then {after}");
+    eprintln!(
+        "2021 nodes looked up by the kernel: the daemon holds {before} descriptors, then {after}"
+    );
     assert!(after <= before + 4, "{before} -> {after}");
 }

@@ -32,7 +32,9 @@ fn served_pid(d: &Daemon) -> u32 {
 }
 
 fn fds_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 fn effective_caps(pid: u32) -> u64 {
@@ -50,12 +52,11 @@ fn list_plus(c: &FsClient, nodeid: u64) -> Vec<(String, u64)> {
         let batch = c.readdirplus(nodeid, fh, offset, 64 * 1024).unwrap();
         let Some(last) = batch.last() else { break };
         offset = last.dirent.off;
-        all.extend(batch.into_iter().map(|p| {
-            (
-                String::from_utf8(p.dirent.name).unwrap(),
-                p.entry.nodeid,
-            )
-        }));
+        all.extend(
+            batch
+                .into_iter()
+                .map(|p| (String::from_utf8(p.dirent.name).unwrap(), p.entry.nodeid)),
+        );
     }
     c.releasedir(nodeid, fh).unwrap();
     all
@@ -120,10 +121,10 @@ fn mandatory_serves_and_holds_no_descriptor_per_node() {
         // The host deletes a file the guest still knows; its inode number comes back.
         let old = c.lookup(dir.nodeid, "f9").unwrap();
         std::fs::remove_file(d.share.join("d/f9")).unwrap();
-        let reused = (0..200).find_map(|i| {
+        let reused = (0..200).find(|i| {
             let p = d.share.join(format!("d/n{i}"));
             std::fs::write(&p, b"new").unwrap();
-            (p.metadata().unwrap().ino() == old.attr.ino).then_some(i)
+            p.metadata().unwrap().ino() == old.attr.ino
         });
         if let Some(i) = reused {
             let new = c.lookup(dir.nodeid, format!("n{i}")).unwrap();
@@ -139,7 +140,10 @@ fn mandatory_serves_and_holds_no_descriptor_per_node() {
         d.assert_alive(mode);
     }
     let (never, mandatory) = (held[0].1, held[1].1);
-    assert!(never > NODES, "never: {never} descriptors for {NODES} nodes");
+    assert!(
+        never > NODES,
+        "never: {never} descriptors for {NODES} nodes"
+    );
     assert!(
         mandatory <= 4,
         "mandatory: {mandatory} descriptors for {NODES} nodes"

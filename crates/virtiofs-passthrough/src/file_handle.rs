@@ -220,14 +220,20 @@ mod tests {
         let path = tmp.path().join("f");
         std::fs::write(&path, b"x").unwrap();
         let handle = FileHandle::of(o_path(&path).as_fd()).unwrap().unwrap();
-        assert_eq!(handle, FileHandle::of(o_path(&path).as_fd()).unwrap().unwrap());
+        assert_eq!(
+            handle,
+            FileHandle::of(o_path(&path).as_fd()).unwrap().unwrap()
+        );
         let fd = handle.open(&mount, libc::O_RDONLY).unwrap();
         let mut data = String::new();
         std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut data).unwrap();
         assert_eq!(data, "x");
         std::fs::remove_file(&path).unwrap();
         assert_eq!(
-            handle.open(&mount, libc::O_PATH).unwrap_err().raw_os_error(),
+            handle
+                .open(&mount, libc::O_PATH)
+                .unwrap_err()
+                .raw_os_error(),
             Some(libc::ESTALE),
             "the file is gone"
         );

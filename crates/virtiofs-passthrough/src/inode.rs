@@ -145,7 +145,10 @@ fn same_file(existing: &Inode, storage: &Storage) -> bool {
     match (&existing.storage, storage) {
         (Storage::Handle(a), Storage::Handle(b)) => a.handle == b.handle,
         // A descriptor keeps its inode alive: the key alone tells.
-        _ => true,
+        (Storage::Fd(_), _) => true,
+        // A handle node's file cannot be told from the new one without a handle of the new one
+        // (its mount gave handles, so this does not happen): not handed out, in case it is stale.
+        (Storage::Handle(_), Storage::Fd(_)) => false,
     }
 }
 

@@ -118,9 +118,10 @@ impl Passthrough {
         if wanted == InodeFileHandles::Never {
             return Ok(());
         }
-        let root = self.inodes.get(virtiofs_fuse::abi::ROOT_ID).map_err(|_| {
-            "file handles: the shared directory is not open".to_string()
-        })?;
+        let root = self
+            .inodes
+            .get(virtiofs_fuse::abi::ROOT_ID)
+            .map_err(|_| "file handles: the shared directory is not open".to_string())?;
         let fd = root.fd().map_err(|e| format!("file handles: {e}"))?;
         match file_handle::probe(fd.as_fd(), root.key.mnt_id) {
             Ok(_) => {}
@@ -280,7 +281,12 @@ impl Passthrough {
     }
 
     /// [`Self::lookup_in`] with the parent's descriptor `dir` already at hand.
-    pub(crate) fn lookup_at(&self, parent: &Inode, dir: BorrowedFd<'_>, name: &CStr) -> Result<Entry> {
+    pub(crate) fn lookup_at(
+        &self,
+        parent: &Inode,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<Entry> {
         if !self.handles_on() {
             self.quota()?; // the new node keeps its descriptor
         }
@@ -428,8 +434,8 @@ impl Passthrough {
                 (Some(opened), fd)
             }
         };
-        let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}"))
-            .map_err(|_| Errno(libc::EIO))?;
+        let path =
+            std::ffi::CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| Errno(libc::EIO))?;
         Ok(ProcPath {
             path,
             _opened: opened,

@@ -62,7 +62,11 @@ fn descriptors_held_for_nodes_in_each_mode() {
             fs.forget(n, 2);
         }
         fs.forget(dir.nodeid, 1);
-        assert_eq!(fds_held(), before, "{mode:?}: everything forgotten is closed");
+        assert_eq!(
+            fds_held(),
+            before,
+            "{mode:?}: everything forgotten is closed"
+        );
     }
 
     // The fd quota: room for 50 more descriptors. O_PATH nodes use it up; handle nodes do not,

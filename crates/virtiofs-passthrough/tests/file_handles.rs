@@ -28,7 +28,10 @@ fn every_operation_answers_the_same_in_every_mode() {
         assert_eq!(fs.lookup(d.nodeid, "f").unwrap().nodeid, f.nodeid);
         assert_eq!(fs.getattr(f.nodeid).unwrap().attr.size, 9);
         assert_eq!(fs.lookup(d.nodeid, "..").unwrap().nodeid, ROOT_ID);
-        assert_eq!(fs.lookup(d.nodeid, "nope").unwrap_err(), Errno(libc::ENOENT));
+        assert_eq!(
+            fs.lookup(d.nodeid, "nope").unwrap_err(),
+            Errno(libc::ENOENT)
+        );
 
         // Open, read, write through the node.
         let fh = fs.open(f.nodeid, libc::O_RDWR).unwrap();
@@ -42,6 +45,13 @@ fn every_operation_answers_the_same_in_every_mode() {
         fs.write(c.nodeid, fh, 0, b"guest").unwrap();
         fs.release(c.nodeid, fh);
         assert_eq!(std::fs::read(share.join("d/new")).unwrap(), b"guest");
+        // O_TMPFILE, then a name for it (what linkat of /proc/self/fd/N sends).
+        let (t, fh) = fs.tmpfile(d.nodeid).unwrap();
+        fs.write(t.nodeid, fh, 0, b"was unnamed").unwrap();
+        let named = fs.link(t.nodeid, ROOT_ID, "named").unwrap();
+        assert_eq!(named.nodeid, t.nodeid);
+        fs.release(t.nodeid, fh);
+        assert_eq!(std::fs::read(share.join("named")).unwrap(), b"was unnamed");
         let sub = fs.mkdir(d.nodeid, "sub").unwrap();
         assert!(share.join("d/sub").is_dir());
         let l = fs.symlink(sub.nodeid, "l", "../f").unwrap();
@@ -106,13 +116,19 @@ fn a_reused_inode_number_is_a_new_node_and_the_old_one_answers_estale() {
         // The guest still knows `old` (no FORGET) when the host deletes it.
         std::fs::remove_file(share.join("old")).unwrap();
         let Some(path) = reuse_inode_number(share, old.attr.ino) else {
-            eprintln!("SKIP {mode:?}: this filesystem did not reuse inode {}", old.attr.ino);
+            eprintln!(
+                "SKIP {mode:?}: this filesystem did not reuse inode {}",
+                old.attr.ino
+            );
             return;
         };
         let name = path.file_name().unwrap().to_str().unwrap();
         let new = fs.lookup(ROOT_ID, name).unwrap();
         assert_eq!(new.attr.ino, old.attr.ino, "same (dev, ino, mount)");
-        assert_ne!(new.nodeid, old.nodeid, "{mode:?}: the stale node was handed out");
+        assert_ne!(
+            new.nodeid, old.nodeid,
+            "{mode:?}: the stale node was handed out"
+        );
         assert_eq!(new.attr.size, 8);
         assert_eq!(fs.lookup(ROOT_ID, name).unwrap().nodeid, new.nodeid);
         // The stale node: an errno for every operation, never the new file's data.

@@ -154,7 +154,10 @@ mod tests {
         assert!(!CapabilityPolicy::default()
             .kept()
             .contains(&Capability::CAP_DAC_READ_SEARCH));
-        assert_eq!(CapabilityPolicy::for_file_handles(false), CapabilityPolicy::default());
+        assert_eq!(
+            CapabilityPolicy::for_file_handles(false),
+            CapabilityPolicy::default()
+        );
         let mut p = CapabilityPolicy::for_file_handles(true);
         assert!(p.kept().contains(&Capability::CAP_DAC_READ_SEARCH));
         assert_eq!(p.kept().len(), DEFAULT_CAPABILITIES.len() + 1);

@@ -274,7 +274,10 @@ fn inode_file_handles_modes_and_the_capability_they_keep() {
     );
     // The last one given wins; --modcaps can still drop the capability.
     assert_eq!(
-        mode(&["--inode-file-handles=mandatory", "--inode-file-handles=never"]),
+        mode(&[
+            "--inode-file-handles=mandatory",
+            "--inode-file-handles=never"
+        ]),
         (Mode::Never, false)
     );
     assert_eq!(
@@ -283,7 +286,13 @@ fn inode_file_handles_modes_and_the_capability_they_keep() {
     );
     let e = run(&["--shared-dir=/a", "--fd=3", "--inode-file-handles=always"]).unwrap_err();
     assert!(e.contains("never, prefer, fallback, mandatory"), "{e}");
-    let e = run(&["--shared-dir=/a", "--fd=3", "--inode-file-handles", "prefer"]).unwrap_err();
+    let e = run(&[
+        "--shared-dir=/a",
+        "--fd=3",
+        "--inode-file-handles",
+        "prefer",
+    ])
+    .unwrap_err();
     assert!(!e.contains('\n'), "{e}");
 }
 

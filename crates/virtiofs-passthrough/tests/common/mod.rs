@@ -8,8 +8,7 @@ use std::path::Path;
 
 use virtiofs_fuse::abi::{self, CreateIn, Opcode, ReadIn, ReleaseIn, WriteIn};
 use virtiofs_fuse::{
-    AttrReply, Context, Entry, Errno, Filesystem, GuestSlice, Limits, Memory, Name, Segment,
-    Server,
+    AttrReply, Context, Entry, Errno, Filesystem, GuestSlice, Limits, Memory, Name, Segment, Server,
 };
 use virtiofs_passthrough::{CacheMode, Config, InodeFileHandles, Passthrough};
 use vm_memory::{ByteValued, Bytes, GuestAddress};
@@ -140,7 +139,25 @@ impl Fs {
             open_flags: 0,
         };
         self.fs()
-            .create(&self.ctx, parent, &Name::new(name.as_bytes()).unwrap(), &arg)
+            .create(
+                &self.ctx,
+                parent,
+                &Name::new(name.as_bytes()).unwrap(),
+                &arg,
+            )
+            .map(|(e, o)| (e, o.fh))
+    }
+
+    /// O_TMPFILE in `parent`: its entry and open handle.
+    pub fn tmpfile(&self, parent: u64) -> Result<(Entry, u64), Errno> {
+        let arg = CreateIn {
+            flags: libc::O_RDWR as u32,
+            mode: libc::S_IFREG | 0o600,
+            umask: 0,
+            open_flags: 0,
+        };
+        self.fs()
+            .tmpfile(&self.ctx, parent, &arg)
             .map(|(e, o)| (e, o.fh))
     }
 
