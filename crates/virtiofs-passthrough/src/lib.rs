@@ -2,7 +2,8 @@
 //!
 //! Our FUSE server (`virtiofs-fuse`) answers the requests; the filesystem behind it is
 //! [`Passthrough`]: an inode store of O_PATH descriptors or file handles keyed by (st_dev,
-//! st_ino, mount id) (`inode.rs`, `file_handle.rs`), a handle table (`handle.rs`), the caller's credentials for requests that make
+//! st_ino, mount id) (`inode.rs`; `file_handle.rs` and `storage.rs` for the handles), a handle
+//! table (`handle.rs`), the caller's credentials for requests that make
 //! files (`creds.rs`), and the operations by kind (`ops/`) over thin system-call wrappers
 //! (`sys.rs`). [`ShareOptions`] → [`Share`] maps the daemon's options onto it. Requests that
 //! would take the guest past its file-descriptor quota are refused ([`FdQuota`]).
@@ -19,6 +20,7 @@ mod handle;
 mod inode;
 mod ops;
 mod passthrough;
+mod storage;
 mod sys;
 pub use fd_quota::FdQuota;
 pub use passthrough::{Config, Passthrough};
