@@ -8,7 +8,8 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 
 use common::{Fs, Mounted, ROOT_ID};
-use virtiofs_fuse::Errno;
+use virtiofs_fuse::abi::{fattr, SetattrIn, StatxIn};
+use virtiofs_fuse::{Context, Errno, Filesystem, Name, Xattr};
 use virtiofs_passthrough::InodeFileHandles::{self, Mandatory, Never, Prefer};
 
 const MODES: [InodeFileHandles; 3] = [Never, Prefer, Mandatory];
@@ -39,6 +40,42 @@ fn every_operation_answers_the_same_in_every_mode() {
         assert_eq!(fs.write(f.nodeid, fh, 0, b"HOST").unwrap(), 4);
         fs.release(f.nodeid, fh);
         assert_eq!(std::fs::read(share.join("d/f")).unwrap(), b"HOST data");
+
+        // Attributes, by node: SETATTR (mode, size, times), STATX, STATFS, ACCESS, xattrs,
+        // SYNCFS.
+        let ctx = Context::default();
+        let set = SetattrIn {
+            valid: fattr::MODE | fattr::SIZE | fattr::MTIME,
+            mode: 0o600,
+            size: 4,
+            mtime: 1_000_000,
+            ..Default::default()
+        };
+        let attr = fs.fs().setattr(&ctx, f.nodeid, &set).unwrap().attr;
+        assert_eq!(
+            (attr.mode & 0o7777, attr.size, attr.mtime),
+            (0o600, 4, 1_000_000)
+        );
+        let host = share.join("d/f").metadata().unwrap();
+        assert_eq!(
+            (host.mode() & 0o7777, host.len(), host.mtime()),
+            (0o600, 4, 1_000_000)
+        );
+        let sx = StatxIn {
+            sx_mask: libc::STATX_BASIC_STATS,
+            ..Default::default()
+        };
+        assert_eq!(fs.fs().statx(&ctx, f.nodeid, &sx).unwrap().statx.size, 4);
+        assert!(fs.fs().statfs(&ctx, d.nodeid).unwrap().blocks > 0);
+        fs.fs().access(&ctx, f.nodeid, libc::R_OK as u32).unwrap();
+        let name = Name::new(b"user.handle").unwrap();
+        fs.fs().setxattr(&ctx, f.nodeid, &name, b"v", 0, 0).unwrap();
+        assert_eq!(
+            fs.fs().getxattr(&ctx, f.nodeid, &name, 64).unwrap(),
+            Xattr::Data(b"v".to_vec())
+        );
+        fs.fs().syncfs(&ctx, f.nodeid).unwrap();
+        std::fs::write(share.join("d/f"), b"HOST data").unwrap();
 
         // Made by the guest.
         let (c, fh) = fs.create(d.nodeid, "new", 0o640).unwrap();
