@@ -169,3 +169,25 @@ fn prefer_without_the_capability_serves_with_descriptors() {
     assert!(fds_of(pid) >= before + 100);
     d.assert_alive("prefer without DAC_READ_SEARCH");
 }
+
+/// The other sandboxes: the mount descriptors are directories of the share, so a chroot into it
+/// (or no sandbox) changes nothing.
+#[test]
+fn mandatory_serves_in_the_chroot_sandbox_and_without_one() {
+    for sandbox in ["chroot", "none"] {
+        let mut d = Daemon::start(&["--inode-file-handles=mandatory", "--sandbox", sandbox]);
+        std::fs::create_dir(d.share.join("d")).unwrap();
+        std::fs::write(d.share.join("d/f"), b"in the share").unwrap();
+        let c = d.connect(d.config());
+        c.init().unwrap();
+        let dir = c.lookup(ROOT_ID, "d").unwrap();
+        let f = c.lookup(dir.nodeid, "f").unwrap();
+        let o = c.open(f.nodeid, libc::O_RDONLY as u32).unwrap();
+        assert_eq!(c.read(f.nodeid, o.fh, 0, 64).unwrap(), b"in the share");
+        c.release(f.nodeid, o.fh, 0).unwrap();
+        let listed = list_plus(&c, dir.nodeid);
+        assert!(listed.contains(&("f".to_string(), f.nodeid)), "{listed:?}");
+        assert_eq!(c.lookup(dir.nodeid, "..").unwrap().nodeid, ROOT_ID);
+        d.assert_alive(sandbox);
+    }
+}
