@@ -27,7 +27,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use virtiofs_fuse::abi::{EntryOut, InHeader, Opcode, OutHeader};
-use virtiofs_passthrough::{CacheMode, Share, ShareOptions};
+use virtiofs_passthrough::{CacheMode, InodeFileHandles, Share, ShareOptions};
 use virtiofs_pipeline::request::{is_forget, peek_in_header, read_reply_prefix, IN_HEADER_LEN};
 use virtiofs_pipeline::{serve_chain, QueueStats, SessionGate};
 use vm_memory::ByteValued;
@@ -453,6 +453,11 @@ fn share_options(dir: &std::path::Path, options: u8) -> ShareOptions {
         posix_locks: true,
         flock_locks: true,
         announce_submounts: options & 64 != 0,
+        inode_file_handles: if options & 128 != 0 {
+            InodeFileHandles::Prefer
+        } else {
+            InodeFileHandles::Never
+        },
     }
 }
 

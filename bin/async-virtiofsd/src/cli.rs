@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
-use virtiofs_passthrough::{CacheMode, ShareOptions};
+use virtiofs_passthrough::{CacheMode, InodeFileHandles as NodeMode, ShareOptions};
 use virtiofs_sandbox::{CapabilityPolicy, SandboxMode, SeccompMode};
 
 use crate::compat::{
@@ -172,8 +172,11 @@ struct Args {
     #[arg(long)]
     no_announce_submounts: bool,
 
-    /// File handles instead of O_PATH descriptors: never (what the daemon does); prefer and
-    /// fallback fall back to never with a warning; mandatory is not implemented yet.
+    /// Keep the guest's inodes as file handles instead of O_PATH descriptors, so the daemon
+    /// holds no descriptor per inode: never (the default); prefer (fallback is an alias) uses
+    /// handles where the filesystem gives them and descriptors elsewhere, and descriptors
+    /// throughout, with a warning, without CAP_DAC_READ_SEARCH; mandatory refuses to start
+    /// without handles and refuses files whose filesystem gives none.
     #[arg(
         long,
         require_equals = true,
@@ -303,8 +306,6 @@ pub struct Options {
     pub socket_group: Option<String>,
     /// `--tag`.
     pub tag: Option<String>,
-    /// Preferences we cannot honour but that degrade gracefully: logged as warnings.
-    pub warnings: Vec<String>,
 }
 
 /// A command-line problem: printed as one line, exit code 2.
@@ -476,20 +477,6 @@ where
     if let (Some(p), Some(mode)) = (pos("security_label"), args.security_label) {
         settings.push((p, Setting::SecurityLabel(mode, "--security-label".into())));
     }
-    let mut warnings = Vec::new();
-    match (pos("inode_file_handles"), args.inode_file_handles) {
-        (Some(p), Some(InodeFileHandles::Mandatory)) => {
-            settings.push((p, Setting::NotYet("--inode-file-handles=mandatory".into())))
-        }
-        (Some(_), Some(mode @ (InodeFileHandles::Prefer | InodeFileHandles::Fallback))) => warnings
-            .push(format!(
-                "--inode-file-handles={}: file handles are not implemented yet; \
-                 using O_PATH file descriptors (as with never)",
-                mode.to_possible_value()
-                    .map_or("prefer".into(), |v| v.get_name().to_owned())
-            )),
-        _ => {}
-    }
     // Options whose feature is not built yet: refused (the `bool` says whether one was given).
     let refused = [
         ("xattrmap", "--xattrmap", args.xattrmap.is_some()),
@@ -559,6 +546,11 @@ where
         announce_submounts: false,
         posix_locks: true,
         flock_locks: true,
+        inode_file_handles: match args.inode_file_handles {
+            None | Some(InodeFileHandles::Never) => NodeMode::Never,
+            Some(InodeFileHandles::Prefer | InodeFileHandles::Fallback) => NodeMode::Prefer,
+            Some(InodeFileHandles::Mandatory) => NodeMode::Mandatory,
+        },
     };
     let mut log_level = LogLevel::Info;
     let mut source = None;
@@ -619,7 +611,9 @@ where
             ))
         }
     };
-    let mut capabilities = CapabilityPolicy::default();
+    // open_by_handle_at needs DAC_READ_SEARCH; `--modcaps` may still take it away.
+    let mut capabilities =
+        CapabilityPolicy::for_file_handles(share.inode_file_handles != NodeMode::Never);
     if let Some(spec) = &modcaps {
         capabilities
             .modify(spec)
@@ -642,7 +636,6 @@ where
         syslog: args.syslog,
         socket_group: args.socket_group,
         tag: args.tag,
-        warnings,
     })))
 }
 

@@ -24,10 +24,10 @@ pub enum Negotiation {
     Always,
 }
 
-/// `--inode-file-handles`.
+/// `--inode-file-handles` as written (see `virtiofs_passthrough::InodeFileHandles`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InodeFileHandles {
-    /// O_PATH descriptors only (what we do).
+    /// O_PATH descriptors only.
     Never,
     /// File handles where the filesystem supports them, else O_PATH descriptors.
     Prefer,

@@ -9,7 +9,7 @@ use tracing::{error, info};
 use vhost::vhost_user::Error as VhostUserError;
 use vhost_user_backend::VhostUserBackend;
 use virtiofs_device::{FsBackend, FsBackendConfig};
-use virtiofs_passthrough::{check_shared_dir, Share, ShareError};
+use virtiofs_passthrough::{check_shared_dir, InodeFileHandles, Share, ShareError};
 use virtiofs_pipeline::{Pipeline, PipelineConfig};
 use virtiofs_sandbox::{rlimit, seccomp, EnterError, Entered, SandboxMode};
 
@@ -94,6 +94,8 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
     }
     let share = share.import()?.with_fd_quota(guest_fds)?;
     opts.capabilities.apply()?;
+    // With the capabilities it will serve with: open_by_handle_at needs DAC_READ_SEARCH.
+    let share = share.enable_file_handles()?;
     info!(
         "confined: sandbox {:?}, open-file limit {nofile} ({guest_fds} for the guest), capabilities {:?}",
         opts.sandbox,
@@ -153,7 +155,8 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut listener = vhost::vhost_user::Listener::from(socket.try_clone()?);
     // Every thread exists now (runtime workers, the hiprio thread); later ones inherit the filter.
-    seccomp::install(opts.seccomp)?;
+    let file_handles = opts.share.inode_file_handles != InodeFileHandles::Never;
+    seccomp::install(opts.seccomp, file_handles)?;
 
     // Callers (Kata's runtime-rs) wait for this exact text; systemd for READY=1.
     info!("{WAITING}");

@@ -28,9 +28,6 @@ fn main() -> ExitCode {
         }
     };
     logging::init(opts.log_level, opts.syslog);
-    for w in &opts.warnings {
-        tracing::warn!("{w}");
-    }
     match daemon::run(opts) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -90,17 +90,22 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     (
         "--inode-file-handles",
         &["--inode-file-handles=prefer"],
-        Warns("--inode-file-handles"),
+        Serves("the guest's inodes are file handles"),
     ),
     (
         "--inode-file-handles",
         &["--inode-file-handles=fallback"],
-        Warns("--inode-file-handles"),
+        Serves("--inode-file-handles=prefer: the guest's inodes are file handles"),
     ),
     (
         "--inode-file-handles",
         &["--inode-file-handles=mandatory"],
-        NotYet("--inode-file-handles=mandatory"),
+        Serves("the guest's inodes are file handles"),
+    ),
+    (
+        "--inode-file-handles",
+        &["--inode-file-handles=prefer", "--modcaps=-dac_read_search"],
+        Warns("cannot open file handles"),
     ),
     ("--cache", &["--cache=metadata"], Serves("")),
     ("--allow-mmap", &["--allow-mmap"], NotYet("--allow-mmap")),

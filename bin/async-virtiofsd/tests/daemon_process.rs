@@ -135,6 +135,43 @@ fn unusable_shared_dir_exits_1_and_creates_no_socket() {
 }
 
 #[test]
+fn inode_file_handles_mandatory_without_handles_exits_1_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("s");
+    let share = tmp.path().to_str().unwrap();
+    let sock_arg = sock.to_str().unwrap();
+    let cases: [(&[&str], &str); 2] = [
+        // Without the capability open_by_handle_at needs (namespace sandbox, the default).
+        (
+            &["--shared-dir", share, "--modcaps=-dac_read_search"],
+            "CAP_DAC_READ_SEARCH",
+        ),
+        // On a filesystem that makes no handles.
+        (
+            &["--shared-dir", "/proc/sys/fs", "--sandbox=none"],
+            "does not support file handles",
+        ),
+    ];
+    for (args, why) in cases {
+        let o = run(&[
+            args,
+            &["--socket-path", sock_arg, "--inode-file-handles=mandatory"],
+        ]
+        .concat());
+        let err = stderr_of(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        let errors: Vec<_> = err.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(
+            errors[0].starts_with("async-virtiofsd: error: --inode-file-handles=mandatory: ")
+                && errors[0].contains(why),
+            "{err}"
+        );
+        assert!(!sock.exists(), "{args:?}: the socket is removed");
+    }
+}
+
+#[test]
 fn unwritable_socket_place_exits_1() {
     let tmp = tempfile::tempdir().unwrap();
     let o = run(&[
@@ -299,7 +336,9 @@ fn syslog_gets_rfc3164_datagrams_with_severities_and_the_log_level() {
     let child = Command::new(BIN)
         .args(["--shared-dir", share.to_str().unwrap()])
         .args(["--socket-path", sock.to_str().unwrap()])
+        // A warning: file handles without the capability they need.
         .args(["--syslog", "--inode-file-handles=prefer"])
+        .args(["--modcaps=-dac_read_search"])
         .env("ASYNC_VIRTIOFSD_SYSLOG_SOCKET", &log)
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
@@ -334,6 +373,7 @@ fn syslog_gets_rfc3164_datagrams_with_severities_and_the_log_level() {
             "--syslog",
             "--log-level=warn",
             "--inode-file-handles=prefer",
+            "--modcaps=-dac_read_search",
         ])
         .env("ASYNC_VIRTIOFSD_SYSLOG_SOCKET", &log)
         .env_remove("RUST_LOG")

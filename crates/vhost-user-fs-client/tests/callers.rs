@@ -154,7 +154,7 @@ fn kata_go_runtime_command_line_serves_a_guest() {
 
 #[test]
 fn kata_runtime_rs_command_lines_serve_a_guest() {
-    for handles in ["never", "prefer"] {
+    for handles in ["never", "prefer", "mandatory"] {
         let opt = format!("--inode-file-handles={handles}");
         // runtime-rs: the Go runtime's line plus its own sandbox and file-handle settings.
         let mut args = KATA_GO.to_vec();

@@ -1,5 +1,6 @@
 //! [`Passthrough`] as a [`Filesystem`]: each trait method is one operation in `ops/`, plus
-//! the checks every operation of its kind needs (the fd quota for those that open one).
+//! the checks every operation of its kind needs (the fd quota for those that open one; for
+//! those that make a node, `ops/entry.rs` checks it, knowing whether the node will hold one).
 
 use virtiofs_fuse::abi::{
     CopyFileRangeIn, CreateIn, FallocateIn, FileLock, ForgetOne, IoctlIn, Kstatfs, LkIn, ReadIn,
@@ -31,9 +32,8 @@ impl Filesystem for Passthrough {
             self.inodes.forget(item.nodeid, item.nlookup)
         }
     }
-    fn getattr(&self, _: &Context, nodeid: u64, _fh: Option<u64>) -> Result<AttrReply> {
-        // The node's O_PATH fd says the same as the handle's fd: one inode.
-        self.do_getattr(nodeid)
+    fn getattr(&self, _: &Context, nodeid: u64, fh: Option<u64>) -> Result<AttrReply> {
+        self.do_getattr(nodeid, fh)
     }
     fn setattr(&self, _: &Context, nodeid: u64, arg: &SetattrIn) -> Result<AttrReply> {
         self.do_setattr(nodeid, arg)
@@ -42,7 +42,6 @@ impl Filesystem for Passthrough {
         self.do_readlink(nodeid)
     }
     fn symlink(&self, ctx: &Context, parent: u64, name: &Name, target: &[u8]) -> Result<Entry> {
-        self.quota()?;
         self.do_symlink(ctx, parent, name, target)
     }
     fn mknod(
@@ -56,7 +55,6 @@ impl Filesystem for Passthrough {
     ) -> Result<Entry> {
         // `mode` arrives with the guest's umask applied (no DONT_MASK), and the daemon's own
         // umask is 0, so the host makes exactly `mode`.
-        self.quota()?;
         self.do_mknod(ctx, parent, name, mode, rdev)
     }
     fn mkdir(
@@ -67,7 +65,6 @@ impl Filesystem for Passthrough {
         mode: u32,
         _umask: u32,
     ) -> Result<Entry> {
-        self.quota()?;
         self.do_mkdir(ctx, parent, name, mode)
     }
     fn unlink(&self, _: &Context, parent: u64, name: &Name) -> Result<()> {
@@ -88,7 +85,6 @@ impl Filesystem for Passthrough {
         self.do_rename(olddir, oldname, newdir, newname, flags)
     }
     fn link(&self, _: &Context, nodeid: u64, newparent: u64, newname: &Name) -> Result<Entry> {
-        self.quota()?;
         self.do_link(nodeid, newparent, newname)
     }
     fn open(&self, _: &Context, nodeid: u64, flags: u32, _open_flags: u32) -> Result<Opened> {

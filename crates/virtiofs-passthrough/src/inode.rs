@@ -1,19 +1,25 @@
 //! The inode store: every node the guest knows, by node id and by host identity.
 //!
-//! A node is an O_PATH descriptor of a host file, keyed by (st_dev, st_ino, mount id). Holding
-//! the descriptor keeps the host inode alive, so its number cannot be reused while the guest
-//! knows it: a lookup that finds the key finds the same file, never a stale entry of a deleted
-//! one. Node ids come from a counter and are never reused within a daemon's life, so the
-//! generation is always 0. The guest's lookup count is `refs`; at 0 (FORGET) the node and its
-//! descriptor go.
+//! A node is a host file, keyed by (st_dev, st_ino, mount id), held one of two ways
+//! ([`Storage`]): an O_PATH descriptor, or (`--inode-file-handles`) a file handle and the
+//! descriptor of its mount. A descriptor keeps the host inode alive, so its number cannot be
+//! reused while the guest knows it. A handle keeps nothing alive: once the file is deleted its
+//! inode number may come back for a new file, so a lookup that finds the key of a handle node
+//! compares the handles too, and a node whose handle differs (its file is gone) is never handed
+//! out again; operations on it fail with ESTALE. Node ids come from a counter and are never
+//! reused within a daemon's life, so the generation is always 0. The guest's lookup count is
+//! `refs`; at 0 (FORGET) the node and what it holds go.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use virtiofs_fuse::abi::ROOT_ID;
 use virtiofs_fuse::Errno;
+
+use crate::file_handle::{FileHandle, MountFd};
 
 /// A host file's identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,30 +43,112 @@ impl InodeKey {
     }
 }
 
+/// How a node holds on to its host file.
+#[derive(Debug)]
+pub enum Storage {
+    /// An O_PATH descriptor (`--inode-file-handles=never`, or a filesystem without handles).
+    Fd(OwnedFd),
+    /// A file handle, opened on demand (boxed: a never-mode node stays small).
+    Handle(Box<HandleNode>),
+}
+
+/// A file handle and the descriptor of the mount to open it on.
+#[derive(Debug)]
+pub struct HandleNode {
+    /// The file's handle.
+    pub handle: FileHandle,
+    /// Its mount's descriptor, shared by the mount's nodes.
+    pub mount: Arc<MountFd>,
+}
+
+/// An O_PATH descriptor of a node for one operation: the node's own (borrowed) or one opened
+/// from its handle, closed when this is dropped. It is not `Deref<Target = BorrowedFd>`: a
+/// `BorrowedFd` is `Copy`, and a copy could outlive an opened descriptor; `as_fd()` ties the
+/// borrow to this guard.
+#[derive(Debug)]
+pub enum NodeFd<'a> {
+    /// The node's own descriptor.
+    Borrowed(BorrowedFd<'a>),
+    /// Opened from the node's handle for this operation.
+    Opened(OwnedFd),
+}
+
+impl AsFd for NodeFd<'_> {
+    #[inline]
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            NodeFd::Borrowed(fd) => *fd,
+            NodeFd::Opened(fd) => fd.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for NodeFd<'_> {
+    #[inline]
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
 /// A node the guest knows.
 #[derive(Debug)]
 pub struct Inode {
     /// The node id the guest uses.
     pub id: u64,
-    /// O_PATH descriptor of the host file.
-    pub fd: OwnedFd,
+    /// The host file.
+    pub storage: Storage,
     /// The host identity.
     pub key: InodeKey,
     /// The file type (`S_IFMT` bits of the mode); it never changes.
     pub kind: u32,
+    /// Its filesystem makes file handles and they are in use: nodes made under it are handle
+    /// nodes and hold no descriptor (the root is an O_PATH node either way).
+    pub handles: bool,
     /// The guest's lookup count.
     refs: AtomicU64,
 }
 
 impl Inode {
-    /// The O_PATH descriptor.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// An O_PATH descriptor of the file for one operation: the node's own, borrowed, or one
+    /// opened from its handle (ESTALE when the file is gone).
+    #[inline]
+    pub fn fd(&self) -> io::Result<NodeFd<'_>> {
+        match &self.storage {
+            Storage::Fd(fd) => Ok(NodeFd::Borrowed(fd.as_fd())),
+            Storage::Handle(h) => h.handle.open(&h.mount, libc::O_PATH).map(NodeFd::Opened),
+        }
+    }
+
+    /// The mount descriptor of a handle node.
+    pub fn mount(&self) -> Option<&Arc<MountFd>> {
+        match &self.storage {
+            Storage::Fd(_) => None,
+            Storage::Handle(h) => Some(&h.mount),
+        }
     }
 
     /// Whether it is a directory.
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
+    }
+
+    /// Whether it holds a descriptor (counts against the guest's fd quota).
+    #[cfg(test)]
+    pub fn holds_fd(&self) -> bool {
+        matches!(self.storage, Storage::Fd(_))
+    }
+}
+
+/// Whether `existing` may be handed out for a lookup that found `storage` under its key: a
+/// handle node only if the handles match (else its file is gone and the inode number reused).
+fn same_file(existing: &Inode, storage: &Storage) -> bool {
+    match (&existing.storage, storage) {
+        (Storage::Handle(a), Storage::Handle(b)) => a.handle == b.handle,
+        // A descriptor keeps its inode alive: the key alone tells.
+        (Storage::Fd(_), _) => true,
+        // A handle node's file cannot be told from the new one without a handle of the new one
+        // (its mount gave handles, so this does not happen): not handed out, in case it is stale.
+        (Storage::Handle(_), Storage::Fd(_)) => false,
     }
 }
 
@@ -90,31 +178,39 @@ impl InodeStore {
             .ok_or(Errno(libc::EBADF))
     }
 
-    /// Counts one lookup of the file `fd` (described by `stx`): the existing node when the host
-    /// file is known (and `fd` is closed), a new node otherwise.
-    pub fn insert_or_ref(&self, fd: OwnedFd, stx: &libc::statx) -> Arc<Inode> {
+    /// Counts one lookup of the file `storage` holds (described by `stx`): the existing node
+    /// when the host file is known (and `storage` is dropped), a new node otherwise.
+    pub fn insert_or_ref(&self, storage: Storage, stx: &libc::statx) -> Arc<Inode> {
         let key = InodeKey::of(stx);
         {
             // A lookup of a known file only bumps its count; the read lock keeps FORGET, which
             // removes nodes under the write lock, from dropping it meanwhile.
             let maps = self.maps.read().expect("inode store lock");
             if let Some(inode) = maps.by_key.get(&key).and_then(|id| maps.by_id.get(id)) {
-                inode.refs.fetch_add(1, Ordering::Relaxed);
-                return Arc::clone(inode);
+                if same_file(inode, &storage) {
+                    inode.refs.fetch_add(1, Ordering::Relaxed);
+                    return Arc::clone(inode);
+                }
             }
         }
         let mut maps = self.maps.write().expect("inode store lock");
         if let Some(inode) = maps.by_key.get(&key).and_then(|id| maps.by_id.get(id)) {
-            inode.refs.fetch_add(1, Ordering::Relaxed);
-            return Arc::clone(inode);
+            if same_file(inode, &storage) {
+                inode.refs.fetch_add(1, Ordering::Relaxed);
+                return Arc::clone(inode);
+            }
+            // A stale node (its file deleted, the inode number reused): it stays for the guest's
+            // FORGET but no lookup finds it again.
+            tracing::debug!("node {} is stale: its inode number was reused", inode.id);
         }
         maps.next_id = maps.next_id.max(ROOT_ID) + 1;
         let id = maps.next_id;
         let inode = Arc::new(Inode {
             id,
-            fd,
             key,
             kind: u32::from(stx.stx_mode) & libc::S_IFMT,
+            handles: matches!(storage, Storage::Handle(_)),
+            storage,
             refs: AtomicU64::new(1),
         });
         maps.by_key.insert(key, id);
@@ -122,14 +218,16 @@ impl InodeStore {
         inode
     }
 
-    /// Makes `fd` the root (node 1), dropping every other node: a new session.
-    pub fn reset(&self, fd: OwnedFd, stx: &libc::statx) {
+    /// Makes `fd` the root (node 1), dropping every other node: a new session. `handles`: see
+    /// [`Inode::handles`].
+    pub fn reset(&self, fd: OwnedFd, stx: &libc::statx, handles: bool) {
         let key = InodeKey::of(stx);
         let root = Arc::new(Inode {
             id: ROOT_ID,
-            fd,
+            storage: Storage::Fd(fd),
             key,
             kind: libc::S_IFDIR,
+            handles,
             refs: AtomicU64::new(1),
         });
         let mut maps = self.maps.write().expect("inode store lock");
@@ -195,6 +293,7 @@ impl InodeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::file_handle::MountFds;
     use crate::sys;
 
     fn open(path: &std::path::Path) -> (OwnedFd, libc::statx) {
@@ -209,24 +308,54 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = InodeStore::default();
         let (fd, stx) = open(tmp.path());
-        store.reset(fd, &stx);
+        store.reset(fd, &stx, false);
         std::fs::write(tmp.path().join("f"), b"x").unwrap();
         let (fd, stx) = open(&tmp.path().join("f"));
-        let a = store.insert_or_ref(fd, &stx);
+        let a = store.insert_or_ref(Storage::Fd(fd), &stx);
         let (fd, stx) = open(&tmp.path().join("f"));
-        let b = store.insert_or_ref(fd, &stx);
+        let b = store.insert_or_ref(Storage::Fd(fd), &stx);
         assert_eq!(a.id, b.id, "one host file is one node");
         assert_ne!(a.id, ROOT_ID);
+        assert!(a.holds_fd() && !a.handles);
         store.forget(a.id, 1);
         assert!(store.get(a.id).is_ok(), "one lookup is left");
         store.forget(a.id, 1);
         assert_eq!(store.get(a.id).unwrap_err(), Errno(libc::EBADF));
         let (fd, stx) = open(&tmp.path().join("f"));
-        let c = store.insert_or_ref(fd, &stx);
+        let c = store.insert_or_ref(Storage::Fd(fd), &stx);
         assert!(c.id > a.id, "ids are never reused");
         store.forget(ROOT_ID, 100);
         assert!(store.get(ROOT_ID).is_ok(), "the root is never forgotten");
         store.clear();
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_key_with_another_handle_is_a_new_node_and_the_stale_one_is_not_found_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = InodeStore::default();
+        let mounts = MountFds::default();
+        let mount = mounts.insert(MountFd::new(
+            1,
+            OwnedFd::from(std::fs::File::open("/").unwrap()),
+        ));
+        let (_, stx) = open(tmp.path());
+        let node = |bytes: &[u8]| {
+            Storage::Handle(Box::new(HandleNode {
+                handle: FileHandle::from_parts(1, bytes),
+                mount: Arc::clone(&mount),
+            }))
+        };
+        let old = store.insert_or_ref(node(b"gen-1"), &stx);
+        assert!(old.handles && !old.holds_fd());
+        assert_eq!(store.insert_or_ref(node(b"gen-1"), &stx).id, old.id);
+        // Same (dev, ino, mount): the inode number came back for another file.
+        let new = store.insert_or_ref(node(b"gen-2"), &stx);
+        assert_ne!(new.id, old.id, "a stale node is never handed out");
+        assert_eq!(store.insert_or_ref(node(b"gen-2"), &stx).id, new.id);
+        // The guest forgets the stale node: the key stays with the new one.
+        store.forget(old.id, 2);
+        assert_eq!(store.get(old.id).unwrap_err(), Errno(libc::EBADF));
+        assert_eq!(store.insert_or_ref(node(b"gen-2"), &stx).id, new.id);
     }
 }

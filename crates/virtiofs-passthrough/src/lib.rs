@@ -1,8 +1,9 @@
 //! The shared directory as a FUSE filesystem.
 //!
 //! Our FUSE server (`virtiofs-fuse`) answers the requests; the filesystem behind it is
-//! [`Passthrough`]: an inode store of O_PATH descriptors keyed by (st_dev, st_ino, mount id)
-//! (`inode.rs`), a handle table (`handle.rs`), the caller's credentials for requests that make
+//! [`Passthrough`]: an inode store of O_PATH descriptors or file handles keyed by (st_dev,
+//! st_ino, mount id) (`inode.rs`; `file_handle.rs` and `storage.rs` for the handles), a handle
+//! table (`handle.rs`), the caller's credentials for requests that make
 //! files (`creds.rs`), and the operations by kind (`ops/`) over thin system-call wrappers
 //! (`sys.rs`). [`ShareOptions`] → [`Share`] maps the daemon's options onto it. Requests that
 //! would take the guest past its file-descriptor quota are refused ([`FdQuota`]).
@@ -13,11 +14,13 @@ use std::time::Duration;
 
 mod creds;
 mod fd_quota;
+mod file_handle;
 mod filesystem;
 mod handle;
 mod inode;
 mod ops;
 mod passthrough;
+mod storage;
 mod sys;
 pub use fd_quota::FdQuota;
 pub use passthrough::{Config, Passthrough};
@@ -70,6 +73,31 @@ impl FromStr for CacheMode {
     }
 }
 
+/// `--inode-file-handles`: how a node holds on to its host file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InodeFileHandles {
+    /// An O_PATH descriptor per node.
+    #[default]
+    Never,
+    /// A file handle per node where the filesystem makes them, else an O_PATH descriptor; and
+    /// descriptors throughout (with a warning) when open_by_handle_at is not permitted.
+    Prefer,
+    /// File handles only: the daemon does not start without them, and a file whose filesystem
+    /// makes none is refused (EOPNOTSUPP).
+    Mandatory,
+}
+
+impl InodeFileHandles {
+    /// The option as written on the command line, for messages.
+    pub fn option(self) -> &'static str {
+        match self {
+            InodeFileHandles::Never => "--inode-file-handles=never",
+            InodeFileHandles::Prefer => "--inode-file-handles=prefer",
+            InodeFileHandles::Mandatory => "--inode-file-handles=mandatory",
+        }
+    }
+}
+
 /// What to share and how.
 #[derive(Debug, Clone)]
 pub struct ShareOptions {
@@ -91,6 +119,8 @@ pub struct ShareOptions {
     pub posix_locks: bool,
     /// Serve flock(2) locks on the host (FLOCK_LOCKS); off, the guest kernel keeps them locally.
     pub flock_locks: bool,
+    /// File handles instead of O_PATH descriptors for nodes.
+    pub inode_file_handles: InodeFileHandles,
 }
 
 /// Why the share cannot be served.
@@ -107,6 +137,9 @@ pub enum ShareError {
     /// The path is not a directory.
     #[error("shared directory {0} is not a directory")]
     NotADirectory(PathBuf),
+    /// `--inode-file-handles=mandatory` and file handles do not work here.
+    #[error("{0}")]
+    FileHandles(String),
     /// The root (or /proc/self/fd) cannot be opened.
     #[error("cannot serve {path}: {source}")]
     Open {
@@ -150,7 +183,7 @@ impl Share {
     /// files the daemon owns before calling it.
     pub fn open(opts: &ShareOptions) -> Result<Self, ShareError> {
         let dir = check_shared_dir(&opts.shared_dir)?;
-        Self::prepare(opts, &dir)?.import()
+        Self::prepare(opts, &dir)?.import()?.enable_file_handles()
     }
 
     /// Builds the filesystem object for `opts`; its root will be `root`, the shared directory as
@@ -165,6 +198,7 @@ impl Share {
             announce_submounts: opts.announce_submounts,
             posix_locks: opts.posix_locks,
             flock_locks: opts.flock_locks,
+            inode_file_handles: opts.inode_file_handles,
         };
         let fs = Passthrough::new(cfg, root).map_err(|source| ShareError::Open {
             path: PathBuf::from("/proc/self/fd"),
@@ -186,7 +220,18 @@ impl Share {
             path: PathBuf::from("(fd quota)"),
             source,
         })?;
-        self.server.filesystem_mut().fd_quota = Some(quota);
+        self.server.filesystem_mut().set_fd_quota(quota);
+        Ok(self)
+    }
+
+    /// Puts `--inode-file-handles` in force once checked to work with the daemon's capabilities
+    /// (call it after dropping them): `prefer` falls back to O_PATH descriptors with a
+    /// warning, `mandatory` fails.
+    pub fn enable_file_handles(mut self) -> Result<Self, ShareError> {
+        self.server
+            .filesystem_mut()
+            .enable_file_handles()
+            .map_err(ShareError::FileHandles)?;
         Ok(self)
     }
 }
@@ -260,6 +305,7 @@ mod tests {
             announce_submounts: false,
             posix_locks: true,
             flock_locks: true,
+            inode_file_handles: InodeFileHandles::Never,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The passthrough filesystem's state and the helpers every operation shares: finding nodes,
-//! checking names, making entries, reopening an O_PATH node for I/O.
+//! checking names, making entries (a node's O_PATH descriptor or file handle), reopening a node
+//! for I/O.
 //!
 //! The operations themselves are in `ops/` by kind; `filesystem.rs` wires them to the
 //! [`virtiofs_fuse::Filesystem`] trait.
@@ -17,11 +18,12 @@ use virtiofs_fuse::{Context, Entry, Errno, Name};
 
 use crate::creds;
 use crate::fd_quota::FdQuota;
+use crate::file_handle::{FileHandle, MountFds};
 use crate::handle::HandleTable;
-use crate::inode::{Inode, InodeStore};
+use crate::inode::{Inode, InodeStore, Storage};
 use crate::ops::lock::LockTable;
 use crate::sys;
-use crate::CacheMode;
+use crate::{CacheMode, InodeFileHandles};
 
 pub(crate) type Result<T> = std::result::Result<T, Errno>;
 
@@ -45,6 +47,9 @@ pub struct Config {
     pub posix_locks: bool,
     /// Offer FLOCK_LOCKS (host locks for flock).
     pub flock_locks: bool,
+    /// Nodes as file handles instead of O_PATH descriptors (in force once
+    /// [`Passthrough::enable_file_handles`] has checked they work).
+    pub inode_file_handles: InodeFileHandles,
 }
 
 /// The INIT flags this filesystem always serves.
@@ -78,7 +83,11 @@ pub struct Passthrough {
     pub(crate) writeback: AtomicBool,
     /// Switch to the caller's ids for requests that make files.
     switch_creds: bool,
-    pub(crate) fd_quota: Option<FdQuota>,
+    fd_quota: Option<FdQuota>,
+    /// The file-handle mode in force: `Never` until [`Passthrough::enable_file_handles`].
+    pub(crate) file_handles: InodeFileHandles,
+    /// One descriptor per mount for opening handles.
+    pub(crate) mounts: MountFds,
 }
 
 impl Passthrough {
@@ -97,7 +106,19 @@ impl Passthrough {
             writeback: AtomicBool::new(false),
             switch_creds: creds::can_switch(),
             fd_quota: None,
+            file_handles: InodeFileHandles::Never,
+            mounts: MountFds::default(),
         })
+    }
+
+    /// Refuses descriptor-opening requests with EMFILE once the guest holds `quota`'s limit.
+    pub fn set_fd_quota(&mut self, quota: FdQuota) {
+        self.fd_quota = Some(quota);
+    }
+
+    /// Whether nodes may be file handles.
+    pub(crate) fn handles_on(&self) -> bool {
+        self.file_handles != InodeFileHandles::Never
     }
 
     /// Opens the root (a new session's node 1) and drops everything of the last session.
@@ -106,9 +127,12 @@ impl Passthrough {
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let fd = sys::openat(cwd(), &path, libc::O_PATH | libc::O_DIRECTORY, 0)?;
         let stx = sys::fstatx(fd.as_fd(), sys::STATX_WANTED)?;
+        // The root stays an O_PATH node (one descriptor, no open per request); `handles` says
+        // whether what is made under it will be handle nodes.
+        let handles = self.handles_on() && matches!(FileHandle::of(fd.as_fd()), Ok(Some(_)));
         self.handles.clear();
         self.locks.clear();
-        self.inodes.reset(fd, &stx);
+        self.inodes.reset(fd, &stx, handles);
         Ok(())
     }
 
@@ -157,6 +181,16 @@ impl Passthrough {
         self.inodes.get(id)
     }
 
+    /// The quota check for a request that makes a node under `dir`: a handle node holds no
+    /// descriptor, so only a directory whose nodes are O_PATH nodes counts.
+    pub(crate) fn node_quota(&self, dir: &Inode) -> Result<()> {
+        if dir.handles {
+            Ok(())
+        } else {
+            self.quota()
+        }
+    }
+
     /// EMFILE once the guest holds its quota of descriptors.
     pub(crate) fn quota(&self) -> Result<()> {
         match &self.fd_quota {
@@ -196,15 +230,35 @@ impl Passthrough {
 
     /// LOOKUP of one component `name` in `parent` (counts a lookup of the result).
     pub(crate) fn lookup_in(&self, parent: &Inode, name: &CStr) -> Result<Entry> {
-        self.quota()?;
-        let fd = sys::openat(parent.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        self.lookup_fd(parent, fd)
+        let dir = parent.fd()?;
+        self.lookup_at(parent, dir.as_fd(), name)
     }
 
-    /// Counts a lookup of `fd`, a child of `parent` opened O_PATH.
-    pub(crate) fn lookup_fd(&self, parent: &Inode, fd: OwnedFd) -> Result<Entry> {
+    /// [`Self::lookup_in`] with the parent's descriptor `dir` already at hand.
+    pub(crate) fn lookup_at(
+        &self,
+        parent: &Inode,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<Entry> {
+        if !self.handles_on() {
+            self.quota()?; // the new node keeps its descriptor
+        }
+        let fd = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        self.lookup_fd(parent, dir, fd)
+    }
+
+    /// Counts a lookup of `fd`, a file reached from `parent` (whose descriptor is `dir`) and
+    /// opened O_PATH.
+    pub(crate) fn lookup_fd(
+        &self,
+        parent: &Inode,
+        dir: BorrowedFd<'_>,
+        fd: OwnedFd,
+    ) -> Result<Entry> {
         let stx = sys::fstatx(fd.as_fd(), sys::STATX_WANTED)?;
-        let inode = self.inodes.insert_or_ref(fd, &stx);
+        let storage = self.storage(fd, &stx, parent, dir)?;
+        let inode = self.inodes.insert_or_ref(storage, &stx);
         Ok(self.entry(&inode, &stx, parent.key.mnt_id))
     }
 
@@ -222,13 +276,19 @@ impl Passthrough {
         // nothing here.
         let flags = flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL | libc::O_PATH)
             | libc::O_NOCTTY;
-        let name = sys::fd_name(inode.fd.as_raw_fd());
-        Ok(sys::openat(
-            self.proc_self_fd.as_fd(),
-            name.as_cstr(),
-            flags,
-            0,
-        )?)
+        match &inode.storage {
+            Storage::Fd(fd) => {
+                let name = sys::fd_name(fd.as_raw_fd());
+                Ok(sys::openat(
+                    self.proc_self_fd.as_fd(),
+                    name.as_cstr(),
+                    flags,
+                    0,
+                )?)
+            }
+            // open_by_handle_at opens the file itself, not a path: no symlink is followed.
+            Storage::Handle(h) => Ok(h.handle.open(&h.mount, flags)?),
+        }
     }
 
     /// `/proc/self/fd`, for the *at calls that name a node by its descriptor's entry.
@@ -245,8 +305,9 @@ impl Passthrough {
         inode: &Inode,
         call: impl FnOnce(&CStr) -> Result<T>,
     ) -> Result<T> {
+        let fd = inode.fd()?;
         sys::thread_chdir(self.proc_self_fd.as_fd())?;
-        let name = sys::fd_name(inode.fd.as_raw_fd());
+        let name = sys::fd_name(fd.as_fd().as_raw_fd());
         call(name.as_cstr())
     }
 

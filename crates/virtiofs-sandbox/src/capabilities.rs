@@ -9,15 +9,16 @@ use crate::Error;
 
 /// What the file server itself needs once the sandbox is set up:
 /// - CHOWN, FOWNER, FSETID, SETFCAP: SETATTR/SETXATTR on files the daemon does not own, and
-///   keeping SUID/SGID bits where the kernel would (fuse-backend-rs drops FSETID per write for
-///   HANDLE_KILLPRIV_V2);
+///   keeping SUID/SGID bits where the kernel would;
 /// - DAC_OVERRIDE: reaching every file of the share whatever its mode (the guest kernel checks
 ///   permissions, the daemon serves);
 /// - SETUID, SETGID: switching to the caller's fsuid/fsgid for create-type requests;
 /// - MKNOD: MKNOD of device nodes (FIFOs and sockets need no capability).
 ///
-/// DAC_READ_SEARCH is not kept: it is only needed for file handles (open_by_handle_at), which we
-/// do not use, and it is the capability container escapes via open_by_handle_at rely on.
+/// DAC_READ_SEARCH is not kept by default: it is only needed for file handles
+/// (open_by_handle_at, `--inode-file-handles=prefer|mandatory`:
+/// [`CapabilityPolicy::for_file_handles`]), and it is the capability container escapes via
+/// open_by_handle_at rely on.
 pub const DEFAULT_CAPABILITIES: [Capability; 8] = [
     Capability::CAP_CHOWN,
     Capability::CAP_DAC_OVERRIDE,
@@ -44,6 +45,18 @@ impl Default for CapabilityPolicy {
 }
 
 impl CapabilityPolicy {
+    /// The defaults, plus DAC_READ_SEARCH when nodes may be file handles: open_by_handle_at
+    /// needs it. (The file server opens only handles it made itself, of files it reached inside
+    /// the share; `--modcaps=-dac_read_search` still drops it, and the file server then falls
+    /// back to O_PATH descriptors, or refuses to start with `mandatory`.)
+    pub fn for_file_handles(file_handles: bool) -> Self {
+        let mut p = Self::default();
+        if file_handles {
+            p.keep.insert(Capability::CAP_DAC_READ_SEARCH);
+        }
+        p
+    }
+
     /// The capabilities that will be kept, sorted by number.
     pub fn kept(&self) -> Vec<Capability> {
         let mut v: Vec<_> = self.keep.iter().copied().collect();
@@ -133,6 +146,22 @@ mod tests {
         assert!(!kept.contains(&Capability::CAP_SETFCAP));
         assert!(kept.contains(&Capability::CAP_CHOWN));
         assert_eq!(kept.len(), 7);
+    }
+
+    #[test]
+    fn file_handles_keep_dac_read_search_unless_modcaps_drops_it() {
+        assert!(!CapabilityPolicy::default()
+            .kept()
+            .contains(&Capability::CAP_DAC_READ_SEARCH));
+        assert_eq!(
+            CapabilityPolicy::for_file_handles(false),
+            CapabilityPolicy::default()
+        );
+        let mut p = CapabilityPolicy::for_file_handles(true);
+        assert!(p.kept().contains(&Capability::CAP_DAC_READ_SEARCH));
+        assert_eq!(p.kept().len(), DEFAULT_CAPABILITIES.len() + 1);
+        p.modify("-dac_read_search").unwrap();
+        assert_eq!(p, CapabilityPolicy::default());
     }
 
     #[test]

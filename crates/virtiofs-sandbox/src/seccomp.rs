@@ -51,8 +51,9 @@ impl FromStr for SeccompMode {
 
 /// The allowlist, by purpose. Calls used only before the filter is installed (execve, bind,
 /// listen, mount, pivot_root, setrlimit, ...) are deliberately absent; unshare only with
-/// CLONE_FS ([`conditional_rules`]).
-pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
+/// CLONE_FS ([`conditional_rules`]). `file_handles`: nodes may be file handles
+/// (`--inode-file-handles=prefer|mandatory`).
+pub fn allowed_syscalls(file_handles: bool) -> Vec<(&'static str, i64)> {
     macro_rules! calls {
         ($($name:ident),* $(,)?) => { vec![$((stringify!($name), libc::$name)),*] };
     }
@@ -188,6 +189,12 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_geteuid,
         SYS_getegid,
     ]);
+    // File handles, only when nodes may be handles: open_by_handle_at opens any file of a
+    // filesystem by handle, so a daemon that does not use it may not call it (the capability it
+    // needs, DAC_READ_SEARCH, is dropped then too).
+    if file_handles {
+        v.extend(calls![SYS_name_to_handle_at, SYS_open_by_handle_at]);
+    }
     v
 }
 
@@ -208,15 +215,16 @@ fn conditional_rules() -> Result<Vec<(i64, Vec<SeccompRule>)>, Error> {
     )])
 }
 
-/// Compiles the filter for `mode`; `None` for [`SeccompMode::None`].
-pub fn compile(mode: SeccompMode) -> Result<Option<BpfProgram>, Error> {
+/// Compiles the filter for `mode` (`file_handles`: see [`allowed_syscalls`]); `None` for
+/// [`SeccompMode::None`].
+pub fn compile(mode: SeccompMode, file_handles: bool) -> Result<Option<BpfProgram>, Error> {
     let mismatch = match mode {
         SeccompMode::None => return Ok(None),
         SeccompMode::Kill => SeccompAction::KillProcess,
         SeccompMode::Log => SeccompAction::Log,
         SeccompMode::Trap => SeccompAction::Trap,
     };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls(file_handles)
         .into_iter()
         .map(|(_, nr)| (nr, Vec::new()))
         .collect();
@@ -232,13 +240,14 @@ pub fn compile(mode: SeccompMode) -> Result<Option<BpfProgram>, Error> {
 }
 
 /// Installs the filter on every thread of the process (TSYNC); threads created later inherit it.
-pub fn install(mode: SeccompMode) -> Result<(), Error> {
-    if let Some(program) = compile(mode)? {
+/// `file_handles`: see [`allowed_syscalls`].
+pub fn install(mode: SeccompMode, file_handles: bool) -> Result<(), Error> {
+    if let Some(program) = compile(mode, file_handles)? {
         seccompiler::apply_filter_all_threads(&program)
             .map_err(|e| Error::Seccomp(e.to_string()))?;
         tracing::info!(
             "seccomp filter installed ({} system calls allowed, others: {mode:?})",
-            allowed_syscalls().len()
+            allowed_syscalls(file_handles).len()
         );
     }
     Ok(())
@@ -252,11 +261,15 @@ mod tests {
 
     /// Runs `f` in a forked child with the filter installed; returns how the child ended.
     fn in_filtered_child(mode: SeccompMode, f: fn()) -> WaitStatus {
+        in_child_filtered_for(mode, false, f)
+    }
+
+    fn in_child_filtered_for(mode: SeccompMode, file_handles: bool, f: fn()) -> WaitStatus {
         // SAFETY: the test process may be multi-threaded; the child only calls async-signal-safe
         // functions (prctl/seccomp, the syscall under test, _exit) before exiting.
         match unsafe { fork() }.unwrap() {
             ForkResult::Child => {
-                let code = match compile(mode).ok().flatten() {
+                let code = match compile(mode, file_handles).ok().flatten() {
                     Some(p) if seccompiler::apply_filter(&p).is_ok() => {
                         f();
                         0
@@ -314,9 +327,26 @@ mod tests {
     }
 
     #[test]
+    fn file_handle_calls_are_allowed_only_with_file_handles() {
+        // open_by_handle_at with a bad descriptor: EBADF when allowed, SIGSYS when not.
+        let open_by_handle = || unsafe {
+            libc::syscall(libc::SYS_open_by_handle_at, -1, 0, 0);
+            libc::syscall(libc::SYS_name_to_handle_at, -1, 0, 0, 0, 0);
+        };
+        assert!(matches!(
+            in_child_filtered_for(SeccompMode::Kill, false, open_by_handle),
+            WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
+        ));
+        assert!(matches!(
+            in_child_filtered_for(SeccompMode::Kill, true, open_by_handle),
+            WaitStatus::Exited(_, 0)
+        ));
+    }
+
+    #[test]
     fn none_compiles_to_no_filter_and_names_parse() {
-        assert!(compile(SeccompMode::None).unwrap().is_none());
-        assert!(compile(SeccompMode::Kill).unwrap().is_some());
+        assert!(compile(SeccompMode::None, false).unwrap().is_none());
+        assert!(compile(SeccompMode::Kill, false).unwrap().is_some());
         assert_eq!("trap".parse::<SeccompMode>().unwrap(), SeccompMode::Trap);
         assert!("deny"
             .parse::<SeccompMode>()
@@ -326,7 +356,7 @@ mod tests {
 
     #[test]
     fn list_has_no_duplicates() {
-        let list = allowed_syscalls();
+        let list = allowed_syscalls(true);
         let mut nrs: Vec<_> = list.iter().map(|(_, n)| *n).collect();
         nrs.sort();
         nrs.dedup();

@@ -246,21 +246,58 @@ fn compat_forms_map_to_their_long_options() {
 }
 
 #[test]
-fn graceful_preferences_become_warnings() {
-    let o = run(&["--shared-dir=/a", "--fd=3", "--inode-file-handles=prefer"]).unwrap();
-    assert_eq!(o.warnings.len(), 1);
-    assert!(o.warnings[0].contains("--inode-file-handles=prefer"));
-    let o = run(&["--shared-dir=/a", "--fd=3", "--inode-file-handles=never"]).unwrap();
-    assert!(o.warnings.is_empty());
+fn inode_file_handles_modes_and_the_capability_they_keep() {
+    use virtiofs_passthrough::InodeFileHandles as Mode;
+    let mode = |args: &[&str]| {
+        let mut argv = vec!["--shared-dir=/a", "--fd=3"];
+        argv.extend(args);
+        let o = run(&argv).unwrap();
+        let dac_read_search = o
+            .capabilities
+            .kept()
+            .iter()
+            .any(|c| c.to_string() == "CAP_DAC_READ_SEARCH");
+        (o.share.inode_file_handles, dac_read_search)
+    };
+    assert_eq!(mode(&[]), (Mode::Never, false));
+    assert_eq!(mode(&["--inode-file-handles=never"]), (Mode::Never, false));
+    assert_eq!(mode(&["--inode-file-handles=prefer"]), (Mode::Prefer, true));
+    assert_eq!(
+        mode(&["--inode-file-handles=fallback"]),
+        (Mode::Prefer, true),
+        "fallback is prefer, as in the Rust virtiofsd"
+    );
+    assert_eq!(
+        mode(&["--inode-file-handles=mandatory"]),
+        (Mode::Mandatory, true)
+    );
+    // The last one given wins; --modcaps can still drop the capability.
+    assert_eq!(
+        mode(&[
+            "--inode-file-handles=mandatory",
+            "--inode-file-handles=never"
+        ]),
+        (Mode::Never, false)
+    );
+    assert_eq!(
+        mode(&["--inode-file-handles=prefer", "--modcaps=-dac_read_search"]),
+        (Mode::Prefer, false)
+    );
+    let e = run(&["--shared-dir=/a", "--fd=3", "--inode-file-handles=always"]).unwrap_err();
+    assert!(e.contains("never, prefer, fallback, mandatory"), "{e}");
     let e = run(&[
         "--shared-dir=/a",
         "--fd=3",
-        "--inode-file-handles=mandatory",
+        "--inode-file-handles",
+        "prefer",
     ])
     .unwrap_err();
-    assert_eq!(e, "--inode-file-handles=mandatory is not implemented yet");
+    assert!(!e.contains('\n'), "{e}");
+}
+
+#[test]
+fn announce_submounts_last_one_wins() {
     let o = run(&["--shared-dir=/a", "--fd=3", "-o", "announce_submounts"]).unwrap();
-    assert!(o.warnings.is_empty());
     assert!(o.share.announce_submounts);
     // The last of two contradicting options wins.
     let o = run(&[

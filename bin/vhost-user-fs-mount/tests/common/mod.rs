@@ -172,8 +172,21 @@ impl Backend {
         share: &Path,
         env: &[(&str, &str)],
     ) -> Backend {
+        Self::start_with(kind, bin, socket, share, env, &[])
+    }
+
+    /// [`Backend::start_with_env`] with options added to the daemon's command line.
+    pub fn start_with(
+        kind: Kind,
+        bin: &Path,
+        socket: &Path,
+        share: &Path,
+        env: &[(&str, &str)],
+        daemon_args: &[&str],
+    ) -> Backend {
         let mut child = Command::new(bin)
             .args(kind.args(socket, share))
+            .args(daemon_args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -207,6 +220,12 @@ impl Backend {
         // bind() creates the file just before listen(): give it a moment.
         std::thread::sleep(Duration::from_millis(50));
         b
+    }
+
+    /// The pid of the process we started (in a namespace sandbox: the supervisor, whose only
+    /// child serves).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the daemon still runs.
@@ -253,6 +272,16 @@ impl Mounted {
 
     /// [`Mounted::start`] with extra environment variables for the backend.
     pub fn start_with_env(kind: Kind, env: &[(&str, &str)], extra: &[&str]) -> Option<Mounted> {
+        Self::start_with(kind, env, &[], extra)
+    }
+
+    /// [`Mounted::start_with_env`] with options added to the daemon's command line.
+    pub fn start_with(
+        kind: Kind,
+        env: &[(&str, &str)],
+        daemon_args: &[&str],
+        extra: &[&str],
+    ) -> Option<Mounted> {
         let Some(bin) = kind.binary() else {
             assert!(
                 !require_all(),
@@ -273,8 +302,8 @@ impl Mounted {
         // The share must be reachable by the unprivileged test users.
         set_mode(dir.path(), 0o755);
         set_mode(&share, 0o777);
-        let backend =
-            Backend::start_with_env(kind, &bin, &dir.path().join("vfs.sock"), &share, env);
+        let socket = dir.path().join("vfs.sock");
+        let backend = Backend::start_with(kind, &bin, &socket, &share, env, daemon_args);
         let mut m = Self::attach(backend, &mnt, extra);
         m._dir = Some(dir);
         Some(m)

@@ -1,10 +1,11 @@
 //! Attributes: GETATTR, SETATTR, STATX, READLINK, STATFS, ACCESS.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use virtiofs_fuse::abi::{fattr, Kstatfs, SetattrIn, Statx, StatxIn, SxTime};
 use virtiofs_fuse::{AttrReply, Context, Errno, StatxReply};
 
+use crate::inode::Storage;
 use crate::passthrough::{attr_of, Passthrough, Result};
 use crate::sys;
 
@@ -53,9 +54,20 @@ fn time_spec(set: bool, now: bool, sec: u64, nsec: u32) -> libc::timespec {
 }
 
 impl Passthrough {
-    pub(crate) fn do_getattr(&self, nodeid: u64) -> Result<AttrReply> {
+    /// GETATTR; `fh`, the guest's open file if it named one, spares a handle node the opening
+    /// of its handle (an O_PATH node's own descriptor says the same: one inode).
+    pub(crate) fn do_getattr(&self, nodeid: u64, fh: Option<u64>) -> Result<AttrReply> {
         let inode = self.inode(nodeid)?;
-        let stx = sys::fstatx(inode.fd(), libc::STATX_BASIC_STATS)?;
+        if let (Storage::Handle(_), Some(fh)) = (&inode.storage, fh) {
+            if let Ok(h) = self.handles.get(nodeid, fh) {
+                return self.attr_reply(h.fd());
+            }
+        }
+        self.attr_reply(inode.fd()?.as_fd())
+    }
+
+    fn attr_reply(&self, fd: BorrowedFd<'_>) -> Result<AttrReply> {
+        let stx = sys::fstatx(fd, libc::STATX_BASIC_STATS)?;
         Ok(AttrReply {
             attr: attr_of(&stx),
             valid: self.timeout(),
@@ -67,7 +79,7 @@ impl Passthrough {
         // Only the sync-type flags mean anything for a descriptor's own attributes.
         let flags = libc::AT_EMPTY_PATH | (arg.sx_flags as i32 & libc::AT_STATX_SYNC_TYPE);
         let mask = arg.sx_mask | libc::STATX_BASIC_STATS | libc::STATX_BTIME;
-        let stx = sys::statx(inode.fd(), sys::EMPTY, flags, mask)?;
+        let stx = sys::statx(inode.fd()?.as_fd(), sys::EMPTY, flags, mask)?;
         Ok(StatxReply {
             statx: statx_of(&stx),
             valid: self.timeout(),
@@ -81,7 +93,8 @@ impl Passthrough {
         } else {
             None
         };
-        let proc_name = sys::fd_name(inode.fd.as_raw_fd());
+        let fd = inode.fd()?;
+        let proc_name = sys::fd_name(fd.as_raw_fd());
         let is_link = inode.kind == libc::S_IFLNK;
 
         if arg.valid & fattr::MODE != 0 {
@@ -103,7 +116,7 @@ impl Passthrough {
                 u32::MAX
             };
             sys::fchownat(
-                inode.fd(),
+                fd.as_fd(),
                 sys::EMPTY,
                 uid,
                 gid,
@@ -136,12 +149,12 @@ impl Passthrough {
                 ),
             ];
             if is_link {
-                sys::utimensat(inode.fd(), sys::EMPTY, &spec, libc::AT_EMPTY_PATH)?;
+                sys::utimensat(fd.as_fd(), sys::EMPTY, &spec, libc::AT_EMPTY_PATH)?;
             } else {
                 sys::utimensat(self.proc_fd(), proc_name.as_cstr(), &spec, 0)?;
             }
         }
-        self.do_getattr(nodeid)
+        self.attr_reply(fd.as_fd())
     }
 
     pub(crate) fn do_readlink(&self, nodeid: u64) -> Result<Vec<u8>> {
@@ -149,12 +162,12 @@ impl Passthrough {
         if inode.kind != libc::S_IFLNK {
             return Err(Errno(libc::EINVAL));
         }
-        Ok(sys::readlinkat(inode.fd(), sys::EMPTY)?)
+        Ok(sys::readlinkat(inode.fd()?.as_fd(), sys::EMPTY)?)
     }
 
     pub(crate) fn do_statfs(&self, nodeid: u64) -> Result<Kstatfs> {
         let inode = self.inode(nodeid)?;
-        let st = sys::fstatfs(inode.fd())?;
+        let st = sys::fstatfs(inode.fd()?.as_fd())?;
         Ok(Kstatfs {
             blocks: st.f_blocks,
             bfree: st.f_bfree,
@@ -178,7 +191,8 @@ impl Passthrough {
                 Err(Errno(libc::EACCES))
             };
         }
-        let name = sys::fd_name(inode.fd.as_raw_fd());
+        let fd = inode.fd()?;
+        let name = sys::fd_name(fd.as_raw_fd());
         let _caller = self.as_caller(ctx)?;
         // SAFETY: NUL-terminated name relative to a directory descriptor we hold.
         let r = unsafe {

@@ -3,7 +3,7 @@
 //! A listing reads the host's `getdents64` records and passes their offsets (`d_off`) to the
 //! guest unchanged, so the guest's next READDIR resumes exactly where the reply stopped.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use virtiofs_fuse::abi::Attr;
 use virtiofs_fuse::{DirSink, Entry, Errno, Opened};
@@ -75,8 +75,9 @@ impl Passthrough {
     ) -> Result<()> {
         let h = self.handles.get(nodeid, fh)?;
         let dir = if out.is_plus() {
-            self.quota()?;
-            Some(self.inode(nodeid)?)
+            let dir = self.inode(nodeid)?;
+            self.node_quota(&dir)?;
+            Some(dir)
         } else {
             None
         };
@@ -97,7 +98,7 @@ impl Passthrough {
             for d in records(&buf[..n]) {
                 let fitted = match &dir {
                     None => out.add(d.ino, d.off, u32::from(d.typ), d.name),
-                    Some(dir) => self.add_plus(out, dir, &d),
+                    Some(dir) => self.add_plus(out, dir, h.fd(), &d),
                 };
                 if !fitted {
                     // The rest of this read is not sent: the next READDIR seeks back to `off`.
@@ -109,11 +110,14 @@ impl Passthrough {
         }
     }
 
-    /// A READDIRPLUS record: the entry is looked up (and counted) only if it is sent.
+    /// A READDIRPLUS record: the entry is looked up (and counted) only if it is sent. Names
+    /// are looked up relative to the open directory `dir_fd` (no O_PATH descriptor of `dir` is
+    /// needed, which a handle node would have to open for each name).
     fn add_plus(
         &self,
         out: &mut DirSink<'_, '_>,
         dir: &crate::inode::Inode,
+        dir_fd: BorrowedFd<'_>,
         d: &HostDirent,
     ) -> bool {
         if d.name == b"." || d.name == b".." {
@@ -131,7 +135,7 @@ impl Passthrough {
         let Ok(name) = std::ffi::CString::new(d.name) else {
             return true; // cannot happen: getdents64 names end at their NUL
         };
-        match self.lookup_in(dir, &name) {
+        match self.lookup_at(dir, dir_fd, &name) {
             Ok(entry) => {
                 if out.add_plus(&entry, d.off, u32::from(d.typ), d.name) {
                     true

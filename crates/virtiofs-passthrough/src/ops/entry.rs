@@ -1,7 +1,9 @@
 //! Names in directories: LOOKUP, FORGET, MKNOD, MKDIR, SYMLINK, LINK, UNLINK, RMDIR, RENAME.
 //!
-//! Every call names one component relative to the parent's O_PATH descriptor, so no path is
-//! walked; new names are never "." or ".." (EINVAL), and symlinks are never followed.
+//! Every call names one component relative to the parent's O_PATH descriptor (its own, or one
+//! opened from its file handle for the call), so no path is walked; new names are never "." or
+//! ".." (EINVAL), and symlinks are never followed. A request that makes a node checks the fd
+//! quota first unless the node will be a file handle (it holds no descriptor).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -36,10 +38,11 @@ impl Passthrough {
         if dir.id == ROOT_ID {
             return self.lookup_in(&dir, c".");
         }
-        self.quota()?;
-        let up = sys::openat(dir.fd(), c"..", libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        self.node_quota(&dir)?;
+        let dir_fd = dir.fd()?;
+        let up = sys::openat(dir_fd.as_fd(), c"..", libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         self.check_within_share(&up, parent)?;
-        self.lookup_fd(&dir, up)
+        self.lookup_fd(&dir, dir_fd.as_fd(), up)
     }
 
     /// Refuses (ENOENT, as the kernel answers for a directory cut off from its mount's root) a
@@ -50,7 +53,7 @@ impl Passthrough {
     fn check_within_share(&self, dir: &OwnedFd, from: u64) -> Result<()> {
         let root = self.inode(ROOT_ID)?;
         let ident = |stx: &libc::statx| (stx.stx_dev_major, stx.stx_dev_minor, stx.stx_ino);
-        let root_id = ident(&sys::fstatx(root.fd(), libc::STATX_INO)?);
+        let root_id = ident(&sys::fstatx(root.fd()?.as_fd(), libc::STATX_INO)?);
         let mut cur = sys::fstatx(dir.as_fd(), libc::STATX_INO)?;
         let mut up: Option<OwnedFd> = None;
         // The depth bound only guards against a filesystem whose ".." never ends.
@@ -83,12 +86,14 @@ impl Passthrough {
         rdev: u32,
     ) -> Result<Entry> {
         let dir = self.inode(parent)?;
+        self.node_quota(&dir)?;
         let name = new_name(name)?;
+        let dir_fd = dir.fd()?;
         {
             let _caller = self.as_caller(ctx)?;
-            sys::mknodat(dir.fd(), name, mode, host_dev(rdev))?;
+            sys::mknodat(dir_fd.as_fd(), name, mode, host_dev(rdev))?;
         }
-        self.lookup_in(&dir, name)
+        self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
     pub(crate) fn do_mkdir(
@@ -99,12 +104,14 @@ impl Passthrough {
         mode: u32,
     ) -> Result<Entry> {
         let dir = self.inode(parent)?;
+        self.node_quota(&dir)?;
         let name = new_name(name)?;
+        let dir_fd = dir.fd()?;
         {
             let _caller = self.as_caller(ctx)?;
-            sys::mkdirat(dir.fd(), name, mode)?;
+            sys::mkdirat(dir_fd.as_fd(), name, mode)?;
         }
-        self.lookup_in(&dir, name)
+        self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
     pub(crate) fn do_symlink(
@@ -115,36 +122,41 @@ impl Passthrough {
         target: &[u8],
     ) -> Result<Entry> {
         let dir = self.inode(parent)?;
+        self.node_quota(&dir)?;
         let name = new_name(name)?;
         let target = CString::new(target).map_err(|_| Errno(libc::EINVAL))?;
+        let dir_fd = dir.fd()?;
         {
             let _caller = self.as_caller(ctx)?;
-            sys::symlinkat(&target, dir.fd(), name)?;
+            sys::symlinkat(&target, dir_fd.as_fd(), name)?;
         }
-        self.lookup_in(&dir, name)
+        self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
     pub(crate) fn do_link(&self, nodeid: u64, newparent: u64, newname: &Name) -> Result<Entry> {
         let inode = self.inode(nodeid)?;
         let dir = self.inode(newparent)?;
+        self.node_quota(&dir)?;
         let name = new_name(newname)?;
         // Through the node's /proc/self/fd entry: linking the file the descriptor holds (a
         // symlink stays a symlink), with no need for CAP_DAC_READ_SEARCH (AT_EMPTY_PATH).
-        let fd_name = sys::fd_name(inode.fd.as_raw_fd());
+        let fd = inode.fd()?;
+        let fd_name = sys::fd_name(fd.as_raw_fd());
+        let dir_fd = dir.fd()?;
         sys::linkat(
             self.proc_fd(),
             fd_name.as_cstr(),
-            dir.fd(),
+            dir_fd.as_fd(),
             name,
             libc::AT_SYMLINK_FOLLOW,
         )?;
-        self.lookup_in(&dir, name)
+        self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
     pub(crate) fn do_unlink(&self, parent: u64, name: &Name, flags: i32) -> Result<()> {
         let dir = self.inode(parent)?;
         let name = existing_name(name)?;
-        Ok(sys::unlinkat(dir.fd(), name, flags)?)
+        Ok(sys::unlinkat(dir.fd()?.as_fd(), name, flags)?)
     }
 
     pub(crate) fn do_rename(
@@ -159,7 +171,14 @@ impl Passthrough {
         let new = self.inode(newdir)?;
         let oldname = existing_name(oldname)?;
         let newname = new_name(newname)?;
-        Ok(sys::renameat2(old.fd(), oldname, new.fd(), newname, flags)?)
+        let (old_fd, new_fd) = (old.fd()?, new.fd()?);
+        Ok(sys::renameat2(
+            old_fd.as_fd(),
+            oldname,
+            new_fd.as_fd(),
+            newname,
+            flags,
+        )?)
     }
 }
 

@@ -4,7 +4,7 @@
 //! READ and WRITE go straight between the file and guest memory: the guest's slices become the
 //! iovecs of `preadv2` / `pwritev2` (one call up to `IOV_MAX` iovecs), with no buffer in between.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use smallvec::SmallVec;
 use virtiofs_fuse::abi::{
@@ -12,6 +12,7 @@ use virtiofs_fuse::abi::{
 };
 use virtiofs_fuse::{Context, Entry, Errno, GuestSlice, Name, Opened};
 
+use crate::inode::Inode;
 use crate::passthrough::{new_name, Passthrough, Result};
 use crate::sys;
 use crate::CacheMode;
@@ -60,13 +61,15 @@ impl Passthrough {
         })
     }
 
-    /// The entry for a file just made and opened as `fd` (its node counts one lookup).
-    fn entry_of_open(&self, fd: &OwnedFd, parent_mnt: u64) -> Result<Entry> {
+    /// The entry for a file just made in `dir` (whose descriptor is `dir_fd`) and opened as
+    /// `fd` (its node counts one lookup).
+    fn entry_of_open(&self, fd: &OwnedFd, dir: &Inode, dir_fd: BorrowedFd<'_>) -> Result<Entry> {
         let name = sys::fd_name(fd.as_raw_fd());
         let path = sys::openat(self.proc_fd(), name.as_cstr(), libc::O_PATH, 0)?;
         let stx = sys::fstatx(path.as_fd(), sys::STATX_WANTED)?;
-        let inode = self.inodes.insert_or_ref(path, &stx);
-        Ok(self.entry(&inode, &stx, parent_mnt))
+        let storage = self.storage(path, &stx, dir, dir_fd)?;
+        let inode = self.inodes.insert_or_ref(storage, &stx);
+        Ok(self.entry(&inode, &stx, dir.key.mnt_id))
     }
 
     pub(crate) fn do_create(
@@ -82,11 +85,12 @@ impl Passthrough {
         // O_NOFOLLOW: creating over a symlink opens nothing (ELOOP), never its target.
         let flags = (self.open_flags(arg.flags) | libc::O_CREAT | libc::O_NOFOLLOW)
             & !(libc::O_PATH | libc::O_DIRECTORY);
+        let dir_fd = dir.fd()?;
         let fd = {
             let _caller = self.as_caller(ctx)?;
-            sys::openat(dir.fd(), name, flags, arg.mode & 0o7777)?
+            sys::openat(dir_fd.as_fd(), name, flags, arg.mode & 0o7777)?
         };
-        let entry = self.entry_of_open(&fd, dir.key.mnt_id)?;
+        let entry = self.entry_of_open(&fd, &dir, dir_fd.as_fd())?;
         let fh = self.handles.insert(entry.nodeid, fd, flags);
         Ok((
             entry,
@@ -109,11 +113,17 @@ impl Passthrough {
         if flags & libc::O_ACCMODE == libc::O_RDONLY {
             flags |= libc::O_RDWR; // O_TMPFILE needs write access
         }
+        let dir_fd = dir.fd()?;
         let fd = {
             let _caller = self.as_caller(ctx)?;
-            sys::openat(dir.fd(), c".", flags | libc::O_TMPFILE, arg.mode & 0o7777)?
+            sys::openat(
+                dir_fd.as_fd(),
+                c".",
+                flags | libc::O_TMPFILE,
+                arg.mode & 0o7777,
+            )?
         };
-        let entry = self.entry_of_open(&fd, dir.key.mnt_id)?;
+        let entry = self.entry_of_open(&fd, &dir, dir_fd.as_fd())?;
         let fh = self.handles.insert(entry.nodeid, fd, flags);
         Ok((
             entry,

@@ -1,0 +1,131 @@
+//! What the guest makes the daemon hold: with `--inode-file-handles=prefer|mandatory` a node is
+//! a file handle and holds no descriptor (only its mount's one, shared), so thousands of nodes
+//! leave the daemon's descriptor count flat and do not count against the fd quota; open files
+//! still do. With `never`, every node is an O_PATH descriptor.
+//!
+//! One test, alone in its binary: descriptors are counted for the whole process.
+
+mod common;
+
+use common::{fds_held, Fs, Mounted, ROOT_ID};
+use virtiofs_fuse::Errno;
+use virtiofs_passthrough::FdQuota;
+use virtiofs_passthrough::InodeFileHandles::{Mandatory, Never, Prefer};
+
+const NODES: usize = 3000;
+
+#[test]
+fn descriptors_held_for_nodes_in_each_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let share = tmp.path();
+    std::fs::create_dir(share.join("many")).unwrap();
+    for i in 0..NODES {
+        std::fs::write(share.join(format!("many/f{i}")), b"x").unwrap();
+    }
+
+    for mode in [Never, Prefer, Mandatory] {
+        let fs = Fs::new(share, mode);
+        let before = fds_held();
+        let dir = fs.lookup(ROOT_ID, "many").unwrap();
+        let nodes: Vec<u64> = (0..NODES)
+            .map(|i| fs.lookup(dir.nodeid, &format!("f{i}")).unwrap().nodeid)
+            .collect();
+        let after_lookups = fds_held() - before;
+        // READDIRPLUS counts one more lookup of each.
+        let listed = fs.readdirplus(dir.nodeid).unwrap();
+        assert_eq!(listed.iter().filter(|p| p.nodeid != 0).count(), NODES);
+        let after_listing = fds_held() - before;
+        // Open files hold their descriptors whatever the mode.
+        let open: Vec<u64> = nodes[..10]
+            .iter()
+            .map(|&n| fs.open(n, libc::O_RDONLY).unwrap())
+            .collect();
+        let with_open_files = fds_held() - before;
+        eprintln!(
+            "{mode:?}: {} nodes: {after_lookups} descriptors held; after READDIRPLUS \
+             {after_listing}; with 10 files open {with_open_files}",
+            NODES + 1
+        );
+        match mode {
+            Never => assert!(after_lookups > NODES, "{after_lookups}"),
+            // The mount's descriptor, nothing per node.
+            _ => {
+                assert!(after_lookups <= 2, "{mode:?}: {after_lookups}");
+                assert_eq!(after_listing, after_lookups, "{mode:?}");
+            }
+        }
+        assert_eq!(with_open_files, after_listing + 10, "{mode:?}");
+        for (&n, fh) in nodes.iter().zip(open) {
+            fs.release(n, fh);
+        }
+        for &n in &nodes {
+            fs.forget(n, 2);
+        }
+        fs.forget(dir.nodeid, 1);
+        assert_eq!(
+            fds_held(),
+            before,
+            "{mode:?}: everything forgotten is closed"
+        );
+    }
+
+    // The fd quota: room for 50 more descriptors. O_PATH nodes use it up; handle nodes do not,
+    // open files still do.
+    for mode in [Never, Prefer] {
+        let mut fs = Fs::new(share, mode);
+        fs.fs_mut()
+            .set_fd_quota(FdQuota::new(fds_held() as u64 + 50).unwrap());
+        let dir = fs.lookup(ROOT_ID, "many").unwrap();
+        let looked_up: Vec<_> = (0..NODES)
+            .map(|i| fs.lookup(dir.nodeid, &format!("f{i}")))
+            .collect();
+        let refused = looked_up.iter().filter(|r| r.is_err()).count();
+        let mut opened = 0;
+        let mut open_error = None;
+        for r in looked_up.iter().flatten() {
+            match fs.open(r.nodeid, libc::O_RDONLY) {
+                Ok(_) => opened += 1,
+                Err(e) => {
+                    open_error = Some(e);
+                    break;
+                }
+            }
+        }
+        eprintln!("{mode:?} with a quota of 50 more: {refused} lookups refused, {opened} opens");
+        match mode {
+            Never => {
+                assert!(refused > NODES - 60, "{mode:?}: {refused} refused");
+                assert!(looked_up.iter().flatten().count() >= 45);
+            }
+            _ => assert_eq!(refused, 0, "{mode:?}: handle nodes count against the quota"),
+        }
+        assert_eq!(open_error, Some(Errno(libc::EMFILE)), "{mode:?}");
+        if mode == Prefer {
+            assert!((45..=50).contains(&opened), "{opened} files opened");
+        }
+    }
+
+    // Per filesystem: a ramfs (no handles) mounted in the share gets O_PATH nodes with `prefer`.
+    let Some(_ramfs) = Mounted::new("ramfs", &share.join("ramfs")) else {
+        eprintln!("SKIP the ramfs part: cannot mount (needs root)");
+        return;
+    };
+    for i in 0..100 {
+        std::fs::write(share.join(format!("ramfs/r{i}")), b"in ram").unwrap();
+    }
+    let fs = Fs::new(share, Prefer);
+    let before = fds_held();
+    let dir = fs.lookup(ROOT_ID, "many").unwrap();
+    for i in 0..100 {
+        fs.lookup(dir.nodeid, &format!("f{i}")).unwrap();
+    }
+    let on_disk = fds_held() - before;
+    let ram = fs.lookup(ROOT_ID, "ramfs").unwrap();
+    for i in 0..100 {
+        fs.lookup(ram.nodeid, &format!("r{i}")).unwrap();
+    }
+    let in_ram = fds_held() - before - on_disk;
+    eprintln!("Prefer: 101 nodes on disk hold {on_disk} descriptors, 101 in a ramfs {in_ram}");
+    assert!(on_disk <= 2, "{on_disk}");
+    assert_eq!(in_ram, 101);
+}
