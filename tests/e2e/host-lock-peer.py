@@ -22,7 +22,8 @@ files in DIR (never a rewritten one: the guest may cache what it read):
 
 The host's answers are written under a temporary name and renamed into place, so the guest
 never sees half of one. Everything it observes goes to OUT, one line each, "ok - NAME" or
-"not ok - NAME: DETAIL" (plus "# " notes), and "DONE" when the handshake completed; run-e2e.sh
+"not ok - NAME: DETAIL" (NAME has no ": "; plus "# " notes), and "DONE" when the handshake
+completed; run-e2e.sh
 checks OUT after the run. Waits are bounded: the first by --first-wait (the guest boots and
 runs its other checks first), each later one by --step-wait; the peer never outlives them.
 """
@@ -138,11 +139,11 @@ class Peer:
 
     def check_held(self, how, step):
         """The guest's holder has both locks: every attempt must meet the conflict."""
-        lines = [self.record(f"# {how}: F_GETLK on the host: {holder_of(self.target)}")]
+        lines = [self.record(f"# {how} round, host F_GETLK: {holder_of(self.target)}")]
         for name, fn in ATTEMPTS:
             err = attempt(fn, self.target)
             want = "EWOULDBLOCK" if name.startswith("flock") else "EAGAIN"
-            check = f"guest locks ({how}): host {name} while a guest process holds the locks: {want}"
+            check = f"guest locks ({how} round) host {name} blocked by the guest process's locks ({want})"
             if err in CONFLICT:
                 lines.append(self.record(f"ok - {check}"))
             elif err is None:
@@ -169,9 +170,10 @@ class Peer:
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
+        let_go = "was SIGKILLed" if how == "SIGKILL" else "closed the file"
         lines = []
         for name, _ in ATTEMPTS:
-            check = f"guest locks ({how}): host {name} granted once the guest process let go"
+            check = f"guest locks ({how} round) host {name} granted once the guest process {let_go}"
             if name in granted:
                 lines.append(self.record(f"ok - {check} (after {granted[name]:.1f}s)"))
             else:

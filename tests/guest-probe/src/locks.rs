@@ -458,14 +458,16 @@ pub fn guest_locks(tap: &mut Tap, dir: &Path) {
         ),
     ];
     for (held, checked, released, took, how) in rounds {
-        let name =
-            format!("guest locks ({how}): a child process takes F_SETLK F_WRLCK and flock LOCK_EX");
+        let name = format!(
+            "guest locks ({how} round) a child process takes F_SETLK F_WRLCK and flock LOCK_EX"
+        );
         let mut holder = match Holder::spawn(&target) {
             Ok(h) => h,
             Err(e) => return abort(tap, &name, e),
         };
         tap.ok(&name);
-        let name = format!("guest locks ({how}): the host checked them while the child holds them");
+        let name =
+            format!("guest locks ({how} round) the host checked them while the child holds them");
         match tell_host(dir, held, "held\n").and_then(|()| await_host(dir, checked)) {
             Ok(text) => {
                 tap.ok(&name);
@@ -474,9 +476,9 @@ pub fn guest_locks(tap: &mut Tap, dir: &Path) {
             Err(e) => return abort(tap, &name, e),
         }
         let name = if how == "SIGKILL" {
-            "guest locks (SIGKILL): the holder is killed with SIGKILL".to_owned()
+            "guest locks (SIGKILL round) the holder is killed with SIGKILL".to_owned()
         } else {
-            "guest locks (close): the holder closes the file and keeps running".to_owned()
+            "guest locks (close round) the holder closes the file and keeps running".to_owned()
         };
         let let_go = if how == "SIGKILL" {
             holder.kill()
@@ -487,7 +489,7 @@ pub fn guest_locks(tap: &mut Tap, dir: &Path) {
             return abort(tap, &name, e);
         }
         tap.ok(&name);
-        let name = format!("guest locks ({how}): the host tried to take the locks");
+        let name = format!("guest locks ({how} round) the host tried to take the locks");
         match tell_host(dir, released, "released\n").and_then(|()| await_host(dir, took)) {
             Ok(text) => {
                 tap.ok(&name);
@@ -496,7 +498,10 @@ pub fn guest_locks(tap: &mut Tap, dir: &Path) {
             Err(e) => return abort(tap, &name, e),
         }
         if how == "close" {
-            tap.check("guest locks (close): the holder exits", holder.finish());
+            tap.check(
+                "guest locks (close round) the holder exits",
+                holder.finish(),
+            );
         }
     }
 }
