@@ -278,7 +278,9 @@ fi
 # on, so the host may refuse it), fsync/fdatasync, flock, statx, copy_file_range and
 # utimensat nanoseconds, locks, O_TMPFILE + linkat, syncfs, in $ROOT/probe.
 # e2e.hostlocks=1: a host process holds locks on $ROOT/host-locked (run-e2e.sh
-# --host-locks) that the guest must not get. e2e.xattr=1 on the kernel command line
+# --host-locks) that the guest must not get, and another takes turns with the probe through
+# $ROOT/guest-locks/ to see the locks a guest process holds there, then takes them once that
+# process was killed or closed the file. e2e.xattr=1 on the kernel command line
 # says the daemon serves xattrs; the probe then leaves probe/xattr-host-check
 # with user.e2e=from-guest (run-e2e.sh --xattr checks it). Its lines count here.
 PROBE=/e2e/guest-probe
@@ -286,7 +288,9 @@ if [ -x "$PROBE" ]; then
     t=$(now)
     set -- --o-direct-model /tmp/o-direct.model
     case " $CMDLINE " in *" e2e.xattr=1 "*) set -- "$@" --xattr ;; esac
-    case " $CMDLINE " in *" e2e.hostlocks=1 "*) set -- "$@" --host-locked "$ROOT/host-locked" ;; esac
+    case " $CMDLINE " in
+        *" e2e.hostlocks=1 "*) set -- "$@" --host-locked "$ROOT/host-locked" --guest-locks "$ROOT/guest-locks" ;;
+    esac
     case " $CMDLINE " in *" e2e.directio=1 "*) set -- "$@" --direct-io ;; esac
     "$PROBE" "$ROOT/probe" "$@" >/tmp/probe.out 2>&1
     rc=$?

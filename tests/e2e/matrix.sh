@@ -9,7 +9,10 @@
 # announced as a submount (its own st_dev in the guest), pool1 the same tmpfs unannounced (one
 # st_dev). multiqueue's guest raises fs.fuse.max_pages_limit where its kernel has it (6.13+); every
 # full run checks the daemon offered 1020 pages (queue of 1024 - 4) and the largest WRITE the
-# guest sent: 1020 pages with a raised limit, 256 (1 MiB) otherwise. Then a guest that reboots three times in one QEMU
+# guest sent: 1020 pages with a raised limit, 256 (1 MiB) otherwise. The four full runs check
+# locks both ways with host processes (run-e2e.sh --host-locks: a host lock blocks the guest; a
+# guest process's locks block the host's until it is SIGKILLed or closes the file, seen by
+# host-lock-peer.py). Then a guest that reboots three times in one QEMU
 # process (reboot -f, then system_reset from the monitor, then a driver rebind; 6.1, and 6.12
 # with 4 queues) and one that gets memory hot-added under I/O. Ends with
 # "e2e matrix: N passed, N failed".

@@ -56,8 +56,13 @@ usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
                          the host checks the xattr the guest set
   --host-locks           a host process holds a POSIX lock and a flock on the
                          share's host-locked file while the guest runs, and the
-                         guest checks it cannot take them (a daemon with real
-                         host locks; the references emulate locks in the guest)
+                         guest checks it cannot take them; and (full and smoke
+                         modes) host-lock-peer.py takes turns with the guest probe
+                         through the share's guest-locks/: a guest process's
+                         F_SETLK and flock must block the host's, and the host
+                         must get them once that process is SIGKILLed or closes
+                         the file (checked here after the run). For a daemon with
+                         real host locks; the references emulate locks in the guest
   --submount MODE        before the daemon starts, mount a 4 MiB tmpfs on the share's
                          submount/ (a file from the host in it); unmounted at the end
                          whatever happens. MODE says what the guest must see: announced
@@ -131,6 +136,7 @@ TMP=
 DAEMON_PID=
 GUEST_PID=
 LOCKER_PID=
+PEER_PID=
 SUBMOUNT_DIR=
 # shellcheck disable=SC2317  # invoked via trap
 cleanup() {
@@ -142,6 +148,7 @@ cleanup() {
     fi
     if [ -n "$DAEMON_PID" ]; then stop_daemon >/dev/null 2>&1 || true; fi
     if [ -n "$LOCKER_PID" ]; then kill "$LOCKER_PID" 2>/dev/null || true; fi
+    if [ -n "$PEER_PID" ]; then kill "$PEER_PID" 2>/dev/null || true; fi
     # The host tmpfs inside the share: unmounted before the share goes, lazily if it is busy.
     if [ -n "$SUBMOUNT_DIR" ] && mountpoint -q "$SUBMOUNT_DIR"; then
         umount "$SUBMOUNT_DIR" 2>/dev/null || umount -l "$SUBMOUNT_DIR" \
@@ -211,6 +218,21 @@ time.sleep(100000)' "$SHARED/host-locked" >"$TMP/locker.out" 2>&1 &
     LOCKER_PID=$!
     for _ in $(seq 50); do grep -q locked "$TMP/locker.out" 2>/dev/null && break; sleep 0.1; done
     grep -q locked "$TMP/locker.out" || die "host lock holder failed: $(cat "$TMP/locker.out")"
+fi
+
+# The other direction, in the modes that run the guest probe: a host process that takes turns
+# with the probe (--guest-locks) through new files in guest-locks/ and tries to take the locks
+# a guest process holds on guest-locks/target; what it saw goes to $PEER_OUT (checked below).
+# Its first wait covers the boot and the guest's earlier checks; it is stopped after the run.
+PEER_OUT=
+if [ ${#HOST_LOCKS[@]} -gt 0 ] && { [ "$MODE" = full ] || [ "$MODE" = smoke ]; }; then
+    mkdir "$SHARED/guest-locks"
+    printf 'locked by a guest process\n' >"$SHARED/guest-locks/target"
+    PEER_OUT=$TMP/guest-locks.txt
+    : >"$PEER_OUT"
+    python3 "$HERE/host-lock-peer.py" "$SHARED/guest-locks" "$PEER_OUT" \
+        --first-wait "$TIMEOUT" >"$TMP/lock-peer.log" 2>&1 &
+    PEER_PID=$!
 fi
 
 # A host mount inside the share, made before the daemon starts (its sandbox clones the share's
@@ -293,6 +315,17 @@ if [ "$DAEMON_SELF_EXIT" = 1 ]; then
 else
     say "daemon still running ${DAEMON_EXIT_WAIT}s after the guest finished; sending SIGTERM"
     stop_daemon
+fi
+
+# The lock peer is done unless the guest never got to (or through) the handshake.
+PEER_RC=
+if [ -n "$PEER_PID" ]; then
+    if kill -0 "$PEER_PID" 2>/dev/null; then
+        kill "$PEER_PID" 2>/dev/null || true
+        PEER_RC=killed
+    fi
+    wait "$PEER_PID" 2>/dev/null || PEER_RC=${PEER_RC:-$?}
+    PEER_PID=
 fi
 
 # ---------------------------------------------------------------- host checks
@@ -387,6 +420,24 @@ if [ ${#XATTR[@]} -gt 0 ] && [ "$MODE" != demo ]; then
     hexpect "user.e2e of probe/xattr-host-check (host getxattr)" from-guest \
         "$(python3 -c 'import os, sys; print(os.getxattr(sys.argv[1], "user.e2e").decode())' \
               "$SHARED/probe/xattr-host-check" 2>&1 | tail -n1)"
+fi
+
+# What the lock peer saw of the guest's locks (host-lock-peer.py): each line is a check, and
+# the handshake must have run to its end (DONE), or the peer says where it stopped.
+if [ -n "$PEER_OUT" ]; then
+    while IFS= read -r line; do
+        case $line in
+            'ok - '*) hok "${line#ok - } (host-lock-peer)" ;;
+            'not ok - '*)
+                line=${line#not ok - }
+                hnot "${line%%: *} (host-lock-peer)" "${line#*: }" ;;
+        esac
+    done <"$PEER_OUT"
+    if grep -qx DONE "$PEER_OUT"; then
+        hexpect "guest locks: host-lock-peer checks" 12 "$(grep -c '^ok - ' "$PEER_OUT")"
+    else
+        hnot "guest locks handshake" "incomplete (host-lock-peer ${PEER_RC:+exit $PEER_RC, }$(grep -c '^ok - ' "$PEER_OUT") ok); its log: $(tail -n 3 "$TMP/lock-peer.log" | tr '\n' ' ')"
+    fi
 fi
 
 # In full mode the guest must have reported the essentials; a silently

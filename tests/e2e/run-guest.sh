@@ -49,7 +49,8 @@ usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
   --xattr    tell the guest (e2e.xattr=1) that the daemon serves xattrs;
              start the daemon with xattr support yourself
   --host-locks  tell the guest (e2e.hostlocks=1) that a host process holds
-             locks on the share's host-locked file
+             locks on the share's host-locked file, and that a host process takes
+             turns with it through the share's guest-locks/ (run-e2e.sh runs both)
   --submount announced|plain  tell the guest (e2e.submount=) that the host mounted a tmpfs on
              the share's submount/ and whether the daemon announces submounts
   --direct-io  tell the guest (e2e.directio=1) that the daemon passes O_DIRECT to the host

@@ -1,4 +1,5 @@
-//! `guest-probe DIR [--xattr] [--host-locked FILE] [--direct-io] [--o-direct-model FILE]`: the
+//! `guest-probe DIR [--xattr] [--host-locked FILE] [--guest-locks DIR] [--direct-io]
+//! [--o-direct-model FILE]`: the
 //! system calls the e2e guest's busybox cannot make, run inside the guest on the virtio-fs share.
 //! tests/e2e/guest-fs-test.sh runs it as `/e2e/guest-probe /mnt/probe [OPTIONS]`; like that
 //! script it prints one TAP-like line per check:
@@ -17,7 +18,10 @@
 //! fail with EOPNOTSUPP (the guest kernel's answer when the daemon says ENOSYS). `--direct-io`
 //! says the daemon passes O_DIRECT to the host (`--allow-direct-io`): unaligned transfers may then
 //! fail EINVAL, as the host filesystem decides; without it they must work. `--host-locked FILE`:
-//! a host process holds locks on FILE that the guest must not get.
+//! a host process holds locks on FILE that the guest must not get. `--guest-locks DIR`: a host
+//! process (tests/e2e/host-lock-peer.py) takes turns with the probe through files in DIR to check
+//! that it cannot take the locks a guest process holds on DIR/target, and can once that process
+//! was killed or closed the file (see `locks::guest_locks`).
 //!
 //! Built statically (glibc, `-C target-feature=+crt-static`) so the busybox initramfs needs no
 //! shared libraries: see tests/e2e/setup.sh.
@@ -37,8 +41,8 @@ mod locks;
 const KIB: usize = 1024;
 const MIB: i64 = 1 << 20;
 
-const USAGE: &str =
-    "usage: guest-probe DIR [--xattr] [--host-locked FILE] [--direct-io] [--o-direct-model FILE]";
+const USAGE: &str = "usage: guest-probe DIR [--xattr] [--host-locked FILE] [--guest-locks DIR] \
+                     [--direct-io] [--o-direct-model FILE]";
 
 /// The TAP-like output of guest-fs-test.sh (`ok`, `not_ok`, `skip`, `note` there).
 #[derive(Default)]
@@ -910,6 +914,7 @@ fn main() -> ExitCode {
     let mut dir = None;
     let mut xattr = false;
     let mut host_locked = None;
+    let mut guest_locks = None;
     let mut direct_io = false;
     let mut o_direct_model = None;
     let mut args = std::env::args_os().skip(1);
@@ -917,6 +922,7 @@ fn main() -> ExitCode {
         match arg.to_str() {
             Some("--xattr") => xattr = true,
             Some("--host-locked") => host_locked = args.next().map(PathBuf::from),
+            Some("--guest-locks") => guest_locks = args.next().map(PathBuf::from),
             Some("--direct-io") => direct_io = true,
             Some("--o-direct-model") => o_direct_model = args.next().map(PathBuf::from),
             Some("-h" | "--help") => {
@@ -974,6 +980,9 @@ fn main() -> ExitCode {
     locks::tmpfile_and_syncfs(&mut tap, &dir);
     if let Some(path) = &host_locked {
         locks::host_locks(&mut tap, path);
+    }
+    if let Some(dir) = &guest_locks {
+        locks::guest_locks(&mut tap, dir);
     }
     tap.check(
         "guest-probe scratch files removed",
