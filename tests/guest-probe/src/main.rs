@@ -31,12 +31,14 @@ use std::fmt::Display;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod direct;
 mod locks;
+mod xattr;
 
 const KIB: usize = 1024;
 const MIB: i64 = 1 << 20;
@@ -192,139 +194,6 @@ fn create(path: &Path, data: &[u8]) -> io::Result<File> {
         .open(path)?;
     file.write_all_at(data, 0)?;
     Ok(file)
-}
-
-// ------------------------------------------------------------------ xattrs
-
-fn set_xattr(path: &Path, name: &str, value: &[u8], flags: libc::c_int) -> io::Result<()> {
-    let (path, name) = (cpath(path), cstr(name));
-    // SAFETY: valid NUL-terminated strings and a buffer of value.len() bytes.
-    cvt(unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    })
-    .map(drop)
-}
-
-fn get_xattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
-    let (path, name) = (cpath(path), cstr(name));
-    let mut buf = vec![0u8; 4 * KIB];
-    // SAFETY: valid NUL-terminated strings and a writable buffer of buf.len() bytes.
-    let n = cvt(unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })?;
-    buf.truncate(n as usize);
-    Ok(buf)
-}
-
-fn list_xattr(path: &Path) -> io::Result<Vec<String>> {
-    let path = cpath(path);
-    let mut buf = vec![0u8; 4 * KIB];
-    // SAFETY: a valid NUL-terminated string and a writable buffer of buf.len() bytes.
-    let n = cvt(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
-    Ok(buf[..n as usize]
-        .split(|&b| b == 0)
-        .filter(|name| !name.is_empty())
-        .map(|name| String::from_utf8_lossy(name).into_owned())
-        .collect())
-}
-
-fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
-    let (path, name) = (cpath(path), cstr(name));
-    // SAFETY: valid NUL-terminated strings.
-    cvt(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
-}
-
-fn xattrs_on(tap: &mut Tap, dir: &Path) {
-    let f = dir.join("xattr");
-    if let Err(e) = fs::write(&f, "x\n") {
-        tap.not_ok("xattr test file", &describe(&e));
-        return;
-    }
-    tap.check(
-        "setxattr user.test=value",
-        set_xattr(&f, "user.test", b"value", 0).context("setxattr"),
-    );
-    tap.check(
-        "getxattr user.test reads it back",
-        get_xattr(&f, "user.test")
-            .context("getxattr")
-            .and_then(|v| ensure_eq("value", "value", &String::from_utf8_lossy(&v))),
-    );
-    tap.check(
-        "listxattr lists user.test",
-        list_xattr(&f).context("listxattr").and_then(|names| {
-            if names.iter().any(|n| n == "user.test") {
-                Ok(())
-            } else {
-                Err(format!("user.test not in {names:?}"))
-            }
-        }),
-    );
-    tap.refuse(
-        "setxattr XATTR_CREATE on an existing name fails EEXIST",
-        set_xattr(&f, "user.test", b"other", libc::XATTR_CREATE),
-        libc::EEXIST,
-    );
-    tap.refuse(
-        "setxattr XATTR_REPLACE on a missing name fails ENODATA",
-        set_xattr(&f, "user.missing", b"v", libc::XATTR_REPLACE),
-        libc::ENODATA,
-    );
-    tap.check(
-        "removexattr user.test",
-        remove_xattr(&f, "user.test").context("removexattr"),
-    );
-    tap.refuse(
-        "getxattr after removexattr fails ENODATA",
-        get_xattr(&f, "user.test"),
-        libc::ENODATA,
-    );
-
-    // Left behind for the host: run-e2e.sh --xattr reads it with os.getxattr.
-    let h = dir.join("xattr-host-check");
-    tap.check(
-        "xattr-host-check carries user.e2e=from-guest",
-        fs::write(&h, "xattr host check\n")
-            .context("write")
-            .and_then(|()| set_xattr(&h, "user.e2e", b"from-guest", 0).context("setxattr"))
-            .and_then(|()| get_xattr(&h, "user.e2e").context("getxattr"))
-            .and_then(|v| ensure_eq("value", "from-guest", &String::from_utf8_lossy(&v))),
-    );
-}
-
-fn xattrs_off(tap: &mut Tap, dir: &Path) {
-    let f = dir.join("xattr");
-    if let Err(e) = fs::write(&f, "x\n") {
-        tap.not_ok("xattr test file", &describe(&e));
-        return;
-    }
-    // EOPNOTSUPP and ENOTSUP are the same number on Linux.
-    tap.refuse(
-        "xattrs off: setxattr fails EOPNOTSUPP",
-        set_xattr(&f, "user.test", b"value", 0),
-        libc::EOPNOTSUPP,
-    );
-    tap.refuse(
-        "xattrs off: getxattr fails EOPNOTSUPP",
-        get_xattr(&f, "user.test"),
-        libc::EOPNOTSUPP,
-    );
-    tap.refuse(
-        "xattrs off: listxattr fails EOPNOTSUPP",
-        list_xattr(&f),
-        libc::EOPNOTSUPP,
-    );
 }
 
 // --------------------------------------------------------- SEEK_DATA/HOLE
@@ -532,222 +401,6 @@ fn rename2(tap: &mut Tap, dir: &Path) {
                 ensure_eq("contents of b and c (caches dropped)", "A B", &got())
             }),
     );
-}
-
-// ---------------------------------------------------------------- O_DIRECT
-
-/// A page-aligned 4 KiB buffer, as O_DIRECT wants.
-#[repr(C, align(4096))]
-struct Page([u8; 4096]);
-
-fn o_direct(tap: &mut Tap, dir: &Path) {
-    let path = dir.join("direct");
-    let name = "O_DIRECT aligned 4 KiB write + read back";
-    let f = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) => return tap.not_ok(name, &format!("open O_DIRECT: {}", describe(&e))),
-    };
-    let mut out = Box::new(Page([0; 4096]));
-    out.0.copy_from_slice(&pattern(4 * KIB, 0x5a));
-    let mut back = Box::new(Page([0; 4096]));
-    tap.check(
-        name,
-        (|| {
-            ensure_eq("written", 4096, f.write_at(&out.0, 0).context("pwrite")?)?;
-            ensure_eq("read", 4096, f.read_at(&mut back.0, 0).context("pread")?)?;
-            ensure_eq("O_DIRECT read matches", true, back.0 == out.0)?;
-            drop(f);
-            drop_caches();
-            ensure_eq(
-                "buffered read matches",
-                true,
-                fs::read(&path).context("read")? == out.0,
-            )
-        })(),
-    );
-}
-
-/// Page-aligned bytes whose slices at an offset make buffers that are not.
-#[repr(C, align(4096))]
-struct Pages([u8; 4 * 4096]);
-
-/// One O_DIRECT transfer: `len` bytes of the file at `offset`, through the buffer `skew` bytes
-/// past a page boundary.
-#[derive(Clone, Copy)]
-struct Transfer {
-    offset: u64,
-    len: usize,
-    skew: usize,
-}
-
-impl Transfer {
-    fn aligned(self) -> bool {
-        (self.offset as usize | self.len | self.skew) % 512 == 0
-    }
-
-    fn describe(self) -> String {
-        format!(
-            "{} B at {}, buffer at page+{}",
-            self.len, self.offset, self.skew
-        )
-    }
-}
-
-/// What the probe learnt of O_DIRECT transfers the host may refuse (`--direct-io`).
-enum Outcome {
-    Done,
-    Refused,
-}
-
-/// Runs one O_DIRECT transfer and checks what came of it. Without `--direct-io` the daemon opens
-/// the host file without O_DIRECT, so any offset, size and buffer must work; with it the host's
-/// filesystem decides: an unaligned transfer either works or fails EINVAL (ext4: offset, size and
-/// buffer in 512-byte units; tmpfs since Linux 6.6: anything), nothing else.
-fn direct_transfer(
-    direct_io: bool,
-    t: Transfer,
-    io: impl FnOnce(Transfer) -> io::Result<usize>,
-    want: usize,
-) -> Result<Outcome, String> {
-    match io(t) {
-        Ok(n) => ensure_eq("bytes", want, n).map(|()| Outcome::Done),
-        Err(e) if direct_io && !t.aligned() && e.raw_os_error() == Some(libc::EINVAL) => {
-            Ok(Outcome::Refused)
-        }
-        Err(e) => Err(describe(&e)),
-    }
-}
-
-/// O_DIRECT at offsets, sizes and buffer addresses that are no multiple of 512 (and an aligned
-/// one), checked by reading back through O_DIRECT and through the page cache. The file stays as
-/// `o-direct-host-check`; its intended contents go to `model` for the host to compare (md5 in
-/// guest-fs-test.sh).
-fn o_direct_unaligned(tap: &mut Tap, dir: &Path, direct_io: bool, model_path: Option<&Path>) {
-    let path = dir.join("o-direct-host-check");
-    let name = "O_DIRECT unaligned transfers";
-    let f = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) => return tap.not_ok(name, &format!("open O_DIRECT: {}", describe(&e))),
-    };
-    let mut buf = Box::new(Pages([0; 4 * 4096]));
-    let mut model: Vec<u8> = Vec::new();
-    let mut refused = Vec::new();
-    let writes = [
-        Transfer {
-            offset: 8192,
-            len: 4096,
-            skew: 0,
-        },
-        Transfer {
-            offset: 1000,
-            len: 3000,
-            skew: 1,
-        },
-        Transfer {
-            offset: 5000,
-            len: 6001,
-            skew: 100,
-        },
-    ];
-    for (i, t) in writes.into_iter().enumerate() {
-        let data = pattern(t.len, 0x20 + i as u8);
-        buf.0[t.skew..t.skew + t.len].copy_from_slice(&data);
-        let what = format!("O_DIRECT write of {}", t.describe());
-        let r = direct_transfer(
-            direct_io,
-            t,
-            |t| f.write_at(&buf.0[t.skew..t.skew + t.len], t.offset),
-            t.len,
-        );
-        match r {
-            Ok(Outcome::Done) => {
-                let end = t.offset as usize + t.len;
-                if model.len() < end {
-                    model.resize(end, 0);
-                }
-                model[t.offset as usize..end].copy_from_slice(&data);
-                tap.ok(&what);
-            }
-            Ok(Outcome::Refused) => {
-                refused.push(t.describe());
-                tap.ok(&format!("{what}: EINVAL from the host's O_DIRECT"));
-            }
-            Err(detail) => tap.not_ok(&what, &detail),
-        }
-    }
-    let reads = [
-        Transfer {
-            offset: 8192,
-            len: 4096,
-            skew: 0,
-        },
-        Transfer {
-            offset: 777,
-            len: 5000,
-            skew: 3,
-        },
-        // Across the end of the file: a short read.
-        Transfer {
-            offset: (model.len() as u64).saturating_sub(2288),
-            len: 4000,
-            skew: 5,
-        },
-    ];
-    for t in reads {
-        let what = format!("O_DIRECT read of {}", t.describe());
-        let start = (t.offset as usize).min(model.len());
-        let want = &model[start..(start + t.len).min(model.len())];
-        buf.0.fill(0xee);
-        let r = direct_transfer(
-            direct_io,
-            t,
-            |t| f.read_at(&mut buf.0[t.skew..t.skew + t.len], t.offset),
-            want.len(),
-        );
-        match r {
-            Ok(Outcome::Done) if &buf.0[t.skew..t.skew + want.len()] == want => tap.ok(&what),
-            Ok(Outcome::Done) => tap.not_ok(&what, "data differs from what was written"),
-            Ok(Outcome::Refused) => {
-                refused.push(t.describe());
-                tap.ok(&format!("{what}: EINVAL from the host's O_DIRECT"));
-            }
-            Err(detail) => tap.not_ok(&what, &detail),
-        }
-    }
-    drop(f);
-    drop_caches();
-    tap.check(
-        "O_DIRECT file read back through the page cache (caches dropped)",
-        fs::read(&path)
-            .context("read")
-            .and_then(|back| ensure_eq("contents", true, back == model)),
-    );
-    if !refused.is_empty() {
-        tap.note(&format!(
-            "with --allow-direct-io the host refused unaligned O_DIRECT: {}",
-            refused.join("; ")
-        ));
-    }
-    if let Some(m) = model_path {
-        tap.check(
-            "O_DIRECT model written for the host's md5",
-            fs::write(m, &model).context("write the model"),
-        );
-    }
 }
 
 // ------------------------------------------------------ fsync, flock, statx
@@ -963,15 +616,15 @@ fn main() -> ExitCode {
     ));
 
     if xattr {
-        xattrs_on(&mut tap, &dir);
+        xattr::xattrs_on(&mut tap, &dir);
     } else {
-        xattrs_off(&mut tap, &dir);
+        xattr::xattrs_off(&mut tap, &dir);
     }
     seek_data_hole(&mut tap, &dir);
     fallocate_modes(&mut tap, &dir);
     rename2(&mut tap, &dir);
-    o_direct(&mut tap, &dir);
-    o_direct_unaligned(&mut tap, &dir, direct_io, o_direct_model.as_deref());
+    direct::o_direct(&mut tap, &dir);
+    direct::o_direct_unaligned(&mut tap, &dir, direct_io, o_direct_model.as_deref());
     sync_and_lock(&mut tap, &dir);
     statx_btime(&mut tap, &dir);
     copy_range(&mut tap, &dir);
