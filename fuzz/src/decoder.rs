@@ -822,7 +822,8 @@ impl State {
         match op {
             Some(Opcode::Init) => {
                 assert!(inits <= 1);
-                if live_after {
+                // A session this INIT started (a refused INIT leaves a live one as it was).
+                if live_after && (inits == 1 || !live_before) {
                     assert!(
                         served.is_some_and(|s| s.errno == 0),
                         "a session started by a failed INIT"

@@ -431,6 +431,23 @@ pub fn all() -> Vec<(String, Vec<u8>)> {
             ],
         ),
         (
+            // INITs in a live session: refused (short), accepted (a new driver), a newer major
+            // (the session ends, no new one), an old minor (EPROTO, the session ends).
+            "init-in-live-session",
+            linux(),
+            vec![
+                req(Opcode::Init, init_in(7, 45, LINUX_FLAGS)[..12].to_vec()),
+                w(Opcode::Getattr),
+                w(Opcode::Init),
+                w(Opcode::Getattr),
+                req(Opcode::Init, init_in(8, 0, 0)),
+                w(Opcode::Getattr),
+                w(Opcode::Init),
+                req(Opcode::Init, init_in(7, 20, LINUX_FLAGS)),
+                w(Opcode::Getattr),
+            ],
+        ),
+        (
             "init-major8-then-7",
             Config {
                 cfg: CFG_INIT | CFG_INIT_MAJOR8,
