@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 
 /// Requests per input (after the INIT of `cfg`).
-pub const MAX_REQUESTS: usize = 16;
+pub const MAX_REQUESTS: usize = 8;
 
 /// `cfg`: the session starts with an INIT (major 7, `minor`, `flags`).
 pub const CFG_INIT: u8 = 1 << 0;
@@ -61,7 +61,8 @@ pub const BEND: u8 = 1 << 4;
 
 /// `answer` bit: the filesystem fails with `ERRNOS[answer & 0xF]` (modulo its length).
 pub const ANSWER_ERR: u8 = 1 << 7;
-/// `answer` bit: GETXATTR/LISTXATTR answer the size, not data.
+/// `answer` bit: GETXATTR/LISTXATTR answer the size, not data (when asked for the size: the
+/// `Filesystem` contract).
 pub const ANSWER_XATTR_SIZE: u8 = 1 << 0;
 /// `answer` bit: READ, WRITE and COPY_FILE_RANGE claim more bytes than they had (the server
 /// must not believe it).

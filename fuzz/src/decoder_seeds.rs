@@ -653,7 +653,16 @@ pub fn all() -> Vec<(String, Vec<u8>)> {
         ),
     ];
     for (n, config, reqs) in sessions {
-        seeds.push((n.to_string(), encode(&config, &reqs)));
+        // An input holds at most MAX_REQUESTS: longer sessions become several seeds.
+        let chunks: Vec<_> = reqs.chunks(MAX_REQUESTS).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let name = if chunks.len() == 1 {
+                n.to_string()
+            } else {
+                format!("{n}-{}", i + 1)
+            };
+            seeds.push((name, encode(&config, chunk)));
+        }
     }
     seeds
 }
