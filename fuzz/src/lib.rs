@@ -1,10 +1,14 @@
-//! The harness behind the fuzz targets of async-virtiofsd (see `fuzz/README.md`).
+//! The harnesses behind the fuzz targets of async-virtiofsd (see `fuzz/README.md`).
 //!
-//! [`run_request_pipeline`] plays a guest: for each request of the input it lays a FUSE message
-//! out in a descriptor chain in guest memory ([`ring`]), pops the chain with `virtio-queue` and
-//! runs it through [`virtiofs_pipeline::serve_chain`] — what a queue task runs per chain — over
-//! the daemon's real [`Share`] (our FUSE server over our passthrough filesystem) on a temporary
-//! directory ([`sandbox`]), then completes it on the used ring. It asserts:
+//! [`decoder::run_fuse_decoder`] (target `fuse_decoder`) drives our FUSE server alone over a
+//! filesystem that does nothing; see [`decoder`].
+//!
+//! [`run_request_pipeline`] (target `request_pipeline`) plays a guest: for each request of the
+//! input it lays a FUSE message out in a descriptor chain in guest memory ([`ring`]), pops the
+//! chain with `virtio-queue` and runs it through [`virtiofs_pipeline::serve_chain`] — what a
+//! queue task runs per chain — over the daemon's real [`Share`] (our FUSE server over our
+//! passthrough filesystem) on a temporary directory ([`sandbox`]), then completes it on the used
+//! ring. It asserts:
 //!
 //! - no panic;
 //! - the used length never exceeds the chain's writable bytes;
@@ -16,6 +20,9 @@
 //! - nothing outside the shared directory changed (sentinel file, its directory, a directory
 //!   beside the share), though the share holds symlinks pointing there.
 
+pub mod decoder;
+pub mod decoder_input;
+pub mod decoder_seeds;
 pub mod input;
 pub mod ring;
 pub mod sandbox;
