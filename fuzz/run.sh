@@ -22,8 +22,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 
-# fuzz/ is a workspace of its own: the root's `cargo fmt --all` does not see it.
+# fuzz/ is a workspace of its own: the root's `cargo fmt --all` and `cargo test` do not see it.
 cargo fmt --check
+# The seeds run clean on both harnesses, and every per-opcode seed is accepted (plain build).
+cargo test --lib --quiet
 
 # The request_pipeline harness builds its temporary share under TMPDIR; keep it here, start clean.
 export TMPDIR="$FUZZ/target/tmp"
