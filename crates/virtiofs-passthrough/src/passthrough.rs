@@ -297,8 +297,8 @@ impl Passthrough {
     }
 
     /// Runs `call` with a path naming `inode` itself: its `/proc/self/fd` entry, relative to
-    /// this thread's working directory, which is moved there (the thread's own: see
-    /// [`sys::thread_chdir`]). For the calls that only take paths (xattrs of any file type),
+    /// this thread's working directory, which is moved there for the call (the thread's own:
+    /// see [`sys::in_thread_dir`]). For the calls that only take paths (xattrs of any file type),
     /// with no absolute path: it works after the sandbox's pivot or chroot, where no /proc is.
     pub(crate) fn with_node_path<T>(
         &self,
@@ -306,9 +306,8 @@ impl Passthrough {
         call: impl FnOnce(&CStr) -> Result<T>,
     ) -> Result<T> {
         let fd = inode.fd()?;
-        sys::thread_chdir(self.proc_self_fd.as_fd())?;
         let name = sys::fd_name(fd.as_fd().as_raw_fd());
-        call(name.as_cstr())
+        sys::in_thread_dir(self.proc_self_fd.as_fd(), || call(name.as_cstr()))?
     }
 
     /// The open flags the host gets for a guest's `flags`.

@@ -370,20 +370,29 @@ pub fn flock(fd: BorrowedFd<'_>, op: i32) -> io::Result<()> {
     check(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
 }
 
-/// Moves this thread's working directory to `dir`, after giving the thread a working directory
-/// of its own (`unshare(CLONE_FS)`, once per thread): other threads' relative paths are not
-/// affected. Used to name a node by its `/proc/self/fd` entry in calls that only take paths.
-pub fn thread_chdir(dir: BorrowedFd<'_>) -> io::Result<()> {
-    thread_local! {
-        static OWN_FS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    if !OWN_FS.get() {
-        // SAFETY: plain call; it only copies this thread's root, cwd and umask.
-        check(unsafe { libc::unshare(libc::CLONE_FS) })?;
-        OWN_FS.set(true);
-    }
-    // SAFETY: plain call on a descriptor.
-    check(unsafe { libc::fchdir(dir.as_raw_fd()) }).map(drop)
+/// Runs `call` with this thread's working directory at `dir`, then moves it back. The thread
+/// gets a working directory of its own first (`unshare(CLONE_FS)`; every time, since a thread
+/// made by this one shares it again; a no-op when not shared), so other threads' relative paths
+/// never see the change; moving back keeps the caller's own relative paths working (a fuzzer's
+/// corpus, a test's). Used to name a node by its `/proc/self/fd` entry in calls that only take
+/// paths.
+pub fn in_thread_dir<T>(dir: BorrowedFd<'_>, call: impl FnOnce() -> T) -> io::Result<T> {
+    // SAFETY: plain call; it only copies this thread's root, cwd and umask when shared.
+    check(unsafe { libc::unshare(libc::CLONE_FS) })?;
+    // The way back, held for the call only: no descriptor outlives it.
+    let home = openat(
+        // SAFETY: AT_FDCWD is valid for every *at call.
+        unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
+        c".",
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )?;
+    // SAFETY: plain calls on descriptors (fchdir takes O_PATH directories).
+    check(unsafe { libc::fchdir(dir.as_raw_fd()) })?;
+    let out = call();
+    // SAFETY: as above.
+    check(unsafe { libc::fchdir(home.as_raw_fd()) })?;
+    Ok(out)
 }
 
 /// A descriptor's number as a C string, for naming it in `/proc/self/fd`.
@@ -421,6 +430,7 @@ impl FdName {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn vectored_io_takes_more_iovecs_than_one_call_can() {
@@ -458,6 +468,40 @@ mod tests {
         };
         let e = pwritev_all(file.as_fd(), &[bad], 0).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EFAULT));
+    }
+
+    #[test]
+    fn in_thread_dir_moves_this_threads_cwd_for_the_call_only() {
+        use std::sync::mpsc;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("inside"), b"x").unwrap();
+        let dir = std::fs::File::open(tmp.path()).unwrap();
+        let before = std::env::current_dir().unwrap();
+        // Another thread reports its cwd whenever asked.
+        let (ask, asked) = mpsc::channel::<()>();
+        let (tell, told) = mpsc::channel();
+        let observer = std::thread::spawn(move || {
+            while asked.recv().is_ok() {
+                tell.send(std::env::current_dir().unwrap()).unwrap();
+            }
+        });
+        let worker = std::thread::spawn(move || {
+            let seen = in_thread_dir(dir.as_fd(), || {
+                ask.send(()).unwrap();
+                (std::fs::read("inside").ok(), told.recv().unwrap())
+            })
+            .unwrap();
+            (seen, std::env::current_dir().unwrap(), {
+                in_thread_dir(dir.as_fd(), || ()).unwrap();
+                std::env::current_dir().unwrap()
+            })
+        });
+        let ((inside, other), after, after_twice) = worker.join().unwrap();
+        observer.join().unwrap();
+        assert_eq!(inside.as_deref(), Some(&b"x"[..]), "relative path in `dir`");
+        assert_eq!(other, before, "another thread's cwd moved");
+        assert_eq!(after, before, "not moved back");
+        assert_eq!(after_twice, before, "a second call");
     }
 
     #[test]
