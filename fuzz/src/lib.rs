@@ -21,8 +21,10 @@
 //!   beside the share), though the share holds symlinks pointing there.
 
 pub mod decoder;
+pub mod decoder_fs;
 pub mod decoder_input;
 pub mod decoder_seeds;
+pub mod format_all;
 pub mod input;
 pub mod ring;
 pub mod sandbox;
