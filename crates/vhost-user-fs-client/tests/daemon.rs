@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Barrier;
 
 use common::{errno, host_getxattr, Daemon};
-use vhost_user_fs_client::abi::ROOT_ID;
+use vhost_user_fs_client::abi::{opcode, ROOT_ID};
 use vhost_user_fs_client::{Creds, Errno, FuseOps, FuseRequest};
 
 const O_RDONLY: u32 = libc::O_RDONLY as u32;
@@ -505,4 +505,149 @@ fn other_operations_match_the_host() {
         c.getattr(ROOT_ID, None).is_ok(),
         "still serving after forgets"
     );
+}
+
+/// IOCTL: the file attribute commands reach the host file of the open handle (files and, with
+/// HAS_IOCTL_DIR, directories); the immutable flag needs a capability the daemon does not keep;
+/// any other command is ENOTTY.
+#[test]
+fn file_attribute_ioctls_reach_the_host() {
+    const GETFLAGS: u32 = 0x8008_6601;
+    const SETFLAGS: u32 = 0x4008_6602;
+    const FSGETXATTR: u32 = 0x801c_581f;
+    const NODUMP: u32 = 0x40;
+    const IMMUTABLE: u32 = 0x10;
+    fn ioctl_in(fh: u64, cmd: u32, in_size: u32, out_size: u32) -> Vec<u8> {
+        let mut b = Vec::with_capacity(32);
+        b.extend_from_slice(&fh.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes()); // flags: restricted
+        b.extend_from_slice(&cmd.to_ne_bytes());
+        b.extend_from_slice(&0u64.to_ne_bytes()); // arg
+        b.extend_from_slice(&in_size.to_ne_bytes());
+        b.extend_from_slice(&out_size.to_ne_bytes());
+        b
+    }
+    fn host_flags(path: &std::path::Path) -> u32 {
+        let f = std::fs::File::open(path).unwrap();
+        let mut flags = 0u32;
+        // SAFETY: FS_IOC_GETFLAGS writes an int to the pointer.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                GETFLAGS as libc::Ioctl,
+                &mut flags,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "host FS_IOC_GETFLAGS: {}",
+            std::io::Error::last_os_error()
+        );
+        flags
+    }
+    let d = Daemon::start(&[]);
+    std::fs::write(d.share.join("f"), b"x").unwrap();
+    std::fs::create_dir(d.share.join("dir")).unwrap();
+    let c = d.connect(d.config());
+    let mut p = vhost_user_fs_client::InitParams::default();
+    p.flags |= vhost_user_fs_client::abi::init_flags::HAS_IOCTL_DIR;
+    let init = c.init_with(p).unwrap();
+    assert_ne!(
+        init.flags64() & vhost_user_fs_client::abi::init_flags::HAS_IOCTL_DIR,
+        0,
+        "HAS_IOCTL_DIR"
+    );
+    let get = |node: u64, fh: u64| {
+        let r = c
+            .call(FuseRequest::new(
+                opcode::IOCTL,
+                node,
+                vec![ioctl_in(fh, GETFLAGS, 0, 4)],
+                vec![16 + 4],
+            ))
+            .unwrap();
+        assert_eq!(r.error, None, "GETFLAGS");
+        assert_eq!(r.body.len(), 16 + 4, "fuse_ioctl_out + the int");
+        u32::from_ne_bytes(r.body[16..20].try_into().unwrap())
+    };
+    let set = |node: u64, fh: u64, flags: u32| {
+        c.call(FuseRequest::new(
+            opcode::IOCTL,
+            node,
+            vec![ioctl_in(fh, SETFLAGS, 4, 0), flags.to_ne_bytes().to_vec()],
+            vec![16],
+        ))
+        .unwrap()
+        .error
+    };
+    for (name, is_dir) in [("f", false), ("dir", true)] {
+        let path = d.share.join(name);
+        let e = c.lookup(ROOT_ID, name).unwrap();
+        let fh = if is_dir {
+            c.opendir(e.nodeid, O_RDONLY).unwrap().fh
+        } else {
+            c.open(e.nodeid, O_RDONLY).unwrap().fh
+        };
+        let before = host_flags(&path);
+        assert_eq!(get(e.nodeid, fh), before, "{name}: the host's flags");
+        assert_eq!(
+            set(e.nodeid, fh, before | NODUMP),
+            None,
+            "{name}: set nodump"
+        );
+        assert_eq!(
+            host_flags(&path),
+            before | NODUMP,
+            "{name}: nodump on the host"
+        );
+        assert_eq!(get(e.nodeid, fh), before | NODUMP, "{name}");
+        assert_eq!(
+            set(e.nodeid, fh, before | IMMUTABLE),
+            Some(Errno::EPERM),
+            "{name}: immutable needs CAP_LINUX_IMMUTABLE"
+        );
+        assert_eq!(set(e.nodeid, fh, before), None, "{name}: back");
+        assert_eq!(host_flags(&path), before, "{name}");
+        // struct fsxattr: fsx_xflags first; answered, 28 bytes.
+        let r = c
+            .call(FuseRequest::new(
+                opcode::IOCTL,
+                e.nodeid,
+                vec![ioctl_in(fh, FSGETXATTR, 0, 28)],
+                vec![16 + 28],
+            ))
+            .unwrap();
+        assert_eq!(
+            (r.error, r.body.len()),
+            (None, 16 + 28),
+            "{name}: FSGETXATTR"
+        );
+        // A wrong handle, a short argument, another command.
+        let bad = FuseRequest::new(
+            opcode::IOCTL,
+            e.nodeid,
+            vec![ioctl_in(fh + 1000, GETFLAGS, 0, 4)],
+            vec![20],
+        );
+        assert_eq!(c.call(bad).unwrap().error, Some(Errno::EBADF), "{name}");
+        let short = FuseRequest::new(
+            opcode::IOCTL,
+            e.nodeid,
+            vec![ioctl_in(fh, SETFLAGS, 2, 0), vec![0, 0]],
+            vec![16],
+        );
+        assert_eq!(c.call(short).unwrap().error, Some(Errno::EINVAL), "{name}");
+        let fionread = FuseRequest::new(
+            opcode::IOCTL,
+            e.nodeid,
+            vec![ioctl_in(fh, libc::FIONREAD as u32, 0, 4)],
+            vec![20],
+        );
+        assert_eq!(
+            c.call(fionread).unwrap().error,
+            Some(Errno(libc::ENOTTY)),
+            "{name}"
+        );
+    }
 }
