@@ -414,6 +414,18 @@ while read -r _ kind path a _; do
     esac
 done < <(grep -E '^HOST-EXPECT ' "$CLEAN")
 
+# The birth time the guest's statx saw, against the host's (FUSE_STATX: Linux 6.6 guests and
+# later; the 6.1 guest has none to report, the 6.12 one must).
+while read -r _ path btime; do
+    in_share "$path" || { hnot "btime $path" "bad path"; continue; }
+    if [ "$btime" = absent ]; then
+        if [ "$KERNEL" = 6.1 ]; then hok "btime of $path: none before Linux 6.6 (guest $KERNEL)"
+        else hnot "btime of $path" "the $KERNEL guest got no birth time"; fi
+    else
+        hexpect "btime of $path equals the host's" "$btime" "$(stat -c %.9W "$SHARED/$path" 2>&1)"
+    fi
+done < <(grep -E '^GUEST-BTIME ' "$CLEAN")
+
 # The xattr the guest's probe set (guest-fs-test.sh runs it in probe/), read
 # with the host's getxattr(2).
 if [ ${#XATTR[@]} -gt 0 ] && [ "$MODE" != demo ]; then
@@ -447,6 +459,7 @@ if [ "$MODE" = full ]; then
                 '^HOST-EXPECT owner ' '^HOST-EXPECT symlink ' '^HOST-EXPECT links ' \
                 '^HOST-EXPECT mode ' '^HOST-EXPECT mtime ' '^HOST-EXPECT count ' \
                 '^# guest-probe: [0-9]+ passed' '^GUEST-MD5 probe/o-direct-host-check ' \
+                '^GUEST-BTIME probe/btime-host-check ' \
                 '^GUEST-MD5 direct-4m.bin '; do
         grep -qE "$want" "$CLEAN" || hnot "guest report" "no line matching $want"
     done

@@ -441,35 +441,51 @@ fn sync_and_lock(tap: &mut Tap, dir: &Path) {
     }
 }
 
+/// statx with STATX_BTIME on `sync` (64 KiB), and on `btime-host-check`, which stays for the
+/// host: the probe prints `GUEST-BTIME probe/btime-host-check SEC.NSEC` (or `absent`: FUSE
+/// serves birth times from protocol 7.39, Linux 6.6) and run-e2e.sh compares it with the host's.
 fn statx_btime(tap: &mut Tap, dir: &Path) {
-    let path = dir.join("sync");
-    let cpath = cpath(&path);
-    // SAFETY: statx is plain data; all-zero is a valid value.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid path and a writable statx buffer.
-    let res = cvt(unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            cpath.as_ptr(),
-            0,
-            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
-            &mut stx,
-        )
-    });
+    let stat = |path: &Path| -> io::Result<libc::statx> {
+        let cpath = cpath(path);
+        // SAFETY: statx is plain data; all-zero is a valid value.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid path and a writable statx buffer.
+        cvt(unsafe {
+            libc::statx(
+                libc::AT_FDCWD,
+                cpath.as_ptr(),
+                0,
+                libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+                &mut stx,
+            )
+        })?;
+        Ok(stx)
+    };
+    let btime = |stx: &libc::statx| {
+        if stx.stx_mask & libc::STATX_BTIME != 0 {
+            format!("{}.{:09}", stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)
+        } else {
+            "absent".to_owned()
+        }
+    };
     tap.check(
         "statx STATX_BASIC_STATS|STATX_BTIME",
-        res.context("statx").and_then(|_| {
+        stat(&dir.join("sync")).context("statx").and_then(|stx| {
             tap.note(&format!(
                 "statx: stx_mask {:#x}, btime {}",
                 stx.stx_mask,
-                if stx.stx_mask & libc::STATX_BTIME != 0 {
-                    format!("{}.{:09}", stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)
-                } else {
-                    "absent".to_owned()
-                }
+                btime(&stx)
             ));
             ensure_eq("stx_size", 64 * KIB as u64, stx.stx_size)
         }),
+    );
+    let check = dir.join("btime-host-check");
+    tap.check(
+        "statx birth time of a new file, for the host",
+        fs::write(&check, b"born in the guest\n")
+            .context("create")
+            .and_then(|()| stat(&check).context("statx"))
+            .map(|stx| println!("GUEST-BTIME probe/btime-host-check {}", btime(&stx))),
     );
 }
 
@@ -550,7 +566,11 @@ fn utimes_ns(tap: &mut Tap, dir: &Path) {
 // ---------------------------------------------------------------------- main
 
 /// What the probe leaves for the host to check.
-const KEPT: [&str; 2] = ["xattr-host-check", "o-direct-host-check"];
+const KEPT: [&str; 3] = [
+    "xattr-host-check",
+    "o-direct-host-check",
+    "btime-host-check",
+];
 
 /// Removes what the probe created, keeping [`KEPT`] for the host.
 fn cleanup(dir: &Path) -> io::Result<()> {
