@@ -16,7 +16,7 @@ fn main() {
     };
     let n: u64 = n.parse().expect("N: a number");
     let c = FsClient::connect(DeviceConfig::new(socket)).expect("connect");
-    c.init().expect("INIT");
+    let init = c.init().expect("INIT");
     let file = c
         .create(
             ROOT_ID,
@@ -32,7 +32,14 @@ fn main() {
         })
         .expect("create the test file");
     let (node, fh) = (file.0.nodeid, file.1.fh);
-    c.write(node, fh, 0, &vec![7u8; 1 << 20]).expect("fill");
+    // 1 MiB in writes of at most max_write (which follows the queue size).
+    let fill = vec![7u8; init.max_write as usize];
+    let mut off = 0;
+    while off < 1 << 20 {
+        let len = fill.len().min((1 << 20) - off as usize);
+        c.write(node, fh, off, &fill[..len]).expect("fill");
+        off += len as u64;
+    }
     let block = vec![1u8; 4096];
     for i in 0..n {
         let off = (i * 4096) % (1 << 20);
