@@ -13,6 +13,14 @@ pub struct QueueStats {
     pub before_init: AtomicU64,
     /// Most requests of this queue that ran at the same time.
     pub peak_in_flight: AtomicU64,
+    /// Requests run on the queue's own thread.
+    pub inline: AtomicU64,
+    /// Requests run on the pool.
+    pub pooled: AtomicU64,
+    /// Batches of completions published together by the queue thread.
+    pub batches: AtomicU64,
+    /// Guest notifications sent (call eventfd writes).
+    pub notifications: AtomicU64,
     in_flight: AtomicU64,
 }
 
@@ -22,6 +30,16 @@ impl QueueStats {
         let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         self.peak_in_flight.fetch_max(now, Ordering::AcqRel);
         InFlight(self)
+    }
+
+    /// Counts a request run on the queue thread.
+    pub(crate) fn count_inline(&self) {
+        self.inline.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request run on the pool.
+    pub(crate) fn count_pooled(&self) {
+        self.pooled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Chains completed so far.

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,16 +23,26 @@ const VRING_DESC_F_WRITE: u16 = 2;
 const INIT: u32 = Opcode::Init as u32;
 const DESTROY: u32 = Opcode::Destroy as u32;
 const GETATTR: u32 = Opcode::Getattr as u32;
+const SETLKW: u32 = Opcode::Setlkw as u32;
 
-/// A FUSE handler that records what ran, how many ran at once, and sleeps as told.
+/// A FUSE handler that records what ran, where, how many ran at once, and sleeps as told.
 #[derive(Default)]
 struct ScriptedHandler {
     running: AtomicUsize,
     peak: AtomicUsize,
+    /// Requests running on a thread that is not a queue thread (the pool).
+    running_pooled: AtomicUsize,
+    peak_pooled: AtomicUsize,
     handled: AtomicUsize,
-    /// (opcode, unique, started, finished)
-    log: Mutex<Vec<(u32, u64, Instant, Instant)>>,
+    /// (opcode, unique, started, finished, thread name)
+    log: Mutex<Vec<(u32, u64, Instant, Instant, String)>>,
     delay_ms: AtomicUsize,
+    /// When set, each GETATTR waits (up to 10 s) until this many requests run at once.
+    rendezvous: AtomicUsize,
+    /// GETATTRs that saw `rendezvous` requests running.
+    met: AtomicUsize,
+    /// SETLKW answers EAGAIN (the lock is held elsewhere) while set.
+    lock_held: AtomicBool,
     /// Sessions ended without DESTROY, and how many requests ran at that moment.
     sessions_ended: AtomicUsize,
     running_at_end: AtomicUsize,
@@ -40,11 +50,23 @@ struct ScriptedHandler {
     queue_sizes: Mutex<Vec<(u16, usize)>>,
 }
 
+/// Whether the current thread is one of the pipeline's queue threads.
+fn on_queue_thread() -> bool {
+    std::thread::current()
+        .name()
+        .is_some_and(|n| n.starts_with("virtiofs-"))
+}
+
 impl FuseHandler for ScriptedHandler {
     fn handle(&self, chain: &Chain, h: &InHeader) -> Result<Handled, HandleError> {
         let start = Instant::now();
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        let pooled = !on_queue_thread();
+        if pooled {
+            let now = self.running_pooled.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak_pooled.fetch_max(now, Ordering::SeqCst);
+        }
         assert_eq!(
             peek_in_header(chain).map(|p| p.unique),
             Some(h.unique),
@@ -54,20 +76,38 @@ impl FuseHandler for ScriptedHandler {
         if h.opcode == GETATTR && delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
+        let target = self.rendezvous.load(Ordering::SeqCst);
+        if h.opcode == GETATTR && target > 0 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.running.load(Ordering::SeqCst) < target && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if self.running.load(Ordering::SeqCst) >= target {
+                self.met.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let errno = match h.opcode == SETLKW && self.lock_held.load(Ordering::SeqCst) {
+            true => libc::EAGAIN,
+            false => 0,
+        };
         let reply = OutHeader {
             len: 16,
-            error: 0,
+            error: -errno,
             unique: h.unique,
         };
         let ok = write_reply_prefix(chain, reply.as_slice());
+        if pooled {
+            self.running_pooled.fetch_sub(1, Ordering::SeqCst);
+        }
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.handled.fetch_add(1, Ordering::SeqCst);
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
         self.log
             .lock()
             .unwrap()
-            .push((h.opcode, h.unique, start, Instant::now()));
+            .push((h.opcode, h.unique, start, Instant::now(), thread));
         if ok {
-            Ok(Handled { len: 16, errno: 0 })
+            Ok(Handled { len: 16, errno })
         } else {
             Err(HandleError::Server("no room for the reply".into()))
         }
@@ -304,7 +344,9 @@ mt_test!(pool_size_bounds_requests_in_flight_per_queue, || {
     }
     d.kick();
     let used = d.wait_used(24);
-    assert_eq!(r.handler.peak.load(Ordering::SeqCst), 3, "pool of 3");
+    // Never more than the pool's 3 on the pool, plus the one the queue thread runs itself.
+    assert_eq!(r.handler.peak_pooled.load(Ordering::SeqCst), 3, "pool of 3");
+    assert!(r.handler.peak.load(Ordering::SeqCst) <= 4);
     let mut uniques: Vec<u64> = used.iter().map(|u| u.reply.unique).collect();
     uniques.sort();
     assert_eq!(
@@ -313,10 +355,7 @@ mt_test!(pool_size_bounds_requests_in_flight_per_queue, || {
         "every request answered once"
     );
     assert!(used.iter().all(|u| u.len == 16 && u.reply.error == 0));
-    assert_eq!(
-        r.pipeline.stats()[1].peak_in_flight.load(Ordering::SeqCst),
-        3
-    );
+    assert!(r.pipeline.stats()[1].peak_in_flight.load(Ordering::SeqCst) <= 4);
 });
 
 mt_test!(init_is_told_the_smallest_started_request_queue, || {
@@ -353,12 +392,22 @@ mt_test!(pool_size_zero_runs_one_request_at_a_time, || {
     for i in 0..10 {
         d.post(GETATTR, 10 + i);
     }
+    // Long requests too stay on the queue thread without a pool.
+    d.post(Opcode::Fsync as u32, 20);
+    d.post(Opcode::Syncfs as u32, 21);
     d.kick();
-    let used = d.wait_used(10);
+    let used = d.wait_used(12);
     assert_eq!(r.handler.peak.load(Ordering::SeqCst), 1);
-    // One at a time on the queue task: completions come in submission order.
+    // One at a time on the queue thread: completions come in submission order.
     let uniques: Vec<u64> = used.iter().map(|u| u.reply.unique).collect();
-    assert_eq!(uniques, (10..20).collect::<Vec<_>>());
+    assert_eq!(uniques, (10..22).collect::<Vec<_>>());
+    let log = r.handler.log.lock().unwrap();
+    assert!(
+        log.iter().all(|e| e.4 == "virtiofs-q1"),
+        "every request on the queue's own thread: {:?}",
+        log.iter().map(|e| &e.4).collect::<Vec<_>>()
+    );
+    assert_eq!(r.pipeline.stats()[1].pooled.load(Ordering::SeqCst), 0);
 });
 
 mt_test!(
@@ -378,9 +427,19 @@ mt_test!(
             let used = r.drivers[q].wait_used(6);
             assert!(used.iter().all(|u| u.reply.unique / 1000 == q as u64));
         }
-        // Two queues with two permits each: up to four at once, and more than one queue's worth.
-        let peak = r.handler.peak.load(Ordering::SeqCst);
-        assert!(peak > 2 && peak <= 4, "peak {peak}");
+        // Two queues with two permits each (and their own threads): more than one queue's
+        // worth on the pool at once, never more than both pools.
+        let pooled = r.handler.peak_pooled.load(Ordering::SeqCst);
+        assert!(pooled > 2 && pooled <= 4, "peak on the pool {pooled}");
+        let threads: std::collections::BTreeSet<String> = r
+            .handler
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.4.clone())
+            .collect();
+        assert!(threads.contains("virtiofs-q1") && threads.contains("virtiofs-q2"));
         assert_eq!(r.pipeline.stats()[1].completed(), 7); // INIT + 6
         assert_eq!(r.pipeline.stats()[2].completed(), 6);
     }
