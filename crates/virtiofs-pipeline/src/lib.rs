@@ -8,9 +8,10 @@
 //!    ring order.
 //! 3. [`gate`]: FUSE_INIT and FUSE_DESTROY hold the write side of an async RwLock, every other
 //!    request the read side, so they never overlap.
-//! 4. [`dispatch`]: the request runs on the queue thread, or on the bounded pool when others
-//!    wait behind it or it may block long ([`request::classify`]); a semaphore per queue
-//!    (`--thread-pool-size`) bounds the pool.
+//! 4. [`dispatch`]: the request runs on the queue thread, or goes to the queue's [`pool`] when
+//!    others wait behind it or it may block long ([`request::classify`]); at most
+//!    `--thread-pool-size` runners per queue run pooled requests, and the queue thread takes
+//!    back the quick ones nobody started.
 //! 5. [`serve`] and [`handler`]: the FUSE header is checked, the session rules applied, and the
 //!    FUSE server proper (`virtiofs-fuse`, behind [`FuseHandler`]) runs the request start to end
 //!    on one OS thread (credentials are switched per thread); it reads every other field out
@@ -26,6 +27,7 @@ pub mod handler;
 mod kick;
 mod lock_wait;
 mod pipeline;
+pub mod pool;
 pub mod queue;
 pub mod request;
 pub mod serve;

@@ -5,8 +5,9 @@
 //! waiters would stall the queue. Instead the filesystem tries the lock once and answers EAGAIN
 //! when it is held; the pipeline keeps that reply off the used ring and runs the request again
 //! after a growing pause (1 ms to 50 ms), holding nothing in between. The wait is a task on the
-//! queue thread's runtime; each retry runs on the pool when a permit is free, otherwise on the
-//! queue thread. The wait ends:
+//! queue thread's runtime; a retry goes to the pool when a runner is free (and the wait goes on
+//! from there, as a new task, if the lock is still held), otherwise it runs on the queue thread.
+//! The wait ends:
 //! - with the lock (or another error), the reply the filesystem wrote;
 //! - with EINTR when the session that sent it ended (DESTROY, a new driver's INIT), when the
 //!   ring stops (device reset, VM pause or migration: a ring must be quiet before
@@ -20,10 +21,11 @@ use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
-use crate::dispatch::Pool;
 use crate::gate::Pass;
 use crate::handler::{FuseHandler, Handled};
+use crate::pool::Job;
 use crate::queue::{QueueContext, Step};
+use crate::request::Weight;
 use crate::used::Unanswered;
 
 /// The first pause before a waiting SETLKW runs again.
@@ -38,6 +40,8 @@ pub(crate) struct LockWait {
     header: InHeader,
     /// The session it was sent in ([`Pass::inits`]).
     session: u64,
+    /// The pause before the next try.
+    pause: Duration,
 }
 
 impl LockWait {
@@ -57,9 +61,20 @@ impl LockWait {
                 Some(LockWait {
                     header,
                     session: pass.inits(),
+                    pause: FIRST_PAUSE,
                 })
             }
             _ => None,
+        }
+    }
+}
+
+impl LockWait {
+    /// This wait, continuing `previous` (a retry on the pool): its pauses go on growing.
+    pub(crate) fn continuing(self, previous: Option<LockWait>) -> LockWait {
+        LockWait {
+            pause: previous.map_or(self.pause, |p| p.pause),
+            ..self
         }
     }
 }
@@ -74,7 +89,7 @@ impl<H: FuseHandler> QueueContext<H> {
 }
 
 /// Runs `job` again until it is answered (see the module docs).
-async fn wait_for_lock<H: FuseHandler>(mut job: Unanswered<H>, w: LockWait) {
+async fn wait_for_lock<H: FuseHandler>(job: Unanswered<H>, mut w: LockWait) {
     let ctx = job.ctx().clone();
     debug!(
         queue = ctx.link.index,
@@ -83,7 +98,6 @@ async fn wait_for_lock<H: FuseHandler>(mut job: Unanswered<H>, w: LockWait) {
     );
     let mut changes = ctx.link.vring.subscribe();
     changes.borrow_and_update();
-    let mut pause = FIRST_PAUSE;
     loop {
         tokio::select! {
             biased;
@@ -94,49 +108,30 @@ async fn wait_for_lock<H: FuseHandler>(mut job: Unanswered<H>, w: LockWait) {
                 }
                 continue;
             }
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(w.pause) => {}
         }
-        pause = (pause * 2).min(MAX_PAUSE);
+        w.pause = (w.pause * 2).min(MAX_PAUSE);
         let pass = ctx.gate.enter(Opcode::Setlkw as u32).await;
         if !pass.initialized() || pass.inits() != w.session {
             drop(pass);
             return interrupt(job, &w, "its session ended");
         }
-        let header = w.header;
-        job = match ctx.pool.as_ref().and_then(Pool::try_permit) {
-            Some(permit) => {
-                ctx.stats.count_pooled();
-                let pool = ctx.pool.as_ref().expect("a permit comes from the pool");
-                match pool.run(permit, move || retry(job, header, pass)).await {
-                    Ok(Some(job)) => job,
-                    // Answered; or the job panicked or never ran, and dropping it answered it.
-                    Ok(None) | Err(_) => return,
-                }
-            }
-            None => {
-                ctx.stats.count_inline();
-                match retry(job, header, pass) {
-                    Some(job) => job,
-                    None => return,
-                }
-            }
-        };
-    }
-}
-
-/// Runs the SETLKW once more; the job back if it must still wait.
-fn retry<H: FuseHandler>(
-    job: Unanswered<H>,
-    header: InHeader,
-    pass: Pass,
-) -> Option<Unanswered<H>> {
-    let ctx = job.ctx().clone();
-    match ctx.process(job.chain(), Some(header), Some(pass)) {
-        Step::Done(len) => {
-            job.answer(len);
-            None
+        if let Some(pool) = ctx.pool.as_ref().filter(|p| p.has_room()) {
+            // The wait goes on from the pool if the lock is still held; dropped unrun (the
+            // runtime shut down), the job is answered EINTR.
+            let job = Job {
+                chain: job,
+                header: Some(w.header),
+                pass: Some(pass),
+                retry: Some(w),
+            };
+            return pool.push(Weight::Long, job);
         }
-        Step::Wait(_) => Some(job),
+        ctx.stats.count_inline();
+        match ctx.process(job.chain(), Some(w.header), Some(pass)) {
+            Step::Done(len) => return job.answer(len),
+            Step::Wait(_) => {}
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -20,11 +21,12 @@ use virtio_queue::QueueT;
 use virtiofs_device::{QueueLink, WatchedVring};
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
-use crate::dispatch::{place, Placement, Pool};
+use crate::dispatch::{place, Placement};
 use crate::gate::{Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler, Handled};
 use crate::kick::AsyncKick;
 use crate::lock_wait::LockWait;
+use crate::pool::{Job, Pool};
 use crate::request::{classify, is_forget, peek_in_header, reply_error, reply_room, Weight};
 use crate::serve::serve_chain_handled;
 use crate::stats::QueueStats;
@@ -36,7 +38,7 @@ use crate::used::{Popped, Unanswered, UsedBatch};
 pub const MAX_BATCH: usize = 32;
 
 /// Everything one queue thread and its requests share.
-pub(crate) struct QueueContext<H> {
+pub(crate) struct QueueContext<H: FuseHandler> {
     /// The queue, its vring and guest memory.
     pub(crate) link: QueueLink,
     /// The FUSE server.
@@ -45,7 +47,7 @@ pub(crate) struct QueueContext<H> {
     pub(crate) gate: SessionGate,
     /// Where requests may go besides the queue thread; `None`: everything inline
     /// (`--thread-pool-size=0`, the hiprio queue).
-    pub(crate) pool: Option<Pool>,
+    pub(crate) pool: Option<Pool<H>>,
     /// Counters for this queue.
     pub(crate) stats: Arc<QueueStats>,
     /// Every request queue's vring (this one's too), for the size of the smallest at INIT.
@@ -155,6 +157,9 @@ impl<H: FuseHandler> QueueContext<H> {
                     let others_waiting = popped.others_waiting();
                     self.dispatch(chain, others_waiting, &mut used).await;
                 }
+                // Quick requests handed to the pool that no runner has started yet: this
+                // thread is free now, they run here.
+                self.take_back(&mut used);
                 // One publication and at most one notification for the batch.
                 used.flush();
                 if self.cancel.is_cancelled() {
@@ -172,8 +177,8 @@ impl<H: FuseHandler> QueueContext<H> {
         }
     }
 
-    /// Starts one request: takes its gate pass (in ring order), then runs it here or on the
-    /// pool ([`crate::dispatch::place`]). Completions of requests run here go to `used`.
+    /// Starts one request: takes its gate pass (in ring order), then runs it here or hands it
+    /// to the pool ([`crate::dispatch::place`]). Completions of requests run here go to `used`.
     async fn dispatch(
         self: &Arc<Self>,
         chain: Chain,
@@ -188,35 +193,51 @@ impl<H: FuseHandler> QueueContext<H> {
         let pass = match self.gate.try_pass_for(header.as_ref()) {
             Ok(pass) => pass,
             Err(_busy) => {
-                // INIT or DESTROY runs or waits (or this is one and requests run): publish
-                // what this drain has done before waiting, so that nothing waits for it.
+                // INIT or DESTROY runs or waits (or this is one and requests run): finish and
+                // publish what this drain has started, so that nothing waits for it.
+                self.take_back(used);
                 used.flush();
                 self.gate.pass_for(header.as_ref()).await
             }
         };
-        match place(self.pool.as_ref(), weight, others_waiting) {
-            Placement::Inline => {
-                self.stats.count_inline();
-                match self.process(&chain, header, pass) {
-                    Step::Done(len) => used.push(chain.head_index(), len),
-                    Step::Wait(w) => {
-                        self.spawn_lock_wait(Unanswered::new(self.clone(), chain, libc::EINTR), w)
-                    }
-                }
-            }
-            Placement::Pool(permit) => {
-                self.stats.count_pooled();
+        match place(self.pool.is_some(), weight, others_waiting) {
+            Placement::Inline => self.run_inline(chain, header, pass, used),
+            Placement::Pool => {
                 let pool = self.pool.as_ref().expect("placed on the pool");
-                // If the job never runs (the pool shut down), dropping it answers EIO.
-                let job = Unanswered::new(self.clone(), chain, libc::EIO);
-                pool.run(permit, move || {
-                    let ctx = job.ctx().clone();
-                    match ctx.process(job.chain(), header, pass) {
-                        Step::Done(len) => job.answer(len),
-                        Step::Wait(w) => ctx.spawn_lock_wait(job, w),
-                    }
-                });
+                let job = Job {
+                    // If no runner ever takes it (the runtime shut down), it is answered EIO.
+                    chain: Unanswered::new(self.clone(), chain, libc::EIO),
+                    header,
+                    pass,
+                    retry: None,
+                };
+                pool.push(weight, job);
             }
+        }
+    }
+
+    /// Runs a request on the queue thread; its completion joins `used`.
+    fn run_inline(
+        self: &Arc<Self>,
+        chain: Chain,
+        header: Option<InHeader>,
+        pass: Option<Pass>,
+        used: &mut UsedBatch<'_>,
+    ) {
+        self.stats.count_inline();
+        match self.process(&chain, header, pass) {
+            Step::Done(len) => used.push(chain.head_index(), len),
+            Step::Wait(w) => {
+                self.spawn_lock_wait(Unanswered::new(self.clone(), chain, libc::EINTR), w)
+            }
+        }
+    }
+
+    /// Runs here the quick requests of the pool that no runner has started.
+    fn take_back(self: &Arc<Self>, used: &mut UsedBatch<'_>) {
+        let Some(pool) = &self.pool else { return };
+        while let Some(job) = pool.take_quick() {
+            self.run_inline(job.chain.into_chain(), job.header, job.pass, used);
         }
     }
 
@@ -237,6 +258,7 @@ impl<H: FuseHandler> QueueContext<H> {
                 self.handler.set_queue_size(size);
             }
         }
+        let started = Instant::now();
         let served = catch_unwind(AssertUnwindSafe(|| {
             serve_chain_handled(
                 &*self.handler,
@@ -247,6 +269,7 @@ impl<H: FuseHandler> QueueContext<H> {
                 self.link.index,
             )
         }));
+        self.stats.record_service(started.elapsed());
         let handled = served.unwrap_or_else(|_| {
             error!(queue = self.link.index, "a request panicked; answered EIO");
             let len = match header {
@@ -277,6 +300,8 @@ pub fn log_stats(index: usize, stats: &QueueStats) {
             requests = stats.completed(),
             inline = stats.inline.load(Ordering::Relaxed),
             pooled = stats.pooled.load(Ordering::Relaxed),
+            runners = stats.runners.load(Ordering::Relaxed),
+            service_ns = stats.service_ns(),
             batches = stats.batches.load(Ordering::Relaxed),
             notifications = stats.notifications.load(Ordering::Relaxed),
             malformed = stats.malformed.load(Ordering::Relaxed),

@@ -3,7 +3,7 @@
 //! Each offered queue has a small watcher task on the shared runtime. When the queue first
 //! becomes runnable (started, enabled, with a kick fd) the watcher starts the queue's OS thread
 //! — `virtiofs-hiprio` for queue 0, `virtiofs-qN` for request queue N — with a current-thread
-//! runtime driving [`QueueContext::run`], and its pool's permits. Queues the guest never starts
+//! runtime driving [`QueueContext::run`], and its pool. Queues the guest never starts
 //! cost one parked task each and no thread. The thread then lives until the daemon stops (a
 //! ring stopped and started again, e.g. by a guest reboot, keeps its thread).
 //!
@@ -21,9 +21,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 use virtiofs_device::{QueueLink, WatchedVring, HIPRIO_QUEUE};
 
-use crate::dispatch::Pool;
 use crate::gate::SessionGate;
 use crate::handler::FuseHandler;
+use crate::pool::Pool;
 use crate::queue::QueueContext;
 use crate::stats::QueueStats;
 
@@ -116,6 +116,7 @@ fn start_thread<H: FuseHandler>(
             shared.pool_size,
             shared.runtime.clone(),
             shared.tracker.clone(),
+            stats.clone(),
         )
     });
     let ctx = Arc::new(QueueContext {

@@ -238,6 +238,12 @@ impl<H: FuseHandler> Unanswered<H> {
         &self.ctx
     }
 
+    /// The chain, for the caller to return itself (the queue thread taking a pooled request
+    /// back, whose completion joins its batch).
+    pub(crate) fn into_chain(mut self) -> Chain {
+        self.chain.take().expect("an unanswered chain")
+    }
+
     /// Returns the chain with `len` reply bytes.
     pub(crate) fn answer(mut self, len: u32) {
         let chain = self.chain.take().expect("an unanswered chain");

@@ -36,6 +36,10 @@ mt_test!(shallow_requests_run_inline_on_the_queue_thread, || {
 mt_test!(a_deep_queue_overlaps_its_requests_on_the_pool, || {
     let mut r = rig(1, 8, false);
     r.init(1);
+    // Requests that block: worth handing to runners when others wait behind them.
+    r.handler.delay_ms.store(20, Ordering::SeqCst);
+    r.train(1, 2);
+    r.handler.delay_ms.store(0, Ordering::SeqCst);
     // Each GETATTR waits until all 8 run at once: only the pool can do that.
     r.handler.rendezvous.store(8, Ordering::SeqCst);
     let d = &mut r.drivers[1];
@@ -50,7 +54,11 @@ mt_test!(a_deep_queue_overlaps_its_requests_on_the_pool, || {
     assert!((100..107).all(|u| !is_queue_thread(&r.thread_of(u))));
     let stats = &r.pipeline.stats()[1];
     assert_eq!(stats.pooled.load(Ordering::SeqCst), 7);
-    assert_eq!(stats.inline.load(Ordering::SeqCst), 2, "INIT and the last");
+    assert_eq!(
+        stats.inline.load(Ordering::SeqCst),
+        4,
+        "INIT, 2 alone and the last"
+    );
 });
 
 mt_test!(
@@ -59,6 +67,7 @@ mt_test!(
         let mut r = rig(1, 2, false);
         r.init(1);
         r.handler.delay_ms.store(20, Ordering::SeqCst);
+        r.train(1, 2);
         let d = &mut r.drivers[1];
         d.post_batch((0..12).map(|i| (GETATTR, 100 + i)));
         d.kick();
@@ -74,12 +83,28 @@ mt_test!(
             stats.pooled.load(Ordering::SeqCst),
             stats.inline.load(Ordering::SeqCst),
         );
-        assert_eq!(pooled + inline, 13);
+        assert_eq!(pooled + inline, 15, "INIT, 2 alone, 12");
         assert!(pooled >= 2, "the pool was used ({pooled})");
         assert!(
             inline >= 2,
             "a full pool leaves the queue thread working ({inline})"
         );
+    }
+);
+
+mt_test!(
+    cheap_requests_behind_each_other_stay_on_the_queue_thread,
+    || {
+        let mut r = rig(1, 64, false);
+        r.init(1);
+        // Quick and cheap: 8 queued behind each other are less work than a thread wake-up.
+        let d = &mut r.drivers[1];
+        d.post_batch((0..8).map(|i| (GETATTR, 100 + i)));
+        d.kick();
+        d.wait_used(8);
+        let stats = &r.pipeline.stats()[1];
+        assert_eq!(stats.runners.load(Ordering::SeqCst), 0, "no runner woken");
+        assert!((100..108).all(|u| is_queue_thread(&r.thread_of(u))));
     }
 );
 
@@ -254,6 +279,10 @@ async fn pooled_requests_and_lock_waits_come_back_when_the_pool_is_gone() {
     let mut r = tokio::task::spawn_blocking(move || {
         let mut r = rig_with(1, 8, false, |q| q == 1, Some(pool));
         r.init(1);
+        // Requests that block: worth a runner when others wait behind them.
+        r.handler.delay_ms.store(20, Ordering::SeqCst);
+        r.train(1, 2);
+        r.handler.delay_ms.store(0, Ordering::SeqCst);
         r
     })
     .await
@@ -266,7 +295,7 @@ async fn pooled_requests_and_lock_waits_come_back_when_the_pool_is_gone() {
         let mut heads = vec![d.post(SETLKW, 50)];
         d.kick();
         // Its first try ran (alone, so inline) before the others come.
-        while r.handler.handled.load(Ordering::SeqCst) < 2 {
+        while r.handler.handled.load(Ordering::SeqCst) < 4 {
             std::thread::sleep(Duration::from_millis(1));
         }
         let d = &mut r.drivers[1];
@@ -299,8 +328,8 @@ async fn pooled_requests_and_lock_waits_come_back_when_the_pool_is_gone() {
     let d = &r.drivers[1];
     assert_eq!(
         used_index(d),
-        1 + heads.len() as u16,
+        3 + heads.len() as u16,
         "nothing returned twice"
     );
-    assert_eq!(stats.completed(), 8);
+    assert_eq!(stats.completed(), 10);
 }

@@ -16,6 +16,7 @@ mt_test!(pool_size_bounds_requests_in_flight_per_queue, || {
     let mut r = rig(1, 3, false);
     r.init(1);
     r.handler.delay_ms.store(30, Ordering::SeqCst);
+    r.train(1, 2);
     let d = &mut r.drivers[1];
     for i in 0..24 {
         d.post(GETATTR, 100 + i);
@@ -94,6 +95,8 @@ mt_test!(
         let mut r = rig(2, 2, true);
         r.init(1);
         r.handler.delay_ms.store(40, Ordering::SeqCst);
+        r.train(1, 2);
+        r.train(2, 2);
         for q in 1..=2 {
             let d = &mut r.drivers[q];
             for i in 0..6 {
@@ -118,8 +121,8 @@ mt_test!(
             .map(|e| e.4.clone())
             .collect();
         assert!(threads.contains("virtiofs-q1") && threads.contains("virtiofs-q2"));
-        assert_eq!(r.pipeline.stats()[1].completed(), 7); // INIT + 6
-        assert_eq!(r.pipeline.stats()[2].completed(), 6);
+        assert_eq!(r.pipeline.stats()[1].completed(), 9); // INIT + 2 + 6
+        assert_eq!(r.pipeline.stats()[2].completed(), 8);
     }
 );
 

@@ -396,6 +396,18 @@ impl Rig {
         assert_eq!(used[0].reply.error, 0);
     }
 
+    /// Sends `n` GETATTRs on `queue` one at a time (uniques from 900): the queue learns how
+    /// long its requests take (with `delay_ms` set, long enough to hand queued ones to the
+    /// pool's runners; see `virtiofs_pipeline::pool::worth_a_runner`).
+    pub fn train(&mut self, queue: usize, n: u64) {
+        for i in 0..n {
+            let d = &mut self.drivers[queue];
+            d.post(GETATTR, 900 + i);
+            d.kick();
+            assert_eq!(d.wait_used(1)[0].reply.error, 0);
+        }
+    }
+
     /// The name of the thread that ran request `unique` (the last time it ran).
     pub fn thread_of(&self, unique: u64) -> String {
         let log = self.handler.log.lock().unwrap();
