@@ -207,7 +207,8 @@ struct Args {
     #[arg(long, value_name = "RULES", value_parser = compat::parse_xattrmap)]
     xattrmap: Option<String>,
 
-    /// Refuse every modification of the share [not implemented yet].
+    /// Refuse every modification of the share (EROFS, whatever the host permissions; in the
+    /// namespace sandbox the share is also mounted read-only).
     #[arg(long)]
     readonly: bool,
 
@@ -480,7 +481,6 @@ where
     // Options whose feature is not built yet: refused (the `bool` says whether one was given).
     let refused = [
         ("xattrmap", "--xattrmap", args.xattrmap.is_some()),
-        ("readonly", "--readonly", args.readonly),
         ("allow_mmap", "--allow-mmap", args.allow_mmap),
         (
             "preserve_noatime",
@@ -544,6 +544,7 @@ where
         readdirplus: true,
         allow_direct_io: false,
         announce_submounts: false,
+        readonly: args.readonly,
         posix_locks: true,
         flock_locks: true,
         inode_file_handles: match args.inode_file_handles {

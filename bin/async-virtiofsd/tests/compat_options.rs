@@ -70,7 +70,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
         Serves("sandbox Chroot"),
     ),
     ("--sandbox", &["--sandbox=none"], Serves("sandbox None")),
-    ("--readonly", &["--readonly"], NotYet("--readonly")),
+    ("--readonly", &["--readonly"], Serves("")),
     ("--seccomp", &["--seccomp=log"], Serves("")),
     (
         "--announce-submounts",

@@ -275,6 +275,51 @@ fn chattr_and_lsattr_reach_the_host_file_and_directory() {
     }
 }
 
+#[test]
+fn readonly_share_refuses_writes_through_the_kernel() {
+    let m = Mounted::start_with(Kind::Ours, &[REQUEST_LOG], &["--readonly"], &[])
+        .expect("async-virtiofsd must be built for these tests");
+    fs::write(m.backend.share.join("f"), b"host data").unwrap();
+    let erofs = |r: std::io::Result<()>| r.map_err(|e| e.raw_os_error());
+    assert_eq!(fs::read(m.mnt.join("f")).unwrap(), b"host data");
+    assert_eq!(
+        erofs(
+            OpenOptions::new()
+                .write(true)
+                .open(m.mnt.join("f"))
+                .map(drop)
+        ),
+        Err(Some(libc::EROFS)),
+        "open for writing"
+    );
+    assert_eq!(
+        erofs(fs::write(m.mnt.join("new"), b"x")),
+        Err(Some(libc::EROFS))
+    );
+    assert_eq!(
+        erofs(fs::create_dir(m.mnt.join("d"))),
+        Err(Some(libc::EROFS))
+    );
+    assert_eq!(
+        erofs(fs::remove_file(m.mnt.join("f"))),
+        Err(Some(libc::EROFS))
+    );
+    assert_eq!(
+        erofs(fs::rename(m.mnt.join("f"), m.mnt.join("g"))),
+        Err(Some(libc::EROFS))
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        erofs(fs::set_permissions(
+            m.mnt.join("f"),
+            fs::Permissions::from_mode(0o600)
+        )),
+        Err(Some(libc::EROFS))
+    );
+    assert_eq!(fs::read(m.backend.share.join("f")).unwrap(), b"host data");
+    assert_eq!(fs::read_dir(&m.backend.share).unwrap().count(), 1);
+}
+
 fn statx(p: &Path) -> libc::statx {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: a zeroed statx is a valid out-buffer.

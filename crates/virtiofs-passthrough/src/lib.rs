@@ -115,6 +115,8 @@ pub struct ShareOptions {
     pub allow_direct_io: bool,
     /// Mark mount points inside the share so the guest gives each its own st_dev.
     pub announce_submounts: bool,
+    /// Refuse every modification of the share (EROFS).
+    pub readonly: bool,
     /// Serve POSIX locks on the host (POSIX_LOCKS); off, the guest kernel keeps them locally.
     pub posix_locks: bool,
     /// Serve flock(2) locks on the host (FLOCK_LOCKS); off, the guest kernel keeps them locally.
@@ -196,6 +198,7 @@ impl Share {
             readdirplus: opts.readdirplus,
             allow_direct_io: opts.allow_direct_io,
             announce_submounts: opts.announce_submounts,
+            readonly: opts.readonly,
             posix_locks: opts.posix_locks,
             flock_locks: opts.flock_locks,
             inode_file_handles: opts.inode_file_handles,
@@ -303,6 +306,7 @@ mod tests {
             readdirplus: true,
             allow_direct_io: false,
             announce_submounts: false,
+            readonly: false,
             posix_locks: true,
             flock_locks: true,
             inode_file_handles: InodeFileHandles::Never,

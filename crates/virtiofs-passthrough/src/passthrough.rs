@@ -43,6 +43,8 @@ pub struct Config {
     /// Mark mount points inside the share (FUSE_ATTR_SUBMOUNT) so the guest gives them their
     /// own st_dev.
     pub announce_submounts: bool,
+    /// Refuse every modification of the share (`--readonly`, `ops/readonly.rs`).
+    pub readonly: bool,
     /// Offer POSIX_LOCKS (host locks for fcntl).
     pub posix_locks: bool,
     /// Offer FLOCK_LOCKS (host locks for flock).

@@ -178,8 +178,14 @@ fn debug_flag_and_log_level() {
 
 #[test]
 fn options_not_built_yet_are_refused_in_one_line_naming_them() {
-    let e = run(&["--shared-dir=/a", "--fd=3", "--readonly"]).unwrap_err();
-    assert_eq!(e, "--readonly is not implemented yet");
+    let e = run(&["--shared-dir=/a", "--fd=3", "--allow-mmap"]).unwrap_err();
+    assert_eq!(e, "--allow-mmap is not implemented yet");
+    assert!(
+        run(&["--shared-dir=/a", "--fd=3", "--readonly"])
+            .unwrap()
+            .share
+            .readonly
+    );
     let e = run(&[
         "--shared-dir=/a",
         "--fd=3",

@@ -7,4 +7,5 @@ pub(crate) mod entry;
 pub(crate) mod file;
 pub(crate) mod ioctl;
 pub(crate) mod lock;
+pub(crate) mod readonly;
 pub(crate) mod xattr;

@@ -42,6 +42,7 @@ pub fn config(mode: InodeFileHandles) -> Config {
         readdirplus: true,
         allow_direct_io: false,
         announce_submounts: false,
+        readonly: false,
         posix_locks: true,
         flock_locks: true,
         inode_file_handles: mode,
