@@ -457,7 +457,10 @@ fn serving_process_is_filtered_and_stripped() {
         .unwrap_or_else(|| panic!("no root mount:\n{mountinfo}"));
     let options: Vec<_> = root.split_whitespace().nth(5).unwrap().split(',').collect();
     for want in ["rw", "nodev", "nosuid", "noexec"] {
-        assert!(options.contains(&want), "root mount {options:?} lacks {want}");
+        assert!(
+            options.contains(&want),
+            "root mount {options:?} lacks {want}"
+        );
     }
 }
 

@@ -262,7 +262,11 @@ fn pivot_into_share(shared_dir: &Path) -> Result<(), Error> {
 /// namespace mode, after [`enter`]): the kernel then refuses every modification with EROFS,
 /// whatever the file server does.
 pub fn make_root_readonly() -> Result<(), Error> {
-    set_root_attributes(MOUNT_ATTR_RDONLY, MsFlags::MS_RDONLY, "make the share read-only")
+    set_root_attributes(
+        MOUNT_ATTR_RDONLY,
+        MsFlags::MS_RDONLY,
+        "make the share read-only",
+    )
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
