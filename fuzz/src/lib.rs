@@ -460,6 +460,8 @@ fn share_options(dir: &std::path::Path, options: u8) -> ShareOptions {
         readdirplus: options & 16 == 0,
         allow_direct_io: options & 32 != 0,
         readonly: false,
+        allow_mmap: false,
+        preserve_noatime: false,
         posix_locks: true,
         flock_locks: true,
         announce_submounts: options & 64 != 0,

@@ -212,11 +212,13 @@ struct Args {
     #[arg(long)]
     readonly: bool,
 
-    /// Allow shared mmap with --cache=never|metadata [not implemented yet].
+    /// Allow shared mmap with --cache=never|metadata (DIRECT_IO_ALLOW_MMAP; guests from Linux
+    /// 6.6).
     #[arg(long)]
     allow_mmap: bool,
 
-    /// Keep O_NOATIME from the guest [not implemented yet].
+    /// Keep O_NOATIME from the guest even where the host refuses it (EPERM); by default the file
+    /// is then opened without it.
     #[arg(long)]
     preserve_noatime: bool,
 
@@ -481,12 +483,6 @@ where
     // Options whose feature is not built yet: refused (the `bool` says whether one was given).
     let refused = [
         ("xattrmap", "--xattrmap", args.xattrmap.is_some()),
-        ("allow_mmap", "--allow-mmap", args.allow_mmap),
-        (
-            "preserve_noatime",
-            "--preserve-noatime",
-            args.preserve_noatime,
-        ),
         ("uid_map", "--uid-map", !args.uid_map.is_empty()),
         ("gid_map", "--gid-map", !args.gid_map.is_empty()),
         (
@@ -545,6 +541,8 @@ where
         allow_direct_io: false,
         announce_submounts: false,
         readonly: args.readonly,
+        allow_mmap: args.allow_mmap,
+        preserve_noatime: args.preserve_noatime,
         posix_locks: true,
         flock_locks: true,
         inode_file_handles: match args.inode_file_handles {

@@ -108,7 +108,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
         Warns("cannot open file handles"),
     ),
     ("--cache", &["--cache=metadata"], Serves("")),
-    ("--allow-mmap", &["--allow-mmap"], NotYet("--allow-mmap")),
+    ("--allow-mmap", &["--allow-mmap"], Serves("")),
     ("--no-readdirplus", &["--no-readdirplus"], Serves("")),
     ("--writeback", &["--writeback"], Serves("")),
     ("--allow-direct-io", &["--allow-direct-io"], Serves("")),
@@ -162,11 +162,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
         &["--translate-gid=forbid-guest:0:10"],
         NotYet("--translate-gid"),
     ),
-    (
-        "--preserve-noatime",
-        &["--preserve-noatime"],
-        NotYet("--preserve-noatime"),
-    ),
+    ("--preserve-noatime", &["--preserve-noatime"], Serves("")),
     (
         "--migration-mode",
         &["--migration-mode=file-handles"],

@@ -320,6 +320,45 @@ fn readonly_share_refuses_writes_through_the_kernel() {
     assert_eq!(fs::read_dir(&m.backend.share).unwrap().count(), 1);
 }
 
+/// mmap(MAP_SHARED) of a file on the mount: Ok, or the errno.
+fn mmap_shared(p: &Path) -> Result<(), i32> {
+    let f = OpenOptions::new().read(true).write(true).open(p).unwrap();
+    // SAFETY: a fresh mapping of 4096 bytes of an open file, unmapped right away.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    // SAFETY: the mapping made above; the first byte is the file's.
+    let first = unsafe { *(addr as *const u8) };
+    // SAFETY: unmapping what was mapped above.
+    unsafe { libc::munmap(addr, 4096) };
+    assert_eq!(first, b'm', "the mapping shows the file");
+    Ok(())
+}
+
+#[test]
+fn allow_mmap_permits_shared_mmap_with_cache_never() {
+    for (allow, want) in [(false, Err(libc::ENODEV)), (true, Ok(()))] {
+        let mut args = vec!["--cache=never"];
+        if allow {
+            args.push("--allow-mmap");
+        }
+        let m = Mounted::start_with(Kind::Ours, &[REQUEST_LOG], &args, &[])
+            .expect("async-virtiofsd must be built for these tests");
+        fs::write(m.backend.share.join("f"), b"mapped").unwrap();
+        assert_eq!(mmap_shared(&m.mnt.join("f")), want, "--allow-mmap: {allow}");
+    }
+}
+
 fn statx(p: &Path) -> libc::statx {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: a zeroed statx is a valid out-buffer.

@@ -117,6 +117,11 @@ pub struct ShareOptions {
     pub announce_submounts: bool,
     /// Refuse every modification of the share (EROFS).
     pub readonly: bool,
+    /// Offer DIRECT_IO_ALLOW_MMAP: shared mmap of files opened with direct I/O
+    /// (`--cache=never|metadata`).
+    pub allow_mmap: bool,
+    /// Keep O_NOATIME even where the host refuses it (EPERM) instead of opening without it.
+    pub preserve_noatime: bool,
     /// Serve POSIX locks on the host (POSIX_LOCKS); off, the guest kernel keeps them locally.
     pub posix_locks: bool,
     /// Serve flock(2) locks on the host (FLOCK_LOCKS); off, the guest kernel keeps them locally.
@@ -199,6 +204,8 @@ impl Share {
             allow_direct_io: opts.allow_direct_io,
             announce_submounts: opts.announce_submounts,
             readonly: opts.readonly,
+            allow_mmap: opts.allow_mmap,
+            preserve_noatime: opts.preserve_noatime,
             posix_locks: opts.posix_locks,
             flock_locks: opts.flock_locks,
             inode_file_handles: opts.inode_file_handles,
@@ -307,6 +314,8 @@ mod tests {
             allow_direct_io: false,
             announce_submounts: false,
             readonly: false,
+            allow_mmap: false,
+            preserve_noatime: false,
             posix_locks: true,
             flock_locks: true,
             inode_file_handles: InodeFileHandles::Never,

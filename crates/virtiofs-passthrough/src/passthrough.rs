@@ -45,6 +45,10 @@ pub struct Config {
     pub announce_submounts: bool,
     /// Refuse every modification of the share (`--readonly`, `ops/readonly.rs`).
     pub readonly: bool,
+    /// Offer DIRECT_IO_ALLOW_MMAP (shared mmap of direct-I/O files).
+    pub allow_mmap: bool,
+    /// Keep O_NOATIME where the host refuses it (EPERM) rather than open without it.
+    pub preserve_noatime: bool,
     /// Offer POSIX_LOCKS (host locks for fcntl).
     pub posix_locks: bool,
     /// Offer FLOCK_LOCKS (host locks for flock).
@@ -158,6 +162,9 @@ impl Passthrough {
         }
         if self.cfg.announce_submounts {
             wants |= f::SUBMOUNTS;
+        }
+        if self.cfg.allow_mmap {
+            wants |= f::DIRECT_IO_ALLOW_MMAP;
         }
         // The writeback cache keeps data in the guest: pointless (and unsafe for other
         // clients) when nothing may be cached.
@@ -278,6 +285,21 @@ impl Passthrough {
         // nothing here.
         let flags = flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL | libc::O_PATH)
             | libc::O_NOCTTY;
+        match self.reopen_as(inode, flags) {
+            // O_NOATIME needs the file's owner or CAP_FOWNER on the host, which the guest's
+            // kernel could not check for us: without --preserve-noatime the file is opened
+            // anyway, with atime updates (what the Rust virtiofsd does always).
+            Err(Errno(libc::EPERM))
+                if flags & libc::O_NOATIME != 0 && !self.cfg.preserve_noatime =>
+            {
+                self.reopen_as(inode, flags & !libc::O_NOATIME)
+            }
+            r => r,
+        }
+    }
+
+    /// [`Self::reopen`] with `flags` as the host gets them.
+    fn reopen_as(&self, inode: &Inode, flags: i32) -> Result<OwnedFd> {
         match &inode.storage {
             Storage::Fd(fd) => {
                 let name = sys::fd_name(fd.as_raw_fd());

@@ -178,8 +178,16 @@ fn debug_flag_and_log_level() {
 
 #[test]
 fn options_not_built_yet_are_refused_in_one_line_naming_them() {
-    let e = run(&["--shared-dir=/a", "--fd=3", "--allow-mmap"]).unwrap_err();
-    assert_eq!(e, "--allow-mmap is not implemented yet");
+    let e = run(&["--shared-dir=/a", "--fd=3", "--uid-map=:0:1000:1:"]).unwrap_err();
+    assert_eq!(e, "--uid-map is not implemented yet");
+    let o = run(&[
+        "--shared-dir=/a",
+        "--fd=3",
+        "--allow-mmap",
+        "--preserve-noatime",
+    ])
+    .unwrap();
+    assert!(o.share.allow_mmap && o.share.preserve_noatime);
     assert!(
         run(&["--shared-dir=/a", "--fd=3", "--readonly"])
             .unwrap()

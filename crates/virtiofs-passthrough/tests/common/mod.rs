@@ -43,6 +43,8 @@ pub fn config(mode: InodeFileHandles) -> Config {
         allow_direct_io: false,
         announce_submounts: false,
         readonly: false,
+        allow_mmap: false,
+        preserve_noatime: false,
         posix_locks: true,
         flock_locks: true,
         inode_file_handles: mode,
