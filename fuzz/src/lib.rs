@@ -459,6 +459,7 @@ fn share_options(dir: &std::path::Path, options: u8) -> ShareOptions {
         writeback: options & 8 != 0,
         readdirplus: options & 16 == 0,
         allow_direct_io: options & 32 != 0,
+        xattrmap: None,
         readonly: false,
         allow_mmap: false,
         preserve_noatime: false,

@@ -203,9 +203,10 @@ struct Args {
           value_enum, value_name = "never|auto|always")]
     security_label: Option<Negotiation>,
 
-    /// Extended attribute name mapping rules [not implemented yet].
+    /// Extended attribute name mapping rules, e.g. `:map::user.virtiofs.:` (implies --xattr;
+    /// the Rust virtiofsd's syntax).
     #[arg(long, value_name = "RULES", value_parser = compat::parse_xattrmap)]
-    xattrmap: Option<String>,
+    xattrmap: Option<virtiofs_passthrough::XattrMap>,
 
     /// Refuse every modification of the share (EROFS, whatever the host permissions; in the
     /// namespace sandbox the share is also mounted read-only).
@@ -471,6 +472,9 @@ where
         };
         settings.push((p, Setting::Sandbox(mode)));
     }
+    if let (Some(p), Some(map)) = (pos("xattrmap"), &args.xattrmap) {
+        settings.push((p, Setting::XattrMap(map.clone())));
+    }
     if let (Some(p), Some(caps)) = (pos("modcaps"), &args.modcaps) {
         settings.push((p, Setting::Modcaps(caps.clone())));
     }
@@ -482,7 +486,6 @@ where
     }
     // Options whose feature is not built yet: refused (the `bool` says whether one was given).
     let refused = [
-        ("xattrmap", "--xattrmap", args.xattrmap.is_some()),
         ("uid_map", "--uid-map", !args.uid_map.is_empty()),
         ("gid_map", "--gid-map", !args.gid_map.is_empty()),
         (
@@ -540,6 +543,7 @@ where
         readdirplus: true,
         allow_direct_io: false,
         announce_submounts: false,
+        xattrmap: None,
         readonly: args.readonly,
         allow_mmap: args.allow_mmap,
         preserve_noatime: args.preserve_noatime,
@@ -562,6 +566,7 @@ where
             Setting::Source(d) => source = Some(d),
             Setting::Cache(c) => share.cache = c,
             Setting::Xattr(b) => share.xattr = b,
+            Setting::XattrMap(m) => share.xattrmap = Some(m),
             Setting::Readdirplus(b) => share.readdirplus = b,
             Setting::Writeback(b) => share.writeback = b,
             Setting::DirectIo(b) => share.allow_direct_io = b,
@@ -582,6 +587,8 @@ where
         }
     }
     not_implemented.extend([killpriv, posix_acl, security_label].into_iter().flatten());
+    // A map is pointless without xattrs: it turns them on (as in the Rust virtiofsd).
+    share.xattr |= share.xattrmap.is_some();
     if !not_implemented.is_empty() {
         return Err(not_yet(&not_implemented));
     }

@@ -62,7 +62,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     (
         "--xattrmap",
         &["--xattrmap", ":map::user.virtiofs.:"],
-        NotYet("--xattrmap"),
+        Serves(""),
     ),
     (
         "--sandbox",
@@ -189,7 +189,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     (
         "-o xattrmap",
         &["-o", "xattrmap=:map::user.virtiofs.:"],
-        NotYet("-o xattrmap"),
+        Serves(""),
     ),
     ("-o cache", &["-o", "cache=none"], Serves("")),
     ("-o cache", &["-o", "cache=auto"], Serves("")),

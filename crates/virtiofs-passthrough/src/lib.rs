@@ -22,8 +22,10 @@ mod ops;
 mod passthrough;
 mod storage;
 mod sys;
+mod xattrmap;
 pub use fd_quota::FdQuota;
 pub use passthrough::{Config, Passthrough};
+pub use xattrmap::{XattrMap, XattrMapError};
 
 use smallvec::SmallVec;
 use virtiofs_fuse::abi::InHeader;
@@ -115,6 +117,8 @@ pub struct ShareOptions {
     pub allow_direct_io: bool,
     /// Mark mount points inside the share so the guest gives each its own st_dev.
     pub announce_submounts: bool,
+    /// Translate xattr names between the guest and the host (`--xattrmap`).
+    pub xattrmap: Option<XattrMap>,
     /// Refuse every modification of the share (EROFS).
     pub readonly: bool,
     /// Offer DIRECT_IO_ALLOW_MMAP: shared mmap of files opened with direct I/O
@@ -203,6 +207,7 @@ impl Share {
             readdirplus: opts.readdirplus,
             allow_direct_io: opts.allow_direct_io,
             announce_submounts: opts.announce_submounts,
+            xattrmap: opts.xattrmap.clone(),
             readonly: opts.readonly,
             allow_mmap: opts.allow_mmap,
             preserve_noatime: opts.preserve_noatime,
@@ -313,6 +318,7 @@ mod tests {
             readdirplus: true,
             allow_direct_io: false,
             announce_submounts: false,
+            xattrmap: None,
             readonly: false,
             allow_mmap: false,
             preserve_noatime: false,

@@ -43,6 +43,8 @@ pub struct Config {
     /// Mark mount points inside the share (FUSE_ATTR_SUBMOUNT) so the guest gives them their
     /// own st_dev.
     pub announce_submounts: bool,
+    /// Translate xattr names (`--xattrmap`).
+    pub xattrmap: Option<crate::XattrMap>,
     /// Refuse every modification of the share (`--readonly`, `ops/readonly.rs`).
     pub readonly: bool,
     /// Offer DIRECT_IO_ALLOW_MMAP (shared mmap of direct-I/O files).

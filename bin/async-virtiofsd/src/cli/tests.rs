@@ -198,10 +198,26 @@ fn options_not_built_yet_are_refused_in_one_line_naming_them() {
         "--shared-dir=/a",
         "--fd=3",
         "-o",
-        "xattrmap=:ok:all::,killpriv_v2",
+        "killpriv_v2,security_label",
     ])
     .unwrap_err();
-    assert_eq!(e, "-o xattrmap, -o killpriv_v2 are not implemented yet");
+    assert_eq!(
+        e,
+        "-o killpriv_v2, -o security_label are not implemented yet"
+    );
+    let o = run(&[
+        "--shared-dir=/a",
+        "--fd=3",
+        "--xattrmap",
+        ":map::user.virtiofs.:",
+    ])
+    .unwrap();
+    assert!(
+        o.share.xattr && o.share.xattrmap.is_some(),
+        "a map turns xattrs on"
+    );
+    let e = run(&["--shared-dir=/a", "--fd=3", "--xattrmap", ":prefix:all:a."]).unwrap_err();
+    assert!(e.contains("--xattrmap") && e.contains("incomplete"), "{e}");
     // Checked before the share and socket: the refusal is the more useful message.
     let e = run(&["--killpriv-v2"]).unwrap_err();
     assert_eq!(e, "--killpriv-v2 is not implemented yet");

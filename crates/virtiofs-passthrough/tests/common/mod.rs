@@ -42,6 +42,7 @@ pub fn config(mode: InodeFileHandles) -> Config {
         readdirplus: true,
         allow_direct_io: false,
         announce_submounts: false,
+        xattrmap: None,
         readonly: false,
         allow_mmap: false,
         preserve_noatime: false,
