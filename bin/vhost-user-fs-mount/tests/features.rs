@@ -359,6 +359,50 @@ fn allow_mmap_permits_shared_mmap_with_cache_never() {
     }
 }
 
+#[test]
+fn xattrmap_stores_the_guests_trusted_names_under_user_virtiofs() {
+    let m = Mounted::start_with(
+        Kind::Ours,
+        &[REQUEST_LOG],
+        &["--xattrmap=/map/trusted./user.virtiofs./"],
+        &[],
+    )
+    .expect("async-virtiofsd must be built for these tests");
+    fs::write(m.backend.share.join("f"), b"x").unwrap();
+    let cpath = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+    let (via_mount, on_host) = (cpath(&m.mnt.join("f")), cpath(&m.backend.share.join("f")));
+    // SAFETY: valid C strings and a one-byte value (the test runs as root: trusted. is allowed).
+    let r = unsafe {
+        libc::setxattr(
+            via_mount.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+    let get = |path: &CString, name: &std::ffi::CStr| {
+        let mut buf = [0u8; 8];
+        // SAFETY: valid C strings and a buffer of the given length.
+        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 8) };
+        (n >= 0).then(|| buf[..n as usize].to_vec())
+    };
+    assert_eq!(
+        get(&on_host, c"user.virtiofs.trusted.overlay.opaque"),
+        Some(b"y".to_vec())
+    );
+    assert_eq!(
+        get(&on_host, c"trusted.overlay.opaque"),
+        None,
+        "not under its own name"
+    );
+    assert_eq!(
+        get(&via_mount, c"trusted.overlay.opaque"),
+        Some(b"y".to_vec())
+    );
+}
+
 fn statx(p: &Path) -> libc::statx {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: a zeroed statx is a valid out-buffer.
