@@ -185,11 +185,12 @@ struct Args {
     )]
     inode_file_handles: Option<InodeFileHandles>,
 
-    /// Disable KILLPRIV_V2 support (what the daemon does).
+    /// Do not offer HANDLE_KILLPRIV_V2 (the default).
     #[arg(long)]
     no_killpriv_v2: bool,
 
-    /// Enable KILLPRIV_V2 support [not implemented yet].
+    /// Offer HANDLE_KILLPRIV_V2: the daemon, not the guest, clears SUID/SGID bits and file
+    /// capabilities on write, truncate and O_TRUNC (saves the guest a GETXATTR per write).
     #[arg(long)]
     killpriv_v2: bool,
 
@@ -545,6 +546,7 @@ where
         announce_submounts: false,
         xattrmap: None,
         readonly: args.readonly,
+        killpriv_v2: false,
         allow_mmap: args.allow_mmap,
         preserve_noatime: args.preserve_noatime,
         posix_locks: true,
@@ -560,7 +562,7 @@ where
     let mut sandbox = SandboxMode::Namespace;
     let mut modcaps = None;
     let mut not_implemented = Vec::new();
-    let (mut killpriv, mut posix_acl, mut security_label) = (None, None, None);
+    let (mut posix_acl, mut security_label) = (None, None);
     for (_, s) in settings {
         match s {
             Setting::Source(d) => source = Some(d),
@@ -573,7 +575,7 @@ where
             Setting::LogLevel(l) => log_level = l,
             Setting::Sandbox(m) => sandbox = m,
             Setting::Modcaps(c) => modcaps = Some(c),
-            Setting::KillprivV2(on, name) => killpriv = on.then_some(name),
+            Setting::KillprivV2(on, _) => share.killpriv_v2 = on,
             Setting::PosixAcl(mode, name) => {
                 posix_acl = (mode != Negotiation::Never).then_some(name)
             }
@@ -586,7 +588,7 @@ where
             Setting::NotYet(name) => not_implemented.push(name),
         }
     }
-    not_implemented.extend([killpriv, posix_acl, security_label].into_iter().flatten());
+    not_implemented.extend([posix_acl, security_label].into_iter().flatten());
     // A map is pointless without xattrs: it turns them on (as in the Rust virtiofsd).
     share.xattr |= share.xattrmap.is_some();
     if !not_implemented.is_empty() {

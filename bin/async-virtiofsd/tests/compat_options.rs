@@ -129,7 +129,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     ("-o", &["-o", "cache=always"], Serves("")),
     ("-d", &["-d"], Serves("DEBUG")),
     ("--no-killpriv-v2", &["--no-killpriv-v2"], Serves("")),
-    ("--killpriv-v2", &["--killpriv-v2"], NotYet("--killpriv-v2")),
+    ("--killpriv-v2", &["--killpriv-v2"], Serves("")),
     ("-f", &["-f"], Serves("")),
     (
         "--security-label",
@@ -232,11 +232,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
         &["-o", "announce_submounts"],
         Serves(""),
     ),
-    (
-        "-o killpriv_v2",
-        &["-o", "killpriv_v2"],
-        NotYet("-o killpriv_v2"),
-    ),
+    ("-o killpriv_v2", &["-o", "killpriv_v2"], Serves("")),
     ("-o no_killpriv_v2", &["-o", "no_killpriv_v2"], Serves("")),
     ("-o posix_acl", &["-o", "posix_acl"], NotYet("-o posix_acl")),
     ("-o no_posix_acl", &["-o", "no_posix_acl"], Serves("")),

@@ -190,3 +190,109 @@ fn xattrmap_remaps_trusted_for_the_guest() {
     c.removexattr(f, "trusted.overlay.opaque").unwrap();
     assert!(!host_xattr_names(&path).contains(&"user.virtiofs.trusted.overlay.opaque".into()));
 }
+
+/// `--killpriv-v2` (HANDLE_KILLPRIV_V2): the guest leaves clearing SUID/SGID and file
+/// capabilities to the daemon and says when (a write or truncate by a caller without
+/// CAP_FSETID, an open with O_TRUNC). The daemon then works without CAP_FSETID, so the host
+/// kernel applies its own rules: SUID always goes, SGID only with group execute,
+/// `security.capability` goes. Without the guest's flag nothing is cleared (a root caller).
+#[test]
+fn killpriv_v2_clears_suid_sgid_and_capabilities_when_the_guest_asks() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use vhost_user_fs_client::abi::init_flags::HANDLE_KILLPRIV_V2;
+    use vhost_user_fs_client::abi::{fattr, opcode, OpenIn, SetattrIn, WriteIn};
+    use vhost_user_fs_client::FuseRequest;
+    use vm_memory::ByteValued;
+    const WRITE_KILL_SUIDGID: u32 = 1 << 2;
+    const OPEN_KILL_SUIDGID: u32 = 1 << 0;
+    // A v2 vfs_cap_data with CAP_NET_BIND_SERVICE permitted and effective.
+    const CAPS: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    let d = Daemon::start(&["--killpriv-v2"]);
+    let c = d.connect(d.config());
+    let mut p = InitParams::default();
+    p.flags |= HANDLE_KILLPRIV_V2;
+    c.init_with(p).unwrap();
+    assert_ne!(c.session_flags() & HANDLE_KILLPRIV_V2, 0, "negotiated");
+    let mode = |name: &str| std::fs::metadata(d.share.join(name)).unwrap().mode() & 0o7777;
+    let make = |name: &str, mode: u32| {
+        let path = d.share.join(name);
+        std::fs::write(&path, b"0123456789").unwrap();
+        std::os::unix::fs::chown(&path, Some(1000), Some(1000)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        c.lookup(ROOT_ID, name).unwrap().nodeid
+    };
+    let write = |node: u64, fh: u64, flags: u32| {
+        let arg = WriteIn {
+            fh,
+            size: 1,
+            write_flags: flags,
+            ..Default::default()
+        };
+        let req = FuseRequest::new(
+            opcode::WRITE,
+            node,
+            vec![arg.as_slice().to_vec(), vec![b'x']],
+            vec![24],
+        );
+        assert_eq!(c.call(req).unwrap().error, None, "WRITE");
+    };
+
+    // A write without the flag (the guest caller had CAP_FSETID) keeps everything.
+    let n = make("keep", 0o4755);
+    let fh = c.open(n, libc::O_RDWR as u32).unwrap().fh;
+    write(n, fh, 0);
+    assert_eq!(mode("keep"), 0o4755);
+    // With it: SUID goes; SGID goes with group execute, stays without (the kernel's rules).
+    for (name, before, after) in [
+        ("suid", 0o4755, 0o755),
+        ("sgid-x", 0o2755, 0o755),
+        ("sgid", 0o2644, 0o2644),
+    ] {
+        let n = make(name, before);
+        let fh = c.open(n, libc::O_RDWR as u32).unwrap().fh;
+        write(n, fh, WRITE_KILL_SUIDGID);
+        assert_eq!(mode(name), after, "{name}: write");
+    }
+    // security.capability goes with a flagged write.
+    let n = make("caps", 0o755);
+    host_setxattr(&d.share.join("caps"), "security.capability", &CAPS);
+    let fh = c.open(n, libc::O_RDWR as u32).unwrap().fh;
+    write(n, fh, WRITE_KILL_SUIDGID);
+    assert!(
+        !host_xattr_names(&d.share.join("caps")).contains(&"security.capability".into()),
+        "file capabilities cleared"
+    );
+    // Truncate with FATTR_KILL_SUIDGID.
+    let n = make("trunc", 0o4755);
+    let arg = SetattrIn {
+        valid: fattr::SIZE | fattr::KILL_SUIDGID,
+        size: 1,
+        ..Default::default()
+    };
+    c.setattr(n, arg).unwrap();
+    assert_eq!(mode("trunc"), 0o755, "truncate");
+    // Open with O_TRUNC and FUSE_OPEN_KILL_SUIDGID.
+    let n = make("otrunc", 0o4755);
+    let open = OpenIn {
+        flags: (libc::O_RDWR | libc::O_TRUNC) as u32,
+        open_flags: OPEN_KILL_SUIDGID,
+    };
+    let req = FuseRequest::new(opcode::OPEN, n, vec![open.as_slice().to_vec()], vec![32]);
+    assert_eq!(c.call(req).unwrap().error, None, "OPEN");
+    assert_eq!(mode("otrunc"), 0o755, "open O_TRUNC");
+    assert_eq!(std::fs::metadata(d.share.join("otrunc")).unwrap().len(), 0);
+}
+
+/// Without `--killpriv-v2` HANDLE_KILLPRIV_V2 is not offered, and a guest's flag is ignored
+/// (its kernel clears the bits itself then, with a SETATTR).
+#[test]
+fn killpriv_v2_is_off_by_default() {
+    use vhost_user_fs_client::abi::init_flags::HANDLE_KILLPRIV_V2;
+    let d = Daemon::start(&[]);
+    let c = d.connect(d.config());
+    let mut p = InitParams::default();
+    p.flags |= HANDLE_KILLPRIV_V2;
+    c.init_with(p).unwrap();
+    assert_eq!(c.session_flags() & HANDLE_KILLPRIV_V2, 0);
+}

@@ -121,6 +121,9 @@ pub struct ShareOptions {
     pub xattrmap: Option<XattrMap>,
     /// Refuse every modification of the share (EROFS).
     pub readonly: bool,
+    /// Offer HANDLE_KILLPRIV_V2 (the daemon clears SUID/SGID/capabilities on write, truncate
+    /// and O_TRUNC when the guest asks).
+    pub killpriv_v2: bool,
     /// Offer DIRECT_IO_ALLOW_MMAP: shared mmap of files opened with direct I/O
     /// (`--cache=never|metadata`).
     pub allow_mmap: bool,
@@ -209,6 +212,7 @@ impl Share {
             announce_submounts: opts.announce_submounts,
             xattrmap: opts.xattrmap.clone(),
             readonly: opts.readonly,
+            killpriv_v2: opts.killpriv_v2,
             allow_mmap: opts.allow_mmap,
             preserve_noatime: opts.preserve_noatime,
             posix_locks: opts.posix_locks,
@@ -320,6 +324,7 @@ mod tests {
             announce_submounts: false,
             xattrmap: None,
             readonly: false,
+            killpriv_v2: false,
             allow_mmap: false,
             preserve_noatime: false,
             posix_locks: true,

@@ -198,13 +198,10 @@ fn options_not_built_yet_are_refused_in_one_line_naming_them() {
         "--shared-dir=/a",
         "--fd=3",
         "-o",
-        "killpriv_v2,security_label",
+        "posix_acl,security_label",
     ])
     .unwrap_err();
-    assert_eq!(
-        e,
-        "-o killpriv_v2, -o security_label are not implemented yet"
-    );
+    assert_eq!(e, "-o posix_acl, -o security_label are not implemented yet");
     let o = run(&[
         "--shared-dir=/a",
         "--fd=3",
@@ -219,8 +216,8 @@ fn options_not_built_yet_are_refused_in_one_line_naming_them() {
     let e = run(&["--shared-dir=/a", "--fd=3", "--xattrmap", ":prefix:all:a."]).unwrap_err();
     assert!(e.contains("--xattrmap") && e.contains("incomplete"), "{e}");
     // Checked before the share and socket: the refusal is the more useful message.
-    let e = run(&["--killpriv-v2"]).unwrap_err();
-    assert_eq!(e, "--killpriv-v2 is not implemented yet");
+    let e = run(&["--posix-acl"]).unwrap_err();
+    assert_eq!(e, "--posix-acl is not implemented yet");
     let e = run(&["--shared-dir=/a", "--fd=3", "--posix-acl=auto"]).unwrap_err();
     assert_eq!(e, "--posix-acl is not implemented yet");
     // The value syntax is the reference's: `--posix-acl always` is not `--posix-acl=always`.
@@ -235,10 +232,17 @@ fn options_not_built_yet_are_refused_in_one_line_naming_them() {
 
 #[test]
 fn last_one_wins_for_refused_features_too() {
+    for (args, killpriv) in [
+        (&["--killpriv-v2", "-o", "no_killpriv_v2"][..], false),
+        (&["-o", "killpriv_v2", "--no-killpriv-v2"], false),
+        (&["--no-killpriv-v2", "--killpriv-v2"], true),
+    ] {
+        let mut argv = vec!["--shared-dir=/a", "--fd=3"];
+        argv.extend_from_slice(args);
+        assert_eq!(run(&argv).unwrap().share.killpriv_v2, killpriv, "{args:?}");
+    }
     for args in [
-        &["--killpriv-v2", "-o", "no_killpriv_v2"][..],
-        &["-o", "killpriv_v2", "--no-killpriv-v2"],
-        &["--posix-acl", "--posix-acl=never"],
+        &["--posix-acl", "--posix-acl=never"][..],
         &["-o", "security_label,no_security_label"],
         &["--posix-acl=never", "-o", "no_posix_acl"],
     ] {
@@ -249,8 +253,8 @@ fn last_one_wins_for_refused_features_too() {
     assert!(run(&[
         "--shared-dir=/a",
         "--fd=3",
-        "--no-killpriv-v2",
-        "--killpriv-v2"
+        "--posix-acl=never",
+        "--posix-acl=auto"
     ])
     .is_err());
 }

@@ -44,6 +44,7 @@ pub fn config(mode: InodeFileHandles) -> Config {
         announce_submounts: false,
         xattrmap: None,
         readonly: false,
+        killpriv_v2: false,
         allow_mmap: false,
         preserve_noatime: false,
         posix_locks: true,
