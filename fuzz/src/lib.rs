@@ -460,6 +460,7 @@ fn share_options(dir: &std::path::Path, options: u8) -> ShareOptions {
         readdirplus: options & 16 == 0,
         allow_direct_io: options & 32 != 0,
         xattrmap: None,
+        posix_acl: virtiofs_passthrough::Negotiation::Never,
         readonly: false,
         killpriv_v2: false,
         allow_mmap: false,

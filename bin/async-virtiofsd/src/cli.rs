@@ -194,7 +194,8 @@ struct Args {
     #[arg(long)]
     killpriv_v2: bool,
 
-    /// POSIX ACLs [not implemented yet: only `never` is accepted].
+    /// POSIX ACLs (implies --xattr): `always` (the bare option) refuses guests without ACL
+    /// support, `auto` offers them to guests that have it.
     #[arg(long, require_equals = true, num_args = 0..=1, default_missing_value = "always",
           value_enum, value_name = "never|auto|always")]
     posix_acl: Option<Negotiation>,
@@ -545,6 +546,7 @@ where
         allow_direct_io: false,
         announce_submounts: false,
         xattrmap: None,
+        posix_acl: virtiofs_passthrough::Negotiation::Never,
         readonly: args.readonly,
         killpriv_v2: false,
         allow_mmap: args.allow_mmap,
@@ -562,7 +564,7 @@ where
     let mut sandbox = SandboxMode::Namespace;
     let mut modcaps = None;
     let mut not_implemented = Vec::new();
-    let (mut posix_acl, mut security_label) = (None, None);
+    let mut security_label = None;
     for (_, s) in settings {
         match s {
             Setting::Source(d) => source = Some(d),
@@ -576,8 +578,12 @@ where
             Setting::Sandbox(m) => sandbox = m,
             Setting::Modcaps(c) => modcaps = Some(c),
             Setting::KillprivV2(on, _) => share.killpriv_v2 = on,
-            Setting::PosixAcl(mode, name) => {
-                posix_acl = (mode != Negotiation::Never).then_some(name)
+            Setting::PosixAcl(mode, _) => {
+                share.posix_acl = match mode {
+                    Negotiation::Never => virtiofs_passthrough::Negotiation::Never,
+                    Negotiation::Auto => virtiofs_passthrough::Negotiation::Auto,
+                    Negotiation::Always => virtiofs_passthrough::Negotiation::Always,
+                }
             }
             Setting::SecurityLabel(mode, name) => {
                 security_label = (mode != Negotiation::Never).then_some(name)
@@ -588,9 +594,11 @@ where
             Setting::NotYet(name) => not_implemented.push(name),
         }
     }
-    not_implemented.extend([posix_acl, security_label].into_iter().flatten());
+    not_implemented.extend(security_label);
     // A map is pointless without xattrs: it turns them on (as in the Rust virtiofsd).
     share.xattr |= share.xattrmap.is_some();
+    // ACLs are xattrs.
+    share.xattr |= share.posix_acl != virtiofs_passthrough::Negotiation::Never;
     if !not_implemented.is_empty() {
         return Err(not_yet(&not_implemented));
     }

@@ -51,13 +51,9 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
         Serves(""),
     ),
     ("--xattr", &["--xattr"], Serves("")),
-    ("--posix-acl", &["--posix-acl"], NotYet("--posix-acl")),
-    (
-        "--posix-acl",
-        &["--posix-acl=always"],
-        NotYet("--posix-acl"),
-    ),
-    ("--posix-acl", &["--posix-acl=auto"], NotYet("--posix-acl")),
+    ("--posix-acl", &["--posix-acl"], Serves("")),
+    ("--posix-acl", &["--posix-acl=always"], Serves("")),
+    ("--posix-acl", &["--posix-acl=auto"], Serves("")),
     ("--posix-acl", &["--posix-acl=never"], Serves("")),
     (
         "--xattrmap",
@@ -234,7 +230,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     ),
     ("-o killpriv_v2", &["-o", "killpriv_v2"], Serves("")),
     ("-o no_killpriv_v2", &["-o", "no_killpriv_v2"], Serves("")),
-    ("-o posix_acl", &["-o", "posix_acl"], NotYet("-o posix_acl")),
+    ("-o posix_acl", &["-o", "posix_acl"], Serves("")),
     ("-o no_posix_acl", &["-o", "no_posix_acl"], Serves("")),
     (
         "-o security_label",

@@ -53,12 +53,12 @@ impl Filesystem for Passthrough {
         name: &Name,
         mode: u32,
         rdev: u32,
-        _umask: u32,
+        umask: u32,
     ) -> Result<Entry> {
-        // `mode` arrives with the guest's umask applied (no DONT_MASK), and the daemon's own
-        // umask is 0, so the host makes exactly `mode`.
+        // Without DONT_MASK `mode` arrives with the guest's umask applied and the daemon's own
+        // umask is 0, so the host makes exactly `mode`; with it, see ops/acl.rs.
         self.may_make(parent, name)?;
-        self.do_mknod(ctx, parent, name, mode, rdev)
+        self.do_mknod(ctx, parent, name, mode, rdev, umask)
     }
     fn mkdir(
         &self,
@@ -66,10 +66,10 @@ impl Filesystem for Passthrough {
         parent: u64,
         name: &Name,
         mode: u32,
-        _umask: u32,
+        umask: u32,
     ) -> Result<Entry> {
         self.may_make(parent, name)?;
-        self.do_mkdir(ctx, parent, name, mode)
+        self.do_mkdir(ctx, parent, name, mode, umask)
     }
     fn unlink(&self, _: &Context, parent: u64, name: &Name) -> Result<()> {
         self.writable()?;
@@ -135,10 +135,11 @@ impl Filesystem for Passthrough {
         name: &Name,
         value: &[u8],
         flags: u32,
-        _setxattr_flags: u32,
+        setxattr_flags: u32,
     ) -> Result<()> {
         self.writable()?;
-        self.do_setxattr(nodeid, name, value, flags)
+        self.do_setxattr(nodeid, name, value, flags)?;
+        self.acl_kill_sgid(nodeid, name, setxattr_flags)
     }
     fn getxattr(&self, _: &Context, nodeid: u64, name: &Name, size: u32) -> Result<Xattr> {
         self.do_getxattr(nodeid, name, size)

@@ -100,6 +100,18 @@ impl InodeFileHandles {
     }
 }
 
+/// Whether a feature the guest must support too is offered (`--posix-acl=never|auto|always`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Negotiation {
+    /// Not offered.
+    #[default]
+    Never,
+    /// Offered to guests that support it; others go without.
+    Auto,
+    /// Required: a guest that does not support it cannot start a session (INIT fails EPROTO).
+    Always,
+}
+
 /// What to share and how.
 #[derive(Debug, Clone)]
 pub struct ShareOptions {
@@ -119,6 +131,8 @@ pub struct ShareOptions {
     pub announce_submounts: bool,
     /// Translate xattr names between the guest and the host (`--xattrmap`).
     pub xattrmap: Option<XattrMap>,
+    /// POSIX ACLs (`--posix-acl`): POSIX_ACL, DONT_MASK and SETXATTR_EXT negotiated.
+    pub posix_acl: Negotiation,
     /// Refuse every modification of the share (EROFS).
     pub readonly: bool,
     /// Offer HANDLE_KILLPRIV_V2 (the daemon clears SUID/SGID/capabilities on write, truncate
@@ -211,6 +225,7 @@ impl Share {
             allow_direct_io: opts.allow_direct_io,
             announce_submounts: opts.announce_submounts,
             xattrmap: opts.xattrmap.clone(),
+            posix_acl: opts.posix_acl,
             readonly: opts.readonly,
             killpriv_v2: opts.killpriv_v2,
             allow_mmap: opts.allow_mmap,
@@ -323,6 +338,7 @@ mod tests {
             allow_direct_io: false,
             announce_submounts: false,
             xattrmap: None,
+            posix_acl: Negotiation::Never,
             readonly: false,
             killpriv_v2: false,
             allow_mmap: false,

@@ -45,6 +45,8 @@ pub struct Config {
     pub announce_submounts: bool,
     /// Translate xattr names (`--xattrmap`).
     pub xattrmap: Option<crate::XattrMap>,
+    /// POSIX ACLs (`ops/acl.rs`).
+    pub posix_acl: crate::Negotiation,
     /// Refuse every modification of the share (`--readonly`, `ops/readonly.rs`).
     pub readonly: bool,
     /// Offer HANDLE_KILLPRIV_V2: the daemon clears SUID/SGID and capabilities on write,
@@ -94,6 +96,8 @@ pub struct Passthrough {
     pub(crate) writeback: AtomicBool,
     /// HANDLE_KILLPRIV_V2 was negotiated: the guest's KILL_SUIDGID flags are honoured.
     pub(crate) killpriv_v2: AtomicBool,
+    /// DONT_MASK was negotiated (with POSIX_ACL): the guest sends modes unmasked, with its umask.
+    pub(crate) dont_mask: AtomicBool,
     /// Switch to the caller's ids for requests that make files.
     switch_creds: bool,
     fd_quota: Option<FdQuota>,
@@ -118,6 +122,7 @@ impl Passthrough {
             root: root.to_owned(),
             writeback: AtomicBool::new(false),
             killpriv_v2: AtomicBool::new(false),
+            dont_mask: AtomicBool::new(false),
             switch_creds: creds::can_switch(),
             fd_quota: None,
             file_handles: InodeFileHandles::Never,
@@ -174,6 +179,7 @@ impl Passthrough {
         if self.cfg.allow_mmap {
             wants |= f::DIRECT_IO_ALLOW_MMAP;
         }
+        wants |= self.acl_flags(capable)?;
         let killpriv = self.cfg.killpriv_v2 && capable & f::HANDLE_KILLPRIV_V2 != 0;
         if killpriv {
             wants |= f::HANDLE_KILLPRIV_V2;

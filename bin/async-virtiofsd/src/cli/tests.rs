@@ -194,14 +194,8 @@ fn options_not_built_yet_are_refused_in_one_line_naming_them() {
             .share
             .readonly
     );
-    let e = run(&[
-        "--shared-dir=/a",
-        "--fd=3",
-        "-o",
-        "posix_acl,security_label",
-    ])
-    .unwrap_err();
-    assert_eq!(e, "-o posix_acl, -o security_label are not implemented yet");
+    let e = run(&["--shared-dir=/a", "--fd=3", "-o", "security_label"]).unwrap_err();
+    assert_eq!(e, "-o security_label is not implemented yet");
     let o = run(&[
         "--shared-dir=/a",
         "--fd=3",
@@ -216,10 +210,19 @@ fn options_not_built_yet_are_refused_in_one_line_naming_them() {
     let e = run(&["--shared-dir=/a", "--fd=3", "--xattrmap", ":prefix:all:a."]).unwrap_err();
     assert!(e.contains("--xattrmap") && e.contains("incomplete"), "{e}");
     // Checked before the share and socket: the refusal is the more useful message.
-    let e = run(&["--posix-acl"]).unwrap_err();
-    assert_eq!(e, "--posix-acl is not implemented yet");
-    let e = run(&["--shared-dir=/a", "--fd=3", "--posix-acl=auto"]).unwrap_err();
-    assert_eq!(e, "--posix-acl is not implemented yet");
+    let e = run(&["--security-label"]).unwrap_err();
+    assert_eq!(e, "--security-label is not implemented yet");
+    use virtiofs_passthrough::Negotiation as N;
+    for (arg, want) in [
+        ("--posix-acl", N::Always),
+        ("--posix-acl=always", N::Always),
+        ("--posix-acl=auto", N::Auto),
+        ("--posix-acl=never", N::Never),
+    ] {
+        let o = run(&["--shared-dir=/a", "--fd=3", arg]).unwrap();
+        assert_eq!(o.share.posix_acl, want, "{arg}");
+        assert_eq!(o.share.xattr, want != N::Never, "{arg}: ACLs are xattrs");
+    }
     // The value syntax is the reference's: `--posix-acl always` is not `--posix-acl=always`.
     assert!(run(&["--shared-dir=/a", "--fd=3", "--posix-acl", "always"]).is_err());
     let e = run(&["--shared-dir=/a", "--fd=3", "--uid-map=0:1"]).unwrap_err();
@@ -253,10 +256,19 @@ fn last_one_wins_for_refused_features_too() {
     assert!(run(&[
         "--shared-dir=/a",
         "--fd=3",
-        "--posix-acl=never",
-        "--posix-acl=auto"
+        "--security-label=never",
+        "--security-label=auto"
     ])
     .is_err());
+    let o = run(&[
+        "--shared-dir=/a",
+        "--fd=3",
+        "--posix-acl=never",
+        "-o",
+        "posix_acl",
+    ])
+    .unwrap();
+    assert_eq!(o.share.posix_acl, virtiofs_passthrough::Negotiation::Always);
 }
 
 #[test]

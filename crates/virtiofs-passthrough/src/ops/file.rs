@@ -95,7 +95,9 @@ impl Passthrough {
         let dir_fd = dir.fd()?;
         let fd = {
             let _caller = self.as_caller(ctx)?;
-            sys::openat(dir_fd.as_fd(), name, flags, arg.mode & 0o7777)?
+            self.with_guest_umask(arg.umask, || {
+                Ok(sys::openat(dir_fd.as_fd(), name, flags, arg.mode & 0o7777)?)
+            })?
         };
         self.kill_suidgid(kills(flags, arg.open_flags), fd.as_fd())?;
         let entry = self.entry_of_open(&fd, &dir, dir_fd.as_fd())?;
@@ -124,12 +126,14 @@ impl Passthrough {
         let dir_fd = dir.fd()?;
         let fd = {
             let _caller = self.as_caller(ctx)?;
-            sys::openat(
-                dir_fd.as_fd(),
-                c".",
-                flags | libc::O_TMPFILE,
-                arg.mode & 0o7777,
-            )?
+            self.with_guest_umask(arg.umask, || {
+                Ok(sys::openat(
+                    dir_fd.as_fd(),
+                    c".",
+                    flags | libc::O_TMPFILE,
+                    arg.mode & 0o7777,
+                )?)
+            })?
         };
         let entry = self.entry_of_open(&fd, &dir, dir_fd.as_fd())?;
         let fh = self.handles.insert(entry.nodeid, fd, flags);

@@ -43,6 +43,7 @@ pub fn config(mode: InodeFileHandles) -> Config {
         allow_direct_io: false,
         announce_submounts: false,
         xattrmap: None,
+        posix_acl: virtiofs_passthrough::Negotiation::Never,
         readonly: false,
         killpriv_v2: false,
         allow_mmap: false,
