@@ -12,6 +12,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vhost_user_fs_client::daemons::{Kind, RUST_VIRTIOFSD_VERSION};
+
 const BIN: &str = env!("CARGO_BIN_EXE_async-virtiofsd");
 
 /// What the daemon must do with an option.
@@ -462,20 +464,11 @@ fn the_table_covers_every_reference_option() {
 /// option it lists must be in [`REFERENCE_LONG`].
 #[test]
 fn reference_help_lists_no_option_missing_from_the_table() {
-    let candidates = [
-        std::env::var("RUST_VIRTIOFSD_BIN").ok(),
-        std::env::var("HOME")
-            .ok()
-            .map(|h| format!("{h}/.cache/async-virtiofsd/bench-tools/bin/virtiofsd")),
-    ];
-    let Some(bin) = candidates
-        .into_iter()
-        .flatten()
-        .find(|p| Path::new(p).exists())
-    else {
+    let Some(bin) = Kind::Rust.binary() else {
         eprintln!("the Rust virtiofsd is not installed: --help check skipped");
         return;
     };
+    let bin = bin.display().to_string();
     let out = Command::new(&bin).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     let mut listed = BTreeSet::new();
@@ -515,7 +508,10 @@ fn reference_source_has_no_option_missing_from_the_table() {
         .into_iter()
         .flatten()
         .flatten()
-        .map(|d| d.path().join("virtiofsd-1.14.0/src/main.rs"))
+        .map(|d| {
+            d.path()
+                .join(format!("virtiofsd-{RUST_VIRTIOFSD_VERSION}/src/main.rs"))
+        })
         .find(|p| p.exists())
     else {
         eprintln!("the Rust virtiofsd 1.14 source is not in the cargo registry: check skipped");
