@@ -1,30 +1,17 @@
 //! Starting a backend daemon on a fresh socket, and reading its CPU time and peak RSS from
 //! /proc (over the whole process tree: the C and the Rust virtiofsd may fork a sandboxed child
-//! that does the work while the parent waits).
+//! that does the work while the parent waits). What the daemons are, where their binaries are,
+//! their command lines and what they cannot do: `vhost_user_fs_client::daemons`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vhost_user_fs_client::daemons::{process_tree, Options};
 use vhost_user_fs_client::{DeviceConfig, FsClient};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Ours,
-    C,
-    Rust,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Ours => "async-virtiofsd",
-            Kind::C => "c-virtiofsd",
-            Kind::Rust => "rust-virtiofsd",
-        }
-    }
-}
+pub use vhost_user_fs_client::daemons::Kind;
 
 /// How to start one daemon kind.
 #[derive(Debug, Clone)]
@@ -36,32 +23,12 @@ pub struct DaemonSpec {
 }
 
 impl DaemonSpec {
-    /// The command line for `socket`, `share` and a pool of `pool` threads (cache=auto for
-    /// all three; see docs/performance.md).
+    /// The command line for `socket`, `share` and a pool of `pool` threads: the configuration
+    /// `pool=N` ([`Options::bench`]: cache=auto for all three; see docs/performance.md), then
+    /// the extra arguments.
     pub fn args(&self, socket: &Path, share: &Path, pool: u32) -> Vec<String> {
-        let s = socket.display().to_string();
-        let d = share.display().to_string();
-        let mut a: Vec<String> = match self.kind {
-            // We accept the Rust virtiofsd's command line.
-            Kind::Ours | Kind::Rust => vec![
-                "--socket-path".into(),
-                s,
-                "--shared-dir".into(),
-                d,
-                "--thread-pool-size".into(),
-                pool.to_string(),
-                "--cache".into(),
-                "auto".into(),
-            ],
-            Kind::C => vec![
-                format!("--socket-path={s}"),
-                "-o".into(),
-                format!("source={d},cache=auto"),
-                format!("--thread-pool-size={pool}"),
-            ],
-        };
-        a.extend(self.extra.iter().cloned());
-        a
+        let opts = Options::bench(pool).with_extra(self.extra.iter().cloned());
+        self.kind.args(socket, share, &opts)
     }
 }
 
@@ -121,7 +88,8 @@ impl Running {
     }
 
     /// Connects the client, retrying while the socket is not listening yet. A refused connect
-    /// never reaches the daemon's accept, so the retries cannot be taken for a frontend.
+    /// never reaches the daemon's accept, so the retries cannot be taken for a frontend (see
+    /// `vhost_user_fs_client::daemons::wait_for_socket`).
     pub fn connect(&mut self, config: &DeviceConfig) -> Result<FsClient, String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -135,7 +103,7 @@ impl Running {
             if config.socket.exists() {
                 match FsClient::connect(config.clone()) {
                     Ok(c) => {
-                        self.known = tree(self.pid);
+                        self.known = process_tree(self.pid);
                         return Ok(c);
                     }
                     Err(vhost_user_fs_client::Error::Setup {
@@ -167,12 +135,15 @@ impl Running {
 
     /// CPU seconds (user + system) of the daemon's process tree.
     pub fn cpu_seconds(&self) -> f64 {
-        tree(self.pid).iter().map(|&p| proc_cpu_seconds(p)).sum()
+        process_tree(self.pid)
+            .iter()
+            .map(|&p| proc_cpu_seconds(p))
+            .sum()
     }
 
     /// Peak RSS (VmHWM, KiB): the largest of the process tree.
     pub fn peak_rss_kib(&self) -> u64 {
-        tree(self.pid)
+        process_tree(self.pid)
             .iter()
             .filter_map(|&p| vm_hwm_kib(p))
             .max()
@@ -195,7 +166,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let pids = tree(self.pid);
+        let pids = process_tree(self.pid);
         if self.alive() {
             let _ = self.child.kill();
         }
@@ -209,36 +180,7 @@ impl Drop for Running {
     }
 }
 
-/// `pid` and all its descendants.
-pub fn tree(pid: u32) -> Vec<u32> {
-    let mut parent_of: Vec<(u32, u32)> = Vec::new();
-    if let Ok(rd) = fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some(pp) = stat_fields(p).and_then(|f| f.get(1).and_then(|s| s.parse().ok())) {
-                parent_of.push((p, pp));
-            }
-        }
-    }
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let cur = out[i];
-        out.extend(
-            parent_of
-                .iter()
-                .filter(|&&(_, pp)| pp == cur)
-                .map(|&(p, _)| p),
-        );
-        i += 1;
-    }
-    out
-}
-
-/// Fields of /proc/PID/stat after the `(comm)`: index 0 is the state, 1 the ppid, 11 utime,
-/// 12 stime.
+/// Fields of /proc/PID/stat after the `(comm)`: index 0 is the state, 11 utime, 12 stime.
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 1..];
@@ -293,4 +235,77 @@ fn seccomp_kill(pids: &[u32]) -> Option<String> {
         field("sig=").unwrap_or_default(),
         field("comm=").unwrap_or_default()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vhost_user_fs_client::daemons::{
+        BENCH_TOOLS_ENV, BENCH_TOOLS_SUBDIR, C_VIRTIOFSD_PATH, RUST_VIRTIOFSD_VERSION,
+    };
+
+    /// The command lines of the `pool=N` configurations, as docs/performance.md quotes them.
+    #[test]
+    fn command_lines_are_the_documented_ones() {
+        let doc = include_str!("../../docs/performance.md");
+        for (kind, bin) in [
+            (Kind::Ours, "async-virtiofsd"),
+            (Kind::C, C_VIRTIOFSD_PATH),
+            (Kind::Rust, "virtiofsd"),
+        ] {
+            let spec = DaemonSpec {
+                kind,
+                bin: bin.into(),
+                extra: Vec::new(),
+            };
+            let line = spec
+                .args(Path::new("S"), Path::new("D"), 7)
+                .join(" ")
+                .replace('7', "N");
+            let row = format!("| {} | `{bin} {line}` |", kind.name());
+            assert!(doc.contains(&row), "docs/performance.md has no row {row}");
+        }
+    }
+
+    #[test]
+    fn extra_arguments_follow_the_configuration() {
+        let spec = DaemonSpec {
+            kind: Kind::C,
+            bin: C_VIRTIOFSD_PATH.into(),
+            extra: vec!["-o".into(), "sandbox=chroot".into()],
+        };
+        assert_eq!(
+            spec.args(Path::new("/s"), Path::new("/d"), 64),
+            [
+                "--socket-path=/s",
+                "-o",
+                "source=/d,cache=auto",
+                "--thread-pool-size=64",
+                "-o",
+                "sandbox=chroot"
+            ]
+        );
+    }
+
+    /// benches/run (bash) installs the reference daemons where the definitions look for them,
+    /// and scripts/test.sh points the bridge tests at the same Rust virtiofsd.
+    #[test]
+    fn the_scripts_agree_with_the_definitions() {
+        let run = include_str!("../run");
+        let tools = format!(
+            "${{{BENCH_TOOLS_ENV}:-${{XDG_CACHE_HOME:-$HOME/.cache}}/{BENCH_TOOLS_SUBDIR}}}"
+        );
+        for want in [
+            format!("C_BIN={C_VIRTIOFSD_PATH}\n"),
+            format!("TOOLS=\"{tools}\"\n"),
+            "RUST_BIN=\"$TOOLS/bin/virtiofsd\"\n".to_string(),
+            format!("--version {RUST_VIRTIOFSD_VERSION} --locked --root \"$TOOLS\""),
+            format!("!= *{RUST_VIRTIOFSD_VERSION}*"),
+        ] {
+            assert!(run.contains(&want), "benches/run lacks {want:?}");
+        }
+        let test_sh = include_str!("../../scripts/test.sh");
+        let want = format!("RUST_VIRTIOFSD_BIN=\"{tools}/bin/virtiofsd\"");
+        assert!(test_sh.contains(&want), "scripts/test.sh lacks {want:?}");
+    }
 }

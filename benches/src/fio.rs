@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vhost_user_fs_client::daemons;
+
 use crate::daemon::{DaemonSpec, Running};
 
 /// fio workloads, in report order.
@@ -295,14 +297,9 @@ pub fn daemon_cell(
     fs::create_dir_all(&tmp).map_err(|e| format!("temp dir: {e}"))?;
     let socket = tmp.join("vfs.sock");
     let mut d = Running::start(spec, &socket, share, pool, &logs.join(format!("{tag}.log")))?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !socket.exists() {
-        if !d.alive() || Instant::now() >= deadline {
-            return Err(format!("daemon did not listen: {}", d.log_tail(3)));
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    if daemons::wait_listening(&socket, Duration::from_secs(15), || d.alive()).is_err() {
+        return Err(format!("daemon did not listen: {}", d.log_tail(3)));
     }
-    std::thread::sleep(Duration::from_millis(30));
     let result = (|| {
         let mut m = BridgeMount::start(
             bridge,

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 
+use crate::daemon::Kind;
 use crate::workload::Workload;
 
 pub const HEADER: &str = "daemon,config,workload,queue_depth,queues,ops_per_s,p50_us,p99_us,p999_us,cpu_s_per_mop,peak_rss_kib";
@@ -107,12 +108,12 @@ fn comparisons(rows: &[Row]) -> Vec<Cmp<'_>> {
                 ours: best(
                     rows.iter()
                         .filter(cell)
-                        .filter(|r| r.daemon == "async-virtiofsd"),
+                        .filter(|r| r.daemon == Kind::Ours.name()),
                 ),
                 other: best(
                     rows.iter()
                         .filter(cell)
-                        .filter(|r| r.daemon == "c-virtiofsd" || r.daemon == "rust-virtiofsd"),
+                        .filter(|r| Kind::REFERENCES.iter().any(|k| r.daemon == k.name())),
                 ),
                 host: best(
                     rows.iter()
@@ -130,10 +131,10 @@ fn label(r: Option<&Row>, with_daemon: bool) -> String {
     match r {
         None => "—".into(),
         Some(r) if with_daemon => {
-            let short = match r.daemon.as_str() {
-                "c-virtiofsd" => "C",
-                "rust-virtiofsd" => "Rust",
-                d => d,
+            let short = match Kind::from_name(&r.daemon) {
+                Some(Kind::C) => "C",
+                Some(Kind::Rust) => "Rust",
+                _ => r.daemon.as_str(),
             };
             format!("{} ({short} {})", human(r.ops), r.config)
         }
@@ -306,12 +307,12 @@ pub fn ratios_markdown(rows: &[Row], skipped: &str) -> String {
 }
 
 const COLORS: [(&str, &str, &str); 7] = [
-    ("async-virtiofsd", "pool=0", "#1f77b4;5,3"),
-    ("async-virtiofsd", "pool=64", "#1f77b4;"),
-    ("c-virtiofsd", "pool=0", "#d62728;5,3"),
-    ("c-virtiofsd", "pool=64", "#d62728;"),
-    ("rust-virtiofsd", "pool=0", "#2ca02c;5,3"),
-    ("rust-virtiofsd", "pool=64", "#2ca02c;"),
+    (Kind::Ours.name(), "pool=0", "#1f77b4;5,3"),
+    (Kind::Ours.name(), "pool=64", "#1f77b4;"),
+    (Kind::C.name(), "pool=0", "#d62728;5,3"),
+    (Kind::C.name(), "pool=64", "#d62728;"),
+    (Kind::Rust.name(), "pool=0", "#2ca02c;5,3"),
+    (Kind::Rust.name(), "pool=64", "#2ca02c;"),
     ("host-syscalls", "", "#7f7f7f;2,2"),
 ];
 

@@ -14,7 +14,8 @@
 # guest process's locks block the host's until it is SIGKILLed or closes the file, seen by
 # host-lock-peer.py). Then a guest that reboots three times in one QEMU
 # process (reboot -f, then system_reset from the monitor, then a driver rebind; 6.1, and 6.12
-# with 4 queues) and one that gets memory hot-added under I/O. Ends with
+# with 4 queues), one that gets memory hot-added under I/O, and a 6.12 guest of a --readonly
+# share that must fail every change with EROFS. Ends with
 # "e2e matrix: N passed, N failed".
 #
 # usage: tests/e2e/matrix.sh [path/to/async-virtiofsd [NAME...]]
@@ -206,6 +207,8 @@ run reboot 6.1 2 1 "--thread-pool-size=64" --mode reboot --boots 3
 run reboot-multiqueue 6.12 4 4 "--thread-pool-size=0 --cache=never" --mode reboot --boots 3
 # 512 MiB hot-added (QMP object-add + device_add pc-dimm) while the guest writes.
 run hotplug 6.1 2 1 "--thread-pool-size=64" --mode hotplug
+# --readonly: the guest reads, and every kind of change fails EROFS; the share is unchanged.
+run readonly 6.12 2 1 "--readonly --thread-pool-size=64" --mode readonly
 
 [ "$failed" = 0 ] || echo "failed configurations: ${failures[*]}"
 echo "e2e matrix: $passed passed, $failed failed"

@@ -40,7 +40,7 @@ GUEST_MAX_PAGES=()
 usage() {
     cat <<EOF
 usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
-          [--cpus N] [--mode full|smoke|demo|reboot|hotplug] [--boots N] [--timeout SECS] [--log-dir DIR]
+          [--cpus N] [--mode full|smoke|demo|reboot|hotplug|readonly] [--boots N] [--timeout SECS] [--log-dir DIR]
           [--daemon-exit-wait SECS] [--allow-daemon-linger] [--keep] [--no-setup]
           [--mem SIZE] [--xattr] [--host-locks] [--submount announced|plain] [--direct-io]
           [--guest-max-pages N] [--verbose]
@@ -117,7 +117,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "$DAEMON_CMD" ] || { usage >&2; exit 2; }
-case $MODE in full|smoke|demo|reboot|hotplug) ;; *) die "bad --mode $MODE" ;; esac
+case $MODE in full|smoke|demo|reboot|hotplug|readonly) ;; *) die "bad --mode $MODE" ;; esac
 case $SUBMOUNT in ''|announced|plain) ;; *) die "bad --submount $SUBMOUNT (announced or plain)" ;; esac
 if [ -n "$SUBMOUNT" ]; then
     case $MODE in full|smoke) ;; *) die "--submount needs --mode full or smoke" ;; esac
@@ -203,6 +203,16 @@ if [ "$MODE" = full ]; then
     dd if=/dev/urandom of="$SHARED/host-64m.bin" bs=1M count=64 status=none
     HOST_MD5=$(md5sum "$SHARED/host-64m.bin" | cut -d' ' -f1)
     echo "$HOST_MD5  host-64m.bin" >"$SHARED/host-64m.bin.md5"
+fi
+
+# Readonly mode: files for the guest to read and fail to change (the daemon runs --readonly);
+# their state is recorded to compare after the run.
+if [ "$MODE" = readonly ]; then
+    mkdir -p "$SHARED/readonly/dir"
+    dd if=/dev/urandom of="$SHARED/readonly/data" bs=1k count=300 status=none
+    md5sum "$SHARED/readonly/data" >"$SHARED/readonly/data.md5"
+    ln -s data "$SHARED/readonly/link"
+    READONLY_BEFORE=$(cd "$SHARED/readonly" && find . -printf '%p %y %m %s %T@ %n\n' | sort)
 fi
 
 # A host process that holds locks on host-locked for the guest to run into: an
@@ -476,6 +486,13 @@ if [ -n "$SUBMOUNT" ]; then
     else
         hnot "submount/" "no longer a tmpfs mount on the host"
     fi
+fi
+# Readonly mode: the guest read the data and nothing in the share changed.
+if [ "$MODE" = readonly ]; then
+    grep -qE '^GUEST-MD5 readonly/data ' "$CLEAN" || hnot "guest report" "no md5 of readonly/data"
+    hexpect "readonly/: nothing changed" "$READONLY_BEFORE" \
+        "$(cd "$SHARED/readonly" && find . -printf '%p %y %m %s %T@ %n\n' | sort)"
+    hexpect "guest refusals seen" 13 "$(grep -cE '^ok - .*: EROFS$' "$CLEAN" || true)"
 fi
 # Hotplug mode: the guest saw the memory and checked its data in it.
 if [ "$MODE" = hotplug ]; then

@@ -41,7 +41,9 @@ usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
   --mode     guest work: full, smoke, demo, or reboot: boot --boots times in one QEMU
              process (reboot -f or the monitor's system_reset with writes in flight, no
              unmount, between boots; the last boot rebinds the driver), or
-             hotplug: hot-add a 512 MiB DIMM over QMP while the guest writes
+             hotplug: hot-add a 512 MiB DIMM over QMP while the guest writes, or
+             readonly: read the share and check every change fails EROFS (daemon
+             started with --readonly)
   --boots    boots in reboot mode (default $BOOTS)
   --timeout  kill QEMU after this many seconds (default $TIMEOUT)
   --log      serial console log (default: a new file under \$TMPDIR)
@@ -91,7 +93,7 @@ done
 
 [ -n "$SOCKET" ] || { usage >&2; exit 2; }
 [ -S "$SOCKET" ] || die "$SOCKET is not a socket (is the daemon running?)"
-case $MODE in full|smoke|demo|reboot|hotplug) ;; *) die "bad --mode $MODE" ;; esac
+case $MODE in full|smoke|demo|reboot|hotplug|readonly) ;; *) die "bad --mode $MODE" ;; esac
 case $SUBMOUNT in ''|announced|plain) ;; *) die "bad --submount $SUBMOUNT (announced or plain)" ;; esac
 for n in "$QUEUES" "$CPUS" "$TIMEOUT" "$BOOTS" ${GUEST_MAX_PAGES:+"$GUEST_MAX_PAGES"}; do
     case $n in ''|*[!0-9]*|0) die "expected a positive number, got '$n'" ;; esac

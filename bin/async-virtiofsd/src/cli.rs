@@ -185,15 +185,17 @@ struct Args {
     )]
     inode_file_handles: Option<InodeFileHandles>,
 
-    /// Disable KILLPRIV_V2 support (what the daemon does).
+    /// Do not offer HANDLE_KILLPRIV_V2 (the default).
     #[arg(long)]
     no_killpriv_v2: bool,
 
-    /// Enable KILLPRIV_V2 support [not implemented yet].
+    /// Offer HANDLE_KILLPRIV_V2: the daemon, not the guest, clears SUID/SGID bits and file
+    /// capabilities on write, truncate and O_TRUNC (saves the guest a GETXATTR per write).
     #[arg(long)]
     killpriv_v2: bool,
 
-    /// POSIX ACLs [not implemented yet: only `never` is accepted].
+    /// POSIX ACLs (implies --xattr): `always` (the bare option) refuses guests without ACL
+    /// support, `auto` offers them to guests that have it.
     #[arg(long, require_equals = true, num_args = 0..=1, default_missing_value = "always",
           value_enum, value_name = "never|auto|always")]
     posix_acl: Option<Negotiation>,
@@ -203,19 +205,23 @@ struct Args {
           value_enum, value_name = "never|auto|always")]
     security_label: Option<Negotiation>,
 
-    /// Extended attribute name mapping rules [not implemented yet].
+    /// Extended attribute name mapping rules, e.g. `:map::user.virtiofs.:` (implies --xattr;
+    /// the Rust virtiofsd's syntax).
     #[arg(long, value_name = "RULES", value_parser = compat::parse_xattrmap)]
-    xattrmap: Option<String>,
+    xattrmap: Option<virtiofs_passthrough::XattrMap>,
 
-    /// Refuse every modification of the share [not implemented yet].
+    /// Refuse every modification of the share (EROFS, whatever the host permissions; in the
+    /// namespace sandbox the share is also mounted read-only).
     #[arg(long)]
     readonly: bool,
 
-    /// Allow shared mmap with --cache=never|metadata [not implemented yet].
+    /// Allow shared mmap with --cache=never|metadata (DIRECT_IO_ALLOW_MMAP; guests from Linux
+    /// 6.6).
     #[arg(long)]
     allow_mmap: bool,
 
-    /// Keep O_NOATIME from the guest [not implemented yet].
+    /// Keep O_NOATIME from the guest even where the host refuses it (EPERM); by default the file
+    /// is then opened without it.
     #[arg(long)]
     preserve_noatime: bool,
 
@@ -468,6 +474,9 @@ where
         };
         settings.push((p, Setting::Sandbox(mode)));
     }
+    if let (Some(p), Some(map)) = (pos("xattrmap"), &args.xattrmap) {
+        settings.push((p, Setting::XattrMap(map.clone())));
+    }
     if let (Some(p), Some(caps)) = (pos("modcaps"), &args.modcaps) {
         settings.push((p, Setting::Modcaps(caps.clone())));
     }
@@ -479,14 +488,6 @@ where
     }
     // Options whose feature is not built yet: refused (the `bool` says whether one was given).
     let refused = [
-        ("xattrmap", "--xattrmap", args.xattrmap.is_some()),
-        ("readonly", "--readonly", args.readonly),
-        ("allow_mmap", "--allow-mmap", args.allow_mmap),
-        (
-            "preserve_noatime",
-            "--preserve-noatime",
-            args.preserve_noatime,
-        ),
         ("uid_map", "--uid-map", !args.uid_map.is_empty()),
         ("gid_map", "--gid-map", !args.gid_map.is_empty()),
         (
@@ -544,6 +545,12 @@ where
         readdirplus: true,
         allow_direct_io: false,
         announce_submounts: false,
+        xattrmap: None,
+        posix_acl: virtiofs_passthrough::Negotiation::Never,
+        readonly: args.readonly,
+        killpriv_v2: false,
+        allow_mmap: args.allow_mmap,
+        preserve_noatime: args.preserve_noatime,
         posix_locks: true,
         flock_locks: true,
         inode_file_handles: match args.inode_file_handles {
@@ -557,21 +564,26 @@ where
     let mut sandbox = SandboxMode::Namespace;
     let mut modcaps = None;
     let mut not_implemented = Vec::new();
-    let (mut killpriv, mut posix_acl, mut security_label) = (None, None, None);
+    let mut security_label = None;
     for (_, s) in settings {
         match s {
             Setting::Source(d) => source = Some(d),
             Setting::Cache(c) => share.cache = c,
             Setting::Xattr(b) => share.xattr = b,
+            Setting::XattrMap(m) => share.xattrmap = Some(m),
             Setting::Readdirplus(b) => share.readdirplus = b,
             Setting::Writeback(b) => share.writeback = b,
             Setting::DirectIo(b) => share.allow_direct_io = b,
             Setting::LogLevel(l) => log_level = l,
             Setting::Sandbox(m) => sandbox = m,
             Setting::Modcaps(c) => modcaps = Some(c),
-            Setting::KillprivV2(on, name) => killpriv = on.then_some(name),
-            Setting::PosixAcl(mode, name) => {
-                posix_acl = (mode != Negotiation::Never).then_some(name)
+            Setting::KillprivV2(on, _) => share.killpriv_v2 = on,
+            Setting::PosixAcl(mode, _) => {
+                share.posix_acl = match mode {
+                    Negotiation::Never => virtiofs_passthrough::Negotiation::Never,
+                    Negotiation::Auto => virtiofs_passthrough::Negotiation::Auto,
+                    Negotiation::Always => virtiofs_passthrough::Negotiation::Always,
+                }
             }
             Setting::SecurityLabel(mode, name) => {
                 security_label = (mode != Negotiation::Never).then_some(name)
@@ -582,7 +594,11 @@ where
             Setting::NotYet(name) => not_implemented.push(name),
         }
     }
-    not_implemented.extend([killpriv, posix_acl, security_label].into_iter().flatten());
+    not_implemented.extend(security_label);
+    // A map is pointless without xattrs: it turns them on (as in the Rust virtiofsd).
+    share.xattr |= share.xattrmap.is_some();
+    // ACLs are xattrs.
+    share.xattr |= share.posix_acl != virtiofs_passthrough::Negotiation::Never;
     if !not_implemented.is_empty() {
         return Err(not_yet(&not_implemented));
     }

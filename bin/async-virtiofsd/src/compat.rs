@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use virtiofs_passthrough::CacheMode;
+use virtiofs_passthrough::{CacheMode, XattrMap, XattrMapError};
 use virtiofs_sandbox::SandboxMode;
 
 use crate::cli::{LogLevel, UsageError};
@@ -89,6 +89,8 @@ pub enum Setting {
     PosixLock(bool),
     /// `-o flock`, `-o no_flock`: serve flock(2) locks on the host (default on).
     Flock(bool),
+    /// `--xattrmap` / `-o xattrmap=`.
+    XattrMap(XattrMap),
     /// An option whose feature is not built yet, as written: refused.
     NotYet(String),
 }
@@ -138,7 +140,9 @@ pub fn parse_compat(item: &str) -> Result<Option<Setting>, UsageError> {
             ))),
         },
         ("modcaps", Some(caps)) => Ok(Some(Setting::Modcaps(caps.into()))),
-        ("xattrmap", Some(map)) if !map.is_empty() => Ok(Some(Setting::NotYet(written))),
+        ("xattrmap", Some(map)) => parse_xattrmap(map)
+            .map(|m| Some(Setting::XattrMap(m)))
+            .map_err(|e| UsageError(format!("-o xattrmap: {e}"))),
         ("xattr", _) => flag(Setting::Xattr(true)),
         ("no_xattr", _) => flag(Setting::Xattr(false)),
         ("readdirplus", _) => flag(Setting::Readdirplus(true)),
@@ -189,13 +193,9 @@ pub fn parse_tag(tag: &str) -> Result<String, String> {
     }
 }
 
-/// `--xattrmap`: a non-empty rule list (its syntax is checked once the feature exists).
-pub fn parse_xattrmap(map: &str) -> Result<String, String> {
-    if map.trim().is_empty() {
-        Err("the map is empty".into())
-    } else {
-        Ok(map.into())
-    }
+/// `--xattrmap`: the rule list, in the Rust virtiofsd's syntax (`virtiofs_passthrough::XattrMap`).
+pub fn parse_xattrmap(map: &str) -> Result<XattrMap, String> {
+    map.parse().map_err(|e: XattrMapError| e.to_string())
 }
 
 /// `--uid-map` / `--gid-map`: `:namespace_id:host_id:count:` with any non-alphanumeric
@@ -267,8 +267,10 @@ mod tests {
         assert!(parse_compat("flock=yes").is_err());
         assert_eq!(
             parse_compat("xattrmap=:map::user.virtiofs.:").unwrap(),
-            Some(Setting::NotYet("-o xattrmap".into()))
+            Some(Setting::XattrMap(":map::user.virtiofs.:".parse().unwrap()))
         );
+        let e = parse_compat("xattrmap=:frob:all:::").unwrap_err().0;
+        assert!(e.contains("-o xattrmap") && e.contains("frob"), "{e}");
         assert!(parse_compat("sandbox=jail").is_err());
         assert!(parse_compat("xattr=1").is_err());
         assert!(parse_compat("loglevel=loud").is_err());

@@ -91,6 +91,10 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
     }
     if opts.sandbox == SandboxMode::Namespace {
         notifier.child();
+        if opts.share.readonly {
+            // The kernel refuses what the file server's own checks (ops/readonly.rs) miss.
+            virtiofs_sandbox::make_root_readonly()?;
+        }
     }
     let share = share.import()?.with_fd_quota(guest_fds)?;
     opts.capabilities.apply()?;

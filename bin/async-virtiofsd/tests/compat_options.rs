@@ -12,6 +12,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vhost_user_fs_client::daemons::{Kind, RUST_VIRTIOFSD_VERSION};
+
 const BIN: &str = env!("CARGO_BIN_EXE_async-virtiofsd");
 
 /// What the daemon must do with an option.
@@ -51,18 +53,14 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
         Serves(""),
     ),
     ("--xattr", &["--xattr"], Serves("")),
-    ("--posix-acl", &["--posix-acl"], NotYet("--posix-acl")),
-    (
-        "--posix-acl",
-        &["--posix-acl=always"],
-        NotYet("--posix-acl"),
-    ),
-    ("--posix-acl", &["--posix-acl=auto"], NotYet("--posix-acl")),
+    ("--posix-acl", &["--posix-acl"], Serves("")),
+    ("--posix-acl", &["--posix-acl=always"], Serves("")),
+    ("--posix-acl", &["--posix-acl=auto"], Serves("")),
     ("--posix-acl", &["--posix-acl=never"], Serves("")),
     (
         "--xattrmap",
         &["--xattrmap", ":map::user.virtiofs.:"],
-        NotYet("--xattrmap"),
+        Serves(""),
     ),
     (
         "--sandbox",
@@ -70,7 +68,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
         Serves("sandbox Chroot"),
     ),
     ("--sandbox", &["--sandbox=none"], Serves("sandbox None")),
-    ("--readonly", &["--readonly"], NotYet("--readonly")),
+    ("--readonly", &["--readonly"], Serves("")),
     ("--seccomp", &["--seccomp=log"], Serves("")),
     (
         "--announce-submounts",
@@ -108,7 +106,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
         Warns("cannot open file handles"),
     ),
     ("--cache", &["--cache=metadata"], Serves("")),
-    ("--allow-mmap", &["--allow-mmap"], NotYet("--allow-mmap")),
+    ("--allow-mmap", &["--allow-mmap"], Serves("")),
     ("--no-readdirplus", &["--no-readdirplus"], Serves("")),
     ("--writeback", &["--writeback"], Serves("")),
     ("--allow-direct-io", &["--allow-direct-io"], Serves("")),
@@ -129,7 +127,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     ("-o", &["-o", "cache=always"], Serves("")),
     ("-d", &["-d"], Serves("DEBUG")),
     ("--no-killpriv-v2", &["--no-killpriv-v2"], Serves("")),
-    ("--killpriv-v2", &["--killpriv-v2"], NotYet("--killpriv-v2")),
+    ("--killpriv-v2", &["--killpriv-v2"], Serves("")),
     ("-f", &["-f"], Serves("")),
     (
         "--security-label",
@@ -162,11 +160,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
         &["--translate-gid=forbid-guest:0:10"],
         NotYet("--translate-gid"),
     ),
-    (
-        "--preserve-noatime",
-        &["--preserve-noatime"],
-        NotYet("--preserve-noatime"),
-    ),
+    ("--preserve-noatime", &["--preserve-noatime"], Serves("")),
     (
         "--migration-mode",
         &["--migration-mode=file-handles"],
@@ -193,7 +187,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     (
         "-o xattrmap",
         &["-o", "xattrmap=:map::user.virtiofs.:"],
-        NotYet("-o xattrmap"),
+        Serves(""),
     ),
     ("-o cache", &["-o", "cache=none"], Serves("")),
     ("-o cache", &["-o", "cache=auto"], Serves("")),
@@ -236,13 +230,9 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
         &["-o", "announce_submounts"],
         Serves(""),
     ),
-    (
-        "-o killpriv_v2",
-        &["-o", "killpriv_v2"],
-        NotYet("-o killpriv_v2"),
-    ),
+    ("-o killpriv_v2", &["-o", "killpriv_v2"], Serves("")),
     ("-o no_killpriv_v2", &["-o", "no_killpriv_v2"], Serves("")),
-    ("-o posix_acl", &["-o", "posix_acl"], NotYet("-o posix_acl")),
+    ("-o posix_acl", &["-o", "posix_acl"], Serves("")),
     ("-o no_posix_acl", &["-o", "no_posix_acl"], Serves("")),
     (
         "-o security_label",
@@ -474,20 +464,11 @@ fn the_table_covers_every_reference_option() {
 /// option it lists must be in [`REFERENCE_LONG`].
 #[test]
 fn reference_help_lists_no_option_missing_from_the_table() {
-    let candidates = [
-        std::env::var("RUST_VIRTIOFSD_BIN").ok(),
-        std::env::var("HOME")
-            .ok()
-            .map(|h| format!("{h}/.cache/async-virtiofsd/bench-tools/bin/virtiofsd")),
-    ];
-    let Some(bin) = candidates
-        .into_iter()
-        .flatten()
-        .find(|p| Path::new(p).exists())
-    else {
+    let Some(bin) = Kind::Rust.binary() else {
         eprintln!("the Rust virtiofsd is not installed: --help check skipped");
         return;
     };
+    let bin = bin.display().to_string();
     let out = Command::new(&bin).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     let mut listed = BTreeSet::new();
@@ -527,7 +508,10 @@ fn reference_source_has_no_option_missing_from_the_table() {
         .into_iter()
         .flatten()
         .flatten()
-        .map(|d| d.path().join("virtiofsd-1.14.0/src/main.rs"))
+        .map(|d| {
+            d.path()
+                .join(format!("virtiofsd-{RUST_VIRTIOFSD_VERSION}/src/main.rs"))
+        })
         .find(|p| p.exists())
     else {
         eprintln!("the Rust virtiofsd 1.14 source is not in the cargo registry: check skipped");

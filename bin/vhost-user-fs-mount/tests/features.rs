@@ -275,6 +275,134 @@ fn chattr_and_lsattr_reach_the_host_file_and_directory() {
     }
 }
 
+#[test]
+fn readonly_share_refuses_writes_through_the_kernel() {
+    let m = Mounted::start_with(Kind::Ours, &[REQUEST_LOG], &["--readonly"], &[])
+        .expect("async-virtiofsd must be built for these tests");
+    fs::write(m.backend.share.join("f"), b"host data").unwrap();
+    let erofs = |r: std::io::Result<()>| r.map_err(|e| e.raw_os_error());
+    assert_eq!(fs::read(m.mnt.join("f")).unwrap(), b"host data");
+    assert_eq!(
+        erofs(
+            OpenOptions::new()
+                .write(true)
+                .open(m.mnt.join("f"))
+                .map(drop)
+        ),
+        Err(Some(libc::EROFS)),
+        "open for writing"
+    );
+    assert_eq!(
+        erofs(fs::write(m.mnt.join("new"), b"x")),
+        Err(Some(libc::EROFS))
+    );
+    assert_eq!(
+        erofs(fs::create_dir(m.mnt.join("d"))),
+        Err(Some(libc::EROFS))
+    );
+    assert_eq!(
+        erofs(fs::remove_file(m.mnt.join("f"))),
+        Err(Some(libc::EROFS))
+    );
+    assert_eq!(
+        erofs(fs::rename(m.mnt.join("f"), m.mnt.join("g"))),
+        Err(Some(libc::EROFS))
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        erofs(fs::set_permissions(
+            m.mnt.join("f"),
+            fs::Permissions::from_mode(0o600)
+        )),
+        Err(Some(libc::EROFS))
+    );
+    assert_eq!(fs::read(m.backend.share.join("f")).unwrap(), b"host data");
+    assert_eq!(fs::read_dir(&m.backend.share).unwrap().count(), 1);
+}
+
+/// mmap(MAP_SHARED) of a file on the mount: Ok, or the errno.
+fn mmap_shared(p: &Path) -> Result<(), i32> {
+    let f = OpenOptions::new().read(true).write(true).open(p).unwrap();
+    // SAFETY: a fresh mapping of 4096 bytes of an open file, unmapped right away.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    // SAFETY: the mapping made above; the first byte is the file's.
+    let first = unsafe { *(addr as *const u8) };
+    // SAFETY: unmapping what was mapped above.
+    unsafe { libc::munmap(addr, 4096) };
+    assert_eq!(first, b'm', "the mapping shows the file");
+    Ok(())
+}
+
+#[test]
+fn allow_mmap_permits_shared_mmap_with_cache_never() {
+    for (allow, want) in [(false, Err(libc::ENODEV)), (true, Ok(()))] {
+        let mut args = vec!["--cache=never"];
+        if allow {
+            args.push("--allow-mmap");
+        }
+        let m = Mounted::start_with(Kind::Ours, &[REQUEST_LOG], &args, &[])
+            .expect("async-virtiofsd must be built for these tests");
+        fs::write(m.backend.share.join("f"), b"mapped").unwrap();
+        assert_eq!(mmap_shared(&m.mnt.join("f")), want, "--allow-mmap: {allow}");
+    }
+}
+
+#[test]
+fn xattrmap_stores_the_guests_trusted_names_under_user_virtiofs() {
+    let m = Mounted::start_with(
+        Kind::Ours,
+        &[REQUEST_LOG],
+        &["--xattrmap=/map/trusted./user.virtiofs./"],
+        &[],
+    )
+    .expect("async-virtiofsd must be built for these tests");
+    fs::write(m.backend.share.join("f"), b"x").unwrap();
+    let cpath = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+    let (via_mount, on_host) = (cpath(&m.mnt.join("f")), cpath(&m.backend.share.join("f")));
+    // SAFETY: valid C strings and a one-byte value (the test runs as root: trusted. is allowed).
+    let r = unsafe {
+        libc::setxattr(
+            via_mount.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+    let get = |path: &CString, name: &std::ffi::CStr| {
+        let mut buf = [0u8; 8];
+        // SAFETY: valid C strings and a buffer of the given length.
+        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 8) };
+        (n >= 0).then(|| buf[..n as usize].to_vec())
+    };
+    assert_eq!(
+        get(&on_host, c"user.virtiofs.trusted.overlay.opaque"),
+        Some(b"y".to_vec())
+    );
+    assert_eq!(
+        get(&on_host, c"trusted.overlay.opaque"),
+        None,
+        "not under its own name"
+    );
+    assert_eq!(
+        get(&via_mount, c"trusted.overlay.opaque"),
+        Some(b"y".to_vec())
+    );
+}
+
 fn statx(p: &Path) -> libc::statx {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: a zeroed statx is a valid out-buffer.

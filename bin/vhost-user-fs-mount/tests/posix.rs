@@ -104,10 +104,9 @@ fn posix_host_reference() {
 
 fn run_on(kind: Kind, mode: Mode) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut extra = vec!["--queues", "1"];
-    if kind == Kind::Ours {
-        extra = vec!["--queues", "2"];
-    }
+    // Two request queues where the daemon serves them (ours); the references serve one.
+    let queues = common::bridge_queues(kind).to_string();
+    let mut extra = vec!["--queues", queues.as_str()];
     if mode == Mode::Guest {
         extra.push("--default-permissions");
     }

@@ -10,7 +10,9 @@
 //!   count, memory table, vrings) and a raw descriptor-chain API for hostile-input tests;
 //! - [`fuse`]: FUSE requests with per-request credentials, checked replies, typed operations;
 //! - [`soak`]: a long-running mixed workload that verifies every byte across sessions and
-//!   daemon restarts, and watches the daemon's descriptors and memory.
+//!   daemon restarts, and watches the daemon's descriptors and memory;
+//! - [`daemons`]: the daemons to run it against (async-virtiofsd, the C and the Rust
+//!   virtiofsd): binaries, command lines, readiness, known incompatibilities.
 //!
 //! ```no_run
 //! use vhost_user_fs_client::{DeviceConfig, FsClient, FuseOps, abi::ROOT_ID};
@@ -25,6 +27,7 @@
 
 #![deny(missing_docs)]
 
+pub mod daemons;
 pub mod device;
 pub mod error;
 pub mod fuse;

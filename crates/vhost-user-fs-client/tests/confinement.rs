@@ -466,6 +466,19 @@ fn serving_process_is_filtered_and_stripped() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names, ["marker"], "the sandbox root holds the share only");
+    // Mounted nodev, nosuid, noexec in the daemon's namespace (and still read-write).
+    let mountinfo = std::fs::read_to_string(format!("/proc/{child}/mountinfo")).unwrap();
+    let root = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .unwrap_or_else(|| panic!("no root mount:\n{mountinfo}"));
+    let options: Vec<_> = root.split_whitespace().nth(5).unwrap().split(',').collect();
+    for want in ["rw", "nodev", "nosuid", "noexec"] {
+        assert!(
+            options.contains(&want),
+            "root mount {options:?} lacks {want}"
+        );
+    }
 }
 
 /// A directory the host moves out of the share while the guest knows it: its ".." is outside,

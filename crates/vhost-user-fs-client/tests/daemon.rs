@@ -68,30 +68,6 @@ fn init_negotiates_and_the_daemon_exits_on_disconnect() {
     assert_eq!(code, 0, "daemon log:\n{log}");
 }
 
-/// Host locks are offered by default (POSIX_LOCKS, FLOCK_LOCKS) and not with the C virtiofsd's
-/// `-o no_posix_lock` / `-o no_flock` (what libvirt's `<lock posix='off' flock='off'/>` passes),
-/// each on its own; the guest then keeps those locks locally.
-#[test]
-fn lock_options_decide_what_init_offers() {
-    use vhost_user_fs_client::abi::init_flags::{FLOCK_LOCKS, POSIX_LOCKS};
-    use vhost_user_fs_client::InitParams;
-    let both = POSIX_LOCKS | FLOCK_LOCKS;
-    for (opts, want) in [
-        (&[][..], both),
-        (&["-o", "no_posix_lock"][..], FLOCK_LOCKS),
-        (&["-o", "no_flock"][..], POSIX_LOCKS),
-        (&["-o", "no_posix_lock,no_flock"][..], 0),
-        (&["-o", "no_flock", "-o", "flock,posix_lock"][..], both),
-    ] {
-        let d = Daemon::start(opts);
-        let c = d.connect(d.config());
-        let mut p = InitParams::default();
-        p.flags |= both;
-        c.init_with(p).unwrap();
-        assert_eq!(c.session_flags() & both, want, "{opts:?}");
-    }
-}
-
 /// create / write / read / lookup / getattr / readdir(plus) / unlink against the host view, on
 /// two device set-ups: defaults (one region, EVENT_IDX, indirect, SET_MEM_TABLE, REPLY_ACK) and
 /// three regions without EVENT_IDX, indirect or REPLY_ACK, memory sent with ADD_MEM_REG.

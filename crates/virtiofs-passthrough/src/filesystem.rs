@@ -36,12 +36,14 @@ impl Filesystem for Passthrough {
         self.do_getattr(nodeid, fh)
     }
     fn setattr(&self, _: &Context, nodeid: u64, arg: &SetattrIn) -> Result<AttrReply> {
+        self.writable()?;
         self.do_setattr(nodeid, arg)
     }
     fn readlink(&self, _: &Context, nodeid: u64) -> Result<Vec<u8>> {
         self.do_readlink(nodeid)
     }
     fn symlink(&self, ctx: &Context, parent: u64, name: &Name, target: &[u8]) -> Result<Entry> {
+        self.may_make(parent, name)?;
         self.do_symlink(ctx, parent, name, target)
     }
     fn mknod(
@@ -51,11 +53,12 @@ impl Filesystem for Passthrough {
         name: &Name,
         mode: u32,
         rdev: u32,
-        _umask: u32,
+        umask: u32,
     ) -> Result<Entry> {
-        // `mode` arrives with the guest's umask applied (no DONT_MASK), and the daemon's own
-        // umask is 0, so the host makes exactly `mode`.
-        self.do_mknod(ctx, parent, name, mode, rdev)
+        // Without DONT_MASK `mode` arrives with the guest's umask applied and the daemon's own
+        // umask is 0, so the host makes exactly `mode`; with it, see ops/acl.rs.
+        self.may_make(parent, name)?;
+        self.do_mknod(ctx, parent, name, mode, rdev, umask)
     }
     fn mkdir(
         &self,
@@ -63,14 +66,17 @@ impl Filesystem for Passthrough {
         parent: u64,
         name: &Name,
         mode: u32,
-        _umask: u32,
+        umask: u32,
     ) -> Result<Entry> {
-        self.do_mkdir(ctx, parent, name, mode)
+        self.may_make(parent, name)?;
+        self.do_mkdir(ctx, parent, name, mode, umask)
     }
     fn unlink(&self, _: &Context, parent: u64, name: &Name) -> Result<()> {
+        self.writable()?;
         self.do_unlink(parent, name, 0)
     }
     fn rmdir(&self, _: &Context, parent: u64, name: &Name) -> Result<()> {
+        self.writable()?;
         self.do_unlink(parent, name, libc::AT_REMOVEDIR)
     }
     fn rename(
@@ -82,14 +88,17 @@ impl Filesystem for Passthrough {
         newname: &Name,
         flags: u32,
     ) -> Result<()> {
+        self.writable()?;
         self.do_rename(olddir, oldname, newdir, newname, flags)
     }
     fn link(&self, _: &Context, nodeid: u64, newparent: u64, newname: &Name) -> Result<Entry> {
+        self.may_make(newparent, newname)?;
         self.do_link(nodeid, newparent, newname)
     }
-    fn open(&self, _: &Context, nodeid: u64, flags: u32, _open_flags: u32) -> Result<Opened> {
+    fn open(&self, _: &Context, nodeid: u64, flags: u32, open_flags: u32) -> Result<Opened> {
+        self.may_open(flags)?;
         self.quota()?;
-        self.do_open(nodeid, flags)
+        self.do_open(nodeid, flags, open_flags)
     }
     fn read(
         &self,
@@ -107,6 +116,7 @@ impl Filesystem for Passthrough {
         arg: &WriteIn,
         src: &[GuestSlice<'_>],
     ) -> Result<usize> {
+        self.writable()?;
         self.do_write(nodeid, arg, src)
     }
     fn statfs(&self, _: &Context, nodeid: u64) -> Result<Kstatfs> {
@@ -125,9 +135,11 @@ impl Filesystem for Passthrough {
         name: &Name,
         value: &[u8],
         flags: u32,
-        _setxattr_flags: u32,
+        setxattr_flags: u32,
     ) -> Result<()> {
-        self.do_setxattr(nodeid, name, value, flags)
+        self.writable()?;
+        self.do_setxattr(nodeid, name, value, flags)?;
+        self.acl_kill_sgid(nodeid, name, setxattr_flags)
     }
     fn getxattr(&self, _: &Context, nodeid: u64, name: &Name, size: u32) -> Result<Xattr> {
         self.do_getxattr(nodeid, name, size)
@@ -136,6 +148,7 @@ impl Filesystem for Passthrough {
         self.do_listxattr(nodeid, size)
     }
     fn removexattr(&self, _: &Context, nodeid: u64, name: &Name) -> Result<()> {
+        self.writable()?;
         self.do_removexattr(nodeid, name)
     }
     fn flush(&self, _: &Context, nodeid: u64, fh: u64, lock_owner: u64) -> Result<()> {
@@ -169,6 +182,7 @@ impl Filesystem for Passthrough {
         self.do_setlk(nodeid, arg)
     }
     fn access(&self, ctx: &Context, nodeid: u64, mask: u32) -> Result<()> {
+        self.may_access(nodeid, mask)?;
         self.do_access(ctx, nodeid, mask)
     }
     fn create(
@@ -178,6 +192,9 @@ impl Filesystem for Passthrough {
         name: &Name,
         arg: &CreateIn,
     ) -> Result<(Entry, Opened)> {
+        if self.cfg.readonly {
+            return self.create_readonly(parent, name, arg);
+        }
         self.do_create(ctx, parent, name, arg)
     }
     fn ioctl(&self, _: &Context, nodeid: u64, arg: &IoctlIn, data: &[u8]) -> Result<IoctlReply> {
@@ -196,6 +213,7 @@ impl Filesystem for Passthrough {
         self.do_syncfs(nodeid)
     }
     fn tmpfile(&self, ctx: &Context, parent: u64, arg: &CreateIn) -> Result<(Entry, Opened)> {
+        self.writable()?;
         self.do_tmpfile(ctx, parent, arg)
     }
     fn statx(&self, _: &Context, nodeid: u64, arg: &StatxIn) -> Result<StatxReply> {

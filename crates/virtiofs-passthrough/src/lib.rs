@@ -22,8 +22,10 @@ mod ops;
 mod passthrough;
 mod storage;
 mod sys;
+mod xattrmap;
 pub use fd_quota::FdQuota;
 pub use passthrough::{Config, Passthrough};
+pub use xattrmap::{XattrMap, XattrMapError};
 
 use smallvec::SmallVec;
 use virtiofs_fuse::abi::InHeader;
@@ -98,6 +100,18 @@ impl InodeFileHandles {
     }
 }
 
+/// Whether a feature the guest must support too is offered (`--posix-acl=never|auto|always`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Negotiation {
+    /// Not offered.
+    #[default]
+    Never,
+    /// Offered to guests that support it; others go without.
+    Auto,
+    /// Required: a guest that does not support it cannot start a session (INIT fails EPROTO).
+    Always,
+}
+
 /// What to share and how.
 #[derive(Debug, Clone)]
 pub struct ShareOptions {
@@ -115,6 +129,20 @@ pub struct ShareOptions {
     pub allow_direct_io: bool,
     /// Mark mount points inside the share so the guest gives each its own st_dev.
     pub announce_submounts: bool,
+    /// Translate xattr names between the guest and the host (`--xattrmap`).
+    pub xattrmap: Option<XattrMap>,
+    /// POSIX ACLs (`--posix-acl`): POSIX_ACL, DONT_MASK and SETXATTR_EXT negotiated.
+    pub posix_acl: Negotiation,
+    /// Refuse every modification of the share (EROFS).
+    pub readonly: bool,
+    /// Offer HANDLE_KILLPRIV_V2 (the daemon clears SUID/SGID/capabilities on write, truncate
+    /// and O_TRUNC when the guest asks).
+    pub killpriv_v2: bool,
+    /// Offer DIRECT_IO_ALLOW_MMAP: shared mmap of files opened with direct I/O
+    /// (`--cache=never|metadata`).
+    pub allow_mmap: bool,
+    /// Keep O_NOATIME even where the host refuses it (EPERM) instead of opening without it.
+    pub preserve_noatime: bool,
     /// Serve POSIX locks on the host (POSIX_LOCKS); off, the guest kernel keeps them locally.
     pub posix_locks: bool,
     /// Serve flock(2) locks on the host (FLOCK_LOCKS); off, the guest kernel keeps them locally.
@@ -196,6 +224,12 @@ impl Share {
             readdirplus: opts.readdirplus,
             allow_direct_io: opts.allow_direct_io,
             announce_submounts: opts.announce_submounts,
+            xattrmap: opts.xattrmap.clone(),
+            posix_acl: opts.posix_acl,
+            readonly: opts.readonly,
+            killpriv_v2: opts.killpriv_v2,
+            allow_mmap: opts.allow_mmap,
+            preserve_noatime: opts.preserve_noatime,
             posix_locks: opts.posix_locks,
             flock_locks: opts.flock_locks,
             inode_file_handles: opts.inode_file_handles,
@@ -303,6 +337,12 @@ mod tests {
             readdirplus: true,
             allow_direct_io: false,
             announce_submounts: false,
+            xattrmap: None,
+            posix_acl: Negotiation::Never,
+            readonly: false,
+            killpriv_v2: false,
+            allow_mmap: false,
+            preserve_noatime: false,
             posix_locks: true,
             flock_locks: true,
             inode_file_handles: InodeFileHandles::Never,

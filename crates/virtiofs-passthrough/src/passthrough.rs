@@ -43,6 +43,19 @@ pub struct Config {
     /// Mark mount points inside the share (FUSE_ATTR_SUBMOUNT) so the guest gives them their
     /// own st_dev.
     pub announce_submounts: bool,
+    /// Translate xattr names (`--xattrmap`).
+    pub xattrmap: Option<crate::XattrMap>,
+    /// POSIX ACLs (`ops/acl.rs`).
+    pub posix_acl: crate::Negotiation,
+    /// Refuse every modification of the share (`--readonly`, `ops/readonly.rs`).
+    pub readonly: bool,
+    /// Offer HANDLE_KILLPRIV_V2: the daemon clears SUID/SGID and capabilities on write,
+    /// truncate and open with O_TRUNC when the guest says so.
+    pub killpriv_v2: bool,
+    /// Offer DIRECT_IO_ALLOW_MMAP (shared mmap of direct-I/O files).
+    pub allow_mmap: bool,
+    /// Keep O_NOATIME where the host refuses it (EPERM) rather than open without it.
+    pub preserve_noatime: bool,
     /// Offer POSIX_LOCKS (host locks for fcntl).
     pub posix_locks: bool,
     /// Offer FLOCK_LOCKS (host locks for flock).
@@ -81,6 +94,10 @@ pub struct Passthrough {
     /// The writeback cache was negotiated (O_WRONLY opens become O_RDWR, O_APPEND is the
     /// guest's job).
     pub(crate) writeback: AtomicBool,
+    /// HANDLE_KILLPRIV_V2 was negotiated: the guest's KILL_SUIDGID flags are honoured.
+    pub(crate) killpriv_v2: AtomicBool,
+    /// DONT_MASK was negotiated (with POSIX_ACL): the guest sends modes unmasked, with its umask.
+    pub(crate) dont_mask: AtomicBool,
     /// Switch to the caller's ids for requests that make files.
     switch_creds: bool,
     fd_quota: Option<FdQuota>,
@@ -104,6 +121,8 @@ impl Passthrough {
             proc_self_fd,
             root: root.to_owned(),
             writeback: AtomicBool::new(false),
+            killpriv_v2: AtomicBool::new(false),
+            dont_mask: AtomicBool::new(false),
             switch_creds: creds::can_switch(),
             fd_quota: None,
             file_handles: InodeFileHandles::Never,
@@ -157,6 +176,15 @@ impl Passthrough {
         if self.cfg.announce_submounts {
             wants |= f::SUBMOUNTS;
         }
+        if self.cfg.allow_mmap {
+            wants |= f::DIRECT_IO_ALLOW_MMAP;
+        }
+        wants |= self.acl_flags(capable)?;
+        let killpriv = self.cfg.killpriv_v2 && capable & f::HANDLE_KILLPRIV_V2 != 0;
+        if killpriv {
+            wants |= f::HANDLE_KILLPRIV_V2;
+        }
+        self.killpriv_v2.store(killpriv, Ordering::Relaxed);
         // The writeback cache keeps data in the guest: pointless (and unsafe for other
         // clients) when nothing may be cached.
         let writeback = self.cfg.writeback
@@ -276,6 +304,21 @@ impl Passthrough {
         // nothing here.
         let flags = flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL | libc::O_PATH)
             | libc::O_NOCTTY;
+        match self.reopen_as(inode, flags) {
+            // O_NOATIME needs the file's owner or CAP_FOWNER on the host, which the guest's
+            // kernel could not check for us: without --preserve-noatime the file is opened
+            // anyway, with atime updates (what the Rust virtiofsd does always).
+            Err(Errno(libc::EPERM))
+                if flags & libc::O_NOATIME != 0 && !self.cfg.preserve_noatime =>
+            {
+                self.reopen_as(inode, flags & !libc::O_NOATIME)
+            }
+            r => r,
+        }
+    }
+
+    /// [`Self::reopen`] with `flags` as the host gets them.
+    fn reopen_as(&self, inode: &Inode, flags: i32) -> Result<OwnedFd> {
         match &inode.storage {
             Storage::Fd(fd) => {
                 let name = sys::fd_name(fd.as_raw_fd());
@@ -308,6 +351,31 @@ impl Passthrough {
         let fd = inode.fd()?;
         let name = sys::fd_name(fd.as_fd().as_raw_fd());
         sys::in_thread_dir(self.proc_self_fd.as_fd(), || call(name.as_cstr()))?
+    }
+
+    /// HANDLE_KILLPRIV_V2, when the guest asked (`kill`: a write, truncate or O_TRUNC by a
+    /// caller without CAP_FSETID): clears the regular file `fd`'s SUID bit, and its SGID bit when
+    /// it is group-executable (FUSE's rule, the kernel's for a writer in the file's group). The
+    /// daemon writes with CAP_FSETID, so the host kernel would keep both; it removes
+    /// `security.capability` on every write and truncate by itself.
+    pub(crate) fn kill_suidgid(&self, kill: bool, fd: BorrowedFd<'_>) -> Result<()> {
+        if !kill || !self.killpriv_v2.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mode = u32::from(sys::fstatx(fd, libc::STATX_TYPE | libc::STATX_MODE)?.stx_mode);
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(());
+        }
+        let mut kept = mode & !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            kept &= !libc::S_ISGID;
+        }
+        if kept != mode {
+            // By its /proc/self/fd entry: `fd` may be an O_PATH descriptor.
+            let name = sys::fd_name(fd.as_raw_fd());
+            sys::fchmodat(self.proc_fd(), name.as_cstr(), kept & 0o7777)?;
+        }
+        Ok(())
     }
 
     /// The open flags the host gets for a guest's `flags`.

@@ -395,6 +395,19 @@ pub fn in_thread_dir<T>(dir: BorrowedFd<'_>, call: impl FnOnce() -> T) -> io::Re
     Ok(out)
 }
 
+/// Runs `call` with `mask` as this thread's umask, then puts the old one back; the thread gets a
+/// umask of its own first (`unshare(CLONE_FS)`, as [`in_thread_dir`]).
+pub fn with_thread_umask<T>(mask: u32, call: impl FnOnce() -> T) -> io::Result<T> {
+    // SAFETY: plain call; it only copies this thread's root, cwd and umask when shared.
+    check(unsafe { libc::unshare(libc::CLONE_FS) })?;
+    // SAFETY: umask has no failure mode.
+    let old = unsafe { libc::umask(mask & 0o777) };
+    let out = call();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    Ok(out)
+}
+
 /// A descriptor's number as a C string, for naming it in `/proc/self/fd`.
 pub fn fd_name(fd: RawFd) -> FdName {
     // Digits written by hand: this runs on every open, and a descriptor is never negative.

@@ -248,7 +248,65 @@ fn pivot_into_share(shared_dir: &Path) -> Result<(), Error> {
     )
     .map_err(|e| Error::sys("make the old root a slave mount", e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| Error::sys("detach the old root", e))?;
-    chdir("/").map_err(|e| Error::sys("chdir /", e))
+    chdir("/").map_err(|e| Error::sys("chdir /", e))?;
+    // The daemon never executes a file of the share nor opens a device node in it (the file
+    // server refuses to): in its namespace the kernel refuses too.
+    set_root_attributes(
+        MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        "mount the share nodev, nosuid, noexec",
+    )
+}
+
+/// Makes the sandbox's root, the share and every mount inside it, read-only (`--readonly` in
+/// namespace mode, after [`enter`]): the kernel then refuses every modification with EROFS,
+/// whatever the file server does.
+pub fn make_root_readonly() -> Result<(), Error> {
+    set_root_attributes(
+        MOUNT_ATTR_RDONLY,
+        MsFlags::MS_RDONLY,
+        "make the share read-only",
+    )
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// Sets mount attributes on `/` and every mount under it in this namespace with
+/// `mount_setattr(2)` (Linux 5.12); on an older kernel, remounts `/` alone with `flags`. Only
+/// ever adds restrictions, which a user namespace may do to mounts it inherited.
+fn set_root_attributes(attr_set: u64, flags: MsFlags, what: &'static str) -> Result<(), Error> {
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    // struct mount_attr { attr_set, attr_clr, propagation, userns_fd }
+    let attr: [u64; 4] = [attr_set, 0, 0, 0];
+    // SAFETY: a valid path and a mount_attr of the size given.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            AT_RECURSIVE,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = nix::errno::Errno::last();
+    if e != nix::errno::Errno::ENOSYS {
+        return Err(Error::sys(what, e));
+    }
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys(what, e))
 }
 
 fn write_proc(path: &str, text: &str) -> Result<(), Error> {

@@ -178,21 +178,51 @@ fn debug_flag_and_log_level() {
 
 #[test]
 fn options_not_built_yet_are_refused_in_one_line_naming_them() {
-    let e = run(&["--shared-dir=/a", "--fd=3", "--readonly"]).unwrap_err();
-    assert_eq!(e, "--readonly is not implemented yet");
-    let e = run(&[
+    let e = run(&["--shared-dir=/a", "--fd=3", "--uid-map=:0:1000:1:"]).unwrap_err();
+    assert_eq!(e, "--uid-map is not implemented yet");
+    let o = run(&[
         "--shared-dir=/a",
         "--fd=3",
-        "-o",
-        "xattrmap=:ok:all::,killpriv_v2",
+        "--allow-mmap",
+        "--preserve-noatime",
     ])
-    .unwrap_err();
-    assert_eq!(e, "-o xattrmap, -o killpriv_v2 are not implemented yet");
+    .unwrap();
+    assert!(o.share.allow_mmap && o.share.preserve_noatime);
+    assert!(
+        run(&["--shared-dir=/a", "--fd=3", "--readonly"])
+            .unwrap()
+            .share
+            .readonly
+    );
+    let e = run(&["--shared-dir=/a", "--fd=3", "-o", "security_label"]).unwrap_err();
+    assert_eq!(e, "-o security_label is not implemented yet");
+    let o = run(&[
+        "--shared-dir=/a",
+        "--fd=3",
+        "--xattrmap",
+        ":map::user.virtiofs.:",
+    ])
+    .unwrap();
+    assert!(
+        o.share.xattr && o.share.xattrmap.is_some(),
+        "a map turns xattrs on"
+    );
+    let e = run(&["--shared-dir=/a", "--fd=3", "--xattrmap", ":prefix:all:a."]).unwrap_err();
+    assert!(e.contains("--xattrmap") && e.contains("incomplete"), "{e}");
     // Checked before the share and socket: the refusal is the more useful message.
-    let e = run(&["--killpriv-v2"]).unwrap_err();
-    assert_eq!(e, "--killpriv-v2 is not implemented yet");
-    let e = run(&["--shared-dir=/a", "--fd=3", "--posix-acl=auto"]).unwrap_err();
-    assert_eq!(e, "--posix-acl is not implemented yet");
+    let e = run(&["--security-label"]).unwrap_err();
+    assert_eq!(e, "--security-label is not implemented yet");
+    use virtiofs_passthrough::Negotiation as N;
+    for (arg, want) in [
+        ("--posix-acl", N::Always),
+        ("--posix-acl=always", N::Always),
+        ("--posix-acl=auto", N::Auto),
+        ("--posix-acl=never", N::Never),
+    ] {
+        let o = run(&["--shared-dir=/a", "--fd=3", arg]).unwrap();
+        assert_eq!(o.share.posix_acl, want, "{arg}");
+        assert_eq!(o.share.xattr, want != N::Never, "{arg}: ACLs are xattrs");
+    }
     // The value syntax is the reference's: `--posix-acl always` is not `--posix-acl=always`.
     assert!(run(&["--shared-dir=/a", "--fd=3", "--posix-acl", "always"]).is_err());
     let e = run(&["--shared-dir=/a", "--fd=3", "--uid-map=0:1"]).unwrap_err();
@@ -205,10 +235,17 @@ fn options_not_built_yet_are_refused_in_one_line_naming_them() {
 
 #[test]
 fn last_one_wins_for_refused_features_too() {
+    for (args, killpriv) in [
+        (&["--killpriv-v2", "-o", "no_killpriv_v2"][..], false),
+        (&["-o", "killpriv_v2", "--no-killpriv-v2"], false),
+        (&["--no-killpriv-v2", "--killpriv-v2"], true),
+    ] {
+        let mut argv = vec!["--shared-dir=/a", "--fd=3"];
+        argv.extend_from_slice(args);
+        assert_eq!(run(&argv).unwrap().share.killpriv_v2, killpriv, "{args:?}");
+    }
     for args in [
-        &["--killpriv-v2", "-o", "no_killpriv_v2"][..],
-        &["-o", "killpriv_v2", "--no-killpriv-v2"],
-        &["--posix-acl", "--posix-acl=never"],
+        &["--posix-acl", "--posix-acl=never"][..],
         &["-o", "security_label,no_security_label"],
         &["--posix-acl=never", "-o", "no_posix_acl"],
     ] {
@@ -219,10 +256,19 @@ fn last_one_wins_for_refused_features_too() {
     assert!(run(&[
         "--shared-dir=/a",
         "--fd=3",
-        "--no-killpriv-v2",
-        "--killpriv-v2"
+        "--security-label=never",
+        "--security-label=auto"
     ])
     .is_err());
+    let o = run(&[
+        "--shared-dir=/a",
+        "--fd=3",
+        "--posix-acl=never",
+        "-o",
+        "posix_acl",
+    ])
+    .unwrap();
+    assert_eq!(o.share.posix_acl, virtiofs_passthrough::Negotiation::Always);
 }
 
 #[test]

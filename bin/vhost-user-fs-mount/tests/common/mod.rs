@@ -13,92 +13,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vhost_user_fs_client::daemons::{self, NotListening, Options};
 use vhost_user_fs_mount::mount;
 
-/// The backends the suite runs against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// async-virtiofsd (this workspace).
-    Ours,
-    /// The C virtiofsd (QEMU <= 7.2, Debian's qemu-system-common).
-    C,
-    /// The Rust virtiofsd 1.14 (benches/run installs it).
-    Rust,
+/// The backends the suite runs against, their binaries ([`Kind::binary`]: `$ASYNC_VIRTIOFSD_BIN`,
+/// `$C_VIRTIOFSD_BIN`, `$RUST_VIRTIOFSD_BIN` override the defaults) and command lines: one
+/// definition with the benchmark's, in `vhost_user_fs_client::daemons`.
+pub use vhost_user_fs_client::daemons::Kind;
+
+/// The tests' command line of `kind` ([`Options::for_tests`]: cache=auto, xattrs on, a pool of
+/// 16 threads, none for the C virtiofsd, whose pool its own seccomp filter kills) with
+/// `daemon_args` appended.
+pub fn command_line(kind: Kind, socket: &Path, share: &Path, daemon_args: &[&str]) -> Vec<String> {
+    kind.args(
+        socket,
+        share,
+        &Options::for_tests(kind).with_extra(daemon_args.iter().copied()),
+    )
 }
 
-impl Kind {
-    /// Name used in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Ours => "async-virtiofsd",
-            Kind::C => "c-virtiofsd",
-            Kind::Rust => "rust-virtiofsd",
-        }
-    }
-
-    /// The daemon binary, if it is there. `$ASYNC_VIRTIOFSD_BIN`, `$C_VIRTIOFSD_BIN`,
-    /// `$RUST_VIRTIOFSD_BIN` override the defaults.
-    pub fn binary(self) -> Option<PathBuf> {
-        let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
-        let candidates: Vec<PathBuf> = match self {
-            Kind::Ours => {
-                let mut v: Vec<PathBuf> = env("ASYNC_VIRTIOFSD_BIN").into_iter().collect();
-                if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-                    v.push(Path::new(&t).join("debug/async-virtiofsd"));
-                }
-                v.push(
-                    Path::new(env!("CARGO_MANIFEST_DIR"))
-                        .join("../../target/debug/async-virtiofsd"),
-                );
-                v
-            }
-            Kind::C => env("C_VIRTIOFSD_BIN")
-                .into_iter()
-                .chain([PathBuf::from("/usr/lib/qemu/virtiofsd")])
-                .collect(),
-            Kind::Rust => {
-                let mut v: Vec<PathBuf> = env("RUST_VIRTIOFSD_BIN").into_iter().collect();
-                let cache = std::env::var_os("XDG_CACHE_HOME")
-                    .map(PathBuf::from)
-                    .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")));
-                if let Some(c) = cache {
-                    v.push(c.join("async-virtiofsd/bench-tools/bin/virtiofsd"));
-                }
-                if let Some(t) = std::env::var_os("BENCH_TOOLS") {
-                    v.insert(0, Path::new(&t).join("bin/virtiofsd"));
-                }
-                v
-            }
-        };
-        candidates.into_iter().find(|p| p.is_file())
-    }
-
-    /// The command line: cache=auto, xattrs on, one thread per request for the C virtiofsd
-    /// (with a thread pool it is killed by its own seccomp filter on this kernel, see
-    /// docs/performance.md).
-    pub fn args(self, socket: &Path, share: &Path) -> Vec<String> {
-        let (s, d) = (socket.display().to_string(), share.display().to_string());
-        match self {
-            // Both take the same options.
-            Kind::Ours | Kind::Rust => vec![
-                "--socket-path".into(),
-                s,
-                "--shared-dir".into(),
-                d,
-                "--cache".into(),
-                "auto".into(),
-                "--xattr".into(),
-                "--thread-pool-size".into(),
-                "16".into(),
-            ],
-            Kind::C => vec![
-                format!("--socket-path={s}"),
-                "-o".into(),
-                format!("source={d},cache=auto,xattr"),
-                "--thread-pool-size=0".into(),
-            ],
-        }
-    }
+/// Request queues the bridge sets up on `kind`: 2 where the daemon serves them, else 1 (the
+/// reference daemons serve one, and a frontend asking for more fails its setup).
+pub fn bridge_queues(kind: Kind) -> u16 {
+    kind.request_queues().min(2)
 }
 
 /// Whether a missing reference daemon fails the test (CI) instead of skipping it.
@@ -138,26 +75,6 @@ pub struct Backend {
     pub log: LogLines,
 }
 
-fn kill_tree(pid: u32) {
-    let mut pids = vec![pid];
-    let mut i = 0;
-    while i < pids.len() {
-        let cur = pids[i];
-        let children =
-            std::fs::read_to_string(format!("/proc/{cur}/task/{cur}/children")).unwrap_or_default();
-        pids.extend(
-            children
-                .split_whitespace()
-                .filter_map(|s| s.parse::<u32>().ok()),
-        );
-        i += 1;
-    }
-    for p in pids {
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(p as i32, libc::SIGKILL) };
-    }
-}
-
 impl Backend {
     /// Starts `kind` on `socket` sharing `share`; waits until the socket exists.
     pub fn start(kind: Kind, bin: &Path, socket: &Path, share: &Path) -> Backend {
@@ -185,8 +102,7 @@ impl Backend {
         daemon_args: &[&str],
     ) -> Backend {
         let mut child = Command::new(bin)
-            .args(kind.args(socket, share))
-            .args(daemon_args)
+            .args(command_line(kind, socket, share, daemon_args))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -202,24 +118,15 @@ impl Backend {
             share: share.to_path_buf(),
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(
-                b.alive(),
+        match daemons::wait_listening(socket, Duration::from_secs(20), || b.alive()) {
+            Ok(()) => b,
+            Err(NotListening::Exited) => panic!(
                 "{} exited before creating its socket: {}",
                 kind.name(),
                 b.log.text()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "{}: no socket after 20 s",
-                kind.name()
-            );
-            std::thread::sleep(Duration::from_millis(10));
+            ),
+            Err(NotListening::TimedOut) => panic!("{}: no socket after 20 s", kind.name()),
         }
-        // bind() creates the file just before listen(): give it a moment.
-        std::thread::sleep(Duration::from_millis(50));
-        b
     }
 
     /// The pid of the process we started (in a namespace sandbox: the supervisor, whose only
@@ -236,7 +143,7 @@ impl Backend {
     /// SIGKILLs the daemon and everything it forked, now.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            kill_tree(c.id());
+            daemons::kill_process_tree(c.id());
             let _ = c.wait();
         }
     }

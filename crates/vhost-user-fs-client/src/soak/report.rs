@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// What the daemon prints once it listens on its socket.
-pub const WAITING: &str = "Waiting for vhost-user socket connection...";
+/// What the daemon prints once it listens on its socket ([`crate::daemons::LISTENING_LOG_LINE`]).
+pub const WAITING: &str = crate::daemons::LISTENING_LOG_LINE;
 
 /// A daemon process serving one vhost-user socket, started by the caller of [`super::run`].
 #[derive(Debug)]

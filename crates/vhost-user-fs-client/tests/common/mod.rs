@@ -6,22 +6,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use vhost_user_fs_client::daemons::{self, Kind};
 use vhost_user_fs_client::{DeviceConfig, Errno, FsClient};
 
-const WAITING: &str = "Waiting for vhost-user socket connection...";
+const WAITING: &str = daemons::LISTENING_LOG_LINE;
 
-/// The daemon binary: `$ASYNC_VIRTIOFSD_BIN`, else `$CARGO_TARGET_DIR/debug/async-virtiofsd`,
-/// else the workspace's `target/debug/async-virtiofsd`. Panics (fails the test) if missing.
+/// The daemon binary: `$ASYNC_VIRTIOFSD_BIN` (only it, when set), else the build tree's
+/// ([`Kind::candidates`] of [`Kind::Ours`]). Panics (fails the test) if missing.
 pub fn daemon_bin() -> PathBuf {
-    let candidates: Vec<PathBuf> = if let Some(p) = std::env::var_os("ASYNC_VIRTIOFSD_BIN") {
-        vec![PathBuf::from(p)]
-    } else {
-        let mut v = Vec::new();
-        if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-            v.push(Path::new(&t).join("debug/async-virtiofsd"));
-        }
-        v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/async-virtiofsd"));
-        v
+    let candidates: Vec<PathBuf> = match std::env::var_os(Kind::Ours.bin_env()) {
+        Some(p) => vec![PathBuf::from(p)],
+        None => Kind::Ours.candidates(),
     };
     candidates
         .iter()

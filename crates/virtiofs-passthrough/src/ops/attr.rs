@@ -124,6 +124,7 @@ impl Passthrough {
             )?;
         }
         if arg.valid & fattr::SIZE != 0 {
+            self.kill_suidgid(arg.valid & fattr::KILL_SUIDGID != 0, fd.as_fd())?;
             match &handle {
                 Some(h) => sys::ftruncate(h.fd(), arg.size)?,
                 None => {

@@ -84,6 +84,7 @@ impl Passthrough {
         name: &Name,
         mode: u32,
         rdev: u32,
+        umask: u32,
     ) -> Result<Entry> {
         let dir = self.inode(parent)?;
         self.node_quota(&dir)?;
@@ -91,7 +92,9 @@ impl Passthrough {
         let dir_fd = dir.fd()?;
         {
             let _caller = self.as_caller(ctx)?;
-            sys::mknodat(dir_fd.as_fd(), name, mode, host_dev(rdev))?;
+            self.with_guest_umask(umask, || {
+                Ok(sys::mknodat(dir_fd.as_fd(), name, mode, host_dev(rdev))?)
+            })?;
         }
         self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
@@ -102,6 +105,7 @@ impl Passthrough {
         parent: u64,
         name: &Name,
         mode: u32,
+        umask: u32,
     ) -> Result<Entry> {
         let dir = self.inode(parent)?;
         self.node_quota(&dir)?;
@@ -109,7 +113,7 @@ impl Passthrough {
         let dir_fd = dir.fd()?;
         {
             let _caller = self.as_caller(ctx)?;
-            sys::mkdirat(dir_fd.as_fd(), name, mode)?;
+            self.with_guest_umask(umask, || Ok(sys::mkdirat(dir_fd.as_fd(), name, mode)?))?;
         }
         self.lookup_at(&dir, dir_fd.as_fd(), name)
     }

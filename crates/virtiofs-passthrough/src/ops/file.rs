@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use smallvec::SmallVec;
 use virtiofs_fuse::abi::{
-    fopen, CopyFileRangeIn, CreateIn, FallocateIn, ReadIn, ReleaseIn, WriteIn,
+    flags as fuse_flags, fopen, CopyFileRangeIn, CreateIn, FallocateIn, ReadIn, ReleaseIn, WriteIn,
 };
 use virtiofs_fuse::{Context, Entry, Errno, GuestSlice, Name, Opened};
 
@@ -16,6 +16,12 @@ use crate::inode::Inode;
 use crate::passthrough::{new_name, Passthrough, Result};
 use crate::sys;
 use crate::CacheMode;
+
+/// Whether an open with `flags` truncates a file the guest asked to lose its SUID/SGID bits
+/// (`open_flags` FUSE_OPEN_KILL_SUIDGID, sent with HANDLE_KILLPRIV_V2).
+fn kills(flags: i32, open_flags: u32) -> bool {
+    flags & libc::O_TRUNC != 0 && open_flags & fuse_flags::OPEN_KILL_SUIDGID != 0
+}
 
 /// The iovecs of `slices`, at most `limit` bytes in all.
 fn iovecs(slices: &[GuestSlice<'_>], limit: usize) -> SmallVec<[libc::iovec; 16]> {
@@ -50,11 +56,12 @@ impl Passthrough {
         }
     }
 
-    pub(crate) fn do_open(&self, nodeid: u64, flags: u32) -> Result<Opened> {
+    pub(crate) fn do_open(&self, nodeid: u64, flags: u32, open_flags: u32) -> Result<Opened> {
         self.quota()?;
         let inode = self.inode(nodeid)?;
         let flags = self.open_flags(flags);
         let fd = self.reopen(&inode, flags)?;
+        self.kill_suidgid(kills(flags, open_flags), fd.as_fd())?;
         Ok(Opened {
             fh: self.handles.insert(nodeid, fd, flags),
             open_flags: self.open_reply_flags(inode.is_dir()),
@@ -88,8 +95,11 @@ impl Passthrough {
         let dir_fd = dir.fd()?;
         let fd = {
             let _caller = self.as_caller(ctx)?;
-            sys::openat(dir_fd.as_fd(), name, flags, arg.mode & 0o7777)?
+            self.with_guest_umask(arg.umask, || {
+                Ok(sys::openat(dir_fd.as_fd(), name, flags, arg.mode & 0o7777)?)
+            })?
         };
+        self.kill_suidgid(kills(flags, arg.open_flags), fd.as_fd())?;
         let entry = self.entry_of_open(&fd, &dir, dir_fd.as_fd())?;
         let fh = self.handles.insert(entry.nodeid, fd, flags);
         Ok((
@@ -116,12 +126,14 @@ impl Passthrough {
         let dir_fd = dir.fd()?;
         let fd = {
             let _caller = self.as_caller(ctx)?;
-            sys::openat(
-                dir_fd.as_fd(),
-                c".",
-                flags | libc::O_TMPFILE,
-                arg.mode & 0o7777,
-            )?
+            self.with_guest_umask(arg.umask, || {
+                Ok(sys::openat(
+                    dir_fd.as_fd(),
+                    c".",
+                    flags | libc::O_TMPFILE,
+                    arg.mode & 0o7777,
+                )?)
+            })?
         };
         let entry = self.entry_of_open(&fd, &dir, dir_fd.as_fd())?;
         let fh = self.handles.insert(entry.nodeid, fd, flags);
@@ -159,6 +171,10 @@ impl Passthrough {
         if iov.is_empty() {
             return Ok(0);
         }
+        self.kill_suidgid(
+            arg.write_flags & fuse_flags::WRITE_KILL_SUIDGID != 0,
+            h.fd(),
+        )?;
         Ok(sys::pwritev_all(h.fd(), &iov, arg.offset)?)
     }
 

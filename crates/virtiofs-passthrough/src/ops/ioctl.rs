@@ -35,6 +35,9 @@ impl Passthrough {
         if (out && (arg.out_size as usize) < len) || (!out && data.len() < len) {
             return Err(Errno(libc::EINVAL));
         }
+        if !out {
+            self.writable()?;
+        }
         let h = self.handles.get(nodeid, arg.fh)?;
         // The kernel reads or writes exactly `len` bytes here: a buffer of that size, aligned
         // for the int and the struct.

@@ -6,6 +6,7 @@
 //! file is opened. Symlinks are refused with EOPNOTSUPP: the path call would follow them.
 //! Without `--xattr` every call is ENOSYS, and the guest stops asking.
 
+use std::borrow::Cow;
 use std::ffi::CStr;
 
 use virtiofs_fuse::{Errno, Name, Xattr};
@@ -39,6 +40,17 @@ impl Passthrough {
         self.with_node_path(&inode, call)
     }
 
+    /// The host's name for the guest's `name` (`--xattrmap`), or the errno it is refused with.
+    fn host_name<'a>(&self, name: &'a Name) -> Result<Cow<'a, CStr>> {
+        if !self.cfg.xattr {
+            return Err(Errno(libc::ENOSYS));
+        }
+        match &self.cfg.xattrmap {
+            Some(map) => map.to_host(name.as_cstr()),
+            None => Ok(Cow::Borrowed(name.as_cstr())),
+        }
+    }
+
     pub(crate) fn do_setxattr(
         &self,
         nodeid: u64,
@@ -46,12 +58,13 @@ impl Passthrough {
         value: &[u8],
         flags: u32,
     ) -> Result<()> {
+        let name = self.host_name(name)?;
         self.on_xattr_path(nodeid, |path| {
             // SAFETY: NUL-terminated path and name; `value` is readable for its length.
             let r = unsafe {
                 libc::setxattr(
                     path.as_ptr(),
-                    name.as_cstr().as_ptr(),
+                    name.as_ptr(),
                     value.as_ptr().cast(),
                     value.len(),
                     flags as i32,
@@ -62,13 +75,14 @@ impl Passthrough {
     }
 
     pub(crate) fn do_getxattr(&self, nodeid: u64, name: &Name, size: u32) -> Result<Xattr> {
+        let name = self.host_name(name)?;
         self.on_xattr_path(nodeid, |path| {
             let get = |buf: &mut [u8]| {
                 // SAFETY: NUL-terminated path and name; `buf` is writable for its length.
                 check(unsafe {
                     libc::getxattr(
                         path.as_ptr(),
-                        name.as_cstr().as_ptr(),
+                        name.as_ptr(),
                         buf.as_mut_ptr().cast(),
                         buf.len(),
                     )
@@ -84,12 +98,26 @@ impl Passthrough {
                 // SAFETY: NUL-terminated path; `buf` is writable for its length.
                 check(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
             };
-            sized(size, list)
+            match &self.cfg.xattrmap {
+                None => sized(size, list),
+                // The guest's list is known only once the host's whole list is mapped.
+                Some(map) => {
+                    let mut host = vec![0u8; XATTR_MAX as usize];
+                    let n = list(&mut host)?;
+                    let guest = map.list_to_guest(&host[..n]);
+                    match size {
+                        0 => Ok(Xattr::Size(guest.len() as u32)),
+                        s if guest.len() > s as usize => Err(Errno(libc::ERANGE)),
+                        _ => Ok(Xattr::Data(guest)),
+                    }
+                }
+            }
         })
     }
 
     pub(crate) fn do_removexattr(&self, nodeid: u64, name: &Name) -> Result<()> {
-        self.on_xattr_path(nodeid, |path| remove(path, name.as_cstr()))
+        let name = self.host_name(name)?;
+        self.on_xattr_path(nodeid, |path| remove(path, &name))
     }
 }
 

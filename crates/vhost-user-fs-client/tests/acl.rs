@@ -1,0 +1,191 @@
+//! `--posix-acl` (issue 13): what is negotiated with which guest, the guest's umask applied by
+//! the host kernel (DONT_MASK) or replaced by the parent's default ACL, ACLs set and read back as
+//! the host has them, and SGID dropped when the guest says an ACL change must drop it.
+//!
+//! Build the daemon first: `cargo build -p async-virtiofsd` (or set ASYNC_VIRTIOFSD_BIN).
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::{errno, Daemon};
+use vhost_user_fs_client::abi::init_flags::{DONT_MASK, POSIX_ACL, SETXATTR_EXT};
+use vhost_user_fs_client::abi::{opcode, SetxattrIn, ROOT_ID};
+use vhost_user_fs_client::{Errno, FsClient, FuseOps, FuseRequest, InitParams, XattrReply};
+use vm_memory::ByteValued;
+
+const ACL_FLAGS: u64 = POSIX_ACL | DONT_MASK | SETXATTR_EXT;
+const SETXATTR_ACL_KILL_SGID: u32 = 1;
+
+/// A POSIX ACL in its xattr form: version 2, then (tag, perm, id) entries in tag order.
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+const USER_OBJ: u16 = 0x01;
+const USER: u16 = 0x02;
+const GROUP_OBJ: u16 = 0x04;
+const MASK: u16 = 0x10;
+const OTHER: u16 = 0x20;
+const NONE: u32 = u32::MAX;
+
+fn host_setxattr(path: &Path, name: &str, value: &[u8]) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and a value of the given length.
+    let r = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "host setxattr: {}", std::io::Error::last_os_error());
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+fn session(d: &Daemon, flags: u64) -> Result<FsClient, Errno> {
+    let c = d.connect(d.config());
+    let mut p = InitParams::default();
+    p.flags |= flags;
+    match c.init_with(p) {
+        Ok(_) => Ok(c),
+        Err(e) => Err(e.errno().expect("an errno")),
+    }
+}
+
+#[test]
+fn negotiation_follows_the_mode_and_the_guest() {
+    for (opt, guest, want) in [
+        ("--posix-acl=never", ACL_FLAGS, Ok(0)),
+        ("--posix-acl=auto", ACL_FLAGS, Ok(ACL_FLAGS)),
+        ("--posix-acl=auto", 0, Ok(0)),
+        ("--posix-acl=always", ACL_FLAGS, Ok(ACL_FLAGS)),
+        ("--posix-acl=always", 0, Err(Errno(libc::EPROTO))),
+    ] {
+        let d = Daemon::start(&[opt]);
+        let got = session(&d, guest).map(|c| c.session_flags() & ACL_FLAGS);
+        assert_eq!(got, want, "{opt}, guest offers {guest:#x}");
+    }
+}
+
+/// With DONT_MASK the mode arrives unmasked with the guest's umask: the host applies the umask,
+/// unless the parent has a default ACL, which replaces it (the kernel's rule for any caller).
+#[test]
+fn the_guests_umask_or_the_default_acl_decides_a_new_files_mode() {
+    let d = Daemon::start(&["--posix-acl=auto"]);
+    std::fs::create_dir(d.share.join("plain")).unwrap();
+    std::fs::create_dir(d.share.join("inherits")).unwrap();
+    let rwx_all = acl(&[(USER_OBJ, 7, NONE), (GROUP_OBJ, 7, NONE), (OTHER, 7, NONE)]);
+    host_setxattr(
+        &d.share.join("inherits"),
+        "system.posix_acl_default",
+        &rwx_all,
+    );
+    let c = session(&d, ACL_FLAGS).unwrap();
+    let plain = c.lookup(ROOT_ID, "plain").unwrap().nodeid;
+    let inherits = c.lookup(ROOT_ID, "inherits").unwrap().nodeid;
+    let rw = libc::O_RDWR as u32 | libc::O_CREAT as u32;
+    for (dir, name, umask, want_file, want_dir) in [
+        (plain, "plain", 0o022, 0o644, 0o755),
+        (plain, "plain", 0o077, 0o600, 0o700),
+        (inherits, "inherits", 0o077, 0o666, 0o777),
+    ] {
+        let f = format!("f{umask:o}");
+        let (e, o) = c.create(dir, &f, rw, libc::S_IFREG | 0o666, umask).unwrap();
+        c.release(e.nodeid, o.fh, 0).unwrap();
+        assert_eq!(mode(&d.share.join(name).join(&f)), want_file, "{name}/{f}");
+        let sub = format!("d{umask:o}");
+        c.mkdir(dir, &sub, 0o777, umask).unwrap();
+        assert_eq!(
+            mode(&d.share.join(name).join(&sub)),
+            want_dir,
+            "{name}/{sub}"
+        );
+        let fifo = format!("p{umask:o}");
+        c.mknod(dir, &fifo, libc::S_IFIFO | 0o666, 0, umask)
+            .unwrap();
+        assert_eq!(
+            mode(&d.share.join(name).join(&fifo)),
+            want_file,
+            "{name}/{fifo}"
+        );
+    }
+    // Without DONT_MASK (a guest without ACLs) the mode is taken as sent, masked by the guest.
+    // (A daemon serves one frontend: a new one for the new guest.)
+    let d = Daemon::start(&["--posix-acl=auto"]);
+    let c = session(&d, 0).unwrap();
+    let (e, o) = c
+        .create(ROOT_ID, "masked", rw, libc::S_IFREG | 0o640, 0o077)
+        .unwrap();
+    c.release(e.nodeid, o.fh, 0).unwrap();
+    assert_eq!(mode(&d.share.join("masked")), 0o640);
+}
+
+/// An access ACL set by the guest is the host's (bytes and mode mask), and reads back; the
+/// guest's FUSE_SETXATTR_ACL_KILL_SGID drops SGID, which the daemon (with CAP_FSETID) would
+/// otherwise keep.
+#[test]
+fn access_acls_round_trip_and_kill_sgid_when_asked() {
+    let d = Daemon::start(&["--posix-acl"]);
+    let c = session(&d, ACL_FLAGS).unwrap();
+    let with_user = acl(&[
+        (USER_OBJ, 7, NONE),
+        (USER, 6, 1000),
+        (GROUP_OBJ, 5, NONE),
+        (MASK, 6, NONE),
+        (OTHER, 4, NONE),
+    ]);
+    let set = |node: u64, value: &[u8], kill: bool| {
+        let arg = SetxattrIn {
+            size: value.len() as u32,
+            flags: 0,
+            setxattr_flags: if kill { SETXATTR_ACL_KILL_SGID } else { 0 },
+            padding: 0,
+        };
+        let req = FuseRequest::new(
+            opcode::SETXATTR,
+            node,
+            vec![
+                arg.as_slice().to_vec(),
+                b"system.posix_acl_access\0".to_vec(),
+                value.to_vec(),
+            ],
+            vec![16],
+        );
+        c.call(req).unwrap().error
+    };
+    for (name, kill, want) in [("keep", false, 0o2764), ("kill", true, 0o764)] {
+        let path = d.share.join(name);
+        std::fs::write(&path, b"x").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        let n = c.lookup(ROOT_ID, name).unwrap().nodeid;
+        assert_eq!(set(n, &with_user, kill), None, "{name}");
+        // The ACL's mask (rw-) and other (r--) entries are the host file's group and other bits.
+        assert_eq!(mode(&path), want, "{name}: mode after the ACL");
+        assert_eq!(
+            common::host_getxattr(&path, "system.posix_acl_access"),
+            with_user,
+            "{name}: the host's ACL"
+        );
+        assert_eq!(
+            c.getxattr(n, "system.posix_acl_access", 256).unwrap(),
+            XattrReply::Data(with_user.clone()),
+            "{name}: read back"
+        );
+    }
+    // Not an ACL: the flag is for access ACLs only.
+    assert_eq!(errno(c.getxattr(ROOT_ID, "user.none", 16)), Errno::ENODATA);
+}
