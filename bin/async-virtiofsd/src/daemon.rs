@@ -106,9 +106,12 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
         opts.capabilities.kept()
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Requests never run on this runtime's thread (the main thread): each queue has a thread
+    // of its own, and pooled requests run on this runtime's blocking threads. The main thread
+    // only watches for signals, the frontend and queues to start.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("virtiofsd-worker")
+        .thread_name("virtiofsd-pool")
         .max_blocking_threads(max_threads)
         .build()?;
     let result = runtime.block_on(serve(
@@ -158,7 +161,8 @@ async fn serve(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut listener = vhost::vhost_user::Listener::from(socket.try_clone()?);
-    // Every thread exists now (runtime workers, the hiprio thread); later ones inherit the filter.
+    // Every thread that exists now gets the filter (TSYNC); later ones (queue threads, the
+    // runtime's blocking threads, the vhost-user thread) inherit it.
     let file_handles = opts.share.inode_file_handles != InodeFileHandles::Never;
     seccomp::install(opts.seccomp, file_handles)?;
 

@@ -20,7 +20,7 @@ use common::{Kind, Mounted};
 /// Every request the daemon serves is logged with its opcode at this level.
 const REQUEST_LOG: (&str, &str) = (
     "RUST_LOG",
-    "info,virtiofs_pipeline::queue=trace,virtiofs_fuse=trace",
+    "info,virtiofs_pipeline::serve=trace,virtiofs_fuse=trace",
 );
 
 fn ours() -> Mounted {

@@ -412,6 +412,23 @@ fn serving_process_is_filtered_and_stripped() {
         .map(|e| e.unwrap().path())
         .collect();
     assert!(tasks.len() >= 3, "runtime threads: {tasks:?}");
+    // The queue threads start when the frontend starts their queue, after the filter was
+    // installed: they must carry it too.
+    let names: Vec<String> = tasks
+        .iter()
+        .map(|t| {
+            std::fs::read_to_string(t.join("comm"))
+                .unwrap()
+                .trim_end()
+                .to_owned()
+        })
+        .collect();
+    for queue_thread in ["virtiofs-hiprio", "virtiofs-q1"] {
+        assert!(
+            names.iter().any(|n| n == queue_thread),
+            "{queue_thread}: {names:?}"
+        );
+    }
     for t in &tasks {
         let status = std::fs::read_to_string(t.join("status")).unwrap();
         assert!(status.contains("Seccomp:\t2"), "{t:?}:\n{status}");

@@ -59,14 +59,24 @@ impl WatchedVring {
     /// Counts a chain taken from the ring; call [`WatchedVring::request_done`] once it is back
     /// on the used ring.
     pub fn request_started(&self) {
-        *self.in_flight.0.lock().unwrap() += 1;
+        self.requests_started(1);
+    }
+
+    /// Counts `n` chains taken from the ring at once (a batch).
+    pub fn requests_started(&self, n: usize) {
+        *self.in_flight.0.lock().unwrap() += n;
     }
 
     /// Counts a chain returned to the used ring.
     pub fn request_done(&self) {
-        let mut n = self.in_flight.0.lock().unwrap();
-        *n = n.saturating_sub(1);
-        if *n == 0 {
+        self.requests_done(1);
+    }
+
+    /// Counts `n` chains returned to the used ring at once (a batch).
+    pub fn requests_done(&self, n: usize) {
+        let mut left = self.in_flight.0.lock().unwrap();
+        *left = left.saturating_sub(n);
+        if *left == 0 {
             self.in_flight.1.notify_all();
         }
     }
@@ -85,6 +95,12 @@ impl WatchedVring {
     /// Subscribes to state changes (kick fd set, ring started/stopped, enabled/disabled).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Whether the ring may be processed: started, enabled, with a kick fd.
+    pub fn is_runnable(&self) -> bool {
+        let state = self.inner.get_ref();
+        state.get_queue().ready() && state.is_enabled() && state.get_kick().is_some()
     }
 
     /// When the ring may be processed (started, enabled, with a kick fd), a duplicate of its kick

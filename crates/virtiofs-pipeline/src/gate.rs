@@ -91,6 +91,11 @@ impl Pass {
     }
 }
 
+/// A pass that is not free now ([`SessionGate::try_pass_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the session gate is held")]
+pub struct GateBusy;
+
 /// Whether `opcode` changes the session and so needs the write side.
 pub fn is_exclusive(opcode: u32) -> bool {
     opcode == Opcode::Init as u32 || opcode == Opcode::Destroy as u32
@@ -118,6 +123,22 @@ impl SessionGate {
         match header {
             Some(h) if !is_forget(h.opcode) => Some(self.enter(h.opcode).await),
             _ => None,
+        }
+    }
+
+    /// [`SessionGate::pass_for`] without waiting: `Err(GateBusy)` when the request would have
+    /// to wait (an INIT or DESTROY runs or waits, or this is one and requests run).
+    pub fn try_pass_for(&self, header: Option<&InHeader>) -> Result<Option<Pass>, GateBusy> {
+        match header {
+            Some(h) if !is_forget(h.opcode) => {
+                let pass = if is_exclusive(h.opcode) {
+                    self.lock.clone().try_write_owned().map(Pass::Exclusive)
+                } else {
+                    self.lock.clone().try_read_owned().map(Pass::Shared)
+                };
+                pass.map(Some).map_err(|_| GateBusy)
+            }
+            _ => Ok(None),
         }
     }
 
@@ -273,6 +294,35 @@ mod tests {
         assert!(reset.join().unwrap());
         assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
         assert!(!rt.block_on(gate.enter(GETATTR)).initialized());
+    }
+
+    #[tokio::test]
+    async fn try_pass_for_never_waits() {
+        let header = |opcode| InHeader {
+            opcode,
+            ..Default::default()
+        };
+        let gate = SessionGate::new();
+        let forget = header(Opcode::Forget as u32);
+        let shared = gate.try_pass_for(Some(&header(GETATTR))).unwrap();
+        assert!(matches!(shared, Some(Pass::Shared(_))));
+        assert_eq!(
+            gate.try_pass_for(Some(&header(DESTROY))).err(),
+            Some(GateBusy),
+            "DESTROY with a request running"
+        );
+        drop(shared);
+        let init = gate.try_pass_for(Some(&header(INIT))).unwrap();
+        assert!(matches!(init, Some(Pass::Exclusive(_))));
+        assert!(
+            gate.try_pass_for(Some(&header(GETATTR))).is_err(),
+            "INIT runs"
+        );
+        assert!(
+            gate.try_pass_for(Some(&forget)).unwrap().is_none(),
+            "FORGET needs none"
+        );
+        assert!(gate.try_pass_for(None).unwrap().is_none());
     }
 
     #[test]

@@ -1,29 +1,43 @@
 //! The request pipeline of async-virtiofsd.
 //!
 //! The request path, in the order a request meets it:
-//! 1. [`queue`]: one tokio task per virtqueue owns the kick eventfd, pops descriptor chains and
-//!    hands each one on; a semaphore per queue (`--thread-pool-size`) bounds how many run at once.
-//! 2. [`request`]: reads the FUSE header once (the gate side and the server both use that copy)
-//!    and writes error replies the server cannot write ([`serve_chain`] is the per-chain step).
+//! 1. [`thread`]: each queue gets an OS thread of its own, with a current-thread runtime, once
+//!    the frontend starts the queue.
+//! 2. [`queue`]: the queue's task owns the kick eventfd; on a kick it pops the available chains
+//!    in batches ([`used`] makes sure each goes back once) and takes each one's gate pass in
+//!    ring order.
 //! 3. [`gate`]: FUSE_INIT and FUSE_DESTROY hold the write side of an async RwLock, every other
 //!    request the read side, so they never overlap.
-//! 4. [`handler`]: the FUSE server proper (`virtiofs-fuse`, behind [`FuseHandler`]) runs the
-//!    request on a blocking thread, start to end on one OS thread (credentials are switched per
-//!    thread); it reads every other field out of guest memory once.
-//! 5. [`queue`] again: the chain goes back on the used ring and the guest is notified. A SETLKW
-//!    whose lock is held elsewhere waits in `lock_wait` instead, holding no worker and no gate
-//!    pass, and runs again until it gets the lock or its session or ring ends.
+//! 4. [`dispatch`]: the request runs on the queue thread, or goes to the queue's [`pool`] when
+//!    others wait behind it or it may block long ([`request::classify`]); at most
+//!    `--thread-pool-size` runners per queue run pooled requests, and the queue thread takes
+//!    back the quick ones nobody started.
+//! 5. [`serve`] and [`handler`]: the FUSE header is checked, the session rules applied, and the
+//!    FUSE server proper (`virtiofs-fuse`, behind [`FuseHandler`]) runs the request start to end
+//!    on one OS thread (credentials are switched per thread); it reads every other field out
+//!    of guest memory once.
+//! 6. [`used`] again: the chain goes back on the used ring, the queue thread's completions of
+//!    one batch together with one guest notification, a pooled one on its own. A SETLKW whose
+//!    lock is held elsewhere waits in `lock_wait` instead, holding no thread and no gate pass,
+//!    and runs again until it gets the lock or its session or ring ends.
 
+pub mod dispatch;
 pub mod gate;
 pub mod handler;
+mod kick;
 mod lock_wait;
 mod pipeline;
+pub mod pool;
 pub mod queue;
 pub mod request;
+pub mod serve;
 pub mod stats;
+pub mod thread;
+pub mod used;
 
-pub use gate::{Pass, SessionGate};
+pub use gate::{GateBusy, Pass, SessionGate};
 pub use handler::{Chain, FuseHandler, HandleError, Handled};
 pub use pipeline::{Pipeline, PipelineConfig, SessionReset};
-pub use queue::serve_chain;
+pub use serve::serve_chain;
 pub use stats::QueueStats;
+pub use thread::queue_thread_name;

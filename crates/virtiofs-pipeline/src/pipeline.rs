@@ -1,11 +1,10 @@
-//! Starting and stopping the queue tasks of one device.
+//! Starting and stopping the queue threads of one device.
 
 use std::io;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -13,32 +12,45 @@ use virtiofs_device::{QueueLink, WatchedVring, HIPRIO_QUEUE};
 
 use crate::gate::SessionGate;
 use crate::handler::FuseHandler;
-use crate::queue::{log_stats, Mode, QueueContext};
+use crate::queue::log_stats;
 use crate::stats::QueueStats;
+use crate::thread::{start_when_runnable, Shared};
 
 /// How the pipeline runs requests.
 #[derive(Debug, Clone, Copy)]
 pub struct PipelineConfig {
-    /// Requests each request queue runs at once on the blocking pool (`--thread-pool-size`);
-    /// 0 runs them one at a time on the queue task.
+    /// Requests each request queue may run at once on the pool besides the one on its own
+    /// thread (`--thread-pool-size`); 0 runs them all one at a time on the queue thread.
     pub thread_pool_size: usize,
 }
 
 impl PipelineConfig {
-    /// The bound for tokio's blocking pool: every pooled request, plus one thread per queue for
-    /// `block_in_place` (pool size 0), plus slack for the runtime's own blocking work.
+    /// The bound for the blocking threads of the runtime that runs pooled requests: one
+    /// queue's pool, plus one per queue (several busy queues share it), plus slack for the
+    /// runtime's own blocking work (the vhost-user connection, starting queue threads).
     pub fn max_blocking_threads(&self, queues: usize) -> usize {
         self.thread_pool_size.max(1) + queues + 4
     }
 }
 
-/// The running queue tasks of one device.
+/// The running queue threads of one device.
 pub struct Pipeline {
     cancel: CancellationToken,
     tracker: TaskTracker,
     stats: Vec<Arc<QueueStats>>,
-    hiprio: Option<JoinHandle<()>>,
+    threads: Arc<dyn QueueThreads>,
     reset: SessionReset,
+}
+
+/// The queue threads started so far, whatever the handler type.
+trait QueueThreads: Send + Sync {
+    fn take(&self) -> Vec<std::thread::JoinHandle<()>>;
+}
+
+impl<H: FuseHandler> QueueThreads for Shared<H> {
+    fn take(&self) -> Vec<std::thread::JoinHandle<()>> {
+        std::mem::take(&mut *self.threads.lock().unwrap())
+    }
 }
 
 /// Ends the pipeline's FUSE session from outside the request path: what a device reset from the
@@ -56,12 +68,24 @@ impl SessionReset {
 }
 
 impl Pipeline {
-    /// Starts one task per queue: the hiprio queue on an OS thread of its own (it must never wait
-    /// behind request-queue work), the request queues on the current multi-threaded runtime.
+    /// [`Pipeline::start_on`] the current runtime (it must be one).
     pub fn start<H: FuseHandler>(
         links: Vec<QueueLink>,
         handler: Arc<H>,
         config: PipelineConfig,
+    ) -> io::Result<Self> {
+        let runtime = Handle::try_current().map_err(io::Error::other)?;
+        Self::start_on(links, handler, config, runtime)
+    }
+
+    /// Serves `links` (every queue of the device, in queue order): each queue gets an OS thread
+    /// of its own once the frontend starts it (see [`crate::thread`]); pooled requests run on
+    /// `runtime`'s blocking threads, where the queue watchers run too.
+    pub fn start_on<H: FuseHandler>(
+        links: Vec<QueueLink>,
+        handler: Arc<H>,
+        config: PipelineConfig,
+        runtime: Handle,
     ) -> io::Result<Self> {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -77,46 +101,30 @@ impl Pipeline {
             .filter(|link| link.index != HIPRIO_QUEUE)
             .map(|link| link.vring.clone())
             .collect();
+        let shared = Arc::new(Shared {
+            handler,
+            gate,
+            request_rings,
+            pool_size: config.thread_pool_size,
+            runtime: runtime.clone(),
+            tracker: tracker.clone(),
+            cancel: cancel.clone(),
+            threads: Mutex::new(Vec::new()),
+        });
         let mut stats = Vec::with_capacity(links.len());
-        let mut hiprio = None;
         for link in links {
-            let index = link.index;
-            let mode = if index == HIPRIO_QUEUE {
-                Mode::Dedicated
-            } else if config.thread_pool_size == 0 {
-                Mode::Inline
-            } else {
-                // "Each virtqueue has its own thread pool": one semaphore per queue.
-                Mode::Pooled(Arc::new(Semaphore::new(config.thread_pool_size)))
-            };
-            let ctx = Arc::new(QueueContext {
-                link,
-                handler: handler.clone(),
-                gate: gate.clone(),
-                mode,
-                stats: Arc::new(QueueStats::default()),
-                request_rings: request_rings.clone(),
-            });
-            stats.push(ctx.stats.clone());
-            let (cancel, tracker) = (cancel.clone(), tracker.clone());
-            if index == HIPRIO_QUEUE {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                hiprio = Some(
-                    std::thread::Builder::new()
-                        .name("virtiofs-hiprio".into())
-                        .spawn(move || rt.block_on(ctx.run(cancel, tracker)))?,
-                );
-            } else {
-                tracker.clone().spawn(ctx.run(cancel, tracker));
-            }
+            let queue_stats = Arc::new(QueueStats::default());
+            stats.push(queue_stats.clone());
+            tracker.spawn_on(
+                start_when_runnable(shared.clone(), link, queue_stats),
+                &runtime,
+            );
         }
         Ok(Self {
             cancel,
             tracker,
             stats,
-            hiprio,
+            threads: shared,
             reset,
         })
     }
@@ -131,9 +139,9 @@ impl Pipeline {
         &self.stats
     }
 
-    /// Stops the queue tasks, waits up to `grace` for in-flight requests, and logs per-queue
+    /// Stops the queue threads, waits up to `grace` for in-flight requests, and logs per-queue
     /// request counts.
-    pub async fn shutdown(mut self, grace: Duration) {
+    pub async fn shutdown(self, grace: Duration) {
         self.cancel.cancel();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
@@ -141,13 +149,19 @@ impl Pipeline {
             .is_err()
         {
             warn!(
-                "{} request(s) still running after {grace:?}; not waiting longer",
+                "{} request(s) or queue thread(s) still running after {grace:?}; not waiting longer",
                 self.tracker.len()
             );
         }
-        if let Some(h) = self.hiprio.take() {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
+        // Those that ended; a thread still stuck in a request is left behind.
+        let ended: Vec<_> = self
+            .threads
+            .take()
+            .into_iter()
+            .filter(|t| t.is_finished())
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || ended.into_iter().for_each(|t| drop(t.join())))
+            .await;
         let total: u64 = self.stats.iter().map(|s| s.completed()).sum();
         for (index, s) in self.stats.iter().enumerate() {
             log_stats(index, s);

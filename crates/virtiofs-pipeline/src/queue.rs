@@ -1,63 +1,63 @@
-//! One virtqueue driven by one tokio task.
+//! One virtqueue, driven by one task on the queue's own thread.
 //!
-//! The task owns a duplicate of the queue's kick eventfd (through [`AsyncFd`]), pops every
-//! available descriptor chain when kicked, and hands each to a request future. How a request runs
-//! depends on [`Mode`]. Completion puts the chain on the used ring and notifies the guest when the
-//! ring asks for it (EVENT_IDX aware, through `virtio-queue`).
+//! The task owns a duplicate of the queue's kick eventfd (through [`AsyncKick`]). On each kick
+//! (one read of the eventfd) it drains the ring: it pops the available chains in batches of up
+//! to [`MAX_BATCH`], takes each request's gate pass in ring order and runs it where
+//! [`crate::dispatch`] says: here on the queue thread, or on the pool. The completions of the
+//! requests run here go to the used ring together at the end of the batch, with at most one
+//! guest notification ([`UsedBatch`]); a pooled request completes on its own.
 
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, error, info, warn};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use virtiofs_device::{QueueLink, WatchedVring};
-use vm_memory::GuestAddressSpace;
-
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
-use crate::gate::{is_exclusive, Pass, SessionGate};
+use crate::dispatch::{place, Placement};
+use crate::gate::{Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler, Handled};
+use crate::kick::AsyncKick;
 use crate::lock_wait::LockWait;
-use crate::request::{is_forget, peek_in_header, reply_error, IN_HEADER_LEN};
+use crate::pool::{Job, Pool};
+use crate::request::{classify, is_forget, peek_in_header, reply_error, reply_room, Weight};
+use crate::serve::serve_chain_handled;
 use crate::stats::QueueStats;
+use crate::used::{Popped, Unanswered, UsedBatch};
 
-/// Malformed chains logged at `warn` per queue; later ones go to `debug` so a hostile guest
-/// cannot flood the log.
-const MALFORMED_WARNINGS: u64 = 8;
+/// Most chains popped at once: the completions of the requests run on the queue thread are
+/// published (and the guest notified) at least this often, so that a deep queue of quick
+/// requests keeps the guest busy while the rest of the ring is served.
+pub const MAX_BATCH: usize = 32;
 
-/// How the requests of one queue run.
-#[derive(Clone)]
-pub enum Mode {
-    /// Up to the semaphore's permits at once, each on tokio's blocking pool.
-    Pooled(Arc<Semaphore>),
-    /// One at a time on the queue task, which tells tokio it blocks (`--thread-pool-size=0`).
-    Inline,
-    /// One at a time on the queue task, which has an OS thread of its own (the hiprio queue).
-    Dedicated,
-}
-
-/// Everything one queue task and its requests share.
-pub struct QueueContext<H> {
+/// Everything one queue thread and its requests share.
+pub(crate) struct QueueContext<H: FuseHandler> {
     /// The queue, its vring and guest memory.
-    pub link: QueueLink,
+    pub(crate) link: QueueLink,
     /// The FUSE server.
-    pub handler: Arc<H>,
+    pub(crate) handler: Arc<H>,
     /// INIT/DESTROY exclusion, shared by all queues.
-    pub gate: SessionGate,
-    /// How requests run.
-    pub mode: Mode,
+    pub(crate) gate: SessionGate,
+    /// Where requests may go besides the queue thread; `None`: everything inline
+    /// (`--thread-pool-size=0`, the hiprio queue).
+    pub(crate) pool: Option<Pool<H>>,
     /// Counters for this queue.
-    pub stats: Arc<QueueStats>,
+    pub(crate) stats: Arc<QueueStats>,
     /// Every request queue's vring (this one's too), for the size of the smallest at INIT.
-    pub request_rings: Arc<[WatchedVring]>,
+    pub(crate) request_rings: Arc<[WatchedVring]>,
+    /// The queue thread's runtime (SETLKW waits run there).
+    pub(crate) local: Handle,
+    /// Tasks on `local` besides the queue task; the thread ends once they are done.
+    pub(crate) tasks: TaskTracker,
+    /// Fires when the daemon stops.
+    pub(crate) cancel: CancellationToken,
 }
 
 /// Descriptors of the smallest of `rings` that the frontend has started, if any.
@@ -72,9 +72,18 @@ pub fn smallest_ready_queue(rings: &[WatchedVring]) -> Option<u16> {
         .min()
 }
 
+/// What running a request once came to.
+pub(crate) enum Step {
+    /// Answered: the chain goes back with this many reply bytes.
+    Done(u32),
+    /// A SETLKW whose lock is held elsewhere: it waits (see [`crate::lock_wait`]).
+    Wait(LockWait),
+}
+
 impl<H: FuseHandler> QueueContext<H> {
-    /// Runs the queue until `cancel` fires. Spawned requests are tracked by `tracker`.
-    pub async fn run(self: Arc<Self>, cancel: CancellationToken, tracker: TaskTracker) {
+    /// Serves the queue until the daemon stops: waits until the ring is runnable, drains it on
+    /// each kick, and starts over when the frontend changes the ring.
+    pub(crate) async fn run(self: Arc<Self>) {
         let index = self.link.index;
         let mut changes = self.link.vring.subscribe();
         loop {
@@ -96,7 +105,7 @@ impl<H: FuseHandler> QueueContext<H> {
             let Some(kick) = kick else {
                 // Not started, not enabled, or no kick fd yet: wait for the frontend.
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = self.cancel.cancelled() => return,
                     r = changes.changed() => if r.is_err() { return },
                 }
                 continue;
@@ -104,13 +113,12 @@ impl<H: FuseHandler> QueueContext<H> {
             debug!(queue = index, "queue running");
             loop {
                 // Process first: a kick may have arrived before we started polling the eventfd.
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = self.drain(&tracker, &cancel) => {}
-                }
+                // A drain is never abandoned half-way: it stops early only when the daemon
+                // stops, returning what it popped (see `drain`).
+                self.drain().await;
                 tokio::select! {
                     biased;
-                    _ = cancel.cancelled() => return,
+                    _ = self.cancel.cancelled() => return,
                     r = changes.changed() => {
                         if r.is_err() { return }
                         debug!(queue = index, "queue state changed");
@@ -120,7 +128,7 @@ impl<H: FuseHandler> QueueContext<H> {
                         warn!(queue = index, "kick eventfd failed: {e}");
                         // Do not spin on a broken fd: wait until the frontend changes the ring.
                         tokio::select! {
-                            _ = cancel.cancelled() => return,
+                            _ = self.cancel.cancelled() => return,
                             r = changes.changed() => if r.is_err() { return },
                         }
                         break;
@@ -131,29 +139,32 @@ impl<H: FuseHandler> QueueContext<H> {
     }
 
     /// Pops and dispatches chains until the ring is empty with guest notifications re-enabled.
-    async fn drain(self: &Arc<Self>, tracker: &TaskTracker, cancel: &CancellationToken) {
+    /// When the daemon stops, the chains popped and not started yet go back with EIO.
+    async fn drain(self: &Arc<Self>) {
         let vring = &self.link.vring;
+        let mut used = UsedBatch::new(&self.link, &self.stats);
         loop {
             if let Err(e) = vring.disable_notification() {
                 debug!(queue = self.link.index, "disable_notification: {e}");
             }
             loop {
-                // Take the permit before the chain: with the pool exhausted the chain stays in the
-                // ring, which is the guest's backpressure.
-                let permit = match &self.mode {
-                    Mode::Pooled(sem) => match sem.clone().acquire_owned().await {
-                        Ok(p) => Some(p),
-                        Err(_) => return, // semaphore closed: shutting down
-                    },
-                    Mode::Inline | Mode::Dedicated => None,
-                };
-                let chain = {
-                    let mem = self.link.mem.memory();
-                    vring.get_mut().get_queue_mut().pop_descriptor_chain(mem)
-                };
-                let Some(chain) = chain else { break };
-                vring.request_started();
-                self.dispatch(chain, permit, tracker, cancel).await;
+                let mut popped = Popped::pop(&self.link, &self.stats, MAX_BATCH);
+                if popped.is_empty() {
+                    break;
+                }
+                while !self.cancel.is_cancelled() {
+                    let Some(chain) = popped.next() else { break };
+                    let others_waiting = popped.others_waiting();
+                    self.dispatch(chain, others_waiting, &mut used).await;
+                }
+                // Quick requests handed to the pool that no runner has started yet: this
+                // thread is free now, they run here.
+                self.take_back(&mut used);
+                // One publication and at most one notification for the batch.
+                used.flush();
+                if self.cancel.is_cancelled() {
+                    return;
+                }
             }
             match vring.enable_notification() {
                 Ok(true) => continue, // more arrived while notifications were off
@@ -166,48 +177,79 @@ impl<H: FuseHandler> QueueContext<H> {
         }
     }
 
-    /// Starts one request: takes its gate pass, then runs it as [`Mode`] says.
+    /// Starts one request: takes its gate pass (in ring order), then runs it here or hands it
+    /// to the pool ([`crate::dispatch::place`]). Completions of requests run here go to `used`.
     async fn dispatch(
         self: &Arc<Self>,
         chain: Chain,
-        permit: Option<OwnedSemaphorePermit>,
-        tracker: &TaskTracker,
-        cancel: &CancellationToken,
+        others_waiting: bool,
+        used: &mut UsedBatch<'_>,
     ) {
         let header = peek_in_header(&chain);
-        let pass = self.gate.pass_for(header.as_ref()).await;
-        let waits = match &self.mode {
-            Mode::Pooled(_) => {
-                let (ctx, tracker, cancel) = (self.clone(), tracker.clone(), cancel.clone());
-                tracker.clone().spawn_blocking(move || {
-                    let waits = ctx.process(chain, header, pass);
-                    drop(permit);
-                    if let Some(w) = waits {
-                        // On a blocking thread of the runtime: its handle is there.
-                        tracker.spawn(ctx.wait_for_lock(w, tracker.clone(), cancel));
-                    }
-                });
-                None
-            }
-            Mode::Inline => tokio::task::block_in_place(|| self.process(chain, header, pass)),
-            Mode::Dedicated => self.process(chain, header, pass),
+        let weight = match &header {
+            Some(h) => classify(h, || reply_room(&chain)),
+            None => Weight::Quick,
         };
-        if let Some(w) = waits {
-            tracker.spawn(
-                self.clone()
-                    .wait_for_lock(w, tracker.clone(), cancel.clone()),
-            );
+        let pass = match self.gate.try_pass_for(header.as_ref()) {
+            Ok(pass) => pass,
+            Err(_busy) => {
+                // INIT or DESTROY runs or waits (or this is one and requests run): finish and
+                // publish what this drain has started, so that nothing waits for it.
+                self.take_back(used);
+                used.flush();
+                self.gate.pass_for(header.as_ref()).await
+            }
+        };
+        match place(self.pool.is_some(), weight, others_waiting) {
+            Placement::Inline => self.run_inline(chain, header, pass, used),
+            Placement::Pool => {
+                let pool = self.pool.as_ref().expect("placed on the pool");
+                let job = Job {
+                    // If no runner ever takes it (the runtime shut down), it is answered EIO.
+                    chain: Unanswered::new(self.clone(), chain, libc::EIO),
+                    header,
+                    pass,
+                    retry: None,
+                };
+                pool.push(weight, job);
+            }
         }
     }
 
-    /// Runs one request to completion on the current (blocking-capable) thread; a SETLKW
-    /// whose lock is held elsewhere comes back instead, to wait (see [`crate::lock_wait`]).
-    fn process(
-        &self,
+    /// Runs a request on the queue thread; its completion joins `used`.
+    fn run_inline(
+        self: &Arc<Self>,
         chain: Chain,
         header: Option<InHeader>,
+        pass: Option<Pass>,
+        used: &mut UsedBatch<'_>,
+    ) {
+        self.stats.count_inline();
+        match self.process(&chain, header, pass) {
+            Step::Done(len) => used.push(chain.head_index(), len),
+            Step::Wait(w) => {
+                self.spawn_lock_wait(Unanswered::new(self.clone(), chain, libc::EINTR), w)
+            }
+        }
+    }
+
+    /// Runs here the quick requests of the pool that no runner has started.
+    fn take_back(self: &Arc<Self>, used: &mut UsedBatch<'_>) {
+        let Some(pool) = &self.pool else { return };
+        while let Some(job) = pool.take_quick() {
+            self.run_inline(job.chain.into_chain(), job.header, job.pass, used);
+        }
+    }
+
+    /// Runs one request to its end on the current thread (credentials are switched per
+    /// thread, so it must not move); says whether it is answered or must wait for a lock.
+    /// A panic in the server answers the request EIO.
+    pub(crate) fn process(
+        &self,
+        chain: &Chain,
+        header: Option<InHeader>,
         mut pass: Option<Pass>,
-    ) -> Option<LockWait> {
+    ) -> Step {
         let _running = self.stats.start();
         // INIT holds the gate's exclusive side: nothing else runs while the handler learns how
         // long a chain the guest may send.
@@ -216,208 +258,36 @@ impl<H: FuseHandler> QueueContext<H> {
                 self.handler.set_queue_size(size);
             }
         }
-        let handled = serve_chain_handled(
-            &*self.handler,
-            &chain,
-            header,
-            pass.as_mut(),
-            &self.stats,
-            self.link.index,
-        );
-        let waits = LockWait::new(chain, header, pass.as_ref(), &handled);
+        let started = Instant::now();
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            serve_chain_handled(
+                &*self.handler,
+                chain,
+                header,
+                pass.as_mut(),
+                &self.stats,
+                self.link.index,
+            )
+        }));
+        self.stats.record_service(started.elapsed());
+        let handled = served.unwrap_or_else(|_| {
+            error!(queue = self.link.index, "a request panicked; answered EIO");
+            let len = match header {
+                Some(h) if !is_forget(h.opcode) => reply_error(chain, h.unique, libc::EIO),
+                _ => None,
+            };
+            Handled {
+                len: len.unwrap_or(0),
+                errno: libc::EIO,
+            }
+        });
+        let waits = LockWait::check(header, pass.as_ref(), &handled);
         // The pass is released before the chain goes back (or waits), so a DESTROY the guest
         // sends on seeing this completion never waits for it.
         drop(pass);
         match waits {
-            Ok(w) => Some(w),
-            Err(chain) => {
-                self.complete(chain.head_index(), handled.len as u32);
-                None
-            }
-        }
-    }
-
-    /// Returns the chain to the guest and notifies it if the ring wants a notification.
-    pub(crate) fn complete(&self, head: u16, len: u32) {
-        // Counted done whatever happens below, so stopping the ring never waits for it in vain.
-        let _done = RequestDone(&self.link.vring);
-        let mut state = self.link.vring.get_mut();
-        if let Err(e) = state.add_used(head, len) {
-            warn!(queue = self.link.index, "add_used: {e}");
-            return;
-        }
-        self.stats.completed.fetch_add(1, Ordering::Relaxed);
-        match state.needs_notification() {
-            Ok(true) => {
-                if let Err(e) = state.signal_used_queue() {
-                    warn!(queue = self.link.index, "notify guest: {e}");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => debug!(queue = self.link.index, "needs_notification: {e}"),
-        }
-    }
-}
-
-/// Serves one descriptor chain popped from a queue: checks the FUSE header (read once, by
-/// [`peek_in_header`]) against the chain, answers requests outside a session with `EIO`, ends a
-/// live session before an INIT (its driver is gone), otherwise runs `handler` with that header,
-/// and writes an errno reply if the handler fails. Returns the used length to put on the used ring (0 when there is no reply).
-///
-/// `header` is [`peek_in_header`] of the chain and `pass` the gate pass from
-/// [`SessionGate::pass_for`] for it. This is exactly what a queue task runs per chain between
-/// popping it and [`QueueContext`] completing it; it is public so that the fuzz targets
-/// (`fuzz/` in the repository) drive the same code.
-pub fn serve_chain<H: FuseHandler + ?Sized>(
-    handler: &H,
-    chain: &Chain,
-    header: Option<InHeader>,
-    pass: Option<&mut Pass>,
-    stats: &QueueStats,
-    queue: usize,
-) -> u32 {
-    serve_chain_handled(handler, chain, header, pass, stats, queue).len as u32
-}
-
-/// [`serve_chain`], saying what the reply carries.
-pub(crate) fn serve_chain_handled<H: FuseHandler + ?Sized>(
-    handler: &H,
-    chain: &Chain,
-    header: Option<InHeader>,
-    mut pass: Option<&mut Pass>,
-    stats: &QueueStats,
-    queue: usize,
-) -> Handled {
-    let head = chain.head_index();
-    let Some(h) = header else {
-        malformed(
-            stats,
-            queue,
-            head,
-            "shorter than a FUSE header or outside guest memory",
-        );
-        return Handled { len: 0, errno: 0 };
-    };
-    let refuse = |why: &str| {
-        malformed(stats, queue, head, why);
-        Handled {
-            len: match is_forget(h.opcode) {
-                true => 0,
-                false => reply_error(chain, h.unique, libc::EINVAL).unwrap_or(0),
-            },
-            errno: libc::EINVAL,
-        }
-    };
-    // `h` was read once; from here on it is the header (the handler gets it and does not read
-    // the guest's copy again, which the guest may have changed since).
-    // The header's `len` must fit the chain.
-    let readable: u64 = chain.clone().readable().map(|d| u64::from(d.len())).sum();
-    if (h.len as usize) < IN_HEADER_LEN || u64::from(h.len) > readable {
-        return refuse("FUSE header len does not match the request");
-    }
-    // Everything but INIT, DESTROY and FORGETs needs an initialized session.
-    let live = pass.as_deref().is_some_and(Pass::initialized);
-    let needs_session = !is_forget(h.opcode) && !is_exclusive(h.opcode);
-    if needs_session && !live {
-        stats.before_init.fetch_add(1, Ordering::Relaxed);
-        debug!(queue, opcode = h.opcode, "refused: no FUSE session");
-        return Handled {
-            len: reply_error(chain, h.unique, libc::EIO).unwrap_or(0),
-            errno: libc::EIO,
-        };
-    }
-    // An INIT in a live session comes from a new driver: the guest rebooted (or kexec'd, or
-    // rebound the driver) without unmounting, and the frontend (QEMU 7.2) did not say so.
-    // The old driver's session ends as if it had sent DESTROY, then INIT starts a new one.
-    if h.opcode == Opcode::Init as u32 {
-        if let Some(session) = pass.as_deref_mut().and_then(Pass::session_mut) {
-            if session.abandon(|| handler.end_session()) {
-                info!(
-                    queue,
-                    "FUSE_INIT in a live session: the guest driver restarted; previous session \
-                     ended, its inodes and handles released"
-                );
-            }
-        }
-    }
-    trace!(queue, opcode = h.opcode, unique = h.unique, "request");
-    let handled = match handler.handle(chain, &h) {
-        Ok(handled) => handled,
-        Err(e) => {
-            malformed(stats, queue, head, &e.to_string());
-            let len = match is_forget(h.opcode) {
-                true => 0,
-                false => reply_error(chain, h.unique, e.errno()).unwrap_or(0),
-            };
-            Handled {
-                len,
-                errno: e.errno(),
-            }
-        }
-    };
-    if let Some(pass) = pass.as_mut() {
-        // From the handler's own account, not from the reply in guest memory.
-        pass.record(h.opcode, handled.len > 0 && handled.errno == 0);
-    }
-    handled
-}
-
-/// Counts a malformed chain; logs the first few at `warn`, later ones at `debug`.
-fn malformed(stats: &QueueStats, queue: usize, head: u16, why: &str) {
-    let n = stats.malformed.fetch_add(1, Ordering::Relaxed);
-    if n < MALFORMED_WARNINGS {
-        warn!(queue, head, "bad request: {why}");
-    } else {
-        debug!(queue, head, "bad request: {why}");
-    }
-}
-
-/// Marks a chain as back on the used ring when dropped (after the vring lock is released).
-struct RequestDone<'a>(&'a virtiofs_device::WatchedVring);
-
-impl Drop for RequestDone<'_> {
-    fn drop(&mut self) {
-        self.0.request_done();
-    }
-}
-
-/// A kick eventfd polled by tokio.
-struct AsyncKick(AsyncFd<OwnedFd>);
-
-impl AsyncKick {
-    fn new(fd: OwnedFd) -> io::Result<Self> {
-        // The frontend's eventfd may be blocking; AsyncFd needs O_NONBLOCK (a status flag shared
-        // with the library's copy, which never reads it for our queues).
-        let raw = fd.as_raw_fd();
-        // SAFETY: fcntl on an fd we own; no memory is passed.
-        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-        if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is an OwnedFd that the AsyncFd owns until it is dropped.
-        let afd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(io::Error::from)?;
-        Ok(Self(afd))
-    }
-
-    /// Waits for a kick and consumes it.
-    async fn wait(&self) -> io::Result<()> {
-        loop {
-            let mut guard = self.0.readable().await?;
-            let res = guard.try_io(|fd| {
-                let mut buf = [0u8; 8];
-                // SAFETY: reads 8 bytes into a local buffer from an eventfd we own.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            });
-            match res {
-                Ok(r) => return r,
-                Err(_would_block) => continue,
-            }
+            Some(w) => Step::Wait(w),
+            None => Step::Done(handled.len as u32),
         }
     }
 }
@@ -428,6 +298,12 @@ pub fn log_stats(index: usize, stats: &QueueStats) {
         info!(
             queue = index,
             requests = stats.completed(),
+            inline = stats.inline.load(Ordering::Relaxed),
+            pooled = stats.pooled.load(Ordering::Relaxed),
+            runners = stats.runners.load(Ordering::Relaxed),
+            service_ns = stats.service_ns(),
+            batches = stats.batches.load(Ordering::Relaxed),
+            notifications = stats.notifications.load(Ordering::Relaxed),
             malformed = stats.malformed.load(Ordering::Relaxed),
             before_init = stats.before_init.load(Ordering::Relaxed),
             peak_in_flight = stats.peak_in_flight.load(Ordering::Relaxed),

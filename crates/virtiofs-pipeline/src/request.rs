@@ -82,3 +82,96 @@ pub fn reply_error(chain: &Chain, unique: u64, errno: i32) -> Option<usize> {
     };
     write_reply_prefix(chain, vm_memory::ByteValued::as_slice(&header)).then_some(OUT_HEADER_LEN)
 }
+
+/// READs and WRITEs moving more than this many bytes are [`Weight::Long`].
+pub const LONG_IO_BYTES: u64 = 128 << 10;
+
+/// What dispatch knows of a request before it runs: whether it may keep its thread long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weight {
+    /// Normally done in microseconds (metadata, small I/O): runs on the queue thread unless
+    /// other requests wait behind it.
+    Quick,
+    /// May block for long (flushes to the disk, large I/O, copies): goes to the pool when a
+    /// permit is free even with nothing waiting behind it.
+    Long,
+}
+
+/// The [`Weight`] of a request, from its header alone: FSYNC, FSYNCDIR, SYNCFS, FALLOCATE and
+/// COPY_FILE_RANGE(_64) are long, and so are a WRITE whose `len` (header, arguments and data)
+/// and a READ whose reply room (`reply_room`, the chain's writable bytes: asked only for READ)
+/// exceed [`LONG_IO_BYTES`]. No FUSE argument is read: the guest may lie in either number,
+/// which only moves its own request to another thread.
+pub fn classify(header: &InHeader, reply_room: impl FnOnce() -> u64) -> Weight {
+    const LONG: [u32; 6] = [
+        Opcode::Fsync as u32,
+        Opcode::Fsyncdir as u32,
+        Opcode::Syncfs as u32,
+        Opcode::Fallocate as u32,
+        Opcode::CopyFileRange as u32,
+        Opcode::CopyFileRange64 as u32,
+    ];
+    let long = match header.opcode {
+        op if LONG.contains(&op) => true,
+        op if op == Opcode::Write as u32 => u64::from(header.len) > LONG_IO_BYTES,
+        op if op == Opcode::Read as u32 => reply_room() > LONG_IO_BYTES,
+        _ => false,
+    };
+    if long {
+        Weight::Long
+    } else {
+        Weight::Quick
+    }
+}
+
+/// Bytes the chain offers for the reply (its writable part).
+pub fn reply_room(chain: &Chain) -> u64 {
+    chain.clone().writable().map(|d| u64::from(d.len())).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(opcode: Opcode, len: u32) -> InHeader {
+        InHeader {
+            len,
+            opcode: opcode as u32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flushes_copies_and_large_io_are_long() {
+        let never = || -> u64 { panic!("reply room asked for a request that is not a READ") };
+        for op in [
+            Opcode::Fsync,
+            Opcode::Fsyncdir,
+            Opcode::Syncfs,
+            Opcode::Fallocate,
+            Opcode::CopyFileRange,
+            Opcode::CopyFileRange64,
+        ] {
+            assert_eq!(classify(&header(op, 64), never), Weight::Long, "{op:?}");
+        }
+        for op in [
+            Opcode::Getattr,
+            Opcode::Lookup,
+            Opcode::Setlkw,
+            Opcode::Init,
+        ] {
+            assert_eq!(classify(&header(op, 64), never), Weight::Quick, "{op:?}");
+        }
+        let write = |data: u64| header(Opcode::Write, (80 + data) as u32);
+        assert_eq!(classify(&write(4096), never), Weight::Quick);
+        assert_eq!(classify(&write(LONG_IO_BYTES), never), Weight::Long);
+        let read = header(Opcode::Read, 80);
+        assert_eq!(classify(&read, || 16 + 4096), Weight::Quick);
+        assert_eq!(classify(&read, || 16 + (1 << 20)), Weight::Long);
+        assert_eq!(
+            classify(&read, || LONG_IO_BYTES),
+            Weight::Quick,
+            "at the limit"
+        );
+    }
+}

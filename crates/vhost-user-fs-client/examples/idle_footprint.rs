@@ -1,0 +1,90 @@
+//! Density of a daemon that has served a guest and gone idle: connects with Q request queues,
+//! sends INIT and a burst of GETATTRs (D in flight per queue, R rounds), then waits S seconds
+//! with the connection open and prints the threads and resident memory of the daemon's process
+//! tree (the supervisor and its sandboxed child included).
+//!
+//! usage: idle_footprint SOCKET DAEMON_PID QUEUES DEPTH ROUNDS SETTLE_SECS
+//!
+//! Output: one line `threads=T rss_kib=K` per process (`pid=...`) and a `total` line.
+
+use std::time::Duration;
+
+use vhost_user_fs_client::abi::ROOT_ID;
+use vhost_user_fs_client::{DeviceConfig, FsClient, FuseRequest};
+
+/// `Threads:` and `VmRSS:` (KiB) of one process.
+fn footprint(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Threads:"), field("VmRSS:"))
+}
+
+/// `pid` and every descendant.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten();
+        for t in tasks.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, socket, pid, queues, depth, rounds, settle] = &args[..] else {
+        eprintln!("usage: idle_footprint SOCKET DAEMON_PID QUEUES DEPTH ROUNDS SETTLE_SECS");
+        std::process::exit(2);
+    };
+    let num =
+        |s: &str, what: &str| -> u64 { s.parse().unwrap_or_else(|_| panic!("{what}: a number")) };
+    let pid = num(pid, "DAEMON_PID") as u32;
+    let (depth, rounds) = (num(depth, "DEPTH"), num(rounds, "ROUNDS"));
+    let mut config = DeviceConfig::new(socket);
+    config.request_queues = num(queues, "QUEUES") as u16;
+    config.queue_size = 1024;
+    let c = FsClient::connect(config).expect("connect");
+    c.init().expect("INIT");
+    for _ in 0..rounds {
+        let tokens: Vec<_> = (1..=c.request_queues())
+            .flat_map(|q| (0..depth).map(move |_| q))
+            .map(|q| {
+                c.on_queue(q)
+                    .submit(&FuseRequest::getattr(ROOT_ID, None))
+                    .expect("submit")
+            })
+            .collect();
+        for t in tokens {
+            c.wait(t).expect("GETATTR").attr().expect("attr");
+        }
+    }
+    std::thread::sleep(Duration::from_secs(num(settle, "SETTLE_SECS")));
+    let (mut threads, mut rss) = (0, 0);
+    for p in tree(pid) {
+        let (t, r) = footprint(p);
+        println!("pid={p} threads={t} rss_kib={r}");
+        threads += t;
+        rss += r;
+    }
+    println!("total threads={threads} rss_kib={rss}");
+    // The Rust virtiofsd returns DESTROY without a reply: not an error here.
+    let _ = c.destroy();
+}

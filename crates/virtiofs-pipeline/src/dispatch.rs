@@ -1,0 +1,52 @@
+//! Where a request runs: on its queue's own thread, or on the pool.
+//!
+//! The rule ([`place`]): a request runs on the queue thread (inline: no thread hop, its
+//! completion batched with the others of its drain) unless the queue has a pool and
+//! - other requests wait behind it in the same drain (popped with it, or still in the ring):
+//!   it goes to the pool so that they need not wait for it; or
+//! - it is [`Weight::Long`] (a flush, a large READ or WRITE, a copy): it goes to the pool so
+//!   that the queue stays responsive (a SETLKW retry goes there too when a runner is free).
+//!
+//! What the pool does with it is [`crate::pool`]'s business: at most `--thread-pool-size`
+//! runners, woken one at a time, and the queue thread takes back the quick requests no runner
+//! has started once it has dispatched its batch. `--thread-pool-size=0` (and the hiprio queue)
+//! has no pool: everything runs inline.
+
+use crate::request::Weight;
+
+/// Where one request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// On the queue thread, now.
+    Inline,
+    /// Into the queue's pool.
+    Pool,
+}
+
+/// The rule of the module docs: `has_pool` says whether the queue has a pool,
+/// `others_waiting` whether requests of the same drain wait behind this one.
+pub(crate) fn place(has_pool: bool, weight: Weight, others_waiting: bool) -> Placement {
+    if has_pool && (others_waiting || weight == Weight::Long) {
+        Placement::Pool
+    } else {
+        Placement::Inline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alone_and_quick_runs_inline_the_rest_goes_to_the_pool() {
+        use Placement::{Inline, Pool};
+        use Weight::{Long, Quick};
+        assert_eq!(place(true, Quick, false), Inline, "nothing behind it");
+        assert_eq!(place(true, Quick, true), Pool, "others wait behind it");
+        assert_eq!(place(true, Long, false), Pool, "long, even alone");
+        assert_eq!(place(true, Long, true), Pool);
+        for (weight, waiting) in [(Quick, false), (Quick, true), (Long, false), (Long, true)] {
+            assert_eq!(place(false, weight, waiting), Inline, "no pool: all inline");
+        }
+    }
+}

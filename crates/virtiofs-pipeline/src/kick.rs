@@ -1,0 +1,49 @@
+//! A queue's kick eventfd, polled by the queue thread's runtime.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// A kick eventfd polled by tokio.
+pub(crate) struct AsyncKick(AsyncFd<OwnedFd>);
+
+impl AsyncKick {
+    /// Registers `fd` (a duplicate of the ring's kick eventfd) with the current runtime.
+    pub(crate) fn new(fd: OwnedFd) -> io::Result<Self> {
+        // The frontend's eventfd may be blocking; AsyncFd needs O_NONBLOCK (a status flag shared
+        // with the library's copy, which never reads it for our queues).
+        let raw = fd.as_raw_fd();
+        // SAFETY: fcntl on an fd we own; no memory is passed.
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+        if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is an OwnedFd that the AsyncFd owns until it is dropped.
+        let afd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Self(afd))
+    }
+
+    /// Waits for a kick and consumes it (one read, whatever number of kicks it sums).
+    pub(crate) async fn wait(&self) -> io::Result<()> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            let res = guard.try_io(|fd| {
+                let mut buf = [0u8; 8];
+                // SAFETY: reads 8 bytes into a local buffer from an eventfd we own.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            });
+            match res {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! A request queue's pool: requests handed off by the queue thread, run by at most
+//! `--thread-pool-size` runners on the shared runtime's blocking threads.
+//!
+//! Handing every pooled request to `spawn_blocking` costs a thread wake-up per request, and at
+//! depth 16 woke 15 threads per batch to compete for two cores. Here the queue thread puts
+//! requests in the pool's queue and a *runner* (a blocking thread) takes them one after the
+//! other until the queue is empty:
+//! - a runner is woken only when none is starting already and the queued work is worth it
+//!   ([`worth_a_runner`]: a long request, or quick ones adding up to more than a wake-up
+//!   costs at the queue's recent service time); a runner that takes a request and sees such
+//!   work still queued wakes the next one (up to the pool size). Cheap requests stay with the
+//!   queue thread; requests that block (a cold disk) ramp up to the full pool, one wake-up
+//!   latency per runner;
+//! - once it has dispatched its batch the queue thread takes back the quick requests nobody has
+//!   started yet and runs them itself, their completions joining its batch (one notification);
+//!   long requests stay for the runners.
+//!
+//! At most `size` runners exist at once (the pool bound). A request queued when the runtime
+//! can no longer run a runner (it shut down) is dropped, which answers it (EIO, see
+//! [`crate::used::Unanswered`]).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::runtime::Handle;
+use tokio_util::task::TaskTracker;
+use virtiofs_fuse::abi::InHeader;
+
+use crate::gate::Pass;
+use crate::handler::FuseHandler;
+use crate::lock_wait::LockWait;
+use crate::queue::Step;
+use crate::request::Weight;
+use crate::stats::QueueStats;
+use crate::used::Unanswered;
+
+/// One request handed to the pool, with the gate pass it runs under.
+pub(crate) struct Job<H: FuseHandler> {
+    /// The chain (answered EIO if the job is dropped without running).
+    pub(crate) chain: Unanswered<H>,
+    /// The header as read when it was popped.
+    pub(crate) header: Option<InHeader>,
+    /// Its gate pass, taken in ring order by the queue thread.
+    pub(crate) pass: Option<Pass>,
+    /// A SETLKW retry: the wait it continues if the lock is still held.
+    pub(crate) retry: Option<LockWait>,
+}
+
+impl<H: FuseHandler> Job<H> {
+    /// Runs the request on this thread; a pooled request completes on its own.
+    pub(crate) fn run_here(self) {
+        let Job {
+            chain,
+            header,
+            pass,
+            retry,
+        } = self;
+        let ctx = chain.ctx().clone();
+        match ctx.process(chain.chain(), header, pass) {
+            Step::Done(len) => chain.answer(len),
+            Step::Wait(w) => ctx.spawn_lock_wait(chain, w.continuing(retry)),
+        }
+    }
+}
+
+/// The pool of one request queue (see the module docs).
+pub(crate) struct Pool<H: FuseHandler> {
+    inner: Arc<Inner<H>>,
+}
+
+struct Inner<H: FuseHandler> {
+    size: usize,
+    stats: Arc<QueueStats>,
+    runtime: Handle,
+    tracker: TaskTracker,
+    state: Mutex<State<H>>,
+}
+
+struct State<H: FuseHandler> {
+    /// Queued long requests (runners take these first).
+    long: VecDeque<Job<H>>,
+    /// Queued quick requests (the queue thread may take these back).
+    quick: VecDeque<Job<H>>,
+    /// Runners alive (starting or running): never more than `size`.
+    runners: usize,
+    /// A runner was started and has not taken its first request yet.
+    starting: bool,
+}
+
+impl<H: FuseHandler> State<H> {
+    /// Counts a runner to start if the queue needs one (see [`worth_a_runner`]).
+    fn runner_wanted(&mut self, size: usize, service_ns: u64) -> bool {
+        let wanted = !self.starting
+            && self.runners < size
+            && worth_a_runner(self.quick.len(), !self.long.is_empty(), service_ns);
+        if wanted {
+            self.runners += 1;
+            self.starting = true;
+        }
+        wanted
+    }
+}
+
+/// Queued work worth waking a thread for: a wake-up and a move to another core cost tens of
+/// microseconds on a loaded host, during which the queue thread would have served this much.
+pub const HANDOFF_NS: u64 = 50_000;
+
+/// Whether the queued requests are worth waking a runner for: any long one, or quick ones
+/// that would keep the queue thread busy for [`HANDOFF_NS`] or more at the queue's recent
+/// service time per request (`service_ns`, see [`QueueStats::service_ns`]). Quick requests that
+/// block (a cold cache, a slow filesystem) raise the service time and so call the runners in.
+pub fn worth_a_runner(queued_quick: usize, queued_long: bool, service_ns: u64) -> bool {
+    queued_long || (queued_quick as u64).saturating_mul(service_ns) >= HANDOFF_NS
+}
+
+impl<H: FuseHandler> Pool<H> {
+    /// A pool of at most `size` runners (at least 1) on `runtime`'s blocking threads,
+    /// tracked by `tracker` (shutdown waits for them).
+    pub(crate) fn new(
+        size: usize,
+        runtime: Handle,
+        tracker: TaskTracker,
+        stats: Arc<QueueStats>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                size: size.max(1),
+                stats,
+                runtime,
+                tracker,
+                state: Mutex::new(State {
+                    long: VecDeque::new(),
+                    quick: VecDeque::new(),
+                    runners: 0,
+                    starting: false,
+                }),
+            }),
+        }
+    }
+
+    /// Whether a runner could start now (fewer than the pool size alive).
+    pub(crate) fn has_room(&self) -> bool {
+        self.inner.lock().runners < self.inner.size
+    }
+
+    /// Queues `job`, waking a runner if none is on its way.
+    pub(crate) fn push(&self, weight: Weight, job: Job<H>) {
+        let start = {
+            let mut state = self.inner.lock();
+            match weight {
+                Weight::Long => state.long.push_back(job),
+                Weight::Quick => state.quick.push_back(job),
+            }
+            state.runner_wanted(self.inner.size, self.inner.stats.service_ns())
+        };
+        if start {
+            Inner::start_runner(&self.inner);
+        }
+    }
+
+    /// The oldest queued quick request nobody has started, for the queue thread to run.
+    pub(crate) fn take_quick(&self) -> Option<Job<H>> {
+        self.inner.lock().quick.pop_front()
+    }
+}
+
+impl<H: FuseHandler> Inner<H> {
+    /// Starts a runner (already counted in `runners` and `starting`); outside the state lock:
+    /// a runner the runtime refuses is dropped at once, and its drop takes the lock.
+    fn start_runner(inner: &Arc<Self>) {
+        inner.stats.runners.fetch_add(1, Ordering::Relaxed);
+        let runner = Runner {
+            inner: inner.clone(),
+            ran: false,
+            counted_out: false,
+        };
+        inner
+            .tracker
+            .spawn_blocking_on(move || runner.run(), &inner.runtime);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<H>> {
+        // Nothing panics with the lock held; a poisoned lock still has a consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One runner: takes queued requests until there are none (see the module docs).
+struct Runner<H: FuseHandler> {
+    inner: Arc<Inner<H>>,
+    /// It started running (on a blocking thread).
+    ran: bool,
+    /// It has taken itself out of `runners`.
+    counted_out: bool,
+}
+
+impl<H: FuseHandler> Runner<H> {
+    fn run(mut self) {
+        let inner = self.inner.clone();
+        let mut state = inner.lock();
+        state.starting = false;
+        self.ran = true;
+        while let Some(job) = state.long.pop_front().or_else(|| state.quick.pop_front()) {
+            // More queued than this runner takes now: the next runner starts meanwhile.
+            let next = state.runner_wanted(inner.size, inner.stats.service_ns());
+            drop(state);
+            if next {
+                Inner::start_runner(&inner);
+            }
+            inner.stats.count_pooled();
+            job.run_here();
+            state = inner.lock();
+        }
+        state.runners -= 1;
+        self.counted_out = true;
+    }
+}
+
+impl<H: FuseHandler> Drop for Runner<H> {
+    fn drop(&mut self) {
+        if self.counted_out {
+            return;
+        }
+        let dropped: Vec<Job<H>> = {
+            let mut state = self.inner.lock();
+            state.runners -= 1;
+            if self.ran {
+                // It panicked in a request (the server's panics are caught: a bug of ours).
+                return;
+            }
+            // Never ran: the runtime shut down and runs no runner any more. What is queued
+            // is answered (EIO) rather than left waiting for a runner that will not come.
+            state.starting = false;
+            let mut jobs: Vec<Job<H>> = state.long.drain(..).collect();
+            jobs.extend(state.quick.drain(..));
+            jobs
+        };
+        drop(dropped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runners_are_woken_for_long_requests_or_enough_quick_work() {
+        assert!(worth_a_runner(0, true, 0), "a long request");
+        assert!(!worth_a_runner(0, false, 1_000_000), "nothing queued");
+        assert!(!worth_a_runner(3, false, 3_000), "9 us of cheap requests");
+        assert!(worth_a_runner(20, false, 3_000), "60 us of cheap requests");
+        assert!(
+            worth_a_runner(1, false, 5_000_000),
+            "one request that blocks for ms"
+        );
+        assert!(!worth_a_runner(1000, false, 0), "not measured yet");
+    }
+}

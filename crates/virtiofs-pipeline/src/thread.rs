@@ -1,0 +1,147 @@
+//! Queue threads, started when the frontend first starts their queue.
+//!
+//! Each offered queue has a small watcher task on the shared runtime. When the queue first
+//! becomes runnable (started, enabled, with a kick fd) the watcher starts the queue's OS thread
+//! — `virtiofs-hiprio` for queue 0, `virtiofs-qN` for request queue N — with a current-thread
+//! runtime driving [`QueueContext::run`], and its pool. Queues the guest never starts
+//! cost one parked task each and no thread. The thread then lives until the daemon stops (a
+//! ring stopped and started again, e.g. by a guest reboot, keeps its thread).
+//!
+//! Threads created after the seccomp filter was installed inherit it (the kernel copies a
+//! thread's filter on clone; `clone` and `clone3` are on the allowlist).
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error};
+use virtiofs_device::{QueueLink, WatchedVring, HIPRIO_QUEUE};
+
+use crate::gate::SessionGate;
+use crate::handler::FuseHandler;
+use crate::pool::Pool;
+use crate::queue::QueueContext;
+use crate::stats::QueueStats;
+
+/// How long a watcher waits before trying again to start a thread the system refused.
+const RETRY_START: Duration = Duration::from_secs(1);
+
+/// What every queue thread of one device shares.
+pub(crate) struct Shared<H> {
+    /// The FUSE server.
+    pub(crate) handler: Arc<H>,
+    /// INIT/DESTROY exclusion.
+    pub(crate) gate: SessionGate,
+    /// Every request queue's vring.
+    pub(crate) request_rings: Arc<[WatchedVring]>,
+    /// Permits per request queue (`--thread-pool-size`); 0: no pool.
+    pub(crate) pool_size: usize,
+    /// The runtime whose blocking threads run pooled requests.
+    pub(crate) runtime: Handle,
+    /// Tracks pooled requests and queue threads (shutdown waits for them).
+    pub(crate) tracker: TaskTracker,
+    /// Fires when the daemon stops.
+    pub(crate) cancel: CancellationToken,
+    /// The queue threads started so far.
+    pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The name of queue `index`'s thread.
+pub fn queue_thread_name(index: usize) -> String {
+    if index == HIPRIO_QUEUE {
+        "virtiofs-hiprio".to_owned()
+    } else {
+        format!("virtiofs-q{index}")
+    }
+}
+
+/// Waits until `link`'s ring is first runnable, then starts its thread (see the module docs).
+pub(crate) async fn start_when_runnable<H: FuseHandler>(
+    shared: Arc<Shared<H>>,
+    link: QueueLink,
+    stats: Arc<QueueStats>,
+) {
+    let index = link.index;
+    let mut changes = link.vring.subscribe();
+    loop {
+        changes.borrow_and_update();
+        if link.vring.is_runnable() {
+            break;
+        }
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+    }
+    loop {
+        // On a blocking thread: a runtime that cannot be handed to a thread is dropped, which
+        // tokio allows only outside async code.
+        let (s, l, st) = (shared.clone(), link.clone(), stats.clone());
+        let started = tokio::task::spawn_blocking(move || start_thread(&s, l, st)).await;
+        match started {
+            Ok(Ok(thread)) => {
+                debug!(queue = index, "queue thread started");
+                shared.threads.lock().unwrap().push(thread);
+                return;
+            }
+            Ok(Err(e)) => error!(
+                queue = index,
+                "cannot start the queue's thread: {e}; trying again in {RETRY_START:?}"
+            ),
+            Err(e) => error!(queue = index, "cannot start the queue's thread: {e}"),
+        }
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = tokio::time::sleep(RETRY_START) => {}
+        }
+    }
+}
+
+/// Starts the thread of `link`'s queue.
+fn start_thread<H: FuseHandler>(
+    shared: &Shared<H>,
+    link: QueueLink,
+    stats: Arc<QueueStats>,
+) -> io::Result<JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let index = link.index;
+    let pool = (index != HIPRIO_QUEUE && shared.pool_size > 0).then(|| {
+        Pool::new(
+            shared.pool_size,
+            shared.runtime.clone(),
+            shared.tracker.clone(),
+            stats.clone(),
+        )
+    });
+    let ctx = Arc::new(QueueContext {
+        link,
+        handler: shared.handler.clone(),
+        gate: shared.gate.clone(),
+        pool,
+        stats,
+        request_rings: shared.request_rings.clone(),
+        local: rt.handle().clone(),
+        tasks: TaskTracker::new(),
+        cancel: shared.cancel.clone(),
+    });
+    // Shutdown waits for the thread as for any tracked task.
+    let token = shared.tracker.token();
+    std::thread::Builder::new()
+        .name(queue_thread_name(index))
+        .spawn(move || {
+            let _token = token;
+            rt.block_on(async {
+                ctx.clone().run().await;
+                // SETLKW waits end (EINTR) once the daemon stops; their chains go back first.
+                ctx.tasks.close();
+                ctx.tasks.wait().await;
+            });
+            debug!(queue = index, "queue thread stopped");
+        })
+}

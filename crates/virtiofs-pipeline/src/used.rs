@@ -1,0 +1,267 @@
+//! Putting chains back on the used ring, and making sure each popped chain goes back once.
+//!
+//! - [`UsedBatch`]: the completions of one batch run on the queue thread, published together
+//!   under one vring lock with at most one guest notification, decided by `virtio-queue`'s
+//!   `needs_notification` after the batch's `add_used` calls (EVENT_IDX-correct: the guest's
+//!   `used_event` is looked for anywhere in the range the batch added).
+//! - [`complete_one`]: a completion on its own (pooled requests, SETLKW waits), notifying as the
+//!   ring asks.
+//! - [`Popped`]: chains popped from the avail ring and not started yet; whatever is left when it
+//!   is dropped (shutdown, a bug) goes back with an error reply.
+//! - [`Unanswered`]: a chain owned away from its queue thread (a pooled request, a waiting
+//!   SETLKW); dropped without an answer (its job was never run: the pool shut down), it goes
+//!   back with an error reply.
+//!
+//! Each type consumes the chain it returns, so a chain cannot go back twice.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+use vhost_user_backend::VringT;
+use virtio_queue::QueueOwnedT;
+use virtiofs_device::QueueLink;
+use vm_memory::GuestAddressSpace;
+
+use crate::handler::{Chain, FuseHandler};
+use crate::queue::QueueContext;
+use crate::request::{is_forget, peek_in_header, reply_error};
+use crate::stats::QueueStats;
+
+/// Writes an `-errno` reply into `chain` if it has a FUSE header and expects a reply; returns
+/// the used length for it.
+fn error_reply(chain: &Chain, errno: i32) -> u32 {
+    match peek_in_header(chain) {
+        Some(h) if !is_forget(h.opcode) => reply_error(chain, h.unique, errno).unwrap_or(0) as u32,
+        _ => 0,
+    }
+}
+
+/// Notifies the guest if the ring asks for it; call with the vring locked, after `add_used`.
+fn notify_if_needed(
+    state: &mut vhost_user_backend::VringState<virtiofs_device::GuestMemory>,
+    link: &QueueLink,
+    stats: &QueueStats,
+) {
+    match state.needs_notification() {
+        Ok(true) => match state.signal_used_queue() {
+            Ok(()) => {
+                stats.notifications.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => warn!(queue = link.index, "notify guest: {e}"),
+        },
+        Ok(false) => {}
+        Err(e) => debug!(queue = link.index, "needs_notification: {e}"),
+    }
+}
+
+/// Returns one chain to the guest and notifies it if the ring wants a notification.
+pub(crate) fn complete_one(link: &QueueLink, stats: &QueueStats, head: u16, len: u32) {
+    {
+        let mut state = link.vring.get_mut();
+        match state.add_used(head, len) {
+            Ok(()) => {
+                stats.completed.fetch_add(1, Ordering::Relaxed);
+                notify_if_needed(&mut state, link, stats);
+            }
+            Err(e) => warn!(queue = link.index, "add_used: {e}"),
+        }
+    }
+    // Counted done whatever add_used said, so stopping the ring never waits for it in vain;
+    // after the vring lock is released.
+    link.vring.request_done();
+}
+
+/// Completions waiting to be published together (see the module docs). Dropping it publishes
+/// what it holds.
+pub(crate) struct UsedBatch<'a> {
+    link: &'a QueueLink,
+    stats: &'a QueueStats,
+    entries: Vec<(u16, u32)>,
+}
+
+impl<'a> UsedBatch<'a> {
+    /// An empty batch for the queue of `link`.
+    pub(crate) fn new(link: &'a QueueLink, stats: &'a QueueStats) -> Self {
+        Self {
+            link,
+            stats,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Adds the completion of chain `head` with `len` reply bytes.
+    pub(crate) fn push(&mut self, head: u16, len: u32) {
+        self.entries.push((head, len));
+    }
+
+    /// Puts every held completion on the used ring under one vring lock, then notifies the
+    /// guest once if the ring asks for it.
+    pub(crate) fn flush(&mut self) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let n = self.entries.len();
+        {
+            let mut state = self.link.vring.get_mut();
+            let mut added = 0;
+            for (head, len) in self.entries.drain(..) {
+                match state.add_used(head, len) {
+                    Ok(()) => added += 1,
+                    Err(e) => warn!(queue = self.link.index, "add_used: {e}"),
+                }
+            }
+            if added > 0 {
+                self.stats.completed.fetch_add(added, Ordering::Relaxed);
+                notify_if_needed(&mut state, self.link, self.stats);
+            }
+        }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.link.vring.requests_done(n);
+    }
+}
+
+impl Drop for UsedBatch<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Chains popped in one go and not started yet (see the module docs).
+pub(crate) struct Popped<'a> {
+    link: &'a QueueLink,
+    stats: &'a QueueStats,
+    chains: VecDeque<Chain>,
+    /// The avail ring had more than the batch took.
+    pub(crate) more_in_ring: bool,
+}
+
+impl<'a> Popped<'a> {
+    /// Pops up to `max` available chains of `link`'s ring.
+    pub(crate) fn pop(link: &'a QueueLink, stats: &'a QueueStats, max: usize) -> Self {
+        let mut chains = VecDeque::new();
+        let mut more_in_ring = false;
+        {
+            let mem = link.mem.memory();
+            let mut state = link.vring.get_mut();
+            match state.get_queue_mut().iter(mem) {
+                Ok(mut iter) => {
+                    chains.extend(iter.by_ref().take(max));
+                    if chains.len() == max && iter.next().is_some() {
+                        // Left for the next batch.
+                        iter.go_to_previous_position();
+                        more_in_ring = true;
+                    }
+                }
+                // Not ready (stopped), or a guest that made more available than the ring holds.
+                Err(e) => debug!(queue = link.index, "nothing popped: {e}"),
+            }
+            // Counted before the vring lock is released: a ring stopped from now on waits for
+            // these chains.
+            if !chains.is_empty() {
+                link.vring.requests_started(chains.len());
+            }
+        }
+        Self {
+            link,
+            stats,
+            chains,
+            more_in_ring,
+        }
+    }
+
+    /// Whether nothing was popped or everything has been taken.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.chains.is_empty()
+    }
+
+    /// The next chain, in ring order.
+    pub(crate) fn next(&mut self) -> Option<Chain> {
+        self.chains.pop_front()
+    }
+
+    /// Whether chains wait behind the one last taken: in this batch, or in the ring.
+    pub(crate) fn others_waiting(&self) -> bool {
+        !self.chains.is_empty() || self.more_in_ring
+    }
+}
+
+impl Drop for Popped<'_> {
+    fn drop(&mut self) {
+        if self.chains.is_empty() {
+            return;
+        }
+        debug!(
+            queue = self.link.index,
+            chains = self.chains.len(),
+            "returning chains that were not started (EIO)"
+        );
+        let mut used = UsedBatch::new(self.link, self.stats);
+        for chain in self.chains.drain(..) {
+            used.push(chain.head_index(), error_reply(&chain, libc::EIO));
+        }
+    }
+}
+
+/// A chain owned away from its queue thread (see the module docs).
+pub(crate) struct Unanswered<H: FuseHandler> {
+    ctx: Arc<QueueContext<H>>,
+    chain: Option<Chain>,
+    /// The reply it gets if dropped unanswered.
+    errno: i32,
+}
+
+impl<H: FuseHandler> Unanswered<H> {
+    /// Takes charge of `chain` of `ctx`'s queue; dropped unanswered it gets `-errno`.
+    pub(crate) fn new(ctx: Arc<QueueContext<H>>, chain: Chain, errno: i32) -> Self {
+        Self {
+            ctx,
+            chain: Some(chain),
+            errno,
+        }
+    }
+
+    /// The same, getting `-errno` if dropped unanswered from now on.
+    pub(crate) fn with_errno(mut self, errno: i32) -> Self {
+        self.errno = errno;
+        self
+    }
+
+    /// The chain.
+    pub(crate) fn chain(&self) -> &Chain {
+        self.chain.as_ref().expect("an unanswered chain")
+    }
+
+    /// The queue it belongs to.
+    pub(crate) fn ctx(&self) -> &Arc<QueueContext<H>> {
+        &self.ctx
+    }
+
+    /// The chain, for the caller to return itself (the queue thread taking a pooled request
+    /// back, whose completion joins its batch).
+    pub(crate) fn into_chain(mut self) -> Chain {
+        self.chain.take().expect("an unanswered chain")
+    }
+
+    /// Returns the chain with `len` reply bytes.
+    pub(crate) fn answer(mut self, len: u32) {
+        let chain = self.chain.take().expect("an unanswered chain");
+        complete_one(&self.ctx.link, &self.ctx.stats, chain.head_index(), len);
+    }
+
+    /// Returns the chain with a `-errno` reply.
+    pub(crate) fn answer_error(mut self, errno: i32) {
+        self.errno = errno;
+        drop(self);
+    }
+}
+
+impl<H: FuseHandler> Drop for Unanswered<H> {
+    fn drop(&mut self) {
+        if let Some(chain) = self.chain.take() {
+            let len = error_reply(&chain, self.errno);
+            complete_one(&self.ctx.link, &self.ctx.stats, chain.head_index(), len);
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The dispatch rule, batching and the exactly-once return of chains, through real rings:
+//! where each request runs (the handler records its thread), how many guest notifications a
+//! batch costs, and what shutdown does to requests in flight.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use virtiofs_fuse::abi::{InHeader, Opcode};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Whether `thread` is the pipeline's thread of request queue 1.
+fn is_queue_thread(thread: &str) -> bool {
+    thread == "virtiofs-q1"
+}
+
+mt_test!(shallow_requests_run_inline_on_the_queue_thread, || {
+    let mut r = rig(1, 64, true);
+    r.init(1);
+    for i in 0..5 {
+        let d = &mut r.drivers[1];
+        d.post(GETATTR, 10 + i);
+        d.kick();
+        d.wait_used(1);
+        assert_eq!(r.thread_of(10 + i), "virtiofs-q1", "request {i}");
+    }
+    assert_eq!(r.thread_of(1), "virtiofs-q1", "INIT");
+    let stats = &r.pipeline.stats()[1];
+    assert_eq!(stats.inline.load(Ordering::SeqCst), 6);
+    assert_eq!(stats.pooled.load(Ordering::SeqCst), 0);
+    assert_eq!(r.handler.peak_pooled.load(Ordering::SeqCst), 0);
+});
+
+mt_test!(a_deep_queue_overlaps_its_requests_on_the_pool, || {
+    let mut r = rig(1, 8, false);
+    r.init(1);
+    // Requests that block: worth handing to runners when others wait behind them.
+    r.handler.delay_ms.store(20, Ordering::SeqCst);
+    r.train(1, 2);
+    r.handler.delay_ms.store(0, Ordering::SeqCst);
+    // Each GETATTR waits until all 8 run at once: only the pool can do that.
+    r.handler.rendezvous.store(8, Ordering::SeqCst);
+    let d = &mut r.drivers[1];
+    d.post_batch((0..8).map(|i| (GETATTR, 100 + i)));
+    d.kick();
+    let used = d.wait_used(8);
+    assert!(used.iter().all(|u| u.reply.error == 0));
+    assert_eq!(r.handler.met.load(Ordering::SeqCst), 8, "all 8 ran at once");
+    // The 7 with others behind them went to the pool; the last ran on the queue thread.
+    assert_eq!(r.handler.peak_pooled.load(Ordering::SeqCst), 7);
+    assert!(is_queue_thread(&r.thread_of(107)));
+    assert!((100..107).all(|u| !is_queue_thread(&r.thread_of(u))));
+    let stats = &r.pipeline.stats()[1];
+    assert_eq!(stats.pooled.load(Ordering::SeqCst), 7);
+    assert_eq!(
+        stats.inline.load(Ordering::SeqCst),
+        4,
+        "INIT, 2 alone and the last"
+    );
+});
+
+mt_test!(
+    the_pool_bound_holds_and_the_queue_thread_takes_the_rest,
+    || {
+        let mut r = rig(1, 2, false);
+        r.init(1);
+        r.handler.delay_ms.store(20, Ordering::SeqCst);
+        r.train(1, 2);
+        let d = &mut r.drivers[1];
+        d.post_batch((0..12).map(|i| (GETATTR, 100 + i)));
+        d.kick();
+        let used = d.wait_used(12);
+        assert!(used.iter().all(|u| u.reply.error == 0));
+        assert!(
+            r.handler.peak_pooled.load(Ordering::SeqCst) <= 2,
+            "more than the pool's 2 permits on the pool"
+        );
+        assert!(r.handler.peak.load(Ordering::SeqCst) <= 3);
+        let stats = &r.pipeline.stats()[1];
+        let (pooled, inline) = (
+            stats.pooled.load(Ordering::SeqCst),
+            stats.inline.load(Ordering::SeqCst),
+        );
+        assert_eq!(pooled + inline, 15, "INIT, 2 alone, 12");
+        assert!(pooled >= 2, "the pool was used ({pooled})");
+        assert!(
+            inline >= 2,
+            "a full pool leaves the queue thread working ({inline})"
+        );
+    }
+);
+
+mt_test!(
+    cheap_requests_behind_each_other_stay_on_the_queue_thread,
+    || {
+        let mut r = rig(1, 64, false);
+        r.init(1);
+        // Quick and cheap: 8 queued behind each other are less work than a thread wake-up.
+        let d = &mut r.drivers[1];
+        d.post_batch((0..8).map(|i| (GETATTR, 100 + i)));
+        d.kick();
+        d.wait_used(8);
+        let stats = &r.pipeline.stats()[1];
+        assert_eq!(stats.runners.load(Ordering::SeqCst), 0, "no runner woken");
+        assert!((100..108).all(|u| is_queue_thread(&r.thread_of(u))));
+    }
+);
+
+/// Posts a chain whose readable part is `readable` bytes starting with `header`, and whose
+/// writable part is `writable` bytes; both far from the ring's own buffers.
+fn post_sized(d: &mut Driver, header: InHeader, readable: u32, writable: u32) {
+    let (inbuf, outbuf) = (0xA0_0000, 0xC0_0000);
+    d.mem.write_obj(header, GuestAddress(inbuf)).unwrap();
+    d.post_raw(&[(inbuf, readable, false), (outbuf, writable, true)]);
+}
+
+mt_test!(long_requests_go_to_the_pool_even_alone, || {
+    let mut r = rig(1, 4, false);
+    r.init(1);
+    let header = |opcode: Opcode, unique, len| InHeader {
+        len,
+        opcode: opcode as u32,
+        unique,
+        nodeid: 1,
+        ..Default::default()
+    };
+    let long = [
+        Opcode::Fsync,
+        Opcode::Fsyncdir,
+        Opcode::Syncfs,
+        Opcode::Fallocate,
+        Opcode::CopyFileRange,
+        Opcode::CopyFileRange64,
+    ];
+    let big = 160 << 10;
+    for (i, op) in long.iter().enumerate() {
+        let d = &mut r.drivers[1];
+        d.post(*op as u32, 20 + i as u64);
+        d.kick();
+        d.wait_used(1);
+        let thread = r.thread_of(20 + i as u64);
+        assert!(!is_queue_thread(&thread), "{op:?} ran on {thread}");
+    }
+    let cases = [
+        (Opcode::Write, 30, 80 + big, 80 + big, 64, true),
+        (Opcode::Read, 31, 80, 80, 16 + big, true),
+        (Opcode::Write, 32, 80 + 4096, 80 + 4096, 64, false),
+        (Opcode::Read, 33, 80, 80, 16 + 4096, false),
+    ];
+    for (op, unique, len, readable, writable, pooled) in cases {
+        let d = &mut r.drivers[1];
+        post_sized(d, header(op, unique, len), readable, writable);
+        d.kick();
+        d.wait_used(1);
+        let thread = r.thread_of(unique);
+        assert_eq!(
+            !is_queue_thread(&thread),
+            pooled,
+            "{op:?} {unique} ran on {thread}"
+        );
+    }
+    let d = &mut r.drivers[1];
+    d.post(GETATTR, 40);
+    d.kick();
+    d.wait_used(1);
+    assert!(is_queue_thread(&r.thread_of(40)), "a quick request alone");
+});
+
+mt_test!(one_notification_per_batch_without_event_idx, || {
+    let mut r = rig(1, 0, false);
+    r.init(1);
+    let d = &mut r.drivers[1];
+    d.notifications();
+    d.post_batch((0..16).map(|i| (GETATTR, 100 + i)));
+    d.kick();
+    d.wait_used(16);
+    // Without EVENT_IDX every check says "notify": one check per batch, one notification.
+    assert_eq!(d.notifications(), 1, "16 quick requests, one batch");
+    let stats = &r.pipeline.stats()[1];
+    assert_eq!(
+        stats.notifications.load(Ordering::SeqCst),
+        2,
+        "INIT and the batch"
+    );
+});
+
+mt_test!(one_notification_per_batch_with_event_idx, || {
+    let mut r = rig(1, 0, true);
+    r.init(1);
+    let d = &mut r.drivers[1];
+    d.notifications();
+    // Notify me at the first completion: one notification for the batch.
+    d.set_used_event(d.next_used);
+    d.post_batch((0..16).map(|i| (GETATTR, 100 + i)));
+    d.kick();
+    d.wait_used(16);
+    assert_eq!(
+        d.notifications(),
+        1,
+        "used_event at the batch's first entry"
+    );
+    // Not before 20 more: the batch of 16 stays silent.
+    d.set_used_event(d.next_used.wrapping_add(20));
+    d.post_batch((0..16).map(|i| (GETATTR, 200 + i)));
+    d.kick();
+    d.wait_used(16);
+    assert_eq!(d.notifications(), 0, "used_event beyond the batch");
+    // At the batch's last entry: found inside the batch, one notification.
+    d.set_used_event(d.next_used.wrapping_add(15));
+    d.post_batch((0..16).map(|i| (GETATTR, 300 + i)));
+    d.kick();
+    d.wait_used(16);
+    assert_eq!(d.notifications(), 1, "used_event at the batch's last entry");
+});
+
+/// Checks that `used` holds each of `heads` exactly once.
+fn assert_each_once(used: &[Used], heads: &[u16]) {
+    let mut ids: Vec<u32> = used.iter().map(|u| u.id).collect();
+    ids.sort();
+    let mut want: Vec<u32> = heads.iter().map(|&h| u32::from(h)).collect();
+    want.sort();
+    assert_eq!(ids, want, "every popped chain back exactly once");
+}
+
+/// The used index the device has published.
+fn used_index(d: &Driver) -> u16 {
+    d.mem.read_obj(GuestAddress(d.used_addr() + 2)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_popped_chains_not_started_with_eio() {
+    let (r, heads) = tokio::task::spawn_blocking(|| {
+        let mut r = rig(1, 0, false);
+        r.init(1);
+        r.handler.delay_ms.store(100, Ordering::SeqCst);
+        let d = &mut r.drivers[1];
+        d.holding = true;
+        let heads: Vec<u16> = (0..10).map(|i| d.post(GETATTR, 100 + i)).collect();
+        d.holding = false;
+        d.publish();
+        d.kick();
+        r.wait_running(1);
+        (r, heads)
+    })
+    .await
+    .unwrap();
+    let stats = r.pipeline.stats()[1].clone();
+    r.pipeline.shutdown(Duration::from_secs(10)).await;
+    let mut d = r.drivers.into_iter().nth(1).unwrap();
+    let used = tokio::task::spawn_blocking(move || {
+        let used = d.wait_used(10);
+        assert_eq!(used_index(&d), 11, "nothing returned twice");
+        used
+    })
+    .await
+    .unwrap();
+    assert_each_once(&used, &heads);
+    assert!(used
+        .iter()
+        .all(|u| [0, -libc::EIO].contains(&u.reply.error)));
+    let eio = used.iter().filter(|u| u.reply.error == -libc::EIO).count();
+    assert!(eio >= 1, "the daemon stopped before serving them all");
+    assert_eq!(r.handler.handled.load(Ordering::SeqCst), 1 + 10 - eio);
+    assert_eq!(stats.completed(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_requests_and_lock_waits_come_back_when_the_pool_is_gone() {
+    // The pool runs on a runtime of its own, shut down once the queue thread is running: a job
+    // handed to it afterwards is dropped without running.
+    let pool_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = pool_rt.handle().clone();
+    let mut r = tokio::task::spawn_blocking(move || {
+        let mut r = rig_with(1, 8, false, |q| q == 1, Some(pool));
+        r.init(1);
+        // Requests that block: worth a runner when others wait behind them.
+        r.handler.delay_ms.store(20, Ordering::SeqCst);
+        r.train(1, 2);
+        r.handler.delay_ms.store(0, Ordering::SeqCst);
+        r
+    })
+    .await
+    .unwrap();
+    pool_rt.shutdown_background();
+    let (r, heads) = tokio::task::spawn_blocking(move || {
+        // A SETLKW whose lock is held: it waits, and its retries go to the pool.
+        r.handler.lock_held.store(true, Ordering::SeqCst);
+        let d = &mut r.drivers[1];
+        let mut heads = vec![d.post(SETLKW, 50)];
+        d.kick();
+        // Its first try ran (alone, so inline) before the others come.
+        while r.handler.handled.load(Ordering::SeqCst) < 4 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let d = &mut r.drivers[1];
+        // Five of these go to the pool (others wait behind them), the last runs inline.
+        d.holding = true;
+        heads.extend((0..6).map(|i| d.post(GETATTR, 100 + i)));
+        d.holding = false;
+        d.publish();
+        d.kick();
+        let used = d.wait_used(7);
+        (r, heads, used)
+    })
+    .await
+    .map(|(r, heads, used)| {
+        assert_each_once(&used, &heads);
+        let setlkw = used.iter().find(|u| u.id == u32::from(heads[0])).unwrap();
+        assert_eq!(
+            setlkw.reply.error,
+            -libc::EINTR,
+            "the lock wait was interrupted"
+        );
+        let eio = used.iter().filter(|u| u.reply.error == -libc::EIO).count();
+        assert_eq!(eio, 5, "pooled jobs dropped by the pool are answered EIO");
+        (r, heads)
+    })
+    .unwrap();
+    assert_eq!(r.thread_of(105), "virtiofs-q1", "the last one, inline");
+    let stats = r.pipeline.stats()[1].clone();
+    r.pipeline.shutdown(Duration::from_secs(10)).await;
+    let d = &r.drivers[1];
+    assert_eq!(
+        used_index(d),
+        3 + heads.len() as u16,
+        "nothing returned twice"
+    );
+    assert_eq!(stats.completed(), 10);
+}

@@ -1,0 +1,40 @@
+//! Queue threads exist only for queues the frontend started. This file holds one test so that
+//! its process has no other pipeline: it counts the process's threads by name.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Waits (up to 10 s) until `name` is among this process's threads.
+fn wait_for_thread(name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !threads_named(name).iter().any(|n| n == name) {
+        assert!(Instant::now() < deadline, "no thread {name}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+mt_test!(a_thread_per_started_queue_only, || {
+    // Eight request queues offered; the guest starts hiprio and queue 1.
+    let mut r = rig_with(8, 64, true, |q| q <= 1, None);
+    r.init(1);
+    wait_for_thread("virtiofs-hiprio");
+    let mut names = threads_named("virtiofs-");
+    names.sort();
+    assert_eq!(
+        names,
+        ["virtiofs-hiprio", "virtiofs-q1"],
+        "threads of started queues only"
+    );
+    // Starting queue 5 later starts its thread, which serves it.
+    r.drivers[5].start(&r.vrings[5], true);
+    wait_for_thread("virtiofs-q5");
+    let d = &mut r.drivers[5];
+    d.post(GETATTR, 7);
+    d.kick();
+    assert_eq!(d.wait_used(1)[0].reply.error, 0);
+    assert_eq!(r.thread_of(7), "virtiofs-q5");
+    assert_eq!(threads_named("virtiofs-").len(), 3);
+});
