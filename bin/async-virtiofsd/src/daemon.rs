@@ -67,6 +67,7 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
     }
     let pipeline = PipelineConfig {
         thread_pool_size: opts.thread_pool_size,
+        queue_affinity: opts.queue_affinity.clone(),
     };
     let max_threads = pipeline.max_blocking_threads(backend.num_queues());
     let nofile = rlimit::raise_nofile(opts.rlimit_nofile)?;
@@ -160,6 +161,8 @@ async fn serve(
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    // Per-queue statistics on demand (`kill -USR1`), without stopping anything.
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     let mut listener = vhost::vhost_user::Listener::from(socket.try_clone()?);
     // Every thread that exists now gets the filter (TSYNC); later ones (queue threads, the
     // runtime's blocking threads, the vhost-user thread) inherit it.
@@ -171,10 +174,13 @@ async fn serve(
     notifier.ready(WAITING);
     let mut accept =
         tokio::task::spawn_blocking(move || daemon.start(&mut listener).map(|()| daemon));
-    let accepted = tokio::select! {
-        r = &mut accept => Some(r),
-        _ = sigterm.recv() => { info!("SIGTERM received, exiting"); None }
-        _ = sigint.recv() => { info!("SIGINT received, exiting"); None }
+    let accepted = loop {
+        break tokio::select! {
+            r = &mut accept => Some(r),
+            _ = sigterm.recv() => { info!("SIGTERM received, exiting"); None }
+            _ = sigint.recv() => { info!("SIGINT received, exiting"); None }
+            _ = sigusr1.recv() => { info!("SIGUSR1 received: no frontend yet"); continue; }
+        };
     };
     let mut daemon = match accepted {
         None => {
@@ -191,18 +197,25 @@ async fn serve(
         opts.share.shared_dir.display()
     );
 
-    let wait = tokio::task::spawn_blocking(move || daemon.wait());
-    let outcome = tokio::select! {
-        r = wait => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(vhost_user_backend::Error::HandleRequest(
-                VhostUserError::Disconnected | VhostUserError::PartialMessage,
-            ))) => Ok(()),
-            Ok(Err(e)) => Err(DaemonError::VhostUser(e.to_string())),
-            Err(e) => Err(DaemonError::VhostUser(e.to_string())),
-        },
-        _ = sigterm.recv() => { info!("SIGTERM received, shutting down"); Ok(()) }
-        _ = sigint.recv() => { info!("SIGINT received, shutting down"); Ok(()) }
+    let mut wait = tokio::task::spawn_blocking(move || daemon.wait());
+    let outcome = loop {
+        break tokio::select! {
+            r = &mut wait => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(vhost_user_backend::Error::HandleRequest(
+                    VhostUserError::Disconnected | VhostUserError::PartialMessage,
+                ))) => Ok(()),
+                Ok(Err(e)) => Err(DaemonError::VhostUser(e.to_string())),
+                Err(e) => Err(DaemonError::VhostUser(e.to_string())),
+            },
+            _ = sigterm.recv() => { info!("SIGTERM received, shutting down"); Ok(()) }
+            _ = sigint.recv() => { info!("SIGINT received, shutting down"); Ok(()) }
+            _ = sigusr1.recv() => {
+                info!("SIGUSR1 received: statistics of the queues so far");
+                pipeline.log_stats();
+                continue;
+            }
+        };
     };
     match &outcome {
         Ok(()) => info!("vhost-user frontend disconnected"),

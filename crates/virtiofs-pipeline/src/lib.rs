@@ -21,6 +21,7 @@
 //!    lock is held elsewhere waits in `lock_wait` instead, holding no thread and no gate pass,
 //!    and runs again until it gets the lock or its session or ring ends.
 
+pub mod affinity;
 pub mod dispatch;
 pub mod gate;
 pub mod handler;
@@ -35,6 +36,7 @@ pub mod stats;
 pub mod thread;
 pub mod used;
 
+pub use affinity::{CpuSet, QueueAffinity};
 pub use gate::{GateBusy, Pass, SessionGate};
 pub use handler::{Chain, FuseHandler, HandleError, Handled};
 pub use pipeline::{Pipeline, PipelineConfig, SessionReset};

@@ -10,18 +10,21 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use virtiofs_device::{QueueLink, WatchedVring, HIPRIO_QUEUE};
 
+use crate::affinity::{CpuSet, QueueAffinity};
 use crate::gate::SessionGate;
 use crate::handler::FuseHandler;
-use crate::queue::log_stats;
 use crate::stats::QueueStats;
-use crate::thread::{start_when_runnable, Shared};
+use crate::thread::{start_when_runnable, Affinity, Shared};
 
 /// How the pipeline runs requests.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct PipelineConfig {
     /// Requests each request queue may run at once on the pool besides the one on its own
     /// thread (`--thread-pool-size`); 0 runs them all one at a time on the queue thread.
     pub thread_pool_size: usize,
+    /// The CPUs of each request queue's thread and runners (`--queue-affinity`); `None`:
+    /// unpinned.
+    pub queue_affinity: Option<QueueAffinity>,
 }
 
 impl PipelineConfig {
@@ -101,11 +104,19 @@ impl Pipeline {
             .filter(|link| link.index != HIPRIO_QUEUE)
             .map(|link| link.vring.clone())
             .collect();
+        let request_queues = request_rings.len();
         let shared = Arc::new(Shared {
             handler,
             gate,
             request_rings,
             pool_size: config.thread_pool_size,
+            affinity: config.queue_affinity.map(|a| Affinity {
+                // The CPUs this thread (the daemon's main thread) may use: what `auto` spreads
+                // and what runners go back to.
+                allowed: CpuSet::of_this_thread().unwrap_or_else(|_| CpuSet::new(Vec::new())),
+                request_queues,
+                map: a,
+            }),
             runtime: runtime.clone(),
             tracker: tracker.clone(),
             cancel: cancel.clone(),
@@ -139,6 +150,14 @@ impl Pipeline {
         &self.stats
     }
 
+    /// Logs every queue's statistics (what has served requests so far); the daemon calls it
+    /// on SIGUSR1 and at shutdown.
+    pub fn log_stats(&self) {
+        for (index, s) in self.stats.iter().enumerate() {
+            s.log(index);
+        }
+    }
+
     /// Stops the queue threads, waits up to `grace` for in-flight requests, and logs per-queue
     /// request counts.
     pub async fn shutdown(self, grace: Duration) {
@@ -163,9 +182,7 @@ impl Pipeline {
         let _ = tokio::task::spawn_blocking(move || ended.into_iter().for_each(|t| drop(t.join())))
             .await;
         let total: u64 = self.stats.iter().map(|s| s.completed()).sum();
-        for (index, s) in self.stats.iter().enumerate() {
-            log_stats(index, s);
-        }
+        self.log_stats();
         let busy = self
             .stats
             .iter()

@@ -25,8 +25,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
+use tracing::warn;
 use virtiofs_fuse::abi::InHeader;
 
+use crate::affinity::CpuSet;
 use crate::gate::Pass;
 use crate::handler::FuseHandler;
 use crate::lock_wait::LockWait;
@@ -71,6 +73,8 @@ pub(crate) struct Pool<H: FuseHandler> {
 
 struct Inner<H: FuseHandler> {
     size: usize,
+    /// `--queue-affinity`: where runners run while they serve this queue.
+    pin: Option<Pin>,
     stats: Arc<QueueStats>,
     runtime: Handle,
     tracker: TaskTracker,
@@ -116,16 +120,18 @@ pub fn worth_a_runner(queued_quick: usize, queued_long: bool, service_ns: u64) -
 
 impl<H: FuseHandler> Pool<H> {
     /// A pool of at most `size` runners (at least 1) on `runtime`'s blocking threads,
-    /// tracked by `tracker` (shutdown waits for them).
+    /// tracked by `tracker` (shutdown waits for them), pinned by `pin` while they run.
     pub(crate) fn new(
         size: usize,
         runtime: Handle,
         tracker: TaskTracker,
         stats: Arc<QueueStats>,
+        pin: Option<Pin>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 size: size.max(1),
+                pin,
                 stats,
                 runtime,
                 tracker,
@@ -186,6 +192,37 @@ impl<H: FuseHandler> Inner<H> {
     }
 }
 
+/// Where a queue's runners run (`--queue-affinity`).
+#[derive(Debug, Clone)]
+pub(crate) struct Pin {
+    /// The queue's CPUs.
+    pub(crate) cpus: CpuSet,
+    /// What the thread goes back to when it stops serving the queue.
+    pub(crate) unpinned: CpuSet,
+}
+
+impl Pin {
+    /// Pins the calling thread until the returned guard is dropped. A failure is logged and
+    /// the runner runs unpinned (the requests are served either way).
+    fn apply(&self) -> Pinned<'_> {
+        if let Err(e) = self.cpus.pin_this_thread() {
+            warn!("cannot pin a pool runner to CPUs {}: {e}", self.cpus);
+        }
+        Pinned(self)
+    }
+}
+
+/// Gives a runner's thread back its CPUs when dropped.
+struct Pinned<'a>(&'a Pin);
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.unpinned.pin_this_thread() {
+            warn!("cannot unpin a pool runner: {e}");
+        }
+    }
+}
+
 /// One runner: takes queued requests until there are none (see the module docs).
 struct Runner<H: FuseHandler> {
     inner: Arc<Inner<H>>,
@@ -198,6 +235,7 @@ struct Runner<H: FuseHandler> {
 impl<H: FuseHandler> Runner<H> {
     fn run(mut self) {
         let inner = self.inner.clone();
+        let _pinned = inner.pin.as_ref().map(Pin::apply);
         let mut state = inner.lock();
         state.starting = false;
         self.ran = true;
@@ -243,6 +281,24 @@ impl<H: FuseHandler> Drop for Runner<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runner_is_pinned_while_it_serves_the_queue_and_unpinned_after() {
+        std::thread::spawn(|| {
+            let all = CpuSet::of_this_thread().unwrap();
+            let first = CpuSet::new(vec![all.cpus()[0]]);
+            let pin = Pin {
+                cpus: first.clone(),
+                unpinned: all.clone(),
+            };
+            let pinned = pin.apply();
+            assert_eq!(CpuSet::of_this_thread().unwrap(), first);
+            drop(pinned);
+            assert_eq!(CpuSet::of_this_thread().unwrap(), all);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn runners_are_woken_for_long_requests_or_enough_quick_work() {

@@ -8,14 +8,13 @@
 //! guest notification ([`UsedBatch`]); a pooled request completes on its own.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use virtiofs_device::{QueueLink, WatchedVring};
@@ -289,25 +288,5 @@ impl<H: FuseHandler> QueueContext<H> {
             Some(w) => Step::Wait(w),
             None => Step::Done(handled.len as u32),
         }
-    }
-}
-
-/// Logs what a queue did (called at shutdown).
-pub fn log_stats(index: usize, stats: &QueueStats) {
-    if stats.completed() > 0 || stats.malformed.load(Ordering::Relaxed) > 0 {
-        info!(
-            queue = index,
-            requests = stats.completed(),
-            inline = stats.inline.load(Ordering::Relaxed),
-            pooled = stats.pooled.load(Ordering::Relaxed),
-            runners = stats.runners.load(Ordering::Relaxed),
-            service_ns = stats.service_ns(),
-            batches = stats.batches.load(Ordering::Relaxed),
-            notifications = stats.notifications.load(Ordering::Relaxed),
-            malformed = stats.malformed.load(Ordering::Relaxed),
-            before_init = stats.before_init.load(Ordering::Relaxed),
-            peak_in_flight = stats.peak_in_flight.load(Ordering::Relaxed),
-            "queue statistics"
-        );
     }
 }

@@ -18,12 +18,13 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error};
+use tracing::{debug, error, info, warn};
 use virtiofs_device::{QueueLink, WatchedVring, HIPRIO_QUEUE};
 
+use crate::affinity::{CpuSet, QueueAffinity};
 use crate::gate::SessionGate;
 use crate::handler::FuseHandler;
-use crate::pool::Pool;
+use crate::pool::{Pin, Pool};
 use crate::queue::QueueContext;
 use crate::stats::QueueStats;
 
@@ -40,6 +41,8 @@ pub(crate) struct Shared<H> {
     pub(crate) request_rings: Arc<[WatchedVring]>,
     /// Permits per request queue (`--thread-pool-size`); 0: no pool.
     pub(crate) pool_size: usize,
+    /// `--queue-affinity`, if given.
+    pub(crate) affinity: Option<Affinity>,
     /// The runtime whose blocking threads run pooled requests.
     pub(crate) runtime: Handle,
     /// Tracks pooled requests and queue threads (shutdown waits for them).
@@ -48,6 +51,25 @@ pub(crate) struct Shared<H> {
     pub(crate) cancel: CancellationToken,
     /// The queue threads started so far.
     pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// `--queue-affinity` with what it is resolved against.
+pub(crate) struct Affinity {
+    /// As given.
+    pub(crate) map: QueueAffinity,
+    /// The CPUs the daemon may use.
+    pub(crate) allowed: CpuSet,
+    /// Request queues offered.
+    pub(crate) request_queues: usize,
+}
+
+impl Affinity {
+    /// The CPUs of queue `index` (never the hiprio queue's).
+    fn cpus_for(&self, index: usize) -> Option<CpuSet> {
+        (index != HIPRIO_QUEUE)
+            .then(|| self.map.cpus_for(index, self.request_queues, &self.allowed))
+            .flatten()
+    }
 }
 
 /// The name of queue `index`'s thread.
@@ -111,12 +133,21 @@ fn start_thread<H: FuseHandler>(
         .enable_all()
         .build()?;
     let index = link.index;
+    let cpus = shared.affinity.as_ref().and_then(|a| a.cpus_for(index));
     let pool = (index != HIPRIO_QUEUE && shared.pool_size > 0).then(|| {
+        let pin = cpus
+            .clone()
+            .zip(shared.affinity.as_ref())
+            .map(|(cpus, a)| Pin {
+                cpus,
+                unpinned: a.allowed.clone(),
+            });
         Pool::new(
             shared.pool_size,
             shared.runtime.clone(),
             shared.tracker.clone(),
             stats.clone(),
+            pin,
         )
     });
     let ctx = Arc::new(QueueContext {
@@ -136,6 +167,15 @@ fn start_thread<H: FuseHandler>(
         .name(queue_thread_name(index))
         .spawn(move || {
             let _token = token;
+            if let Some(cpus) = cpus {
+                match cpus.pin_this_thread() {
+                    Ok(()) => info!(queue = index, "queue thread and its runners on CPUs {cpus}"),
+                    Err(e) => warn!(
+                        queue = index,
+                        "cannot pin the queue thread to CPUs {cpus}: {e}"
+                    ),
+                }
+            }
             rt.block_on(async {
                 ctx.clone().run().await;
                 // SETLKW waits end (EINTR) once the daemon stops; their chains go back first.

@@ -174,7 +174,7 @@ extern "C" fn forward_signal(sig: libc::c_int) {
     }
 }
 
-/// Forwards SIGTERM/SIGINT/SIGHUP to the daemon and waits for it.
+/// Forwards SIGTERM/SIGINT/SIGHUP (and SIGUSR1: statistics) to the daemon and waits for it.
 fn supervise(child: Pid) -> u8 {
     CHILD.store(child.as_raw(), Ordering::Relaxed);
     let action = SigAction::new(
@@ -182,7 +182,12 @@ fn supervise(child: Pid) -> u8 {
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
         // SAFETY: the handler only calls kill(2).
         let _ = unsafe { sigaction(sig, &action) };
     }

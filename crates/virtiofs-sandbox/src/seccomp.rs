@@ -199,7 +199,9 @@ pub fn allowed_syscalls(file_handles: bool) -> Vec<(&'static str, i64)> {
 }
 
 /// Calls allowed only with certain arguments: `unshare(CLONE_FS)`, which gives a thread its
-/// own working directory (the xattr calls change it; no namespace may be made once serving).
+/// own working directory (the xattr calls change it; no namespace may be made once serving),
+/// and `sched_setaffinity(0, ...)`: a thread pins itself (`--queue-affinity`), never another
+/// process.
 fn conditional_rules() -> Result<Vec<(i64, Vec<SeccompRule>)>, Error> {
     let err = |e: seccompiler::BackendError| Error::Seccomp(e.to_string());
     let clone_fs = SeccompCondition::new(
@@ -209,10 +211,18 @@ fn conditional_rules() -> Result<Vec<(i64, Vec<SeccompRule>)>, Error> {
         libc::CLONE_FS as u64,
     )
     .map_err(err)?;
-    Ok(vec![(
-        libc::SYS_unshare,
-        vec![SeccompRule::new(vec![clone_fs]).map_err(err)?],
-    )])
+    let this_thread =
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0).map_err(err)?;
+    Ok(vec![
+        (
+            libc::SYS_unshare,
+            vec![SeccompRule::new(vec![clone_fs]).map_err(err)?],
+        ),
+        (
+            libc::SYS_sched_setaffinity,
+            vec![SeccompRule::new(vec![this_thread]).map_err(err)?],
+        ),
+    ])
 }
 
 /// Compiles the filter for `mode` (`file_handles`: see [`allowed_syscalls`]); `None` for
@@ -322,6 +332,33 @@ mod tests {
         };
         assert!(matches!(
             in_filtered_child(SeccompMode::Kill, ns),
+            WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
+        ));
+    }
+
+    #[test]
+    fn a_thread_may_pin_itself_but_not_another_process() {
+        let own = || unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of_val(&set);
+            if libc::sched_getaffinity(0, size, &mut set) != 0
+                || libc::sched_setaffinity(0, size, &set) != 0
+            {
+                libc::_exit(3);
+            }
+        };
+        assert!(matches!(
+            in_filtered_child(SeccompMode::Kill, own),
+            WaitStatus::Exited(_, 0)
+        ));
+        let other = || unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of_val(&set);
+            libc::sched_getaffinity(0, size, &mut set);
+            libc::sched_setaffinity(libc::getppid(), size, &set);
+        };
+        assert!(matches!(
+            in_filtered_child(SeccompMode::Kill, other),
             WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
         ));
     }

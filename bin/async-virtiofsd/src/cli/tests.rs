@@ -418,3 +418,38 @@ fn man_page_and_completions_list_every_visible_option_and_need_nothing_else() {
     let e = run(&["--print-completions", "tcsh"]).unwrap_err();
     assert!(e.contains("allowed: bash"), "{e}");
 }
+
+#[test]
+fn queue_affinity_is_parsed_and_checked_against_queues_and_cpus() {
+    let base = ["--shared-dir=/srv", "--socket-path=/s"];
+    let with = |v: &str| {
+        let mut a = base.to_vec();
+        a.push("--queue-affinity");
+        a.push(v);
+        run(&a)
+    };
+    assert_eq!(run(&base).unwrap().queue_affinity, None);
+    assert_eq!(
+        with("auto").unwrap().queue_affinity,
+        Some(QueueAffinity::Auto)
+    );
+    let cpu = CpuSet::of_this_thread().unwrap().cpus()[0];
+    let o = with(&format!("1:{cpu},64:{cpu}")).unwrap();
+    assert_eq!(
+        o.queue_affinity,
+        Some(format!("1:{cpu},64:{cpu}").parse().unwrap())
+    );
+    for (bad, says) in [
+        ("0:0", "hiprio"),
+        ("65:0", "queue 65 does not exist"),
+        ("1:1023", "CPU 1023"),
+        ("1:x", "not a CPU number"),
+        ("0-1", "names no queue"),
+    ] {
+        let e = with(bad).unwrap_err();
+        assert!(
+            e.contains("queue-affinity") && e.contains(says),
+            "{bad}: {e}"
+        );
+    }
+}

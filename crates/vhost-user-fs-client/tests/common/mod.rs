@@ -37,6 +37,7 @@ pub struct Daemon {
     /// Holds the share and the socket.
     _dir: tempfile::TempDir,
     /// The shared directory (host view).
+    #[allow(dead_code)] // not every test binary looks at it
     pub share: PathBuf,
     /// The vhost-user socket.
     pub socket: PathBuf,

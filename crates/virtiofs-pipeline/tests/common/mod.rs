@@ -375,6 +375,7 @@ pub fn rig_with(
     let vrings = links.iter().map(|l| l.vring.clone()).collect();
     let config = PipelineConfig {
         thread_pool_size: pool,
+        ..Default::default()
     };
     let runtime = runtime.unwrap_or_else(tokio::runtime::Handle::current);
     let pipeline = Pipeline::start_on(links, handler.clone(), config, runtime).unwrap();
