@@ -20,11 +20,12 @@
 //!
 //! Only `security.*` names other than `security.capability` are accepted (EINVAL): every LSM
 //! names its label so, and anything else would let a guest set other attributes (file
-//! capabilities, `trusted.*`) as the daemon while creating a file. On a host without an LSM
-//! that handles the name, setting a `security.*` xattr takes CAP_SYS_ADMIN, which the daemon
-//! does not keep by default: run it with `--modcaps=+sys_admin`, or map the name to `user.*`
-//! with `--xattrmap` (user xattrs cannot be set on symlinks and devices: SYMLINK and MKNOD of
-//! a device then fail).
+//! capabilities, `trusted.*`) as the daemon while creating a file. Whether the host takes the
+//! name is the host's LSM's decision: under SELinux its policy must allow the relabel (and know
+//! the label); without an LSM a 6.18 host stores it as a plain xattr for the daemon as it runs
+//! by default. Where the host refuses it, every labelled request fails with the host's errno:
+//! map the name with `--xattrmap` (to `user.*`, which cannot go on symlinks or devices, so
+//! SYMLINK and MKNOD of a device then fail).
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
