@@ -52,8 +52,11 @@ fn host_lgetxattr(path: &Path, name: &[u8]) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// The kinds of node a context comes with, each as a request for `name` carrying `ext`.
-fn makers() -> Vec<(&'static str, fn(&str) -> FuseRequest)> {
+/// A request that makes a node of the given name.
+type Maker = fn(&str) -> FuseRequest;
+
+/// The named kinds of node a context comes with, each with the request that makes one.
+fn makers() -> Vec<(&'static str, Maker)> {
     vec![
         ("create", |n| {
             FuseRequest::create(ROOT_ID, n, libc::O_RDWR as u32, 0o100644, 0)

@@ -166,6 +166,7 @@ pub trait Filesystem: Send + Sync {
         Err(Errno(libc::ENOSYS))
     }
     /// MKNOD.
+    #[allow(clippy::too_many_arguments)] // the request's fields, as the other methods take them
     fn mknod(
         &self,
         ctx: &Context,

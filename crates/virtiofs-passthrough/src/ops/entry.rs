@@ -77,6 +77,7 @@ impl Passthrough {
         Err(Errno(libc::ENOENT))
     }
 
+    #[allow(clippy::too_many_arguments)] // MKNOD's fields, as the trait method takes them
     pub(crate) fn do_mknod(
         &self,
         ctx: &Context,
