@@ -215,6 +215,14 @@ fn a_label_the_host_refuses_fails_the_request_and_removes_the_node() {
     let req = FuseRequest::tmpfile(ROOT_ID, libc::O_RDWR as u32, 0o100600, 0).with_ext(ext);
     assert_eq!(errno(c.call(req).unwrap().create()), Errno::EPERM);
     assert_eq!(std::fs::read_dir(&d.share).unwrap().count(), 0);
+    // The administrator is told, once.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = d.take_log();
+    assert_eq!(
+        log.matches("refuses the guest's security label").count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]

@@ -29,12 +29,16 @@
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use virtiofs_fuse::abi::init_flags as f;
 use virtiofs_fuse::{Errno, SecCtx};
 
 use crate::passthrough::{Passthrough, Result};
 use crate::{sys, Negotiation};
+
+/// Whether the host's refusal of a label was logged (once per process).
+static HOST_REFUSAL_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// The prefix every LSM's label xattr has.
 const SECURITY_PREFIX: &[u8] = b"security.";
@@ -77,6 +81,16 @@ impl Passthrough {
         let Err(e) = self.set_label(sc, fd) else {
             return Ok(());
         };
+        // The host refusing labels fails every new file: worth saying once (EINVAL is the
+        // guest's own malformed context, not the host's doing).
+        if e.0 != libc::EINVAL && !HOST_REFUSAL_LOGGED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                name = ?sc.name,
+                "the host refuses the guest's security label ({}): new files fail with that \
+                 errno (see --xattrmap to store labels under another name); logged once",
+                std::io::Error::from_raw_os_error(e.0)
+            );
+        }
         tracing::debug!(
             name = ?sc.name,
             errno = e.0,
