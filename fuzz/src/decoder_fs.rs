@@ -7,7 +7,7 @@ use std::time::Duration;
 use virtiofs_fuse::abi;
 use virtiofs_fuse::filesystem::{AttrReply, IoctlReply, StatxReply};
 use virtiofs_fuse::{
-    Context, DirSink, Entry, Errno, Filesystem, GuestSlice, Name, Opened, Xattr, NAME_MAX,
+    Context, DirSink, Entry, Errno, Filesystem, GuestSlice, Name, Opened, SecCtx, Xattr, NAME_MAX,
 };
 
 use crate::decoder::ERRNOS;
@@ -169,15 +169,42 @@ impl Filesystem for NullFs {
         let (bits, size) = self.answer()?;
         Ok(self.data(bits, size))
     }
-    fn symlink(&self, _: &Context, _: u64, _: &Name, target: &[u8]) -> FsResult<Entry> {
+    fn symlink(
+        &self,
+        _: &Context,
+        _: u64,
+        _: &Name,
+        target: &[u8],
+        secctx: Option<&SecCtx>,
+    ) -> FsResult<Entry> {
         assert!(!target.contains(&0), "symlink target with a NUL");
         assert!(target.len() < 4096, "symlink target beyond PATH_MAX");
+        check_secctx(secctx);
         self.entry()
     }
-    fn mknod(&self, _: &Context, _: u64, _: &Name, _: u32, _: u32, _: u32) -> FsResult<Entry> {
+    fn mknod(
+        &self,
+        _: &Context,
+        _: u64,
+        _: &Name,
+        _: u32,
+        _: u32,
+        _: u32,
+        secctx: Option<&SecCtx>,
+    ) -> FsResult<Entry> {
+        check_secctx(secctx);
         self.entry()
     }
-    fn mkdir(&self, _: &Context, _: u64, _: &Name, _: u32, _: u32) -> FsResult<Entry> {
+    fn mkdir(
+        &self,
+        _: &Context,
+        _: u64,
+        _: &Name,
+        _: u32,
+        _: u32,
+        secctx: Option<&SecCtx>,
+    ) -> FsResult<Entry> {
+        check_secctx(secctx);
         self.entry()
     }
     fn unlink(&self, _: &Context, _: u64, _: &Name) -> FsResult<()> {
@@ -314,7 +341,9 @@ impl Filesystem for NullFs {
         _: u64,
         _: &Name,
         _: &abi::CreateIn,
+        secctx: Option<&SecCtx>,
     ) -> FsResult<(Entry, Opened)> {
+        check_secctx(secctx);
         self.created()
     }
     fn ioctl(&self, _: &Context, _: u64, arg: &abi::IoctlIn, data: &[u8]) -> FsResult<IoctlReply> {
@@ -347,7 +376,14 @@ impl Filesystem for NullFs {
     fn syncfs(&self, _: &Context, _: u64) -> FsResult<()> {
         self.ok()
     }
-    fn tmpfile(&self, _: &Context, _: u64, _: &abi::CreateIn) -> FsResult<(Entry, Opened)> {
+    fn tmpfile(
+        &self,
+        _: &Context,
+        _: u64,
+        _: &abi::CreateIn,
+        secctx: Option<&SecCtx>,
+    ) -> FsResult<(Entry, Opened)> {
+        check_secctx(secctx);
         self.created()
     }
     fn statx(&self, _: &Context, _: u64, _: &abi::StatxIn) -> FsResult<StatxReply> {
@@ -355,5 +391,18 @@ impl Filesystem for NullFs {
         let mut reply = StatxReply::default();
         reply.statx.ino = size as u64;
         Ok(reply)
+    }
+}
+
+/// What the server may hand over as a security context: a name and a value within the
+/// protocol's bounds (`XATTR_SIZE_MAX`).
+fn check_secctx(secctx: Option<&SecCtx>) {
+    if let Some(sc) = secctx {
+        assert!(!sc.name.is_empty(), "security context with an empty name");
+        assert!(
+            (1..=65536).contains(&sc.value.len()),
+            "security context value of {} bytes",
+            sc.value.len()
+        );
     }
 }

@@ -461,6 +461,7 @@ fn share_options(dir: &std::path::Path, options: u8) -> ShareOptions {
         allow_direct_io: options & 32 != 0,
         xattrmap: None,
         posix_acl: virtiofs_passthrough::Negotiation::Never,
+        security_label: virtiofs_passthrough::Negotiation::Never,
         readonly: false,
         killpriv_v2: false,
         allow_mmap: false,

@@ -208,7 +208,9 @@ struct Args {
           value_enum, value_name = "never|auto|always")]
     posix_acl: Option<Negotiation>,
 
-    /// Security labels [not implemented yet: only `never` is accepted].
+    /// Security labels (implies --xattr): a new file gets the security context the guest sends
+    /// (SELinux, Smack) as an xattr; `always` (the bare option) refuses guests that send none,
+    /// `auto` uses them with guests that do.
     #[arg(long, require_equals = true, num_args = 0..=1, default_missing_value = "always",
           value_enum, value_name = "never|auto|always")]
     security_label: Option<Negotiation>,
@@ -557,6 +559,7 @@ where
         announce_submounts: false,
         xattrmap: None,
         posix_acl: virtiofs_passthrough::Negotiation::Never,
+        security_label: virtiofs_passthrough::Negotiation::Never,
         readonly: args.readonly,
         killpriv_v2: false,
         allow_mmap: args.allow_mmap,
@@ -574,7 +577,11 @@ where
     let mut sandbox = SandboxMode::Namespace;
     let mut modcaps = None;
     let mut not_implemented = Vec::new();
-    let mut security_label = None;
+    let negotiation = |mode| match mode {
+        Negotiation::Never => virtiofs_passthrough::Negotiation::Never,
+        Negotiation::Auto => virtiofs_passthrough::Negotiation::Auto,
+        Negotiation::Always => virtiofs_passthrough::Negotiation::Always,
+    };
     for (_, s) in settings {
         match s {
             Setting::Source(d) => source = Some(d),
@@ -588,27 +595,20 @@ where
             Setting::Sandbox(m) => sandbox = m,
             Setting::Modcaps(c) => modcaps = Some(c),
             Setting::KillprivV2(on, _) => share.killpriv_v2 = on,
-            Setting::PosixAcl(mode, _) => {
-                share.posix_acl = match mode {
-                    Negotiation::Never => virtiofs_passthrough::Negotiation::Never,
-                    Negotiation::Auto => virtiofs_passthrough::Negotiation::Auto,
-                    Negotiation::Always => virtiofs_passthrough::Negotiation::Always,
-                }
-            }
-            Setting::SecurityLabel(mode, name) => {
-                security_label = (mode != Negotiation::Never).then_some(name)
-            }
+            Setting::PosixAcl(mode, _) => share.posix_acl = negotiation(mode),
+            Setting::SecurityLabel(mode, _) => share.security_label = negotiation(mode),
             Setting::AnnounceSubmounts(on, _) => share.announce_submounts = on,
             Setting::PosixLock(on) => share.posix_locks = on,
             Setting::Flock(on) => share.flock_locks = on,
             Setting::NotYet(name) => not_implemented.push(name),
         }
     }
-    not_implemented.extend(security_label);
     // A map is pointless without xattrs: it turns them on (as in the Rust virtiofsd).
     share.xattr |= share.xattrmap.is_some();
     // ACLs are xattrs.
     share.xattr |= share.posix_acl != virtiofs_passthrough::Negotiation::Never;
+    // Labels are xattrs.
+    share.xattr |= share.security_label != virtiofs_passthrough::Negotiation::Never;
     if !not_implemented.is_empty() {
         return Err(not_yet(&not_implemented));
     }

@@ -129,16 +129,9 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     ("--no-killpriv-v2", &["--no-killpriv-v2"], Serves("")),
     ("--killpriv-v2", &["--killpriv-v2"], Serves("")),
     ("-f", &["-f"], Serves("")),
-    (
-        "--security-label",
-        &["--security-label"],
-        NotYet("--security-label"),
-    ),
-    (
-        "--security-label",
-        &["--security-label=auto"],
-        NotYet("--security-label"),
-    ),
+    ("--security-label", &["--security-label"], Serves("")),
+    ("--security-label", &["--security-label=always"], Serves("")),
+    ("--security-label", &["--security-label=auto"], Serves("")),
     ("--security-label", &["--security-label=never"], Serves("")),
     (
         "--uid-map",
@@ -234,11 +227,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     ("-o no_killpriv_v2", &["-o", "no_killpriv_v2"], Serves("")),
     ("-o posix_acl", &["-o", "posix_acl"], Serves("")),
     ("-o no_posix_acl", &["-o", "no_posix_acl"], Serves("")),
-    (
-        "-o security_label",
-        &["-o", "security_label"],
-        NotYet("-o security_label"),
-    ),
+    ("-o security_label", &["-o", "security_label"], Serves("")),
     (
         "-o no_security_label",
         &["-o", "no_security_label"],

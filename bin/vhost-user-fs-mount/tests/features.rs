@@ -1,8 +1,8 @@
 //! What async-virtiofsd serves beyond the reference daemons, through the host kernel's FUSE
 //! client: locks a host process sees (POSIX and flock, both directions, released when the
 //! locking process dies, SETLKW that waits), O_TMPFILE then linkat, statx birth time,
-//! COPY_FILE_RANGE done on the host, file attribute ioctls (chattr/lsattr), and a 1 MiB write
-//! arriving as one WRITE.
+//! COPY_FILE_RANGE done on the host, file attribute ioctls (chattr/lsattr), a 1 MiB write
+//! arriving as one WRITE, and `--security-label` sessions with the kernel's context extension.
 
 mod common;
 
@@ -516,4 +516,54 @@ fn write_sizes(m: &Mounted) -> Vec<u64> {
             rest.split_whitespace().next()?.parse().ok()
         })
         .collect()
+}
+
+/// `--security-label=always` through the host kernel, which offers SECURITY_CTX and then sends
+/// the security-context extension with every MKNOD, MKDIR, SYMLINK, CREATE and TMPFILE (with
+/// no context: this host has no LSM that labels): the session starts, each kind of node is
+/// made, and none gets a label it was not given.
+#[test]
+fn security_label_sessions_serve_the_host_kernels_extensions() {
+    let m = Mounted::start_with(Kind::Ours, &[], &["--security-label=always"], &[])
+        .expect("async-virtiofsd must be built for these tests");
+    let log = m.backend.log.text();
+    let agreed = log
+        .lines()
+        .find_map(|l| {
+            l.split_once("agreed: ")?
+                .1
+                .split_once("; the guest offered")
+        })
+        .map(|(agreed, _)| agreed.to_owned());
+    assert!(
+        agreed
+            .as_deref()
+            .is_some_and(|a| a.contains("SECURITY_CTX")),
+        "not agreed: {log}"
+    );
+    fs::write(m.mnt.join("file"), b"x").unwrap();
+    fs::create_dir(m.mnt.join("dir")).unwrap();
+    std::os::unix::fs::symlink("file", m.mnt.join("link")).unwrap();
+    let fifo = CString::new(m.mnt.join("fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let dir = CString::new(m.mnt.as_os_str().as_bytes()).unwrap();
+    // SAFETY: open(2) with a valid path; the descriptor is closed at once.
+    let fd = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o600) };
+    assert!(fd >= 0, "O_TMPFILE: {}", std::io::Error::last_os_error());
+    // SAFETY: fd was just opened and is owned here.
+    drop(unsafe { File::from_raw_fd(fd) });
+    for name in ["file", "dir", "link", "fifo"] {
+        let host = CString::new(m.backend.share.join(name).as_os_str().as_bytes()).unwrap();
+        let mut buf = [0u8; 1024];
+        // SAFETY: a valid path and a buffer of the given length.
+        let n = unsafe { libc::llistxattr(host.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(n >= 0, "{name}: {}", std::io::Error::last_os_error());
+        let names = &buf[..n as usize];
+        assert!(
+            !names.windows(9).any(|w| w == b"security."),
+            "{name}: {:?}",
+            String::from_utf8_lossy(names)
+        );
+    }
 }

@@ -6,9 +6,9 @@ use vm_memory::ByteValued;
 use crate::abi::{
     flags, init_flags, AccessIn, BatchForgetIn, CopyFileRangeIn, CopyFileRangeOut, CreateIn,
     FallocateIn, FlushIn, ForgetIn, ForgetOne, FsyncIn, GetattrIn, GetxattrIn, GetxattrOut,
-    InHeader, IoctlIn, IoctlOut, LinkIn, LkIn, LkOut, LseekIn, LseekOut, MkdirIn, MknodIn, Opcode,
-    OpenIn, PollIn, PollOut, ReadIn, ReleaseIn, Rename2In, RenameIn, SetattrIn, SetxattrIn,
-    StatfsOut, StatxIn, SyncfsIn, WriteIn, WriteOut, COMPAT_SETXATTR_IN_SIZE,
+    IoctlIn, IoctlOut, LinkIn, LkIn, LkOut, LseekIn, LseekOut, MkdirIn, MknodIn, Opcode, OpenIn,
+    PollIn, PollOut, ReadIn, ReleaseIn, Rename2In, RenameIn, SetattrIn, SetxattrIn, StatfsOut,
+    StatxIn, SyncfsIn, WriteIn, WriteOut, COMPAT_SETXATTR_IN_SIZE,
 };
 use crate::dirent::DirSink;
 use crate::filesystem::{Context, Entry, Errno, Filesystem, Opened, Xattr};
@@ -16,7 +16,7 @@ use crate::input::{DecodeError, Input};
 use crate::name::{Name, NAME_MAX};
 use crate::output::{Output, OUT_HEADER_LEN};
 use crate::reply::{attr_out, entry_out, open_out, statx_out};
-use crate::server::{Failure, Server};
+use crate::server::{Failure, Request, Server};
 
 /// The largest xattr value (`XATTR_SIZE_MAX`) and list (`XATTR_LIST_MAX`).
 const XATTR_MAX: usize = 65536;
@@ -90,11 +90,11 @@ fn two_names(args: &mut Input<'_>) -> Result<(Name, Name), DecodeError> {
 pub(crate) fn dispatch<F: Filesystem>(
     server: &Server<F>,
     op: Opcode,
-    h: &InHeader,
-    ctx: &Context,
+    req: &Request<'_>,
     args: &mut Input<'_>,
     out: &mut Output<'_>,
 ) -> Outcome {
+    let (h, ctx, secctx) = (req.h, req.ctx, req.secctx);
     let fs = &server.fs;
     let (u, node) = (h.unique, h.nodeid);
     match op {
@@ -130,19 +130,20 @@ pub(crate) fn dispatch<F: Filesystem>(
                 .iter()
                 .position(|&b| b == 0)
                 .ok_or(DecodeError::Invalid("symlink target without NUL"))?;
-            entry(u, out, &fs.symlink(ctx, node, &name, &tail[..end])?)
+            entry(u, out, &fs.symlink(ctx, node, &name, &tail[..end], secctx)?)
         }
         Opcode::Mknod => {
             let a: MknodIn = args.read_obj()?;
             entry(
                 u,
                 out,
-                &fs.mknod(ctx, node, &name(args)?, a.mode, a.rdev, a.umask)?,
+                &fs.mknod(ctx, node, &name(args)?, a.mode, a.rdev, a.umask, secctx)?,
             )
         }
         Opcode::Mkdir => {
             let a: MkdirIn = args.read_obj()?;
-            entry(u, out, &fs.mkdir(ctx, node, &name(args)?, a.mode, a.umask)?)
+            let n = name(args)?;
+            entry(u, out, &fs.mkdir(ctx, node, &n, a.mode, a.umask, secctx)?)
         }
         Opcode::Unlink => {
             fs.unlink(ctx, node, &name(args)?)?;
@@ -289,12 +290,12 @@ pub(crate) fn dispatch<F: Filesystem>(
         }
         Opcode::Create => {
             let a: CreateIn = args.read_obj()?;
-            created(u, out, &fs.create(ctx, node, &name(args)?, &a)?)
+            created(u, out, &fs.create(ctx, node, &name(args)?, &a, secctx)?)
         }
         Opcode::Tmpfile => {
             // The name is the VFS's placeholder ("/"): there is none.
             let a: CreateIn = args.read_obj()?;
-            created(u, out, &fs.tmpfile(ctx, node, &a)?)
+            created(u, out, &fs.tmpfile(ctx, node, &a, secctx)?)
         }
         Opcode::Ioctl => {
             let a: IoctlIn = args.read_obj()?;

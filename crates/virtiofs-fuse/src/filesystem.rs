@@ -9,6 +9,7 @@ use crate::abi::{
     PollIn, ReadIn, ReleaseIn, SetattrIn, Statx, StatxIn, WriteIn,
 };
 use crate::dirent::DirSink;
+use crate::ext::SecCtx;
 use crate::name::Name;
 
 /// A guest slice of memory that READ's data is read into or WRITE's data comes from.
@@ -151,11 +152,21 @@ pub trait Filesystem: Send + Sync {
     fn readlink(&self, ctx: &Context, nodeid: u64) -> Result<Vec<u8>> {
         Err(Errno(libc::ENOSYS))
     }
-    /// SYMLINK: `name` in `parent` pointing at `target`.
-    fn symlink(&self, ctx: &Context, parent: u64, name: &Name, target: &[u8]) -> Result<Entry> {
+    /// SYMLINK: `name` in `parent` pointing at `target`. Here and in MKNOD, MKDIR, CREATE and
+    /// TMPFILE `secctx` is the new node's security context, when SECURITY_CTX was negotiated
+    /// and the guest's LSM gave one: the node must be made with that xattr or not at all.
+    fn symlink(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &Name,
+        target: &[u8],
+        secctx: Option<&SecCtx>,
+    ) -> Result<Entry> {
         Err(Errno(libc::ENOSYS))
     }
     /// MKNOD.
+    #[allow(clippy::too_many_arguments)] // the request's fields, as the other methods take them
     fn mknod(
         &self,
         ctx: &Context,
@@ -164,6 +175,7 @@ pub trait Filesystem: Send + Sync {
         mode: u32,
         rdev: u32,
         umask: u32,
+        secctx: Option<&SecCtx>,
     ) -> Result<Entry> {
         Err(Errno(libc::ENOSYS))
     }
@@ -175,6 +187,7 @@ pub trait Filesystem: Send + Sync {
         name: &Name,
         mode: u32,
         umask: u32,
+        secctx: Option<&SecCtx>,
     ) -> Result<Entry> {
         Err(Errno(libc::ENOSYS))
     }
@@ -313,6 +326,7 @@ pub trait Filesystem: Send + Sync {
         parent: u64,
         name: &Name,
         arg: &CreateIn,
+        secctx: Option<&SecCtx>,
     ) -> Result<(Entry, Opened)> {
         Err(Errno(libc::ENOSYS))
     }
@@ -343,7 +357,13 @@ pub trait Filesystem: Send + Sync {
         Err(Errno(libc::ENOSYS))
     }
     /// TMPFILE: an unnamed file in `parent` (O_TMPFILE), opened.
-    fn tmpfile(&self, ctx: &Context, parent: u64, arg: &CreateIn) -> Result<(Entry, Opened)> {
+    fn tmpfile(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        arg: &CreateIn,
+        secctx: Option<&SecCtx>,
+    ) -> Result<(Entry, Opened)> {
         Err(Errno(libc::ENOSYS))
     }
     /// STATX.

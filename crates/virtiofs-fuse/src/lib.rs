@@ -13,6 +13,7 @@
 pub mod abi;
 mod dirent;
 mod dispatch;
+pub mod ext;
 pub mod filesystem;
 pub mod input;
 mod name;
@@ -22,6 +23,7 @@ mod server;
 pub mod session;
 
 pub use dirent::DirSink;
+pub use ext::SecCtx;
 pub use filesystem::{
     AttrReply, Context, Entry, Errno, Filesystem, GuestSlice, IoctlReply, Opened, StatxReply, Xattr,
 };

@@ -2,7 +2,8 @@
 //! the chain holds, handles INIT and DESTROY, and hands every other request to
 //! [`crate::dispatch`].
 
-use crate::abi::{ext, init_flags, ExtHeader, InHeader, Opcode};
+use crate::abi::{init_flags, InHeader, Opcode};
+use crate::ext::{self, SecCtx};
 use crate::filesystem::{Context, Errno, Filesystem};
 use crate::input::{DecodeError, Input, Memory, Segment};
 use crate::output::{Output, ReplyError};
@@ -70,6 +71,16 @@ pub struct Served {
     pub opcode: Option<Opcode>,
     /// The errno the guest got (0: success).
     pub errno: i32,
+}
+
+/// What a request carries besides its arguments.
+pub(crate) struct Request<'a> {
+    /// Its header.
+    pub(crate) h: &'a InHeader,
+    /// Who sent it.
+    pub(crate) ctx: &'a Context,
+    /// A new node's security context (SECURITY_CTX).
+    pub(crate) secctx: Option<&'a SecCtx>,
 }
 
 /// A FUSE server for one filesystem.
@@ -173,9 +184,16 @@ impl<F: Filesystem> Server<F> {
         let mut out = Output::new(mem, writable);
         let opcode = Opcode::from_u32(header.opcode);
         let result = match self.parse(&header, input) {
-            Ok((ctx, mut args)) => match opcode {
+            Ok((ctx, mut args, secctx)) => match opcode {
                 None => Err(Failure::Errno(Errno(libc::ENOSYS))),
-                Some(op) => self.serve(op, &header, &ctx, &mut args, &mut out),
+                Some(op) => {
+                    let req = Request {
+                        h: &header,
+                        ctx: &ctx,
+                        secctx: secctx.as_ref(),
+                    };
+                    self.serve(op, &req, &mut args, &mut out)
+                }
             },
             Err(e) => Err(Failure::Decode(e)),
         };
@@ -221,12 +239,12 @@ impl<F: Filesystem> Server<F> {
     }
 
     /// Checks the header against the chain and splits the request into its arguments and
-    /// its extensions (the caller's supplementary group).
+    /// its extensions (the caller's supplementary group, a new node's security context).
     fn parse<'a>(
         &self,
         h: &InHeader,
         mut input: Input<'a>,
-    ) -> Result<(Context, Input<'a>), DecodeError> {
+    ) -> Result<(Context, Input<'a>, Option<SecCtx>), DecodeError> {
         let body = (h.len as usize)
             .checked_sub(IN_HEADER_LEN)
             .ok_or(DecodeError::Invalid(
@@ -245,20 +263,27 @@ impl<F: Filesystem> Server<F> {
             pid: h.pid,
             supp_group: None,
         };
-        if ext_len > 0 && self.state.has(init_flags::CREATE_SUPP_GROUP) {
-            ctx.supp_group = supp_group(&mut input)?;
+        let on = ext::Negotiated {
+            supp_group: self.state.has(init_flags::CREATE_SUPP_GROUP),
+            secctx: self.state.has(init_flags::SECURITY_CTX),
+        };
+        let mut secctx = None;
+        if ext_len > 0 && (on.supp_group || on.secctx) {
+            let found = ext::parse(&mut input, on)?;
+            ctx.supp_group = found.supp_group;
+            secctx = found.secctx;
         }
-        Ok((ctx, args))
+        Ok((ctx, args, secctx))
     }
 
     fn serve(
         &self,
         op: Opcode,
-        h: &InHeader,
-        ctx: &Context,
+        req: &Request<'_>,
         args: &mut Input<'_>,
         out: &mut Output<'_>,
     ) -> Result<(), Failure> {
+        let h = req.h;
         match op {
             Opcode::Init => self.init(h, args, out),
             // Ends the session if there is one; without one there is nothing to end.
@@ -268,7 +293,7 @@ impl<F: Filesystem> Server<F> {
             }
             // The kernel sends nothing before INIT; a fuzzer or a broken driver might.
             _ if !self.state.is_live() => Err(Errno(libc::EIO).into()),
-            _ => crate::dispatch::dispatch(self, op, h, ctx, args, out),
+            _ => crate::dispatch::dispatch(self, op, req, args, out),
         }
     }
 
@@ -307,22 +332,4 @@ impl<F: Filesystem> Server<F> {
             }
         }
     }
-}
-
-/// The first supplementary group in the request's extensions (the kernel sends one: the new
-/// file's parent directory's group, when the caller is in it).
-fn supp_group(input: &mut Input<'_>) -> Result<Option<u32>, DecodeError> {
-    while input.remaining() >= std::mem::size_of::<ExtHeader>() {
-        let eh: ExtHeader = input.read_obj()?;
-        let len = (eh.size as usize)
-            .checked_sub(std::mem::size_of::<ExtHeader>())
-            .filter(|n| n % 8 == 0)
-            .ok_or(DecodeError::Invalid("extension length"))?;
-        let mut body = input.take(len)?;
-        if eh.typ == ext::GROUPS {
-            let n: u32 = body.read_obj()?;
-            return Ok(if n >= 1 { Some(body.read_obj()?) } else { None });
-        }
-    }
-    Ok(None)
 }

@@ -122,6 +122,11 @@ pub fn negotiate(
     if capable & f::INIT_EXT != 0 {
         capable |= u64::from(arg.flags2) << 32;
     }
+    if arg.minor < crate::abi::ext::FIRST_MINOR {
+        // 7.36 and 7.37 guests (Linux 5.17 to 6.2) send the security context as a plain
+        // argument after the name, not as an extension: not served, so not agreed to.
+        capable &= !f::SECURITY_CTX;
+    }
     let fs_wants = wanted(capable)?;
     let flags = capable & (fs_wants | SERVER_FLAGS) & !NEVER;
     let max_pages = if flags & f::MAX_PAGES != 0 {

@@ -116,7 +116,15 @@ impl Filesystem for Fake {
     fn getxattr(&self, _: &Context, _: u64, _: &Name, _: u32) -> Result<Xattr, Errno> {
         Ok(Xattr::Data(b"0123456789".to_vec()))
     }
-    fn mkdir(&self, ctx: &Context, _: u64, _: &Name, _: u32, _: u32) -> Result<Entry, Errno> {
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        _: u64,
+        _: &Name,
+        _: u32,
+        _: u32,
+        _: Option<&virtiofs_fuse::SecCtx>,
+    ) -> Result<Entry, Errno> {
         self.seen.lock().unwrap().supp_group = ctx.supp_group;
         Ok(Entry {
             nodeid: 5,

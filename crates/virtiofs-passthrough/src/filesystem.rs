@@ -8,7 +8,7 @@ use virtiofs_fuse::abi::{
 };
 use virtiofs_fuse::filesystem::Result;
 use virtiofs_fuse::{
-    AttrReply, Context, DirSink, Entry, Filesystem, GuestSlice, IoctlReply, Name, Opened,
+    AttrReply, Context, DirSink, Entry, Filesystem, GuestSlice, IoctlReply, Name, Opened, SecCtx,
     StatxReply, Xattr,
 };
 
@@ -42,9 +42,16 @@ impl Filesystem for Passthrough {
     fn readlink(&self, _: &Context, nodeid: u64) -> Result<Vec<u8>> {
         self.do_readlink(nodeid)
     }
-    fn symlink(&self, ctx: &Context, parent: u64, name: &Name, target: &[u8]) -> Result<Entry> {
+    fn symlink(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &Name,
+        target: &[u8],
+        secctx: Option<&SecCtx>,
+    ) -> Result<Entry> {
         self.may_make(parent, name)?;
-        self.do_symlink(ctx, parent, name, target)
+        self.do_symlink(ctx, parent, name, target, secctx)
     }
     fn mknod(
         &self,
@@ -54,11 +61,12 @@ impl Filesystem for Passthrough {
         mode: u32,
         rdev: u32,
         umask: u32,
+        secctx: Option<&SecCtx>,
     ) -> Result<Entry> {
         // Without DONT_MASK `mode` arrives with the guest's umask applied and the daemon's own
         // umask is 0, so the host makes exactly `mode`; with it, see ops/acl.rs.
         self.may_make(parent, name)?;
-        self.do_mknod(ctx, parent, name, mode, rdev, umask)
+        self.do_mknod(ctx, parent, name, mode, rdev, umask, secctx)
     }
     fn mkdir(
         &self,
@@ -67,9 +75,10 @@ impl Filesystem for Passthrough {
         name: &Name,
         mode: u32,
         umask: u32,
+        secctx: Option<&SecCtx>,
     ) -> Result<Entry> {
         self.may_make(parent, name)?;
-        self.do_mkdir(ctx, parent, name, mode, umask)
+        self.do_mkdir(ctx, parent, name, mode, umask, secctx)
     }
     fn unlink(&self, _: &Context, parent: u64, name: &Name) -> Result<()> {
         self.writable()?;
@@ -191,11 +200,12 @@ impl Filesystem for Passthrough {
         parent: u64,
         name: &Name,
         arg: &CreateIn,
+        secctx: Option<&SecCtx>,
     ) -> Result<(Entry, Opened)> {
         if self.cfg.readonly {
             return self.create_readonly(parent, name, arg);
         }
-        self.do_create(ctx, parent, name, arg)
+        self.do_create(ctx, parent, name, arg, secctx)
     }
     fn ioctl(&self, _: &Context, nodeid: u64, arg: &IoctlIn, data: &[u8]) -> Result<IoctlReply> {
         self.do_ioctl(nodeid, arg, data)
@@ -212,9 +222,15 @@ impl Filesystem for Passthrough {
     fn syncfs(&self, _: &Context, nodeid: u64) -> Result<()> {
         self.do_syncfs(nodeid)
     }
-    fn tmpfile(&self, ctx: &Context, parent: u64, arg: &CreateIn) -> Result<(Entry, Opened)> {
+    fn tmpfile(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        arg: &CreateIn,
+        secctx: Option<&SecCtx>,
+    ) -> Result<(Entry, Opened)> {
         self.writable()?;
-        self.do_tmpfile(ctx, parent, arg)
+        self.do_tmpfile(ctx, parent, arg, secctx)
     }
     fn statx(&self, _: &Context, nodeid: u64, arg: &StatxIn) -> Result<StatxReply> {
         self.do_statx(nodeid, arg)

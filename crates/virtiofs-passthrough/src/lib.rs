@@ -100,7 +100,8 @@ impl InodeFileHandles {
     }
 }
 
-/// Whether a feature the guest must support too is offered (`--posix-acl=never|auto|always`).
+/// Whether a feature the guest must support too is offered (`--posix-acl`,
+/// `--security-label`: `never|auto|always`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Negotiation {
     /// Not offered.
@@ -133,6 +134,9 @@ pub struct ShareOptions {
     pub xattrmap: Option<XattrMap>,
     /// POSIX ACLs (`--posix-acl`): POSIX_ACL, DONT_MASK and SETXATTR_EXT negotiated.
     pub posix_acl: Negotiation,
+    /// Security labels (`--security-label`): SECURITY_CTX negotiated, a new node gets the
+    /// security context the guest sends as an xattr.
+    pub security_label: Negotiation,
     /// Refuse every modification of the share (EROFS).
     pub readonly: bool,
     /// Offer HANDLE_KILLPRIV_V2 (the daemon clears SUID/SGID/capabilities on write, truncate
@@ -226,6 +230,7 @@ impl Share {
             announce_submounts: opts.announce_submounts,
             xattrmap: opts.xattrmap.clone(),
             posix_acl: opts.posix_acl,
+            security_label: opts.security_label,
             readonly: opts.readonly,
             killpriv_v2: opts.killpriv_v2,
             allow_mmap: opts.allow_mmap,
@@ -339,6 +344,7 @@ mod tests {
             announce_submounts: false,
             xattrmap: None,
             posix_acl: Negotiation::Never,
+            security_label: Negotiation::Never,
             readonly: false,
             killpriv_v2: false,
             allow_mmap: false,

@@ -47,6 +47,8 @@ pub struct Config {
     pub xattrmap: Option<crate::XattrMap>,
     /// POSIX ACLs (`ops/acl.rs`).
     pub posix_acl: crate::Negotiation,
+    /// Security labels (`ops/seclabel.rs`).
+    pub security_label: crate::Negotiation,
     /// Refuse every modification of the share (`--readonly`, `ops/readonly.rs`).
     pub readonly: bool,
     /// Offer HANDLE_KILLPRIV_V2: the daemon clears SUID/SGID and capabilities on write,
@@ -180,6 +182,7 @@ impl Passthrough {
             wants |= f::DIRECT_IO_ALLOW_MMAP;
         }
         wants |= self.acl_flags(capable)?;
+        wants |= self.seclabel_flags(capable)?;
         let killpriv = self.cfg.killpriv_v2 && capable & f::HANDLE_KILLPRIV_V2 != 0;
         if killpriv {
             wants |= f::HANDLE_KILLPRIV_V2;

@@ -194,8 +194,6 @@ fn options_not_built_yet_are_refused_in_one_line_naming_them() {
             .share
             .readonly
     );
-    let e = run(&["--shared-dir=/a", "--fd=3", "-o", "security_label"]).unwrap_err();
-    assert_eq!(e, "-o security_label is not implemented yet");
     let o = run(&[
         "--shared-dir=/a",
         "--fd=3",
@@ -210,8 +208,8 @@ fn options_not_built_yet_are_refused_in_one_line_naming_them() {
     let e = run(&["--shared-dir=/a", "--fd=3", "--xattrmap", ":prefix:all:a."]).unwrap_err();
     assert!(e.contains("--xattrmap") && e.contains("incomplete"), "{e}");
     // Checked before the share and socket: the refusal is the more useful message.
-    let e = run(&["--security-label"]).unwrap_err();
-    assert_eq!(e, "--security-label is not implemented yet");
+    let e = run(&["--uid-map=:0:1000:1:"]).unwrap_err();
+    assert_eq!(e, "--uid-map is not implemented yet");
     use virtiofs_passthrough::Negotiation as N;
     for (arg, want) in [
         ("--posix-acl", N::Always),
@@ -223,6 +221,26 @@ fn options_not_built_yet_are_refused_in_one_line_naming_them() {
         assert_eq!(o.share.posix_acl, want, "{arg}");
         assert_eq!(o.share.xattr, want != N::Never, "{arg}: ACLs are xattrs");
     }
+    for (args, want) in [
+        (&["--security-label"][..], N::Always),
+        (&["--security-label=always"], N::Always),
+        (&["--security-label=auto"], N::Auto),
+        (&["--security-label=never"], N::Never),
+        (&["-o", "security_label"], N::Always),
+        (&["-o", "no_security_label"], N::Never),
+    ] {
+        let mut argv = vec!["--shared-dir=/a", "--fd=3"];
+        argv.extend_from_slice(args);
+        let o = run(&argv).unwrap();
+        assert_eq!(o.share.security_label, want, "{args:?}");
+        assert_eq!(
+            o.share.xattr,
+            want != N::Never,
+            "{args:?}: labels are xattrs"
+        );
+        assert_eq!(o.share.posix_acl, N::Never, "{args:?}");
+    }
+    assert!(run(&["--shared-dir=/a", "--fd=3", "--security-label", "auto"]).is_err());
     // The value syntax is the reference's: `--posix-acl always` is not `--posix-acl=always`.
     assert!(run(&["--shared-dir=/a", "--fd=3", "--posix-acl", "always"]).is_err());
     let e = run(&["--shared-dir=/a", "--fd=3", "--uid-map=0:1"]).unwrap_err();
@@ -253,13 +271,29 @@ fn last_one_wins_for_refused_features_too() {
         argv.extend_from_slice(args);
         assert!(run(&argv).is_ok(), "{args:?}");
     }
-    assert!(run(&[
+    let o = run(&[
         "--shared-dir=/a",
         "--fd=3",
         "--security-label=never",
-        "--security-label=auto"
+        "--security-label=auto",
     ])
-    .is_err());
+    .unwrap();
+    assert_eq!(
+        o.share.security_label,
+        virtiofs_passthrough::Negotiation::Auto
+    );
+    let o = run(&[
+        "--shared-dir=/a",
+        "--fd=3",
+        "-o",
+        "security_label",
+        "--security-label=never",
+    ])
+    .unwrap();
+    assert_eq!(
+        o.share.security_label,
+        virtiofs_passthrough::Negotiation::Never
+    );
     let o = run(&[
         "--shared-dir=/a",
         "--fd=3",

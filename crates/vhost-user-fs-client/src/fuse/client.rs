@@ -185,14 +185,16 @@ impl FsClient {
             uid: creds.uid,
             gid: creds.gid,
             pid: creds.pid,
-            total_extlen: 0,
+            total_extlen: (req.ext.len() / 8) as u16,
             padding: 0,
         };
         let mem = self.device.memory();
         let mut buffers = Buffers::default();
         let mut descs = Vec::with_capacity(2 + req.args.len() + req.out.len());
         let built = (|| -> Result<()> {
-            let parts = std::iter::once(hdr.as_slice()).chain(req.args.iter().map(Vec::as_slice));
+            let parts = std::iter::once(hdr.as_slice())
+                .chain(req.args.iter().map(Vec::as_slice))
+                .chain(std::iter::once(req.ext.as_slice()));
             for part in parts.filter(|p| !p.is_empty()) {
                 let a = mem.alloc(part.len() as u64, 64)?;
                 buffers.owned.push(a);

@@ -22,6 +22,9 @@ pub struct FuseRequest {
     pub out: Vec<u32>,
     /// Whether a reply is expected (false for FORGET / BATCH_FORGET: no writable part at all).
     pub expects_reply: bool,
+    /// Request extensions after the arguments (7.38; `fuse_in_header.total_extlen` counts them
+    /// in 8-byte units), one descriptor; see [`FuseRequest::with_ext`].
+    pub ext: Vec<u8>,
 }
 
 fn cstr(name: impl AsRef<[u8]>) -> Vec<u8> {
@@ -43,12 +46,56 @@ impl FuseRequest {
             args,
             out,
             expects_reply: true,
+            ext: Vec::new(),
         }
     }
 
-    /// Total length of the arguments (what `fuse_in_header.len` adds to the header size).
+    /// The request with `ext` as its extensions (whole 8-byte units, as the kernel sends them;
+    /// a partial unit is sent too, but `total_extlen` does not count it).
+    pub fn with_ext(mut self, ext: Vec<u8>) -> Self {
+        self.ext = ext;
+        self
+    }
+
+    /// The security-context extension as Linux builds it (`get_security_context`): header
+    /// `{ size, nr_secctx }`, then for a context `fuse_secctx { size }`, the NUL-terminated
+    /// xattr name and the value, zero-padded to 8 bytes. `None`: no context (`nr_secctx` 0).
+    pub fn secctx_ext(ctx: Option<(&[u8], &[u8])>) -> Vec<u8> {
+        let mut body = Vec::new();
+        if let Some((name, value)) = ctx {
+            body.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            body.extend_from_slice(&0u32.to_le_bytes());
+            body.extend_from_slice(name);
+            body.push(0);
+            body.extend_from_slice(value);
+            body.resize(body.len().next_multiple_of(8), 0);
+        }
+        let mut v = ((8 + body.len()) as u32).to_le_bytes().to_vec();
+        v.extend_from_slice(&u32::from(ctx.is_some()).to_le_bytes());
+        v.extend_from_slice(&body);
+        v
+    }
+
+    /// TMPFILE in `parent` (the VFS's placeholder name "/").
+    pub fn tmpfile(parent: u64, flags: u32, mode: u32, umask: u32) -> Self {
+        let arg = CreateIn {
+            flags,
+            mode,
+            umask,
+            open_flags: 0,
+        };
+        Self::new(
+            opcode::TMPFILE,
+            parent,
+            vec![obj(arg), cstr("/")],
+            vec![128, 16],
+        )
+    }
+
+    /// Total length of the arguments and extensions (what `fuse_in_header.len` adds to the
+    /// header size).
     pub fn args_len(&self) -> usize {
-        self.args.iter().map(Vec::len).sum()
+        self.args.iter().map(Vec::len).sum::<usize>() + self.ext.len()
     }
 
     /// INIT with a 64-byte `fuse_init_in` (16 bytes if `minor` < 36, as older kernels sent).

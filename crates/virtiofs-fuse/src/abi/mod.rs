@@ -323,6 +323,9 @@ pub mod flags {
 
 /// Request extension types (`fuse_ext_header.type`, INIT_EXT): 0..=31 are security contexts.
 pub mod ext {
+    /// The first protocol minor with request extensions (`fuse_in_header.total_extlen`); a
+    /// 7.36 or 7.37 guest sends its security context as a plain argument instead.
+    pub const FIRST_MINOR: u32 = 38;
     pub const MAX_NR_SECCTX: u32 = 31;
     pub const GROUPS: u32 = 32;
 }

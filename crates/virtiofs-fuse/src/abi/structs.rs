@@ -541,6 +541,17 @@ pub struct ExtHeader {
     pub typ: u32,
 }
 
+/// `struct fuse_secctx` (7.36): one security context in the security-context extension (whose
+/// `fuse_secctx_header { size, nr_secctx }` is an [`ExtHeader`] with `typ` = the number of
+/// contexts, at most `ext::MAX_NR_SECCTX`). The xattr name (NUL-terminated) and `size` bytes of
+/// value follow it; the extension is padded to 8 bytes.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Secctx {
+    pub size: u32,
+    pub padding: u32,
+}
+
 /// `struct fuse_supp_groups` (extension `ext::GROUPS`); the group ids follow it.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -674,6 +685,7 @@ byte_valued!(
     RemovemappingOne,
     SyncfsIn,
     ExtHeader,
+    Secctx,
     SuppGroups,
     SxTime,
     Statx,
@@ -736,6 +748,7 @@ const _: () = assert!(std::mem::size_of::<RemovemappingIn>() == 4);
 const _: () = assert!(std::mem::size_of::<RemovemappingOne>() == 16);
 const _: () = assert!(std::mem::size_of::<SyncfsIn>() == 8);
 const _: () = assert!(std::mem::size_of::<ExtHeader>() == 8);
+const _: () = assert!(std::mem::size_of::<Secctx>() == 8);
 const _: () = assert!(std::mem::size_of::<SuppGroups>() == 4);
 const _: () = assert!(std::mem::size_of::<SxTime>() == 16);
 const _: () = assert!(std::mem::size_of::<Statx>() == 256);

@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use virtiofs_fuse::abi::ROOT_ID;
-use virtiofs_fuse::{Context, Entry, Errno, Name};
+use virtiofs_fuse::{Context, Entry, Errno, Name, SecCtx};
 
 use crate::passthrough::{existing_name, new_name, Passthrough, Result};
 use crate::sys;
@@ -77,6 +77,7 @@ impl Passthrough {
         Err(Errno(libc::ENOENT))
     }
 
+    #[allow(clippy::too_many_arguments)] // MKNOD's fields, as the trait method takes them
     pub(crate) fn do_mknod(
         &self,
         ctx: &Context,
@@ -85,6 +86,7 @@ impl Passthrough {
         mode: u32,
         rdev: u32,
         umask: u32,
+        secctx: Option<&SecCtx>,
     ) -> Result<Entry> {
         let dir = self.inode(parent)?;
         self.node_quota(&dir)?;
@@ -96,6 +98,7 @@ impl Passthrough {
                 Ok(sys::mknodat(dir_fd.as_fd(), name, mode, host_dev(rdev))?)
             })?;
         }
+        self.label_named(secctx, dir_fd.as_fd(), name, 0)?;
         self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
@@ -106,6 +109,7 @@ impl Passthrough {
         name: &Name,
         mode: u32,
         umask: u32,
+        secctx: Option<&SecCtx>,
     ) -> Result<Entry> {
         let dir = self.inode(parent)?;
         self.node_quota(&dir)?;
@@ -115,6 +119,7 @@ impl Passthrough {
             let _caller = self.as_caller(ctx)?;
             self.with_guest_umask(umask, || Ok(sys::mkdirat(dir_fd.as_fd(), name, mode)?))?;
         }
+        self.label_named(secctx, dir_fd.as_fd(), name, libc::AT_REMOVEDIR)?;
         self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
@@ -124,6 +129,7 @@ impl Passthrough {
         parent: u64,
         name: &Name,
         target: &[u8],
+        secctx: Option<&SecCtx>,
     ) -> Result<Entry> {
         let dir = self.inode(parent)?;
         self.node_quota(&dir)?;
@@ -134,6 +140,7 @@ impl Passthrough {
             let _caller = self.as_caller(ctx)?;
             sys::symlinkat(&target, dir_fd.as_fd(), name)?;
         }
+        self.label_named(secctx, dir_fd.as_fd(), name, 0)?;
         self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 

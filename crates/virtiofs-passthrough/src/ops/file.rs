@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 use virtiofs_fuse::abi::{
     flags as fuse_flags, fopen, CopyFileRangeIn, CreateIn, FallocateIn, ReadIn, ReleaseIn, WriteIn,
 };
-use virtiofs_fuse::{Context, Entry, Errno, GuestSlice, Name, Opened};
+use virtiofs_fuse::{Context, Entry, Errno, GuestSlice, Name, Opened, SecCtx};
 
 use crate::inode::Inode;
 use crate::passthrough::{new_name, Passthrough, Result};
@@ -85,6 +85,7 @@ impl Passthrough {
         parent: u64,
         name: &Name,
         arg: &CreateIn,
+        secctx: Option<&SecCtx>,
     ) -> Result<(Entry, Opened)> {
         self.quota()?;
         let dir = self.inode(parent)?;
@@ -93,11 +94,25 @@ impl Passthrough {
         let flags = (self.open_flags(arg.flags) | libc::O_CREAT | libc::O_NOFOLLOW)
             & !(libc::O_PATH | libc::O_DIRECTORY);
         let dir_fd = dir.fd()?;
-        let fd = {
+        let open = |flags| -> Result<_> {
             let _caller = self.as_caller(ctx)?;
             self.with_guest_umask(arg.umask, || {
                 Ok(sys::openat(dir_fd.as_fd(), name, flags, arg.mode & 0o7777)?)
-            })?
+            })
+        };
+        let fd = match secctx {
+            None => open(flags)?,
+            // A label goes only on a file this request makes: O_EXCL says whether it did. A
+            // file that exists (made on the host since the guest looked) is opened as it is,
+            // unless the guest asked for O_EXCL itself.
+            Some(_) => match open(flags | libc::O_EXCL) {
+                Ok(fd) => {
+                    self.label_new(secctx, fd.as_fd(), Some((dir_fd.as_fd(), name, 0)))?;
+                    fd
+                }
+                Err(Errno(libc::EEXIST)) if flags & libc::O_EXCL == 0 => open(flags)?,
+                Err(e) => return Err(e),
+            },
         };
         self.kill_suidgid(kills(flags, arg.open_flags), fd.as_fd())?;
         let entry = self.entry_of_open(&fd, &dir, dir_fd.as_fd())?;
@@ -116,6 +131,7 @@ impl Passthrough {
         ctx: &Context,
         parent: u64,
         arg: &CreateIn,
+        secctx: Option<&SecCtx>,
     ) -> Result<(Entry, Opened)> {
         self.quota()?;
         let dir = self.inode(parent)?;
@@ -135,6 +151,8 @@ impl Passthrough {
                 )?)
             })?
         };
+        // Unnamed: on failure the file goes with its descriptor.
+        self.label_new(secctx, fd.as_fd(), None)?;
         let entry = self.entry_of_open(&fd, &dir, dir_fd.as_fd())?;
         let fh = self.handles.insert(entry.nodeid, fd, flags);
         Ok((

@@ -9,4 +9,5 @@ pub(crate) mod file;
 pub(crate) mod ioctl;
 pub(crate) mod lock;
 pub(crate) mod readonly;
+pub(crate) mod seclabel;
 pub(crate) mod xattr;

@@ -41,7 +41,7 @@ impl Passthrough {
     }
 
     /// The host's name for the guest's `name` (`--xattrmap`), or the errno it is refused with.
-    fn host_name<'a>(&self, name: &'a Name) -> Result<Cow<'a, CStr>> {
+    pub(crate) fn host_name<'a>(&self, name: &'a Name) -> Result<Cow<'a, CStr>> {
         if !self.cfg.xattr {
             return Err(Errno(libc::ENOSYS));
         }

@@ -44,6 +44,7 @@ pub fn config(mode: InodeFileHandles) -> Config {
         announce_submounts: false,
         xattrmap: None,
         posix_acl: virtiofs_passthrough::Negotiation::Never,
+        security_label: virtiofs_passthrough::Negotiation::Never,
         readonly: false,
         killpriv_v2: false,
         allow_mmap: false,
@@ -152,6 +153,7 @@ impl Fs {
                 parent,
                 &Name::new(name.as_bytes()).unwrap(),
                 &arg,
+                None,
             )
             .map(|(e, o)| (e, o.fh))
     }
@@ -165,13 +167,13 @@ impl Fs {
             open_flags: 0,
         };
         self.fs()
-            .tmpfile(&self.ctx, parent, &arg)
+            .tmpfile(&self.ctx, parent, &arg, None)
             .map(|(e, o)| (e, o.fh))
     }
 
     pub fn mkdir(&self, parent: u64, name: &str) -> Result<Entry, Errno> {
         let name = Name::new(name.as_bytes()).unwrap();
-        self.fs().mkdir(&self.ctx, parent, &name, 0o755, 0)
+        self.fs().mkdir(&self.ctx, parent, &name, 0o755, 0, None)
     }
 
     pub fn read(&self, nodeid: u64, fh: u64, size: u32) -> Result<Vec<u8>, Errno> {
@@ -229,7 +231,7 @@ impl Fs {
     pub fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Entry, Errno> {
         let name = Name::new(name.as_bytes()).unwrap();
         self.fs()
-            .symlink(&self.ctx, parent, &name, target.as_bytes())
+            .symlink(&self.ctx, parent, &name, target.as_bytes(), None)
     }
 
     pub fn readlink(&self, nodeid: u64) -> Result<Vec<u8>, Errno> {
