@@ -163,6 +163,8 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     // Per-queue statistics on demand (`kill -USR1`), without stopping anything.
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
+    // The namespace sandbox held these back until now (its PID 1 would drop them otherwise).
+    virtiofs_sandbox::release_held_signals();
     let mut listener = vhost::vhost_user::Listener::from(socket.try_clone()?);
     // Every thread that exists now gets the filter (TSYNC); later ones (queue threads, the
     // runtime's blocking threads, the vhost-user thread) inherit it.

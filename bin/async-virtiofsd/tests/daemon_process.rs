@@ -217,6 +217,43 @@ fn sigterm_while_waiting_exits_0_and_removes_the_socket() {
     assert!(!sock.exists(), "socket file left behind");
 }
 
+/// A SIGTERM that arrives while the daemon starts (a caller giving up at once) is never lost:
+/// before the sandbox forks it kills the process as any untouched process, from then on the
+/// supervisor and the daemon (PID 1 of its namespace, which would drop it) hold it until their
+/// handlers are in place, and the daemon exits 0. Never a daemon left running.
+#[test]
+fn sigterm_during_startup_stops_the_daemon_at_any_moment() {
+    for delay_us in (0..12_000).step_by(200) {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("vfs.sock");
+        let mut child = Command::new(BIN)
+            .args(["--shared-dir", tmp.path().to_str().unwrap()])
+            .args(["--socket-path", sock.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(delay_us));
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("SIGTERM {delay_us} us after start: the daemon did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            status.code() == Some(0) || status.signal() == Some(libc::SIGTERM),
+            "SIGTERM {delay_us} us after start: {status:?}"
+        );
+    }
+}
+
 #[test]
 fn frontend_disconnect_exits_0_with_a_log_line() {
     let tmp = tempfile::tempdir().unwrap();

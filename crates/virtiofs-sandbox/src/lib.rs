@@ -16,7 +16,9 @@ pub mod sandbox;
 pub mod seccomp;
 
 pub use capabilities::CapabilityPolicy;
-pub use sandbox::{enter, make_root_readonly, EnterError, Entered, SandboxMode};
+pub use sandbox::{
+    enter, make_root_readonly, release_held_signals, EnterError, Entered, SandboxMode,
+};
 pub use seccomp::SeccompMode;
 
 /// Why confinement could not be set up. Each message says what was being done.

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::{
+    sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
+};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, getegid, geteuid, pivot_root, ForkResult, Pid};
 
@@ -150,8 +152,22 @@ fn unshare_and_fork() -> Result<Option<u8>, Error> {
         write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
         write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))?;
     }
+    // The signals the supervisor forwards are held back from before the fork until handlers are
+    // in place: in the supervisor until it installs its own (a caller may signal the pid it
+    // started as soon as the child says it is ready, which the supervisor may relay before it
+    // gets to run), and in the child until the daemon calls `release_held_signals`: the child
+    // is PID 1 of its namespace, and the kernel drops a signal sent to it from outside while
+    // its disposition is the default, unless the signal is blocked (then it waits).
+    let forwarded: SigSet = FORWARDED.iter().copied().collect();
+    let mut old_mask = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), Some(&mut old_mask))
+        .map_err(|e| Error::sys("block signals", e))?;
     // SAFETY: the caller guarantees a single-threaded process.
-    match unsafe { fork() }.map_err(|e| Error::sys("fork", e))? {
+    let forked = unsafe { fork() };
+    if forked.is_err() {
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+    }
+    match forked.map_err(|e| Error::sys("fork", e))? {
         ForkResult::Child => {
             // Die with the supervisor: callers (libvirt, Kata) track and kill the pid they started.
             // SAFETY: plain prctl with constant arguments.
@@ -160,7 +176,7 @@ fn unshare_and_fork() -> Result<Option<u8>, Error> {
                 .map_err(|e| Error::sys("cannot create mount/network namespaces", e))?;
             Ok(None)
         }
-        ForkResult::Parent { child } => Ok(Some(supervise(child))),
+        ForkResult::Parent { child } => Ok(Some(supervise(child, &old_mask))),
     }
 }
 
@@ -174,23 +190,40 @@ extern "C" fn forward_signal(sig: libc::c_int) {
     }
 }
 
-/// Forwards SIGTERM/SIGINT/SIGHUP (and SIGUSR1: statistics) to the daemon and waits for it.
-fn supervise(child: Pid) -> u8 {
+/// Unblocks the signals the namespace supervisor forwards, which the sandboxed daemon holds
+/// from its start (see `unshare_and_fork`); call once the daemon's handlers for them are
+/// installed. Any that arrived meanwhile are delivered then. Does nothing harmful in the other
+/// modes (they were never blocked).
+pub fn release_held_signals() {
+    let forwarded: SigSet = FORWARDED.iter().copied().collect();
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&forwarded), None) {
+        tracing::warn!("cannot unblock SIGTERM/SIGINT/SIGHUP/SIGUSR1: {e}");
+    }
+}
+
+/// What the supervisor forwards to the daemon: SIGTERM/SIGINT/SIGHUP, and SIGUSR1 (statistics).
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+];
+
+/// Forwards [`FORWARDED`] signals to the daemon and waits for it. They are blocked on entry
+/// (since before the fork); `old_mask` is restored once the handlers are in place, so one
+/// that arrived meanwhile is forwarded then.
+fn supervise(child: Pid, old_mask: &SigSet) -> u8 {
     CHILD.store(child.as_raw(), Ordering::Relaxed);
     let action = SigAction::new(
         SigHandler::Handler(forward_signal),
         SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    for sig in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-    ] {
+    for sig in FORWARDED {
         // SAFETY: the handler only calls kill(2).
         let _ = unsafe { sigaction(sig, &action) };
     }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
     tracing::debug!("sandboxed daemon is pid {child}");
     loop {
         match waitpid(child, None) {
