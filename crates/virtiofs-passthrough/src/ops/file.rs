@@ -13,6 +13,7 @@ use virtiofs_fuse::abi::{
 use virtiofs_fuse::{Context, Entry, Errno, GuestSlice, Name, Opened};
 
 use crate::inode::Inode;
+use crate::ops::quota::made;
 use crate::passthrough::{new_name, Passthrough, Result};
 use crate::sys;
 use crate::CacheMode;
@@ -60,6 +61,8 @@ impl Passthrough {
         self.quota()?;
         let inode = self.inode(nodeid)?;
         let flags = self.open_flags(flags);
+        let node = inode.fd()?;
+        let _trunc = self.open_trunc(nodeid, node.as_fd(), flags)?;
         let fd = self.reopen(&inode, flags)?;
         self.kill_suidgid(kills(flags, open_flags), fd.as_fd())?;
         Ok(Opened {
@@ -96,7 +99,7 @@ impl Passthrough {
         let fd = {
             let _caller = self.as_caller(ctx)?;
             self.with_guest_umask(arg.umask, || {
-                Ok(sys::openat(dir_fd.as_fd(), name, flags, arg.mode & 0o7777)?)
+                self.create_file(dir_fd.as_fd(), name, flags, arg.mode & 0o7777)
             })?
         };
         self.kill_suidgid(kills(flags, arg.open_flags), fd.as_fd())?;
@@ -124,6 +127,7 @@ impl Passthrough {
             flags |= libc::O_RDWR; // O_TMPFILE needs write access
         }
         let dir_fd = dir.fd()?;
+        let charge = self.take_inode()?;
         let fd = {
             let _caller = self.as_caller(ctx)?;
             self.with_guest_umask(arg.umask, || {
@@ -135,6 +139,7 @@ impl Passthrough {
                 )?)
             })?
         };
+        made(charge);
         let entry = self.entry_of_open(&fd, &dir, dir_fd.as_fd())?;
         let fh = self.handles.insert(entry.nodeid, fd, flags);
         Ok((
@@ -167,7 +172,9 @@ impl Passthrough {
         src: &[GuestSlice<'_>],
     ) -> Result<usize> {
         let h = self.handles.get(nodeid, arg.fh)?;
-        let iov = iovecs(src, arg.size as usize);
+        // With a byte quota, a write that does not fit is cut short (`ops/quota.rs`).
+        let (_growth, size) = self.write_room(&h, arg.offset, u64::from(arg.size))?;
+        let iov = iovecs(src, size as usize);
         if iov.is_empty() {
             return Ok(0);
         }
@@ -187,7 +194,8 @@ impl Passthrough {
     }
 
     pub(crate) fn do_release(&self, nodeid: u64, arg: &ReleaseIn) -> Result<()> {
-        self.handles.remove(nodeid, arg.fh)?;
+        let h = self.handles.remove(nodeid, arg.fh)?;
+        self.released(&h);
         if arg.release_flags & virtiofs_fuse::abi::flags::RELEASE_FLUSH != 0 {
             self.locks.release_owner(nodeid, arg.lock_owner);
         }
@@ -202,6 +210,7 @@ impl Passthrough {
 
     pub(crate) fn do_fallocate(&self, nodeid: u64, arg: &FallocateIn) -> Result<()> {
         let h = self.handles.get(nodeid, arg.fh)?;
+        let _growth = self.fallocate_room(&h, arg)?;
         Ok(sys::fallocate(h.fd(), arg.mode, arg.offset, arg.length)?)
     }
 
@@ -217,7 +226,8 @@ impl Passthrough {
         let src = self.handles.get(nodeid, arg.fh_in)?;
         let dst = self.handles.get(arg.nodeid_out, arg.fh_out)?;
         let flags = u32::try_from(arg.flags).map_err(|_| Errno(libc::EINVAL))?;
-        let len = usize::try_from(arg.len).unwrap_or(usize::MAX);
+        let (_growth, len) = self.copy_room(&src, arg.off_in, &dst, arg.off_out, arg.len)?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
         let n = sys::copy_file_range(src.fd(), arg.off_in, dst.fd(), arg.off_out, len, flags)?;
         Ok(n as u64)
     }
