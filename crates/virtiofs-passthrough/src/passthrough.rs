@@ -149,7 +149,9 @@ impl Passthrough {
         let Some(q) = &self.quota else {
             return Ok(());
         };
-        let root = self.inode(virtiofs_fuse::abi::ROOT_ID).map_err(|e| io::Error::from_raw_os_error(e.0))?;
+        let root = self
+            .inode(virtiofs_fuse::abi::ROOT_ID)
+            .map_err(|e| io::Error::from_raw_os_error(e.0))?;
         let dir = self
             .reopen(&root, libc::O_RDONLY | libc::O_DIRECTORY)
             .map_err(|e| io::Error::from_raw_os_error(e.0))?;
@@ -164,9 +166,12 @@ impl Passthrough {
             usage.bytes,
             limit(max_bytes)
         );
-        if max_inodes.is_some_and(|l| usage.inodes > l) || max_bytes.is_some_and(|l| usage.bytes > l)
+        if max_inodes.is_some_and(|l| usage.inodes > l)
+            || max_bytes.is_some_and(|l| usage.bytes > l)
         {
-            tracing::warn!("quota: the share already holds more than its quota: the guest may only free space");
+            tracing::warn!(
+                "quota: the share already holds more than its quota: the guest may only free space"
+            );
         }
         Ok(())
     }

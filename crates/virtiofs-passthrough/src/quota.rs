@@ -85,7 +85,8 @@ impl Counter {
 
     /// What is left under the limit (`u64::MAX` without one).
     fn room(&self) -> u64 {
-        self.limit.map_or(u64::MAX, |l| l.saturating_sub(self.get()))
+        self.limit
+            .map_or(u64::MAX, |l| l.saturating_sub(self.get()))
     }
 }
 
@@ -285,7 +286,10 @@ impl Growth<'_> {
         let Some(limit) = self.quota.bytes.limit else {
             return false;
         };
-        let grown = self.now().unwrap_or(self.before).saturating_sub(self.before);
+        let grown = self
+            .now()
+            .unwrap_or(self.before)
+            .saturating_sub(self.before);
         let others = self.quota.bytes.get().saturating_sub(self.reserved);
         others.saturating_add(grown) > limit
     }
@@ -315,7 +319,10 @@ pub(crate) fn span(offset: u64, len: u64, blksize: u64) -> u64 {
     }
     let start = offset - offset % blksize;
     // Past u64: as much as there can be (the host refuses such a write anyway).
-    match offset.checked_add(len).and_then(|e| e.checked_add(blksize - 1)) {
+    match offset
+        .checked_add(len)
+        .and_then(|e| e.checked_add(blksize - 1))
+    {
         Some(end) => end / blksize * blksize - start,
         None => u64::MAX,
     }

@@ -92,7 +92,7 @@ impl Passthrough {
         self.node_quota(&dir)?;
         let name = new_name(name)?;
         let dir_fd = dir.fd()?;
-        let charge = self.take_inode()?;
+        let charge = self.take_inode(dir_fd.as_fd(), name)?;
         {
             let _caller = self.as_caller(ctx)?;
             self.with_guest_umask(umask, || {
@@ -115,7 +115,7 @@ impl Passthrough {
         self.node_quota(&dir)?;
         let name = new_name(name)?;
         let dir_fd = dir.fd()?;
-        let charge = self.take_inode()?;
+        let charge = self.take_inode(dir_fd.as_fd(), name)?;
         {
             let _caller = self.as_caller(ctx)?;
             self.with_guest_umask(umask, || Ok(sys::mkdirat(dir_fd.as_fd(), name, mode)?))?;
@@ -136,7 +136,7 @@ impl Passthrough {
         let name = new_name(name)?;
         let target = CString::new(target).map_err(|_| Errno(libc::EINVAL))?;
         let dir_fd = dir.fd()?;
-        let charge = self.take_inode()?;
+        let charge = self.take_inode(dir_fd.as_fd(), name)?;
         {
             let _caller = self.as_caller(ctx)?;
             sys::symlinkat(&target, dir_fd.as_fd(), name)?;

@@ -15,6 +15,7 @@ use virtiofs_fuse::{Context, Entry, Errno, GuestSlice, Name, Opened};
 use crate::inode::Inode;
 use crate::ops::quota::made;
 use crate::passthrough::{new_name, Passthrough, Result};
+use crate::quota::Quota;
 use crate::sys;
 use crate::CacheMode;
 
@@ -127,7 +128,8 @@ impl Passthrough {
             flags |= libc::O_RDWR; // O_TMPFILE needs write access
         }
         let dir_fd = dir.fd()?;
-        let charge = self.take_inode()?;
+        // An unnamed file: no name to find taken.
+        let charge = self.quota.as_ref().map(Quota::take_inode).transpose()?;
         let fd = {
             let _caller = self.as_caller(ctx)?;
             self.with_guest_umask(arg.umask, || {

@@ -54,9 +54,24 @@ impl Passthrough {
         self.quota.as_ref().filter(|q| q.limits().1.is_some())
     }
 
-    /// An inode for a request that makes one: EDQUOT at the limit (`None` without a quota).
-    pub(crate) fn take_inode(&self) -> Result<Option<InodeCharge<'_>>> {
-        self.quota.as_ref().map(Quota::take_inode).transpose()
+    /// An inode for a request that makes `name` in `dir`: EDQUOT at the limit, or EEXIST when
+    /// the name is taken (the kernel looks the name up before it allocates). `None` without a
+    /// quota.
+    pub(crate) fn take_inode(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<Option<InodeCharge<'_>>> {
+        let Some(q) = &self.quota else {
+            return Ok(None);
+        };
+        match q.take_inode() {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => match sys::statx(dir, name, libc::AT_SYMLINK_NOFOLLOW, libc::STATX_TYPE) {
+                Ok(_) => Err(Errno(libc::EEXIST)),
+                Err(_) => Err(e),
+            },
+        }
     }
 
     /// Whether `[offset, offset + len)` of `fd` (of `size` bytes) is allocated already, so
@@ -69,6 +84,22 @@ impl Passthrough {
             return false;
         };
         matches!(sys::lseek(fd, at, libc::SEEK_HOLE), Ok(hole) if hole >= end)
+    }
+
+    /// How many bytes from `offset` lie in an allocated block already (the partly written last
+    /// block a file is appended to): writing them allocates nothing.
+    fn allocated_head(fd: BorrowedFd<'_>, offset: u64, len: u64, size: u64, blksize: u64) -> u64 {
+        let block = offset - offset % blksize;
+        if offset % blksize == 0 || block >= size {
+            return 0;
+        }
+        let Ok(at) = i64::try_from(block) else {
+            return 0;
+        };
+        match sys::lseek(fd, at, libc::SEEK_HOLE) {
+            Ok(hole) if hole > block => len.min(blksize - offset % blksize),
+            _ => 0,
+        }
     }
 
     /// Room under the byte quota for writing `len` bytes at `offset` (at the end with
@@ -84,11 +115,17 @@ impl Passthrough {
     ) -> Result<(Growth<'a>, u64)> {
         let mut g = q.measure_file(nodeid, fd)?;
         let offset = if append { g.size } else { offset };
-        if g.reserve(span(offset, len, g.blksize)) || Self::allocated(fd, offset, len, g.size) {
+        if Self::allocated(fd, offset, len, g.size) {
             return Ok((g, len));
         }
-        let n = fitting(offset, len, q.room(), g.blksize);
-        if n > 0 && g.reserve(span(offset, n, g.blksize)) {
+        // Whole blocks from the first one not allocated yet.
+        let head = Self::allocated_head(fd, offset, len, g.size, g.blksize);
+        let (from, rest) = (offset.saturating_add(head), len - head);
+        if g.reserve(span(from, rest, g.blksize)) {
+            return Ok((g, len));
+        }
+        let n = head + fitting(from, rest, q.room(), g.blksize);
+        if n > 0 && g.reserve(span(from, n - head, g.blksize)) {
             tracing::debug!("byte quota: write of {len} bytes cut to {n}");
             return Ok((g, n));
         }
@@ -154,7 +191,10 @@ impl Passthrough {
         if g.reserve(want) || Self::allocated(h.fd(), arg.offset, arg.length, g.size) {
             Ok(Some(g))
         } else {
-            tracing::debug!("byte quota reached: FALLOCATE of {} bytes EDQUOT", arg.length);
+            tracing::debug!(
+                "byte quota reached: FALLOCATE of {} bytes EDQUOT",
+                arg.length
+            );
             Err(EDQUOT)
         }
     }
@@ -222,10 +262,10 @@ impl Passthrough {
                     Err(e) => return Err(e.into()),
                 }
             }
-            let charge = q.take_inode()?;
+            let charge = self.take_inode(dir, name)?;
             match sys::openat(dir, name, flags | libc::O_EXCL, mode) {
                 Ok(fd) => {
-                    charge.keep();
+                    made(charge);
                     return Ok(fd);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {}

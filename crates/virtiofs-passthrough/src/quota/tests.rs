@@ -142,7 +142,11 @@ fn growth_counts_what_the_file_really_allocated() {
         // A sparse write far away allocates a block or so, not the megabyte of hole.
         file.write_all_at(&[1u8; 10], 1 << 20).unwrap();
     }
-    assert_eq!(q.usage().bytes, blocks_of(&path), "no reservation left over");
+    assert_eq!(
+        q.usage().bytes,
+        blocks_of(&path),
+        "no reservation left over"
+    );
     assert!(q.usage().bytes < 200_000);
     {
         let _g = q.measure_file(7, file.as_fd()).unwrap();
@@ -190,8 +194,13 @@ fn measuring_counts_special_files() {
     let sub = tmp.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
     std::fs::write(sub.join("f"), b"x").unwrap();
-    let fifo = std::ffi::CString::new(tmp.path().join("fifo").into_os_string().into_encoded_bytes())
-        .unwrap();
+    let fifo = std::ffi::CString::new(
+        tmp.path()
+            .join("fifo")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
     // SAFETY: a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     let usage = measure(open_dir(tmp.path()), false).unwrap();
