@@ -62,8 +62,9 @@ impl Passthrough {
         self.quota()?;
         let inode = self.inode(nodeid)?;
         let flags = self.open_flags(flags);
-        let node = inode.fd()?;
-        let _trunc = self.open_trunc(nodeid, node.as_fd(), flags)?;
+        // Under a byte quota, what O_TRUNC frees is measured on the node's O_PATH descriptor.
+        let node = self.measures_open(flags).then(|| inode.fd()).transpose()?;
+        let _trunc = self.open_trunc(nodeid, node.as_ref().map(AsFd::as_fd))?;
         let fd = self.reopen(&inode, flags)?;
         self.kill_suidgid(kills(flags, open_flags), fd.as_fd())?;
         Ok(Opened {

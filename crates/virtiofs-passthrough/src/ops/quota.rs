@@ -215,16 +215,21 @@ impl Passthrough {
         Ok(())
     }
 
-    /// OPEN with O_TRUNC of node `nodeid` (whose O_PATH descriptor is `node`): measured, so what
-    /// the truncation frees is given back when the returned growth drops.
+    /// Whether an OPEN with `flags` is measured (O_TRUNC under a byte quota).
+    pub(crate) fn measures_open(&self, flags: i32) -> bool {
+        flags & libc::O_TRUNC != 0 && self.byte_quota().is_some()
+    }
+
+    /// OPEN with O_TRUNC of node `nodeid` (whose O_PATH descriptor is `node`, given when
+    /// [`Self::measures_open`]): measured, so what the truncation frees is given back when the
+    /// returned growth drops.
     pub(crate) fn open_trunc<'a>(
         &'a self,
         nodeid: u64,
-        node: BorrowedFd<'a>,
-        flags: i32,
+        node: Option<BorrowedFd<'a>>,
     ) -> Result<Option<Growth<'a>>> {
-        match self.byte_quota() {
-            Some(q) if flags & libc::O_TRUNC != 0 => Ok(Some(q.measure_file(nodeid, node)?)),
+        match (self.byte_quota(), node) {
+            (Some(q), Some(fd)) => Ok(Some(q.measure_file(nodeid, fd)?)),
             _ => Ok(None),
         }
     }
