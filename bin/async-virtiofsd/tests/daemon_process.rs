@@ -110,7 +110,10 @@ fn bad_quota_values_exit_2_with_one_line() {
         assert_eq!(o.status.code(), Some(2), "{arg}");
         let err = stderr_of(&o);
         assert_eq!(err.lines().count(), 1, "{arg}: {err}");
-        assert!(err.contains(arg.split('=').next().unwrap()) && err.contains(says), "{err}");
+        assert!(
+            err.contains(arg.split('=').next().unwrap()) && err.contains(says),
+            "{err}"
+        );
     }
 }
 
