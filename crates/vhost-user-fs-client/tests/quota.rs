@@ -238,7 +238,8 @@ fn byte_limit_cuts_writes_short_then_edquot_and_frees_give_room() {
 }
 
 /// A file the guest unlinks while it holds it open keeps its blocks on the host until it is
-/// released: they count until then, and not after.
+/// released: they count until then, and not after; so does an O_TMPFILE never linked, and an
+/// unlinked file still open when the session ends.
 #[test]
 fn an_open_unlinked_file_counts_until_released() {
     let d = Daemon::start(&["--max-bytes=512K"]);
@@ -260,6 +261,42 @@ fn an_open_unlinked_file_counts_until_released() {
     let more = c.write(g.nodeid, go.fh, u64::from(n), &[2u8; 300 << 10]);
     assert_eq!(more.unwrap(), 300 << 10);
     c.release(g.nodeid, go.fh, 0).unwrap();
+    c.unlink(ROOT_ID, "g").unwrap();
+
+    // An O_TMPFILE never linked: counted while open, given back at its RELEASE.
+    let reply = c.call(tmpfile(ROOT_ID)).unwrap();
+    assert_eq!(reply.error, None);
+    let body = reply.ok().unwrap();
+    let (t_node, t_fh) = (
+        u64::from_ne_bytes(body[..8].try_into().unwrap()),
+        u64::from_ne_bytes(body[128..136].try_into().unwrap()),
+    );
+    assert_eq!(
+        c.write(t_node, t_fh, 0, &[3u8; 400 << 10]).unwrap(),
+        400 << 10
+    );
+    let (h, ho) = c.create(ROOT_ID, "h", RW_CREATE, FILE, 0).unwrap();
+    assert!(c.write(h.nodeid, ho.fh, 0, &[4u8; 400 << 10]).unwrap() <= 112 << 10);
+    c.release(t_node, t_fh, 0).unwrap();
+    c.forget(t_node, 1).unwrap();
+    c.release(h.nodeid, ho.fh, 0).unwrap();
+    c.unlink(ROOT_ID, "h").unwrap();
+
+    // An unlinked file held open when the session ends (the guest rebooted): given back too.
+    let (e, o) = c.create(ROOT_ID, "f", RW_CREATE, FILE, 0).unwrap();
+    assert_eq!(
+        c.write(e.nodeid, o.fh, 0, &[1u8; 400 << 10]).unwrap(),
+        400 << 10
+    );
+    c.unlink(ROOT_ID, "f").unwrap();
+    c.destroy().unwrap();
+    c.init().unwrap();
+    let (g, go) = c.create(ROOT_ID, "g", RW_CREATE, FILE, 0).unwrap();
+    assert_eq!(
+        c.write(g.nodeid, go.fh, 0, &[2u8; 400 << 10]).unwrap(),
+        400 << 10
+    );
+    assert!(host_bytes(&d.share) <= 512 << 10);
 }
 
 /// 64 writes of 128 KiB to 16 files, all in flight at once over 4 request queues, against a
