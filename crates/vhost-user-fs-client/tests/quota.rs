@@ -351,3 +351,36 @@ fn parallel_writers_cannot_pass_the_limit() {
     let st = c.statfs(ROOT_ID).unwrap();
     assert_eq!(st.blocks * u64::from(st.frsize), LIMIT);
 }
+
+/// With `--inode-file-handles=mandatory` (nodes hold no descriptor) the quota is the same: the
+/// inode limit, the byte limit, and an unlinked open file given back at its release.
+#[test]
+fn quota_with_file_handles() {
+    let d = Daemon::start(&[
+        "--inode-file-handles=mandatory",
+        "--max-inodes=2",
+        "--max-bytes=256K",
+    ]);
+    let c = d.connect(d.config());
+    c.init().unwrap();
+    let (e, o) = c.create(ROOT_ID, "f", RW_CREATE, FILE, 0).unwrap();
+    c.mkdir(ROOT_ID, "d", 0o755, 0).unwrap();
+    assert_eq!(errno(c.create(ROOT_ID, "g", RW_CREATE, FILE, 0)), EDQUOT);
+    assert_eq!(
+        c.write(e.nodeid, o.fh, 0, &[1u8; 200 << 10]).unwrap(),
+        200 << 10
+    );
+    let n = c
+        .write(e.nodeid, o.fh, 200 << 10, &[1u8; 200 << 10])
+        .unwrap();
+    assert_eq!(n, 56 << 10, "cut to the limit");
+    c.unlink(ROOT_ID, "f").unwrap();
+    assert_eq!(errno(c.create(ROOT_ID, "g", RW_CREATE, FILE, 0)), EDQUOT);
+    c.release(e.nodeid, o.fh, 0).unwrap();
+    let (g, go) = c.create(ROOT_ID, "g", RW_CREATE, FILE, 0).unwrap();
+    assert_eq!(
+        c.write(g.nodeid, go.fh, 0, &[2u8; 256 << 10]).unwrap(),
+        256 << 10
+    );
+    assert!(host_bytes(&d.share) <= 256 << 10);
+}
