@@ -249,9 +249,10 @@ impl Passthrough {
         // Twice at most: a name made by someone else between the two calls is then opened.
         for _ in 0..2 {
             if flags & libc::O_EXCL == 0 {
-                let before = match flags & libc::O_TRUNC {
-                    0 => None,
-                    _ => sys::statx(dir, name, libc::AT_SYMLINK_NOFOLLOW, libc::STATX_BLOCKS)
+                // What O_TRUNC of an existing file frees, under a byte quota.
+                let before = match self.measures_open(flags) {
+                    false => None,
+                    true => sys::statx(dir, name, libc::AT_SYMLINK_NOFOLLOW, libc::STATX_BLOCKS)
                         .ok()
                         .map(|s| s.stx_blocks * 512),
                 };
