@@ -474,6 +474,10 @@ fn share_options(dir: &std::path::Path, options: u8) -> ShareOptions {
         } else {
             InodeFileHandles::Never
         },
+        // The quota's paths, with the writeback bit (no bit is left): small limits the
+        // harness's requests reach.
+        max_inodes: (options & 8 != 0).then_some(64),
+        max_bytes: (options & 8 != 0).then_some(1 << 20),
     }
 }
 

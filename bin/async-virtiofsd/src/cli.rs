@@ -280,6 +280,16 @@ struct Args {
     #[arg(long, value_name = "GROUP", conflicts_with = "fd")]
     socket_group: Option<String>,
 
+    /// Most inodes (files, directories, symlinks, ...) the shared tree may hold, what it holds
+    /// at start included; making more is EDQUOT.
+    #[arg(long, value_name = "N", value_parser = quota::parse_count)]
+    max_inodes: Option<u64>,
+
+    /// Most bytes the shared tree's regular files may allocate, what they hold at start
+    /// included, e.g. 10G (K, M, G, T: powers of 1024); growing past it is EDQUOT.
+    #[arg(long, value_name = "SIZE", value_parser = quota::parse_size)]
+    max_bytes: Option<u64>,
+
     /// Print the vhost-user.json capabilities (what libvirt reads) and exit.
     #[arg(long)]
     print_capabilities: bool,
@@ -571,6 +581,8 @@ where
             Some(InodeFileHandles::Prefer | InodeFileHandles::Fallback) => NodeMode::Prefer,
             Some(InodeFileHandles::Mandatory) => NodeMode::Mandatory,
         },
+        max_inodes: args.max_inodes,
+        max_bytes: args.max_bytes,
     };
     let mut log_level = LogLevel::Info;
     let mut source = None;
@@ -676,5 +688,6 @@ where
     })))
 }
 
+mod quota;
 #[cfg(test)]
 mod tests;

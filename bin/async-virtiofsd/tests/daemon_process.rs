@@ -99,6 +99,25 @@ fn invalid_option_values_exit_2_with_one_line() {
 }
 
 #[test]
+fn bad_quota_values_exit_2_with_one_line() {
+    for (arg, says) in [
+        ("--max-bytes=0", "at least 1"),
+        ("--max-bytes=10Q", "K, M, G or T"),
+        ("--max-inodes=0", "at least 1"),
+        ("--max-inodes=many", "whole number"),
+    ] {
+        let o = run(&["--shared-dir=/tmp", "--socket-path=/tmp/x", arg]);
+        assert_eq!(o.status.code(), Some(2), "{arg}");
+        let err = stderr_of(&o);
+        assert_eq!(err.lines().count(), 1, "{arg}: {err}");
+        assert!(
+            err.contains(arg.split('=').next().unwrap()) && err.contains(says),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn help_and_version_exit_0() {
     let o = run(&["--help"]);
     assert_eq!(o.status.code(), Some(0));

@@ -71,9 +71,17 @@ impl HandleTable {
         }
     }
 
-    /// Drops every handle (the session ended).
-    pub fn clear(&self) {
-        self.map.write().expect("handle table lock").clear();
+    /// Drops every handle (the session ended); returns them (their descriptors close when the
+    /// last reference goes).
+    pub fn clear(&self) -> Vec<Arc<Handle>> {
+        let mut map = self.map.write().expect("handle table lock");
+        map.drain().map(|(_, h)| h).collect()
+    }
+
+    /// Whether the guest holds a handle of `nodeid` (a scan: for the quota's rare questions).
+    pub fn open_on(&self, nodeid: u64) -> bool {
+        let map = self.map.read().expect("handle table lock");
+        map.values().any(|h| h.nodeid == nodeid)
     }
 
     /// How many handles are open.

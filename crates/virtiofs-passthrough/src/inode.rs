@@ -178,6 +178,12 @@ impl InodeStore {
             .ok_or(Errno(libc::EBADF))
     }
 
+    /// The id of the node of host file `key`, if the guest knows it.
+    pub fn id_of(&self, key: &InodeKey) -> Option<u64> {
+        let maps = self.maps.read().expect("inode store lock");
+        maps.by_key.get(key).copied()
+    }
+
     /// Counts one lookup of the file `storage` holds (described by `stx`): the existing node
     /// when the host file is known (and `storage` is dropped), a new node otherwise.
     pub fn insert_or_ref(&self, storage: Storage, stx: &libc::statx) -> Arc<Inode> {

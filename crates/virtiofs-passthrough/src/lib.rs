@@ -20,6 +20,7 @@ mod handle;
 mod inode;
 mod ops;
 mod passthrough;
+mod quota;
 mod storage;
 mod sys;
 mod xattrmap;
@@ -153,6 +154,11 @@ pub struct ShareOptions {
     pub flock_locks: bool,
     /// File handles instead of O_PATH descriptors for nodes.
     pub inode_file_handles: InodeFileHandles,
+    /// The most inodes the shared tree may hold (`--max-inodes`): making more is EDQUOT.
+    pub max_inodes: Option<u64>,
+    /// The most bytes its regular files may allocate (`--max-bytes`): growing past it is
+    /// EDQUOT (a write that partly fits is cut short).
+    pub max_bytes: Option<u64>,
 }
 
 /// Why the share cannot be served.
@@ -238,6 +244,8 @@ impl Share {
             posix_locks: opts.posix_locks,
             flock_locks: opts.flock_locks,
             inode_file_handles: opts.inode_file_handles,
+            max_inodes: opts.max_inodes,
+            max_bytes: opts.max_bytes,
         };
         let fs = Passthrough::new(cfg, root).map_err(|source| ShareError::Open {
             path: PathBuf::from("/proc/self/fd"),
@@ -276,12 +284,15 @@ impl Share {
 }
 
 impl PreparedShare {
-    /// Opens the root and makes the share ready to serve.
+    /// Opens the root and makes the share ready to serve; with a quota, measures what the
+    /// share holds (a walk of the tree).
     pub fn import(self) -> Result<Share, ShareError> {
-        self.fs.import().map_err(|source| ShareError::Open {
+        let open = |source| ShareError::Open {
             path: self.root.clone(),
             source,
-        })?;
+        };
+        self.fs.import().map_err(open)?;
+        self.fs.measure_quota().map_err(open)?;
         Ok(Share {
             server: Server::new(self.fs, Limits::default()),
         })
@@ -352,6 +363,8 @@ mod tests {
             posix_locks: true,
             flock_locks: true,
             inode_file_handles: InodeFileHandles::Never,
+            max_inodes: None,
+            max_bytes: None,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::file_handle::{FileHandle, MountFds};
 use crate::handle::HandleTable;
 use crate::inode::{Inode, InodeStore, Storage};
 use crate::ops::lock::LockTable;
+use crate::quota::{self, Quota};
 use crate::sys;
 use crate::{CacheMode, InodeFileHandles};
 
@@ -65,6 +66,10 @@ pub struct Config {
     /// Nodes as file handles instead of O_PATH descriptors (in force once
     /// [`Passthrough::enable_file_handles`] has checked they work).
     pub inode_file_handles: InodeFileHandles,
+    /// The most inodes the share may hold (`--max-inodes`, `quota.rs`).
+    pub max_inodes: Option<u64>,
+    /// The most bytes its regular files may allocate (`--max-bytes`, `quota.rs`).
+    pub max_bytes: Option<u64>,
 }
 
 /// The INIT flags this filesystem always serves.
@@ -107,6 +112,8 @@ pub struct Passthrough {
     pub(crate) file_handles: InodeFileHandles,
     /// One descriptor per mount for opening handles.
     pub(crate) mounts: MountFds,
+    /// The share's inode and byte quota, if any (`quota.rs`, `ops/quota.rs`).
+    pub(crate) quota: Option<Quota>,
 }
 
 impl Passthrough {
@@ -116,6 +123,7 @@ impl Passthrough {
         let proc_self_fd =
             sys::openat(cwd(), c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?;
         Ok(Passthrough {
+            quota: Quota::new(cfg.max_inodes, cfg.max_bytes),
             cfg,
             inodes: InodeStore::default(),
             handles: HandleTable::default(),
@@ -137,6 +145,39 @@ impl Passthrough {
         self.fd_quota = Some(quota);
     }
 
+    /// With a quota: measures what the share holds now (a walk of the tree, once at start) and
+    /// counts from there. Call it after [`Self::import`].
+    pub fn measure_quota(&self) -> io::Result<()> {
+        let Some(q) = &self.quota else {
+            return Ok(());
+        };
+        let root = self
+            .inode(virtiofs_fuse::abi::ROOT_ID)
+            .map_err(|e| io::Error::from_raw_os_error(e.0))?;
+        let dir = self
+            .reopen(&root, libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(|e| io::Error::from_raw_os_error(e.0))?;
+        let usage = quota::measure(dir, self.cfg.announce_submounts)?;
+        q.set_usage(usage);
+        let (max_inodes, max_bytes) = q.limits();
+        let limit = |l: Option<u64>| l.map_or("no limit".to_string(), |l| format!("limit {l}"));
+        tracing::info!(
+            "quota: the share holds {} inodes ({}) and {} bytes ({})",
+            usage.inodes,
+            limit(max_inodes),
+            usage.bytes,
+            limit(max_bytes)
+        );
+        if max_inodes.is_some_and(|l| usage.inodes > l)
+            || max_bytes.is_some_and(|l| usage.bytes > l)
+        {
+            tracing::warn!(
+                "quota: the share already holds more than its quota: the guest may only free space"
+            );
+        }
+        Ok(())
+    }
+
     /// Whether nodes may be file handles.
     pub(crate) fn handles_on(&self) -> bool {
         self.file_handles != InodeFileHandles::Never
@@ -151,6 +192,7 @@ impl Passthrough {
         // The root stays an O_PATH node (one descriptor, no open per request); `handles` says
         // whether what is made under it will be handle nodes.
         let handles = self.handles_on() && matches!(FileHandle::of(fd.as_fd()), Ok(Some(_)));
+        self.release_all();
         self.handles.clear();
         self.locks.clear();
         self.inodes.reset(fd, &stx, handles);
@@ -202,6 +244,7 @@ impl Passthrough {
 
     /// The session ended: every node, handle and lock goes; the next INIT opens the root again.
     pub(crate) fn destroy(&self) {
+        self.release_all();
         self.handles.clear();
         self.locks.clear();
         self.inodes.clear();

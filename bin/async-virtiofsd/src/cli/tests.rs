@@ -487,3 +487,48 @@ fn queue_affinity_is_parsed_and_checked_against_queues_and_cpus() {
         );
     }
 }
+
+#[test]
+fn quota_options_take_counts_and_binary_sizes() {
+    let o = run(&["--shared-dir=/a", "--fd=3"]).unwrap();
+    assert_eq!((o.share.max_inodes, o.share.max_bytes), (None, None));
+    for (arg, want) in [
+        ("--max-bytes=1", 1),
+        ("--max-bytes=4096", 4096),
+        ("--max-bytes=10K", 10 << 10),
+        ("--max-bytes=10k", 10 << 10),
+        ("--max-bytes=3M", 3 << 20),
+        ("--max-bytes=2MiB", 2 << 20),
+        ("--max-bytes=5G", 5 << 30),
+        ("--max-bytes=2T", 2 << 40),
+    ] {
+        let o = run(&["--shared-dir=/a", "--fd=3", arg]).unwrap();
+        assert_eq!(o.share.max_bytes, Some(want), "{arg}");
+    }
+    let o = run(&[
+        "--shared-dir=/a",
+        "--fd=3",
+        "--max-inodes",
+        "1000",
+        "--max-inodes=7",
+    ])
+    .unwrap();
+    assert_eq!(o.share.max_inodes, Some(7), "the last one wins");
+    for (arg, says) in [
+        ("--max-bytes=0", "at least 1"),
+        ("--max-bytes=0G", "at least 1"),
+        ("--max-bytes=10X", "K, M, G or T"),
+        ("--max-bytes=G", "K, M, G or T"),
+        ("--max-bytes=-5", "K, M, G or T"),
+        ("--max-bytes=1.5G", "K, M, G or T"),
+        ("--max-bytes=99999999999T", "more bytes than there can be"),
+        ("--max-inodes=0", "at least 1"),
+        ("--max-inodes=lots", "whole number"),
+        ("--max-inodes=-1", "whole number"),
+    ] {
+        let e = run(&["--shared-dir=/a", "--fd=3", arg]).unwrap_err();
+        let name = arg.split('=').next().unwrap();
+        assert!(e.contains(name) && e.contains(says), "{arg}: {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+}

@@ -126,10 +126,10 @@ impl Passthrough {
         if arg.valid & fattr::SIZE != 0 {
             self.kill_suidgid(arg.valid & fattr::KILL_SUIDGID != 0, fd.as_fd())?;
             match &handle {
-                Some(h) => sys::ftruncate(h.fd(), arg.size)?,
+                Some(h) => self.truncate(nodeid, h.fd(), arg.size)?,
                 None => {
                     let fd = self.reopen(&inode, libc::O_WRONLY | libc::O_NONBLOCK)?;
-                    sys::ftruncate(fd.as_fd(), arg.size)?;
+                    self.truncate(nodeid, fd.as_fd(), arg.size)?;
                 }
             }
         }
@@ -169,7 +169,7 @@ impl Passthrough {
     pub(crate) fn do_statfs(&self, nodeid: u64) -> Result<Kstatfs> {
         let inode = self.inode(nodeid)?;
         let st = sys::fstatfs(inode.fd()?.as_fd())?;
-        Ok(Kstatfs {
+        let mut reply = Kstatfs {
             blocks: st.f_blocks,
             bfree: st.f_bfree,
             bavail: st.f_bavail,
@@ -179,7 +179,9 @@ impl Passthrough {
             namelen: st.f_namelen as u32,
             frsize: st.f_frsize as u32,
             ..Default::default()
-        })
+        };
+        self.statfs_quota(&mut reply);
+        Ok(reply)
     }
 
     pub(crate) fn do_access(&self, ctx: &Context, nodeid: u64, mask: u32) -> Result<()> {

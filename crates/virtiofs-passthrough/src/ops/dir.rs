@@ -15,15 +15,15 @@ use crate::sys;
 const DIRENT64_HEADER: usize = 19;
 
 /// One host directory record.
-struct HostDirent<'b> {
+pub(crate) struct HostDirent<'b> {
     ino: u64,
     off: u64,
     typ: u8,
-    name: &'b [u8],
+    pub(crate) name: &'b [u8],
 }
 
 /// The records in `buf` (as getdents64 filled it).
-fn records(buf: &[u8]) -> impl Iterator<Item = HostDirent<'_>> {
+pub(crate) fn records(buf: &[u8]) -> impl Iterator<Item = HostDirent<'_>> {
     let mut at = 0;
     std::iter::from_fn(move || {
         let rec = buf.get(at..)?;

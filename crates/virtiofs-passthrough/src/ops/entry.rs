@@ -3,7 +3,8 @@
 //! Every call names one component relative to the parent's O_PATH descriptor (its own, or one
 //! opened from its file handle for the call), so no path is walked; new names are never "." or
 //! ".." (EINVAL), and symlinks are never followed. A request that makes a node checks the fd
-//! quota first unless the node will be a file handle (it holds no descriptor).
+//! quota first unless the node will be a file handle (it holds no descriptor), and takes an
+//! inode of the share's quota (`ops/quota.rs`); removals give theirs back.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -11,6 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use virtiofs_fuse::abi::ROOT_ID;
 use virtiofs_fuse::{Context, Entry, Errno, Name, SecCtx};
 
+use crate::ops::quota::made;
 use crate::passthrough::{existing_name, new_name, Passthrough, Result};
 use crate::sys;
 
@@ -92,6 +94,7 @@ impl Passthrough {
         self.node_quota(&dir)?;
         let name = new_name(name)?;
         let dir_fd = dir.fd()?;
+        let charge = self.take_inode(dir_fd.as_fd(), name)?;
         {
             let _caller = self.as_caller(ctx)?;
             self.with_guest_umask(umask, || {
@@ -99,6 +102,7 @@ impl Passthrough {
             })?;
         }
         self.label_named(secctx, dir_fd.as_fd(), name, 0)?;
+        made(charge);
         self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
@@ -115,11 +119,13 @@ impl Passthrough {
         self.node_quota(&dir)?;
         let name = new_name(name)?;
         let dir_fd = dir.fd()?;
+        let charge = self.take_inode(dir_fd.as_fd(), name)?;
         {
             let _caller = self.as_caller(ctx)?;
             self.with_guest_umask(umask, || Ok(sys::mkdirat(dir_fd.as_fd(), name, mode)?))?;
         }
         self.label_named(secctx, dir_fd.as_fd(), name, libc::AT_REMOVEDIR)?;
+        made(charge);
         self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
@@ -136,11 +142,13 @@ impl Passthrough {
         let name = new_name(name)?;
         let target = CString::new(target).map_err(|_| Errno(libc::EINVAL))?;
         let dir_fd = dir.fd()?;
+        let charge = self.take_inode(dir_fd.as_fd(), name)?;
         {
             let _caller = self.as_caller(ctx)?;
             sys::symlinkat(&target, dir_fd.as_fd(), name)?;
         }
         self.label_named(secctx, dir_fd.as_fd(), name, 0)?;
+        made(charge);
         self.lookup_at(&dir, dir_fd.as_fd(), name)
     }
 
@@ -167,7 +175,11 @@ impl Passthrough {
     pub(crate) fn do_unlink(&self, parent: u64, name: &Name, flags: i32) -> Result<()> {
         let dir = self.inode(parent)?;
         let name = existing_name(name)?;
-        Ok(sys::unlinkat(dir.fd()?.as_fd(), name, flags)?)
+        let dir_fd = dir.fd()?;
+        let gone = self.removing(dir_fd.as_fd(), name);
+        sys::unlinkat(dir_fd.as_fd(), name, flags)?;
+        self.removed(gone);
+        Ok(())
     }
 
     pub(crate) fn do_rename(
@@ -183,13 +195,11 @@ impl Passthrough {
         let oldname = existing_name(oldname)?;
         let newname = new_name(newname)?;
         let (old_fd, new_fd) = (old.fd()?, new.fd()?);
-        Ok(sys::renameat2(
-            old_fd.as_fd(),
-            oldname,
-            new_fd.as_fd(),
-            newname,
-            flags,
-        )?)
+        let (from, to) = (old_fd.as_fd(), new_fd.as_fd());
+        let gone = self.replacing(from, oldname, to, newname, flags);
+        sys::renameat2(from, oldname, to, newname, flags)?;
+        self.removed(gone);
+        Ok(())
     }
 }
 

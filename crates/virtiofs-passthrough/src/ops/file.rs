@@ -13,7 +13,9 @@ use virtiofs_fuse::abi::{
 use virtiofs_fuse::{Context, Entry, Errno, GuestSlice, Name, Opened, SecCtx};
 
 use crate::inode::Inode;
+use crate::ops::quota::made;
 use crate::passthrough::{new_name, Passthrough, Result};
+use crate::quota::Quota;
 use crate::sys;
 use crate::CacheMode;
 
@@ -60,6 +62,9 @@ impl Passthrough {
         self.quota()?;
         let inode = self.inode(nodeid)?;
         let flags = self.open_flags(flags);
+        // Under a byte quota, what O_TRUNC frees is measured on the node's O_PATH descriptor.
+        let node = self.measures_open(flags).then(|| inode.fd()).transpose()?;
+        let _trunc = self.open_trunc(nodeid, node.as_ref().map(AsFd::as_fd))?;
         let fd = self.reopen(&inode, flags)?;
         self.kill_suidgid(kills(flags, open_flags), fd.as_fd())?;
         Ok(Opened {
@@ -97,7 +102,7 @@ impl Passthrough {
         let open = |flags| -> Result<_> {
             let _caller = self.as_caller(ctx)?;
             self.with_guest_umask(arg.umask, || {
-                Ok(sys::openat(dir_fd.as_fd(), name, flags, arg.mode & 0o7777)?)
+                self.create_file(dir_fd.as_fd(), name, flags, arg.mode & 0o7777)
             })
         };
         let fd = match secctx {
@@ -107,7 +112,15 @@ impl Passthrough {
             // unless the guest asked for O_EXCL itself.
             Some(_) => match open(flags | libc::O_EXCL) {
                 Ok(fd) => {
-                    self.label_new(secctx, fd.as_fd(), Some((dir_fd.as_fd(), name, 0)))?;
+                    if let Err(e) =
+                        self.label_new(secctx, fd.as_fd(), Some((dir_fd.as_fd(), name, 0)))
+                    {
+                        // The file is gone again: so is the inode the quota counted for it.
+                        if let Some(q) = &self.quota {
+                            q.free(1, 0);
+                        }
+                        return Err(e);
+                    }
                     fd
                 }
                 Err(Errno(libc::EEXIST)) if flags & libc::O_EXCL == 0 => open(flags)?,
@@ -140,6 +153,8 @@ impl Passthrough {
             flags |= libc::O_RDWR; // O_TMPFILE needs write access
         }
         let dir_fd = dir.fd()?;
+        // An unnamed file: no name to find taken.
+        let charge = self.quota.as_ref().map(Quota::take_inode).transpose()?;
         let fd = {
             let _caller = self.as_caller(ctx)?;
             self.with_guest_umask(arg.umask, || {
@@ -151,8 +166,9 @@ impl Passthrough {
                 )?)
             })?
         };
-        // Unnamed: on failure the file goes with its descriptor.
+        // Unnamed: on failure the file goes with its descriptor (and the charge is given back).
         self.label_new(secctx, fd.as_fd(), None)?;
+        made(charge);
         let entry = self.entry_of_open(&fd, &dir, dir_fd.as_fd())?;
         let fh = self.handles.insert(entry.nodeid, fd, flags);
         Ok((
@@ -185,7 +201,9 @@ impl Passthrough {
         src: &[GuestSlice<'_>],
     ) -> Result<usize> {
         let h = self.handles.get(nodeid, arg.fh)?;
-        let iov = iovecs(src, arg.size as usize);
+        // With a byte quota, a write that does not fit is cut short (`ops/quota.rs`).
+        let (_growth, size) = self.write_room(&h, arg.offset, u64::from(arg.size))?;
+        let iov = iovecs(src, size as usize);
         if iov.is_empty() {
             return Ok(0);
         }
@@ -205,7 +223,8 @@ impl Passthrough {
     }
 
     pub(crate) fn do_release(&self, nodeid: u64, arg: &ReleaseIn) -> Result<()> {
-        self.handles.remove(nodeid, arg.fh)?;
+        let h = self.handles.remove(nodeid, arg.fh)?;
+        self.released(&h);
         if arg.release_flags & virtiofs_fuse::abi::flags::RELEASE_FLUSH != 0 {
             self.locks.release_owner(nodeid, arg.lock_owner);
         }
@@ -220,6 +239,7 @@ impl Passthrough {
 
     pub(crate) fn do_fallocate(&self, nodeid: u64, arg: &FallocateIn) -> Result<()> {
         let h = self.handles.get(nodeid, arg.fh)?;
+        let _growth = self.fallocate_room(&h, arg)?;
         Ok(sys::fallocate(h.fd(), arg.mode, arg.offset, arg.length)?)
     }
 
@@ -235,7 +255,8 @@ impl Passthrough {
         let src = self.handles.get(nodeid, arg.fh_in)?;
         let dst = self.handles.get(arg.nodeid_out, arg.fh_out)?;
         let flags = u32::try_from(arg.flags).map_err(|_| Errno(libc::EINVAL))?;
-        let len = usize::try_from(arg.len).unwrap_or(usize::MAX);
+        let (_growth, len) = self.copy_room(&src, arg.off_in, &dst, arg.off_out, arg.len)?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
         let n = sys::copy_file_range(src.fd(), arg.off_in, dst.fd(), arg.off_out, len, flags)?;
         Ok(n as u64)
     }

@@ -8,6 +8,7 @@ pub(crate) mod entry;
 pub(crate) mod file;
 pub(crate) mod ioctl;
 pub(crate) mod lock;
+pub(crate) mod quota;
 pub(crate) mod readonly;
 pub(crate) mod seclabel;
 pub(crate) mod xattr;

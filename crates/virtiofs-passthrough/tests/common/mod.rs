@@ -52,6 +52,8 @@ pub fn config(mode: InodeFileHandles) -> Config {
         posix_locks: true,
         flock_locks: true,
         inode_file_handles: mode,
+        max_inodes: None,
+        max_bytes: None,
     }
 }
 
