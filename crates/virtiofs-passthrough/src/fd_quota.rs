@@ -35,6 +35,12 @@ impl FdQuota {
         self.limit
     }
 
+    /// Whether `fd`, just opened (the kernel gave the lowest free number), lies below the
+    /// limit: false exactly when [`Self::exhausted`] would have been true before the open.
+    pub fn admits(&self, fd: &OwnedFd) -> bool {
+        (fd.as_raw_fd() as u64) < self.limit
+    }
+
     /// True when no descriptor below the limit is free.
     pub fn exhausted(&self) -> bool {
         // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; the copy is closed at once.
@@ -62,5 +68,10 @@ mod tests {
         };
         // The descriptor `lowest` is free again: a quota above it has room.
         assert!(!FdQuota::new(lowest + 100).unwrap().exhausted());
+        // A new descriptor is the probe itself: admitted below the limit, not at it.
+        let f: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let n = f.as_raw_fd() as u64;
+        assert!(FdQuota::new(n + 1).unwrap().admits(&f));
+        assert!(!FdQuota::new(n).unwrap().admits(&f));
     }
 }

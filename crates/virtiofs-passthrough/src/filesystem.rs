@@ -106,7 +106,7 @@ impl Filesystem for Passthrough {
     }
     fn open(&self, _: &Context, nodeid: u64, flags: u32, open_flags: u32) -> Result<Opened> {
         self.may_open(flags)?;
-        self.quota()?;
+        self.check_fd_quota()?;
         self.do_open(nodeid, flags, open_flags)
     }
     fn read(
@@ -164,7 +164,7 @@ impl Filesystem for Passthrough {
         self.do_flush(nodeid, fh, lock_owner)
     }
     fn opendir(&self, _: &Context, nodeid: u64, flags: u32) -> Result<Opened> {
-        self.quota()?;
+        self.check_fd_quota()?;
         self.do_opendir(nodeid, flags)
     }
     fn readdir(

@@ -261,14 +261,27 @@ impl Passthrough {
         if dir.handles {
             Ok(())
         } else {
-            self.quota()
+            self.check_fd_quota()
         }
     }
 
-    /// EMFILE once the guest holds its quota of descriptors.
-    pub(crate) fn quota(&self) -> Result<()> {
+    /// EMFILE once the guest holds its quota of descriptors (before a request that opens
+    /// one to keep).
+    pub(crate) fn check_fd_quota(&self) -> Result<()> {
         match &self.fd_quota {
             Some(q) if q.exhausted() => {
+                tracing::debug!("fd quota of {} reached: EMFILE", q.limit());
+                Err(Errno(libc::EMFILE))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// EMFILE if `fd`, just opened (so the lowest free descriptor), is at or above the guest's
+    /// fd quota: the same test as [`Self::check_fd_quota`], for an open without side effects.
+    pub(crate) fn fd_quota_admits(&self, fd: &OwnedFd) -> Result<()> {
+        match &self.fd_quota {
+            Some(q) if !q.admits(fd) => {
                 tracing::debug!("fd quota of {} reached: EMFILE", q.limit());
                 Err(Errno(libc::EMFILE))
             }
@@ -315,10 +328,12 @@ impl Passthrough {
         dir: BorrowedFd<'_>,
         name: &CStr,
     ) -> Result<Entry> {
-        if !self.handles_on() {
-            self.quota()?; // the new node keeps its descriptor
-        }
         let fd = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        if !self.handles_on() {
+            // A new node keeps this descriptor. Being the lowest free one, it is the fd quota's
+            // probe itself: no extra dup and close on every lookup.
+            self.fd_quota_admits(&fd)?;
+        }
         self.lookup_fd(parent, dir, fd)
     }
 

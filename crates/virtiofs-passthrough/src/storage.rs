@@ -89,7 +89,7 @@ impl Passthrough {
         match self.handle_node(fd.as_fd(), stx, parent, dir)? {
             Some(node) => Ok(Storage::Handle(Box::new(node))),
             None if self.file_handles == InodeFileHandles::Prefer => {
-                self.quota()?; // this one keeps its descriptor
+                self.check_fd_quota()?; // this one keeps its descriptor
                 Ok(Storage::Fd(fd))
             }
             None => Err(Errno(libc::EOPNOTSUPP)),
@@ -122,7 +122,7 @@ impl Passthrough {
         }
         // A mount no node uses yet: a read-only descriptor of a directory on it (the parent,
         // when it is on it; else the file, a mount point), kept while its nodes live.
-        self.quota()?;
+        self.check_fd_quota()?;
         let opened = if parent.key.mnt_id == mnt_id {
             sys::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
         } else if u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR {

@@ -51,7 +51,7 @@ pub(crate) fn records(buf: &[u8]) -> impl Iterator<Item = HostDirent<'_>> {
 
 impl Passthrough {
     pub(crate) fn do_opendir(&self, nodeid: u64, flags: u32) -> Result<Opened> {
-        self.quota()?;
+        self.check_fd_quota()?;
         let inode = self.inode(nodeid)?;
         if !inode.is_dir() {
             return Err(Errno(libc::ENOTDIR));

@@ -59,7 +59,7 @@ impl Passthrough {
     }
 
     pub(crate) fn do_open(&self, nodeid: u64, flags: u32, open_flags: u32) -> Result<Opened> {
-        self.quota()?;
+        self.check_fd_quota()?;
         let inode = self.inode(nodeid)?;
         let flags = self.open_flags(flags);
         // Under a byte quota, what O_TRUNC frees is measured on the node's O_PATH descriptor.
@@ -92,7 +92,7 @@ impl Passthrough {
         arg: &CreateIn,
         secctx: Option<&SecCtx>,
     ) -> Result<(Entry, Opened)> {
-        self.quota()?;
+        self.check_fd_quota()?;
         let dir = self.inode(parent)?;
         let name = new_name(name)?;
         // O_NOFOLLOW: creating over a symlink opens nothing (ELOOP), never its target.
@@ -146,7 +146,7 @@ impl Passthrough {
         arg: &CreateIn,
         secctx: Option<&SecCtx>,
     ) -> Result<(Entry, Opened)> {
-        self.quota()?;
+        self.check_fd_quota()?;
         let dir = self.inode(parent)?;
         let mut flags = self.open_flags(arg.flags) & !(libc::O_CREAT | libc::O_PATH);
         if flags & libc::O_ACCMODE == libc::O_RDONLY {
