@@ -36,6 +36,10 @@ struct Args {
     /// async-virtiofsd binary.
     #[arg(long)]
     ours: Option<PathBuf>,
+    /// Extra arguments for async-virtiofsd (one string, split on spaces; e.g. `--poll-us 0` to
+    /// measure an option's effect).
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    ours_extra: String,
     /// C virtiofsd binary.
     #[arg(long)]
     c_virtiofsd: Option<PathBuf>,
@@ -352,7 +356,7 @@ fn real_main(args: Args) -> Result<(), String> {
         .collect();
     let mut targets = Vec::new();
     for (kind, bin, extra) in [
-        (Kind::Ours, &args.ours, ""),
+        (Kind::Ours, &args.ours, args.ours_extra.as_str()),
         (Kind::C, &args.c_virtiofsd, args.c_extra.as_str()),
         (Kind::Rust, &args.rust_virtiofsd, args.rust_extra.as_str()),
     ] {

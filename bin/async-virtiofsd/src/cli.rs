@@ -6,6 +6,7 @@
 
 use std::os::unix::io::RawFd;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
@@ -17,6 +18,12 @@ use virtiofs_sandbox::{CapabilityPolicy, SandboxMode, SeccompMode};
 use crate::compat::{
     self, InodeFileHandles, MigrationMode, MigrationOnError, Negotiation, Setting,
 };
+
+/// `--poll-us` by default (see docs/performance.md for how it was chosen).
+pub const DEFAULT_POLL_US: u64 = 0;
+/// The largest `--poll-us`: a millisecond of spinning per request is already more than any
+/// wake-up it could save.
+pub const MAX_POLL_US: u64 = 1000;
 
 /// Where the vhost-user frontend connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +121,13 @@ struct Args {
     /// (e.g. `1:0-1,2:2-3`). The hiprio queue and queues not named stay unpinned.
     #[arg(long, value_name = "auto|Q:CPUS,...", value_parser = clap::value_parser!(QueueAffinity))]
     queue_affinity: Option<QueueAffinity>,
+
+    /// Longest time, in microseconds, a request queue watches its ring for the next request
+    /// before sleeping (guest notifications off meanwhile); adapts between 0 and this to the
+    /// guest's pace, so an idle guest costs no CPU. 0: never poll.
+    #[arg(long, value_name = "US", default_value_t = DEFAULT_POLL_US,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_POLL_US))]
+    poll_us: u64,
 
     /// Guest caching policy.
     #[arg(long, value_enum, default_value = "auto")]
@@ -318,6 +332,8 @@ pub struct Options {
     pub thread_pool_size: usize,
     /// `--queue-affinity`.
     pub queue_affinity: Option<QueueAffinity>,
+    /// `--poll-us`.
+    pub poll_max: Duration,
     /// `--log-level`.
     pub log_level: LogLevel,
     /// `--sandbox`.
@@ -672,6 +688,7 @@ where
         listen,
         thread_pool_size: args.thread_pool_size as usize,
         queue_affinity: args.queue_affinity,
+        poll_max: Duration::from_micros(args.poll_us),
         log_level,
         sandbox,
         seccomp: match args.seccomp {

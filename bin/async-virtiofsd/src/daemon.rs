@@ -68,6 +68,7 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
     let pipeline = PipelineConfig {
         thread_pool_size: opts.thread_pool_size,
         queue_affinity: opts.queue_affinity.clone(),
+        poll_max: opts.poll_max,
     };
     let max_threads = pipeline.max_blocking_threads(backend.num_queues());
     let nofile = rlimit::raise_nofile(opts.rlimit_nofile)?;

@@ -28,6 +28,7 @@ pub mod handler;
 mod kick;
 mod lock_wait;
 mod pipeline;
+pub mod poll;
 pub mod pool;
 pub mod queue;
 pub mod request;

@@ -25,6 +25,9 @@ pub struct PipelineConfig {
     /// The CPUs of each request queue's thread and runners (`--queue-affinity`); `None`:
     /// unpinned.
     pub queue_affinity: Option<QueueAffinity>,
+    /// The longest a request queue polls its avail ring before sleeping (`--poll-us`, see
+    /// [`crate::poll`]); zero: never.
+    pub poll_max: Duration,
 }
 
 impl PipelineConfig {
@@ -110,6 +113,7 @@ impl Pipeline {
             gate,
             request_rings,
             pool_size: config.thread_pool_size,
+            poll_max: config.poll_max,
             affinity: config.queue_affinity.map(|a| Affinity {
                 // The CPUs this thread (the daemon's main thread) may use: what `auto` spreads
                 // and what runners go back to.

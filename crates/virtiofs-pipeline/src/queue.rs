@@ -8,8 +8,9 @@
 //! guest notification ([`UsedBatch`]); a pooled request completes on its own.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,7 @@ use crate::gate::{Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler, Handled};
 use crate::kick::AsyncKick;
 use crate::lock_wait::LockWait;
+use crate::poll::{avail_within, AdaptivePoll};
 use crate::pool::{Job, Pool};
 use crate::request::{classify, is_forget, peek_in_header, reply_error, reply_room, Weight};
 use crate::serve::serve_chain_handled;
@@ -49,6 +51,9 @@ pub(crate) struct QueueContext<H: FuseHandler> {
     pub(crate) pool: Option<Pool<H>>,
     /// Counters for this queue.
     pub(crate) stats: Arc<QueueStats>,
+    /// The longest window to poll the avail ring for before sleeping (`--poll-us`; zero for
+    /// the hiprio queue).
+    pub(crate) poll_max: Duration,
     /// Every request queue's vring (this one's too), for the size of the smallest at INIT.
     pub(crate) request_rings: Arc<[WatchedVring]>,
     /// The queue thread's runtime (SETLKW waits run there).
@@ -110,11 +115,32 @@ impl<H: FuseHandler> QueueContext<H> {
                 continue;
             };
             debug!(queue = index, "queue running");
+            let mut poll = AdaptivePoll::new(self.poll_max);
             loop {
                 // Process first: a kick may have arrived before we started polling the eventfd.
                 // A drain is never abandoned half-way: it stops early only when the daemon
                 // stops, returning what it popped (see `drain`).
-                self.drain().await;
+                let window = poll.window();
+                self.drain(!window.is_zero()).await;
+                let waiting = Instant::now();
+                if !window.is_zero() {
+                    // Notifications are still off: watch the ring before sleeping.
+                    self.stats.polls.fetch_add(1, Ordering::Relaxed);
+                    let more = avail_within(&self.link, window) || {
+                        match self.link.vring.enable_notification() {
+                            Ok(more) => more, // arrived as notifications came back on
+                            Err(e) => {
+                                debug!(queue = index, "enable_notification: {e}");
+                                false
+                            }
+                        }
+                    };
+                    if more {
+                        self.stats.poll_hits.fetch_add(1, Ordering::Relaxed);
+                        poll.record_wait(waiting.elapsed());
+                        continue;
+                    }
+                }
                 tokio::select! {
                     biased;
                     _ = self.cancel.cancelled() => return,
@@ -123,23 +149,28 @@ impl<H: FuseHandler> QueueContext<H> {
                         debug!(queue = index, "queue state changed");
                         break;
                     }
-                    r = kick.wait() => if let Err(e) = r {
-                        warn!(queue = index, "kick eventfd failed: {e}");
-                        // Do not spin on a broken fd: wait until the frontend changes the ring.
-                        tokio::select! {
-                            _ = self.cancel.cancelled() => return,
-                            r = changes.changed() => if r.is_err() { return },
+                    r = kick.wait() => match r {
+                        Ok(()) => poll.record_wait(waiting.elapsed()),
+                        Err(e) => {
+                            warn!(queue = index, "kick eventfd failed: {e}");
+                            // Do not spin on a broken fd: wait until the frontend changes the
+                            // ring.
+                            tokio::select! {
+                                _ = self.cancel.cancelled() => return,
+                                r = changes.changed() => if r.is_err() { return },
+                            }
+                            break;
                         }
-                        break;
                     },
                 }
             }
         }
     }
 
-    /// Pops and dispatches chains until the ring is empty with guest notifications re-enabled.
-    /// When the daemon stops, the chains popped and not started yet go back with EIO.
-    async fn drain(self: &Arc<Self>) {
+    /// Pops and dispatches chains until the ring is empty with guest notifications re-enabled,
+    /// or, with `keep_off` (the queue polls next), still disabled. When the daemon stops, the
+    /// chains popped and not started yet go back with EIO.
+    async fn drain(self: &Arc<Self>, keep_off: bool) {
         let vring = &self.link.vring;
         let mut used = UsedBatch::new(&self.link, &self.stats);
         loop {
@@ -164,6 +195,9 @@ impl<H: FuseHandler> QueueContext<H> {
                 if self.cancel.is_cancelled() {
                     return;
                 }
+            }
+            if keep_off {
+                return;
             }
             match vring.enable_notification() {
                 Ok(true) => continue, // more arrived while notifications were off

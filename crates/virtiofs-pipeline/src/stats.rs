@@ -28,6 +28,10 @@ pub struct QueueStats {
     pub batches: AtomicU64,
     /// Guest notifications sent (call eventfd writes).
     pub notifications: AtomicU64,
+    /// Times the queue polled the avail ring before sleeping (`--poll-us`).
+    pub polls: AtomicU64,
+    /// Polls that found a request (no sleep, no kick needed).
+    pub poll_hits: AtomicU64,
     /// Time per request in the server, ns.
     pub service: Log2Histogram,
     /// Requests of this queue running when one starts (itself included): the depth it meets.
@@ -93,6 +97,8 @@ impl QueueStats {
             runners = get(&self.runners),
             batches = get(&self.batches),
             notifications = get(&self.notifications),
+            polls = get(&self.polls),
+            poll_hits = get(&self.poll_hits),
             service_p50_us = us(0.5),
             service_p99_us = us(0.99),
             service_p999_us = us(0.999),

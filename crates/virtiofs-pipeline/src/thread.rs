@@ -41,6 +41,8 @@ pub(crate) struct Shared<H> {
     pub(crate) request_rings: Arc<[WatchedVring]>,
     /// Permits per request queue (`--thread-pool-size`); 0: no pool.
     pub(crate) pool_size: usize,
+    /// `--poll-us` (request queues only).
+    pub(crate) poll_max: Duration,
     /// `--queue-affinity`, if given.
     pub(crate) affinity: Option<Affinity>,
     /// The runtime whose blocking threads run pooled requests.
@@ -156,6 +158,11 @@ fn start_thread<H: FuseHandler>(
         gate: shared.gate.clone(),
         pool,
         stats,
+        poll_max: if index == HIPRIO_QUEUE {
+            Duration::ZERO
+        } else {
+            shared.poll_max
+        },
         request_rings: shared.request_rings.clone(),
         local: rt.handle().clone(),
         tasks: TaskTracker::new(),

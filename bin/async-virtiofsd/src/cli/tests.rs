@@ -532,3 +532,18 @@ fn quota_options_take_counts_and_binary_sizes() {
         assert!(!e.contains('\n'), "one line: {e}");
     }
 }
+
+#[test]
+fn poll_us_is_off_by_default_and_bounded() {
+    let base = ["--shared-dir=/srv", "--socket-path=/s"];
+    assert_eq!(run(&base).unwrap().poll_max, Duration::ZERO);
+    let mut a = base.to_vec();
+    a.push("--poll-us=50");
+    assert_eq!(run(&a).unwrap().poll_max, Duration::from_micros(50));
+    for bad in ["--poll-us=1001", "--poll-us=-1", "--poll-us=x"] {
+        let mut a = base.to_vec();
+        a.push(bad);
+        let e = run(&a).unwrap_err();
+        assert!(e.contains("--poll-us"), "{bad}: {e}");
+    }
+}

@@ -358,6 +358,21 @@ pub fn rig_with(
     started: impl Fn(usize) -> bool,
     runtime: Option<tokio::runtime::Handle>,
 ) -> Rig {
+    let config = PipelineConfig {
+        thread_pool_size: pool,
+        ..Default::default()
+    };
+    rig_config(queues, config, event_idx, started, runtime)
+}
+
+/// [`rig_with`] with a whole pipeline configuration.
+pub fn rig_config(
+    queues: usize,
+    config: PipelineConfig,
+    event_idx: bool,
+    started: impl Fn(usize) -> bool,
+    runtime: Option<tokio::runtime::Handle>,
+) -> Rig {
     let backend = FsBackend::new(FsBackendConfig {
         request_queues: queues,
     });
@@ -373,10 +388,6 @@ pub fn rig_with(
         .collect();
     let handler = Arc::new(ScriptedHandler::default());
     let vrings = links.iter().map(|l| l.vring.clone()).collect();
-    let config = PipelineConfig {
-        thread_pool_size: pool,
-        ..Default::default()
-    };
     let runtime = runtime.unwrap_or_else(tokio::runtime::Handle::current);
     let pipeline = Pipeline::start_on(links, handler.clone(), config, runtime).unwrap();
     Rig {
