@@ -461,3 +461,66 @@ fn namespace_maps_that_cannot_be_set_up_are_one_line_and_exit_1() {
         "{stderr}"
     );
 }
+
+/// The first subordinate id range of `nobody` in `file` (`/etc/subuid` or `/etc/subgid`).
+fn subordinate_range(file: &str) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let who = f.next()?;
+        if who != "nobody" && who != "65534" {
+            return None;
+        }
+        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    })
+}
+
+fn on_path(program: &str) -> bool {
+    Command::new(program)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+#[test]
+fn subordinate_ids_mapped_by_newuidmap_serve_guest_users() {
+    if !user_namespaces_work() {
+        eprintln!("skipped: an unprivileged user cannot create a user namespace here");
+        return;
+    }
+    let (Some((su, sun)), Some((sg, sgn))) = (
+        subordinate_range("/etc/subuid"),
+        subordinate_range("/etc/subgid"),
+    ) else {
+        eprintln!("skipped: nobody has no range in /etc/subuid and /etc/subgid");
+        return;
+    };
+    if !on_path("newuidmap") || !on_path("newgidmap") {
+        eprintln!("skipped: newuidmap/newgidmap are not installed (the uidmap package)");
+        return;
+    }
+    assert!(sun >= 2000 && sgn >= 2000, "the test needs 2000 ids");
+    let uid_map = format!("--uid-map=:1:{su}:{sun}:");
+    let gid_map = format!("--gid-map=:1:{sg}:{sgn}:");
+    let d = Daemon::start_as(
+        NOBODY,
+        NOBODY,
+        &[
+            "--uid-map=:0:65534:1:",
+            &uid_map,
+            "--gid-map=:0:65534:1:",
+            &gid_map,
+        ],
+    );
+    open_to_all(&d.share);
+    let c = session(&d);
+    guest_root_round_trip(&d, &c);
+    // A guest user is namespace id 1000: subordinate id 999 of the range on the host.
+    let e = c
+        .with_creds(Creds::user(1000, 1001))
+        .mkdir(ROOT_ID, "user", 0o755, 0)
+        .unwrap();
+    assert_eq!(owner(&d.share.join("user")), (su + 999, sg + 1000));
+    assert_eq!((e.attr.uid, e.attr.gid), (1000, 1001));
+}
