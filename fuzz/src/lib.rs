@@ -36,7 +36,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use virtiofs_fuse::abi::{EntryOut, InHeader, Opcode, OutHeader};
-use virtiofs_passthrough::{CacheMode, InodeFileHandles, Share, ShareOptions};
+use virtiofs_passthrough::{CacheMode, IdMap, IdMaps, InodeFileHandles, Share, ShareOptions};
 use virtiofs_pipeline::request::{is_forget, peek_in_header, read_reply_prefix, IN_HEADER_LEN};
 use virtiofs_pipeline::{serve_chain, QueueStats, SessionGate};
 use vm_memory::ByteValued;
@@ -478,6 +478,17 @@ fn share_options(dir: &std::path::Path, options: u8) -> ShareOptions {
         // harness's requests reach.
         max_inodes: (options & 8 != 0).then_some(64),
         max_bytes: (options & 8 != 0).then_some(1 << 20),
+        // The id translation's paths too (guest ids map to themselves: the harness's checks of
+        // owners still hold; host ids 1..1000 show as 65534).
+        idmaps: if options & 8 != 0 {
+            let rules = |r: &[&str]| r.iter().map(|r| r.parse().unwrap()).collect::<Vec<_>>();
+            IdMaps {
+                uid: IdMap::new(&rules(&["map:1000:1000:1", "squash-host:1:65534:999"])).unwrap(),
+                gid: IdMap::new(&rules(&["guest:0:0:1"])).unwrap(),
+            }
+        } else {
+            IdMaps::default()
+        },
     }
 }
 

@@ -12,8 +12,9 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use virtiofs_device::MAX_REQUEST_QUEUES;
 use virtiofs_passthrough::{CacheMode, InodeFileHandles as NodeMode, ShareOptions};
+use virtiofs_passthrough::{IdMap, IdMaps, IdRule};
 use virtiofs_pipeline::{CpuSet, QueueAffinity};
-use virtiofs_sandbox::{CapabilityPolicy, SandboxMode, SeccompMode};
+use virtiofs_sandbox::{CapabilityPolicy, NsIdMaps, NsRange, SandboxMode, SeccompMode};
 
 use crate::compat::{
     self, InodeFileHandles, MigrationMode, MigrationOnError, Negotiation, Setting,
@@ -249,25 +250,31 @@ struct Args {
     #[arg(long)]
     preserve_noatime: bool,
 
-    /// UID range mapped into the sandbox's user namespace, :ns:host:count: [not implemented yet].
+    /// UID range of the sandbox's user namespace, :namespace_uid:host_uid:count: (repeatable;
+    /// non-root with --sandbox namespace; more than the daemon's own uid needs newuidmap and
+    /// /etc/subuid). Default: the daemon's uid as 0.
     #[arg(long, value_name = "MAP", action = ArgAction::Append,
           value_parser = compat::parse_ns_idmap)]
-    uid_map: Vec<String>,
+    uid_map: Vec<NsRange>,
 
-    /// GID range mapped into the sandbox's user namespace, :ns:host:count: [not implemented yet].
+    /// GID range of the sandbox's user namespace, :namespace_gid:host_gid:count: (as
+    /// --uid-map, with newgidmap and /etc/subgid).
     #[arg(long, value_name = "MAP", action = ArgAction::Append,
           value_parser = compat::parse_ns_idmap)]
-    gid_map: Vec<String>,
+    gid_map: Vec<NsRange>,
 
-    /// UID translation between guest and host, TYPE:a:b:count [not implemented yet].
-    #[arg(long, value_name = "MAP", action = ArgAction::Append,
+    /// Translate UIDs between guest and host (repeatable): guest:GUEST:HOST:COUNT,
+    /// host:HOST:GUEST:COUNT, map:GUEST:HOST:COUNT (both ways), squash-guest:GUEST:HOST:COUNT,
+    /// squash-host:HOST:GUEST:COUNT, forbid-guest:GUEST:COUNT (EPERM). Unmatched ids pass
+    /// unchanged.
+    #[arg(long, value_name = "RULE", action = ArgAction::Append,
           value_parser = compat::parse_translate_idmap)]
-    translate_uid: Vec<String>,
+    translate_uid: Vec<IdRule>,
 
-    /// GID translation between guest and host, TYPE:a:b:count [not implemented yet].
-    #[arg(long, value_name = "MAP", action = ArgAction::Append,
+    /// Translate GIDs between guest and host, as --translate-uid.
+    #[arg(long, value_name = "RULE", action = ArgAction::Append,
           value_parser = compat::parse_translate_idmap)]
-    translate_gid: Vec<String>,
+    translate_gid: Vec<IdRule>,
 
     /// Live migration: how inodes are transferred [not implemented yet].
     #[arg(long, value_enum)]
@@ -350,6 +357,8 @@ pub struct Options {
     pub socket_group: Option<String>,
     /// `--tag`.
     pub tag: Option<String>,
+    /// `--uid-map`, `--gid-map`: the namespace sandbox's user namespace.
+    pub ns_idmaps: NsIdMaps,
 }
 
 /// A command-line problem: printed as one line, exit code 2.
@@ -526,18 +535,6 @@ where
     }
     // Options whose feature is not built yet: refused (the `bool` says whether one was given).
     let refused = [
-        ("uid_map", "--uid-map", !args.uid_map.is_empty()),
-        ("gid_map", "--gid-map", !args.gid_map.is_empty()),
-        (
-            "translate_uid",
-            "--translate-uid",
-            !args.translate_uid.is_empty(),
-        ),
-        (
-            "translate_gid",
-            "--translate-gid",
-            !args.translate_gid.is_empty(),
-        ),
         (
             "migration_mode",
             "--migration-mode",
@@ -599,6 +596,12 @@ where
         },
         max_inodes: args.max_inodes,
         max_bytes: args.max_bytes,
+        idmaps: IdMaps {
+            uid: IdMap::new(&args.translate_uid)
+                .map_err(|e| UsageError(format!("--translate-uid: {e}")))?,
+            gid: IdMap::new(&args.translate_gid)
+                .map_err(|e| UsageError(format!("--translate-gid: {e}")))?,
+        },
     };
     let mut log_level = LogLevel::Info;
     let mut source = None;
@@ -639,6 +642,24 @@ where
     share.xattr |= share.security_label != virtiofs_passthrough::Negotiation::Never;
     if !not_implemented.is_empty() {
         return Err(not_yet(&not_implemented));
+    }
+    if !share.idmaps.is_empty() && share.posix_acl != virtiofs_passthrough::Negotiation::Never {
+        // An ACL names users and groups in its xattr value, which would pass untranslated.
+        return Err(UsageError(
+            "--translate-uid and --translate-gid cannot be used with --posix-acl (ACLs hold ids \
+             the translation would not see)"
+                .into(),
+        ));
+    }
+    let ns_idmaps = NsIdMaps {
+        uid: args.uid_map,
+        gid: args.gid_map,
+    };
+    if !ns_idmaps.is_empty() && sandbox != SandboxMode::Namespace {
+        return Err(UsageError(
+            "--uid-map and --gid-map need --sandbox namespace (they set up its user namespace)"
+                .into(),
+        ));
     }
     share.shared_dir = source.ok_or_else(|| {
         UsageError("missing shared directory: give --shared-dir DIR or -o source=DIR".into())
@@ -702,6 +723,7 @@ where
         syslog: args.syslog,
         socket_group: args.socket_group,
         tag: args.tag,
+        ns_idmaps,
     })))
 }
 

@@ -198,43 +198,15 @@ pub fn parse_xattrmap(map: &str) -> Result<XattrMap, String> {
     map.parse().map_err(|e: XattrMapError| e.to_string())
 }
 
-/// `--uid-map` / `--gid-map`: `:namespace_id:host_id:count:` with any non-alphanumeric
+/// `--uid-map` / `--gid-map`: `:namespace_id:host_id:count:`, any non-alphanumeric
 /// delimiter, as in the Rust virtiofsd.
-pub fn parse_ns_idmap(map: &str) -> Result<String, String> {
-    let delimiter = map
-        .chars()
-        .last()
-        .filter(|c| !c.is_alphanumeric())
-        .ok_or("expected :namespace_id:host_id:count:")?;
-    let inner = map[..map.len() - delimiter.len_utf8()]
-        .strip_prefix(delimiter)
-        .ok_or("expected :namespace_id:host_id:count:")?;
-    let fields: Vec<&str> = inner.split(delimiter).collect();
-    if fields.len() != 3 || fields.iter().any(|f| f.parse::<u32>().is_err()) {
-        return Err("expected :namespace_id:host_id:count: (three numbers)".into());
-    }
-    Ok(map.into())
+pub fn parse_ns_idmap(map: &str) -> Result<virtiofs_sandbox::NsRange, String> {
+    map.parse()
 }
 
 /// `--translate-uid` / `--translate-gid`: `TYPE:a:b:count` (`forbid-guest:a:count`).
-pub fn parse_translate_idmap(map: &str) -> Result<String, String> {
-    const USAGE: &str = "expected guest|host|squash-guest|squash-host|map:BASE:BASE:COUNT \
-         or forbid-guest:BASE:COUNT";
-    let split = map
-        .find(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
-        .ok_or(USAGE)?;
-    let (kind, rest) = map.split_at(split);
-    let delimiter = rest.chars().next().ok_or(USAGE)?;
-    let fields: Vec<&str> = rest[delimiter.len_utf8()..].split(delimiter).collect();
-    let want = match kind.to_lowercase().as_str() {
-        "guest" | "host" | "squash-guest" | "squash-host" | "map" => 3,
-        "forbid-guest" => 2,
-        _ => return Err(USAGE.into()),
-    };
-    if fields.len() != want || fields.iter().any(|f| f.parse::<u32>().is_err()) {
-        return Err(USAGE.into());
-    }
-    Ok(map.into())
+pub fn parse_translate_idmap(map: &str) -> Result<virtiofs_passthrough::IdRule, String> {
+    map.parse()
 }
 
 #[cfg(test)]

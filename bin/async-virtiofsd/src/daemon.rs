@@ -136,7 +136,7 @@ fn enter_sandbox(
     shared_dir: &Path,
 ) -> Result<Entered<virtiofs_passthrough::PreparedShare>, EnterError<ShareError>> {
     let root = opts.sandbox.root_inside(shared_dir);
-    virtiofs_sandbox::enter(opts.sandbox, shared_dir, || {
+    virtiofs_sandbox::enter(opts.sandbox, shared_dir, &opts.ns_idmaps, || {
         Share::prepare(&opts.share, &root)
     })
 }

@@ -17,6 +17,7 @@ mod fd_quota;
 mod file_handle;
 mod filesystem;
 mod handle;
+mod idmap;
 mod inode;
 mod ops;
 mod passthrough;
@@ -25,6 +26,7 @@ mod storage;
 mod sys;
 mod xattrmap;
 pub use fd_quota::FdQuota;
+pub use idmap::{Forbidden, IdMap, IdMaps, IdRule};
 pub use passthrough::{Config, Passthrough};
 pub use xattrmap::{XattrMap, XattrMapError};
 
@@ -159,6 +161,9 @@ pub struct ShareOptions {
     /// The most bytes its regular files may allocate (`--max-bytes`): growing past it is
     /// EDQUOT (a write that partly fits is cut short).
     pub max_bytes: Option<u64>,
+    /// Translation of user and group ids between the guest and the host (`--translate-uid`,
+    /// `--translate-gid`); empty, nothing is translated.
+    pub idmaps: IdMaps,
 }
 
 /// Why the share cannot be served.
@@ -246,6 +251,7 @@ impl Share {
             inode_file_handles: opts.inode_file_handles,
             max_inodes: opts.max_inodes,
             max_bytes: opts.max_bytes,
+            idmaps: opts.idmaps.clone(),
         };
         let fs = Passthrough::new(cfg, root).map_err(|source| ShareError::Open {
             path: PathBuf::from("/proc/self/fd"),
@@ -365,6 +371,7 @@ mod tests {
             inode_file_handles: InodeFileHandles::Never,
             max_inodes: None,
             max_bytes: None,
+            idmaps: IdMaps::default(),
         }
     }
 

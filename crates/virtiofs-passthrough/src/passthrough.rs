@@ -20,6 +20,7 @@ use crate::creds;
 use crate::fd_quota::FdQuota;
 use crate::file_handle::{FileHandle, MountFds};
 use crate::handle::HandleTable;
+use crate::idmap::IdMaps;
 use crate::inode::{Inode, InodeStore, Storage};
 use crate::ops::lock::LockTable;
 use crate::quota::{self, Quota};
@@ -70,6 +71,8 @@ pub struct Config {
     pub max_inodes: Option<u64>,
     /// The most bytes its regular files may allocate (`--max-bytes`, `quota.rs`).
     pub max_bytes: Option<u64>,
+    /// Translation of ids between the guest and the host (`idmap.rs`).
+    pub idmaps: crate::IdMaps,
 }
 
 /// The INIT flags this filesystem always serves.
@@ -114,6 +117,8 @@ pub struct Passthrough {
     pub(crate) mounts: MountFds,
     /// The share's inode and byte quota, if any (`quota.rs`, `ops/quota.rs`).
     pub(crate) quota: Option<Quota>,
+    /// The id translation, only when a rule was given: without, a reply costs one `None` check.
+    pub(crate) idmaps: Option<Box<IdMaps>>,
 }
 
 impl Passthrough {
@@ -124,6 +129,7 @@ impl Passthrough {
             sys::openat(cwd(), c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?;
         Ok(Passthrough {
             quota: Quota::new(cfg.max_inodes, cfg.max_bytes),
+            idmaps: (!cfg.idmaps.is_empty()).then(|| Box::new(cfg.idmaps.clone())),
             cfg,
             inodes: InodeStore::default(),
             handles: HandleTable::default(),
@@ -291,8 +297,34 @@ impl Passthrough {
 
     /// Runs as the caller (for requests that make files): the new file's owner is the guest
     /// user, and the host checks the caller's rights as the guest's did.
+    /// With `--translate-uid`/`--translate-gid` the caller's ids are the host ids they
+    /// translate to, and a forbidden one is EPERM, whether or not the daemon can switch.
     pub(crate) fn as_caller(&self, ctx: &Context) -> Result<creds::Switched> {
-        creds::switch(self.switch_creds, ctx.uid, ctx.gid, ctx.supp_group).map_err(Errno::from)
+        let (mut uid, mut gid, mut supp) = (ctx.uid, ctx.gid, ctx.supp_group);
+        if let Some(m) = &self.idmaps {
+            uid = self.guest_id(&m.uid, uid, "uid")?;
+            gid = self.guest_id(&m.gid, gid, "gid")?;
+            supp = supp.map(|g| self.guest_id(&m.gid, g, "gid")).transpose()?;
+        }
+        creds::switch(self.switch_creds, uid, gid, supp).map_err(Errno::from)
+    }
+
+    /// The host id for the guest's `id` (`what`: uid or gid, for the log); EPERM if forbidden.
+    pub(crate) fn guest_id(&self, map: &crate::IdMap, id: u32, what: &str) -> Result<u32> {
+        map.to_host(id).map_err(|_| {
+            tracing::debug!(
+                "guest {what} {id} is forbidden (--translate-{what} forbid-guest): EPERM"
+            );
+            Errno(libc::EPERM)
+        })
+    }
+
+    /// The owner in an attribute reply, as the guest sees it.
+    pub(crate) fn guest_owner(&self, uid: &mut u32, gid: &mut u32) {
+        if let Some(m) = &self.idmaps {
+            *uid = m.uid.to_guest(*uid);
+            *gid = m.gid.to_guest(*gid);
+        }
     }
 
     /// How long the guest may cache entries and attributes.
@@ -303,6 +335,7 @@ impl Passthrough {
     /// A looked-up entry for `inode`, whose attributes are `stx`.
     pub(crate) fn entry(&self, inode: &Inode, stx: &libc::statx, parent_mnt: u64) -> Entry {
         let mut attr = attr_of(stx);
+        self.guest_owner(&mut attr.uid, &mut attr.gid);
         if self.cfg.announce_submounts && inode.is_dir() && stx.stx_mnt_id != parent_mnt {
             attr.flags |= virtiofs_fuse::abi::flags::ATTR_SUBMOUNT;
         }

@@ -14,12 +14,14 @@ pub mod capabilities;
 pub mod rlimit;
 pub mod sandbox;
 pub mod seccomp;
+pub mod userns;
 
 pub use capabilities::CapabilityPolicy;
 pub use sandbox::{
     enter, make_root_readonly, release_held_signals, EnterError, Entered, SandboxMode,
 };
 pub use seccomp::SeccompMode;
+pub use userns::{NsIdMaps, NsRange};
 
 /// Why confinement could not be set up. Each message says what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,9 @@ pub enum Error {
     /// The seccomp filter could not be built or installed.
     #[error("seccomp: {0}")]
     Seccomp(String),
+    /// The user namespace's id maps (`--uid-map`, `--gid-map`) could not be set up.
+    #[error("sandbox: {0}")]
+    UserNs(String),
     /// The open-file limit could not be set or is too small.
     #[error("{0}")]
     Rlimit(String),

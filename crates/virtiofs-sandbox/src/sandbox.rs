@@ -23,6 +23,7 @@ use nix::sys::signal::{
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, getegid, geteuid, pivot_root, ForkResult, Pid};
 
+use crate::userns::{self, NsIdMaps};
 use crate::Error;
 
 /// The `--sandbox` choice.
@@ -99,12 +100,20 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for EnterError<E> {}
 /// with the sandbox's own /proc mounted: open what must come from outside the share there (the
 /// file server's /proc/self/fd). Must be called while the process has a single thread: namespace
 /// mode forks.
+///
+/// `ns_maps` (`--uid-map`, `--gid-map`) are for namespace mode as non-root only (`userns.rs`).
 pub fn enter<T, E>(
     mode: SandboxMode,
     shared_dir: &Path,
+    ns_maps: &NsIdMaps,
     prepare: impl FnOnce() -> Result<T, E>,
 ) -> Result<Entered<T>, EnterError<E>> {
     let sandbox = EnterError::Sandbox;
+    if mode != SandboxMode::Namespace && !ns_maps.is_empty() {
+        return Err(sandbox(Error::UserNs(
+            "--uid-map and --gid-map need --sandbox namespace".into(),
+        )));
+    }
     match mode {
         SandboxMode::None => prepare().map(Entered::Inside).map_err(EnterError::Prepare),
         SandboxMode::Chroot => {
@@ -116,7 +125,7 @@ pub fn enter<T, E>(
             Ok(Entered::Inside(t))
         }
         SandboxMode::Namespace => {
-            if let Some(code) = unshare_and_fork().map_err(sandbox)? {
+            if let Some(code) = unshare_and_fork(ns_maps).map_err(sandbox)? {
                 return Ok(Entered::Supervisor(code));
             }
             mount_private_proc().map_err(sandbox)?;
@@ -130,12 +139,21 @@ pub fn enter<T, E>(
 /// Creates the namespaces and forks. Returns `Some(exit code)` in the supervisor once the child
 /// has ended, `None` in the child (PID 1 of the new PID namespace, in its own mount and network
 /// namespaces: the supervisor keeps the host's view, to remove the socket path at the end).
-fn unshare_and_fork() -> Result<Option<u8>, Error> {
+fn unshare_and_fork(ns_maps: &NsIdMaps) -> Result<Option<u8>, Error> {
     let (uid, gid) = (geteuid(), getegid());
     let mut flags = CloneFlags::CLONE_NEWPID;
-    if !uid.is_root() {
+    let pending = if uid.is_root() {
+        if !ns_maps.is_empty() {
+            return Err(Error::UserNs(
+                "--uid-map and --gid-map are for a daemon started as non-root (as root it needs no user namespace)"
+                    .into(),
+            ));
+        }
+        None
+    } else {
         flags |= CloneFlags::CLONE_NEWUSER;
-    }
+        Some(userns::prepare(ns_maps, uid, gid)?)
+    };
     unshare(flags).map_err(|e| {
         Error::sys(
             if uid.is_root() {
@@ -146,11 +164,10 @@ fn unshare_and_fork() -> Result<Option<u8>, Error> {
             e,
         )
     })?;
-    if !uid.is_root() {
-        // Map our own ids to root inside, so the mounts below are allowed.
-        write_proc("/proc/self/setgroups", "deny")?;
-        write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
-        write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))?;
+    if let Some(pending) = pending {
+        // Our own ids as root inside (or the --uid-map/--gid-map ranges), so the mounts below
+        // are allowed.
+        userns::write_maps(pending)?;
     }
     // The signals the supervisor forwards are held back from before the fork until handlers are
     // in place: in the supervisor until it installs its own (a caller may signal the pid it
@@ -345,10 +362,6 @@ fn set_root_attributes(attr_set: u64, flags: MsFlags, what: &'static str) -> Res
         None::<&str>,
     )
     .map_err(|e| Error::sys(what, e))
-}
-
-fn write_proc(path: &str, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text).map_err(|e| Error::Io(format!("write {path}"), e))
 }
 
 #[cfg(test)]

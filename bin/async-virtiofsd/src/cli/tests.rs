@@ -178,8 +178,8 @@ fn debug_flag_and_log_level() {
 
 #[test]
 fn options_not_built_yet_are_refused_in_one_line_naming_them() {
-    let e = run(&["--shared-dir=/a", "--fd=3", "--uid-map=:0:1000:1:"]).unwrap_err();
-    assert_eq!(e, "--uid-map is not implemented yet");
+    let e = run(&["--shared-dir=/a", "--fd=3", "--migration-mode=find-paths"]).unwrap_err();
+    assert_eq!(e, "--migration-mode is not implemented yet");
     let o = run(&[
         "--shared-dir=/a",
         "--fd=3",
@@ -208,8 +208,8 @@ fn options_not_built_yet_are_refused_in_one_line_naming_them() {
     let e = run(&["--shared-dir=/a", "--fd=3", "--xattrmap", ":prefix:all:a."]).unwrap_err();
     assert!(e.contains("--xattrmap") && e.contains("incomplete"), "{e}");
     // Checked before the share and socket: the refusal is the more useful message.
-    let e = run(&["--uid-map=:0:1000:1:"]).unwrap_err();
-    assert_eq!(e, "--uid-map is not implemented yet");
+    let e = run(&["--migration-confirm-paths"]).unwrap_err();
+    assert_eq!(e, "--migration-confirm-paths is not implemented yet");
     use virtiofs_passthrough::Negotiation as N;
     for (arg, want) in [
         ("--posix-acl", N::Always),
@@ -545,5 +545,103 @@ fn poll_us_is_off_by_default_and_bounded() {
         a.push(bad);
         let e = run(&a).unwrap_err();
         assert!(e.contains("--poll-us"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn id_translation_rules_accumulate_and_bad_ones_are_one_line() {
+    let o = run(&[
+        "--shared-dir=/a",
+        "--fd=3",
+        "--translate-uid",
+        "squash-guest:0:1001:4294967295",
+        "--translate-uid=host:1001:1000:1",
+        "--translate-gid",
+        "MAP/0/100/1",
+    ])
+    .unwrap();
+    let (uid, gid) = (&o.share.idmaps.uid, &o.share.idmaps.gid);
+    assert_eq!(uid.rules().len(), 2);
+    assert_eq!((uid.to_host(0), uid.to_host(55)), (Ok(1001), Ok(1001)));
+    assert_eq!(uid.to_guest(1001), 1000);
+    assert_eq!((gid.to_host(0), gid.to_guest(100)), (Ok(100), 0));
+    assert!(run(&["--shared-dir=/a", "--fd=3"])
+        .unwrap()
+        .share
+        .idmaps
+        .is_empty());
+    for (args, want) in [
+        (&["--translate-uid=sideways:0:1:2"][..], "--translate-uid"),
+        (&["--translate-gid", "map:0:1"], "takes 3 numbers"),
+        (&["--translate-uid=forbid-guest:0:x"], "'x' is not an id"),
+        (&["--translate-uid=guest:0:4294967295:1"], "4294967294"),
+        (
+            &[
+                "--translate-uid=map:0:1000:10",
+                "--translate-uid=guest:5:0:1",
+            ],
+            "--translate-uid: guest:5:0:1 overlaps map:0:1000:10",
+        ),
+        (
+            &[
+                "--translate-gid=map:0:1000:10",
+                "--translate-gid=host:1009:0:1",
+            ],
+            "--translate-gid: host:1009:0:1 overlaps map:0:1000:10 (host ids",
+        ),
+        (
+            &["--translate-uid=map:0:1000:1", "--posix-acl=auto"],
+            "cannot be used with --posix-acl",
+        ),
+        (
+            &["--posix-acl", "--translate-gid=map:0:1000:1"],
+            "cannot be used with --posix-acl",
+        ),
+    ] {
+        let mut argv = vec!["--shared-dir=/a", "--fd=3"];
+        argv.extend_from_slice(args);
+        let e = run(&argv).unwrap_err();
+        assert!(e.contains(want) && !e.contains('\n'), "{args:?}: {e}");
+    }
+    // With --posix-acl=never they go together.
+    assert!(run(&[
+        "--shared-dir=/a",
+        "--fd=3",
+        "--posix-acl=never",
+        "--translate-uid=map:0:1:1"
+    ])
+    .is_ok());
+}
+
+#[test]
+fn namespace_id_maps_parse_and_need_the_namespace_sandbox() {
+    let o = run(&[
+        "--shared-dir=/a",
+        "--fd=3",
+        "--uid-map=:0:1000:1:",
+        "--uid-map",
+        "/1/100000/65536/",
+        "--gid-map=:0:1000:1:",
+    ])
+    .unwrap();
+    assert_eq!(o.ns_idmaps.uid.len(), 2);
+    assert_eq!(o.ns_idmaps.uid[1].outside, 100000);
+    assert_eq!(o.ns_idmaps.gid[0].count, 1);
+    for (args, want) in [
+        (&["--uid-map=:0:1000:"][..], "--uid-map"),
+        (&["--gid-map=:0:1000:0:"], "at least 1"),
+        (
+            &["--uid-map=:0:1000:1:", "--sandbox=none"],
+            "need --sandbox namespace",
+        ),
+        (
+            &["--gid-map=:0:1000:1:", "-o", "sandbox=chroot"],
+            "need --sandbox namespace",
+        ),
+    ] {
+        let mut argv = vec!["--shared-dir=/a", "--fd=3"];
+        argv.extend_from_slice(args);
+        let e = run(&argv).unwrap_err();
+        assert!(e.contains(want) && !e.contains('\n'), "{args:?}: {e}");
     }
 }

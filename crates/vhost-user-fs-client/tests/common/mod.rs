@@ -60,17 +60,43 @@ impl Daemon {
         Self::spawn(tempfile::tempdir().unwrap(), share.to_owned(), extra)
     }
 
+    /// Starts the daemon as the unprivileged `uid`:`gid` (no supplementary groups), on a share
+    /// and a socket directory that user owns.
+    #[allow(dead_code)]
+    pub fn start_as(uid: u32, gid: u32, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        for p in [dir.path(), &share] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+        }
+        Self::spawn_as(dir, share, extra, Some((uid, gid)))
+    }
+
     fn spawn(dir: tempfile::TempDir, share: PathBuf, extra: &[&str]) -> Self {
+        Self::spawn_as(dir, share, extra, None)
+    }
+
+    fn spawn_as(
+        dir: tempfile::TempDir,
+        share: PathBuf,
+        extra: &[&str],
+        user: Option<(u32, u32)>,
+    ) -> Self {
         let socket = dir.path().join("vfs.sock");
-        let mut child = Command::new(daemon_bin())
-            .arg("--shared-dir")
+        let mut cmd = Command::new(daemon_bin());
+        cmd.arg("--shared-dir")
             .arg(&share)
             .arg("--socket-path")
             .arg(&socket)
             .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning the daemon");
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = user {
+            // std drops the supplementary groups when root changes the uid.
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        let mut child = cmd.spawn().expect("spawning the daemon");
         let (tx, log) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {

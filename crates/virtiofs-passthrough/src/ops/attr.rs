@@ -68,8 +68,10 @@ impl Passthrough {
 
     fn attr_reply(&self, fd: BorrowedFd<'_>) -> Result<AttrReply> {
         let stx = sys::fstatx(fd, libc::STATX_BASIC_STATS)?;
+        let mut attr = attr_of(&stx);
+        self.guest_owner(&mut attr.uid, &mut attr.gid);
         Ok(AttrReply {
-            attr: attr_of(&stx),
+            attr,
             valid: self.timeout(),
         })
     }
@@ -80,8 +82,10 @@ impl Passthrough {
         let flags = libc::AT_EMPTY_PATH | (arg.sx_flags as i32 & libc::AT_STATX_SYNC_TYPE);
         let mask = arg.sx_mask | libc::STATX_BASIC_STATS | libc::STATX_BTIME;
         let stx = sys::statx(inode.fd()?.as_fd(), sys::EMPTY, flags, mask)?;
+        let mut statx = statx_of(&stx);
+        self.guest_owner(&mut statx.uid, &mut statx.gid);
         Ok(StatxReply {
-            statx: statx_of(&stx),
+            statx,
             valid: self.timeout(),
         })
     }
@@ -96,6 +100,21 @@ impl Passthrough {
         let fd = inode.fd()?;
         let proc_name = sys::fd_name(fd.as_raw_fd());
         let is_link = inode.kind == libc::S_IFLNK;
+        // The owner as the host gets it (-1 leaves an id alone), before anything changes: a
+        // forbidden guest id is EPERM with the file untouched.
+        let (mut uid, mut gid) = (u32::MAX, u32::MAX);
+        if arg.valid & fattr::UID != 0 {
+            uid = match &self.idmaps {
+                Some(m) => self.guest_id(&m.uid, arg.uid, "uid")?,
+                None => arg.uid,
+            };
+        }
+        if arg.valid & fattr::GID != 0 {
+            gid = match &self.idmaps {
+                Some(m) => self.guest_id(&m.gid, arg.gid, "gid")?,
+                None => arg.gid,
+            };
+        }
 
         if arg.valid & fattr::MODE != 0 {
             if is_link {
@@ -105,16 +124,6 @@ impl Passthrough {
             sys::fchmodat(self.proc_fd(), proc_name.as_cstr(), arg.mode & 0o7777)?;
         }
         if arg.valid & (fattr::UID | fattr::GID) != 0 {
-            let uid = if arg.valid & fattr::UID != 0 {
-                arg.uid
-            } else {
-                u32::MAX
-            };
-            let gid = if arg.valid & fattr::GID != 0 {
-                arg.gid
-            } else {
-                u32::MAX
-            };
             sys::fchownat(
                 fd.as_fd(),
                 sys::EMPTY,

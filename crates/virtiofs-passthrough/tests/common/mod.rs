@@ -54,6 +54,7 @@ pub fn config(mode: InodeFileHandles) -> Config {
         inode_file_handles: mode,
         max_inodes: None,
         max_bytes: None,
+        idmaps: Default::default(),
     }
 }
 
