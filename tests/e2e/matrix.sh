@@ -183,6 +183,13 @@ check_daemon_log() {
         log_has 'FUSE session started; agreed:.*WRITEBACK_CACHE' "--writeback: WRITEBACK_CACHE negotiated" \
             "--writeback: WRITEBACK_CACHE not negotiated"
     fi
+    if [[ $opts == *"--mode options"* ]]; then
+        local flag
+        for flag in POSIX_ACL DONT_MASK SETXATTR_EXT HANDLE_KILLPRIV_V2 SECURITY_CTX; do
+            log_has "FUSE session started; agreed:.* $flag[ ;]" "INIT agreed $flag" \
+                "INIT did not agree $flag"
+        done
+    fi
     if [[ $opts == *"--mem 5G"* ]]; then
         log_has 'guest memory mapped.*regions=2' \
             "guest memory in two regions (below and above 4 GiB)" \
@@ -209,6 +216,12 @@ run reboot-multiqueue 6.12 4 4 "--thread-pool-size=0 --cache=never" --mode reboo
 run hotplug 6.1 2 1 "--thread-pool-size=64" --mode hotplug
 # --readonly: the guest reads, and every kind of change fails EROFS; the share is unchanged.
 run readonly 6.12 2 1 "--readonly --thread-pool-size=64" --mode readonly
+# The options that change what a guest sees, in one daemon (guest-options-test.sh): ACLs
+# enforced for non-root guest users, trusted.* kept as user.virtiofs.trusted.* on the host,
+# SUID/SGID cleared by the daemon, the quota (statfs, EDQUOT, nothing past it on the host), and
+# the labels of a guest booted with SELinux stored on the host.
+run options 6.12 2 1 "--posix-acl --xattrmap=/map/trusted./user.virtiofs./ --killpriv-v2 \
+--max-inodes 100 --max-bytes 4M --security-label" --mode options
 
 [ "$failed" = 0 ] || echo "failed configurations: ${failures[*]}"
 echo "e2e matrix: $passed passed, $failed failed"
