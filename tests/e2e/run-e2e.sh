@@ -40,7 +40,8 @@ GUEST_MAX_PAGES=()
 usage() {
     cat <<EOF
 usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
-          [--cpus N] [--mode full|smoke|demo|reboot|hotplug|readonly|options] [--boots N] [--timeout SECS] [--log-dir DIR]
+          [--cpus N] [--mode full|smoke|demo|reboot|hotplug|readonly|options] [--boots N]
+          [--timeout SECS] [--log-dir DIR]
           [--daemon-exit-wait SECS] [--allow-daemon-linger] [--keep] [--no-setup]
           [--mem SIZE] [--xattr] [--host-locks] [--submount announced|plain] [--direct-io]
           [--guest-max-pages N] [--verbose]
@@ -535,8 +536,8 @@ if [ "$MODE" = readonly ]; then
 fi
 # Options mode: the guest reported its sections, and the quota held on the host: the share
 # holds exactly the inodes statfs allowed below its root (the guest filled them; the root is
-# not counted, hard links count once) and
-# its regular files allocate no more than the byte limit.
+# not counted, hard links count once) and its regular files allocate no more than the byte
+# limit.
 if [ "$MODE" = options ]; then
     for want in '^ok - acl: uid 1000 reads through its entry' '^ok - xattrmap: getxattr trusted' \
                 '^ok - killpriv: mode of kp/suid' '^ok - label: created fifo' '^GUEST-QUOTA '; do
