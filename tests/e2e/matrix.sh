@@ -15,7 +15,14 @@
 # host-lock-peer.py). Then a guest that reboots three times in one QEMU
 # process (reboot -f, then system_reset from the monitor, then a driver rebind; 6.1, and 6.12
 # with 4 queues), one that gets memory hot-added under I/O, and a 6.12 guest of a --readonly
-# share that must fail every change with EROFS. Ends with
+# share that must fail every change with EROFS. Last, `options` (6.12) and `options-6.1`: one
+# daemon with --posix-acl, --xattrmap=/map/trusted./user.virtiofs./, --killpriv-v2,
+# --max-inodes 100 --max-bytes 4M and --security-label, and a guest booted with
+# security=selinux (guest-options-test.sh): ACLs enforced for non-root guest users and
+# inherited, trusted.* stored as user.virtiofs.trusted.*, SUID/SGID cleared by the daemon on a
+# non-owner's write, O_TRUNC and truncate, df showing the quota and EDQUOT past it with nothing
+# more on the host, and each new node's SELinux label stored on the host; the daemon's log must
+# show POSIX_ACL, DONT_MASK, SETXATTR_EXT, HANDLE_KILLPRIV_V2 and SECURITY_CTX agreed. Ends with
 # "e2e matrix: N passed, N failed".
 #
 # usage: tests/e2e/matrix.sh [path/to/async-virtiofsd [NAME...]]
@@ -179,9 +186,17 @@ check_daemon_log() {
             echo "    not ok - largest WRITE ${largest:-none}, expected $want (guest fs.fuse.max_pages_limit ${limit:-absent})"; ok=1
         fi
     fi
+    # Each "agreed:" pattern stops at the ';' that ends the list: the guest's offer follows it.
     if [[ $opts == *--writeback* ]]; then
-        log_has 'FUSE session started; agreed:.*WRITEBACK_CACHE' "--writeback: WRITEBACK_CACHE negotiated" \
+        log_has 'FUSE session started; agreed: [^;]*WRITEBACK_CACHE' "--writeback: WRITEBACK_CACHE negotiated" \
             "--writeback: WRITEBACK_CACHE not negotiated"
+    fi
+    if [[ $opts == *"--mode options"* ]]; then
+        local flag
+        for flag in POSIX_ACL DONT_MASK SETXATTR_EXT HANDLE_KILLPRIV_V2 SECURITY_CTX; do
+            log_has "FUSE session started; agreed: [^;]*\b$flag[ ;]" "INIT agreed $flag" \
+                "INIT did not agree $flag"
+        done
     fi
     if [[ $opts == *"--mem 5G"* ]]; then
         log_has 'guest memory mapped.*regions=2' \
@@ -209,6 +224,15 @@ run reboot-multiqueue 6.12 4 4 "--thread-pool-size=0 --cache=never" --mode reboo
 run hotplug 6.1 2 1 "--thread-pool-size=64" --mode hotplug
 # --readonly: the guest reads, and every kind of change fails EROFS; the share is unchanged.
 run readonly 6.12 2 1 "--readonly --thread-pool-size=64" --mode readonly
+# The options that change what a guest sees, in one daemon (guest-options-test.sh): ACLs
+# enforced for non-root guest users, trusted.* kept as user.virtiofs.trusted.* on the host,
+# SUID/SGID cleared by the daemon, the quota (statfs, EDQUOT, nothing past it on the host), and
+# the labels of a guest booted with SELinux stored on the host.
+# The 6.1 guest (FUSE 7.38 in Debian's build) negotiates and passes all of it as well.
+OPTIONS="--posix-acl --xattrmap=/map/trusted./user.virtiofs./ --killpriv-v2 --max-inodes 100"
+OPTIONS+=" --max-bytes 4M --security-label"
+run options 6.12 2 1 "$OPTIONS" --mode options
+run options-6.1 6.1 2 1 "$OPTIONS" --mode options
 
 [ "$failed" = 0 ] || echo "failed configurations: ${failures[*]}"
 echo "e2e matrix: $passed passed, $failed failed"

@@ -40,7 +40,8 @@ GUEST_MAX_PAGES=()
 usage() {
     cat <<EOF
 usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
-          [--cpus N] [--mode full|smoke|demo|reboot|hotplug|readonly] [--boots N] [--timeout SECS] [--log-dir DIR]
+          [--cpus N] [--mode full|smoke|demo|reboot|hotplug|readonly|options] [--boots N]
+          [--timeout SECS] [--log-dir DIR]
           [--daemon-exit-wait SECS] [--allow-daemon-linger] [--keep] [--no-setup]
           [--mem SIZE] [--xattr] [--host-locks] [--submount announced|plain] [--direct-io]
           [--guest-max-pages N] [--verbose]
@@ -117,7 +118,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "$DAEMON_CMD" ] || { usage >&2; exit 2; }
-case $MODE in full|smoke|demo|reboot|hotplug|readonly) ;; *) die "bad --mode $MODE" ;; esac
+case $MODE in full|smoke|demo|reboot|hotplug|readonly|options) ;; *) die "bad --mode $MODE" ;; esac
 case $SUBMOUNT in ''|announced|plain) ;; *) die "bad --submount $SUBMOUNT (announced or plain)" ;; esac
 if [ -n "$SUBMOUNT" ]; then
     case $MODE in full|smoke) ;; *) die "--submount needs --mode full or smoke" ;; esac
@@ -213,6 +214,19 @@ if [ "$MODE" = readonly ]; then
     md5sum "$SHARED/readonly/data" >"$SHARED/readonly/data.md5"
     ln -s data "$SHARED/readonly/link"
     READONLY_BEFORE=$(cd "$SHARED/readonly" && find . -printf '%p %y %m %s %T@ %n\n' | sort)
+fi
+
+# Options mode (the daemon runs with matrix.sh's options flags): a file whose xattrs the
+# guest reads through --xattrmap=/map/trusted./user.virtiofs./ (trusted.from-host and user.plain
+# visible, the host's own trusted.host-only not).
+if [ "$MODE" = options ]; then
+    mkdir -p "$SHARED/options/xmap"
+    echo 'host file' >"$SHARED/options/xmap/host-file"
+    python3 -c '
+import os, sys
+for name, value in [("user.virtiofs.trusted.from-host", b"h1"), ("user.plain", b"p1"),
+                    ("trusted.host-only", b"t1")]:
+    os.setxattr(sys.argv[1], name, value)' "$SHARED/options/xmap/host-file"
 fi
 
 # A host process that holds locks on host-locked for the guest to run into: an
@@ -377,8 +391,31 @@ if [ -n "$HOST_MD5" ]; then
         "$(md5sum <"$SHARED/host-64m.bin" | cut -d' ' -f1)"
 fi
 
-# What the guest left in the share.
-while read -r _ kind path a _; do
+# An xattr of a host file as text (trailing NULs dropped), or the errno name.
+host_xattr() {
+    python3 -c '
+import errno, os, sys
+try:
+    print(os.getxattr(sys.argv[1], sys.argv[2], follow_symlinks=False).rstrip(b"\0").decode())
+except OSError as e:
+    print(errno.errorcode[e.errno])' "$1" "$2"
+}
+# The access ACL of a host file in getfacl's short form (u::rw-,u:1000:r--,...).
+host_acl() {
+    python3 -c '
+import os, struct, sys
+v = os.getxattr(sys.argv[1], "system.posix_acl_access")
+tags = {1: "u", 2: "u", 4: "g", 8: "g", 16: "m", 32: "o"}
+out = []
+for tag, perm, uid in struct.iter_unpack("<HHI", v[4:]):
+    who = str(uid) if tag in (2, 8) else ""
+    bits = "".join(c if perm & b else "-" for c, b in (("r", 4), ("w", 2), ("x", 1)))
+    out.append(tags[tag] + ":" + who + ":" + bits)
+print(",".join(out))' "$1" 2>&1 | tail -n1
+}
+
+# What the guest left in the share: HOST-EXPECT KIND PATH A [REST].
+while read -r _ kind path a rest; do
     in_share "$path" || { hnot "$kind $path" "bad path"; continue; }
     p=$SHARED/$path
     case $kind in
@@ -418,6 +455,9 @@ while read -r _ kind path a _; do
             else
                 hnot "$path and $a: $kind on the host" "st_dev $d1 and $d2"
             fi ;;
+        xattr) hexpect "$path: xattr $a on the host" "$rest" "$(host_xattr "$p" "$a")" ;;
+        no-xattr) hexpect "$path: no xattr $a on the host" ENODATA "$(host_xattr "$p" "$a")" ;;
+        acl) hexpect "$path: ACL on the host" "$a" "$(host_acl "$p")" ;;
         absent)
             if [ -e "$p" ] || [ -L "$p" ]; then hnot "$path absent" "still exists"; else hok "$path absent"; fi ;;
         *) hnot "HOST-EXPECT $kind" "unknown kind" ;;
@@ -493,6 +533,25 @@ if [ "$MODE" = readonly ]; then
     hexpect "readonly/: nothing changed" "$READONLY_BEFORE" \
         "$(cd "$SHARED/readonly" && find . -printf '%p %y %m %s %T@ %n\n' | sort)"
     hexpect "guest refusals seen" 13 "$(grep -cE '^ok - .*: EROFS$' "$CLEAN" || true)"
+fi
+# Options mode: the guest reported its sections, and the quota held on the host: the share
+# holds exactly the inodes statfs allowed below its root (the guest filled them; the root is
+# not counted, hard links count once) and its regular files allocate no more than the byte
+# limit.
+if [ "$MODE" = options ]; then
+    for want in '^ok - acl: uid 1000 reads through its entry' '^ok - xattrmap: getxattr trusted' \
+                '^ok - killpriv: mode of kp/suid' '^ok - label: created fifo' '^GUEST-QUOTA '; do
+        grep -qE "$want" "$CLEAN" || hnot "guest report" "no line matching $want"
+    done
+    read -r _ _ q_inodes _ q_bytes < <(grep -E '^GUEST-QUOTA ' "$CLEAN" | tail -n1) || true
+    hexpect "inodes in the share (host), the quota the guest's statfs showed" "${q_inodes:-?}" \
+        "$(find "$SHARED" -mindepth 1 -printf '%i\n' | sort -u | wc -l)"
+    used=$(find "$SHARED" -type f -printf '%i %b\n' | sort -u | awk '{ s += $2 * 512 } END { print s }')
+    if [ -n "${q_bytes:-}" ] && [ "$used" -le "$q_bytes" ]; then
+        hok "regular files allocate $used bytes on the host, within the quota of $q_bytes"
+    else
+        hnot "bytes allocated on the host" "$used, quota ${q_bytes:-not reported}"
+    fi
 fi
 # Hotplug mode: the guest saw the memory and checked its data in it.
 if [ "$MODE" = hotplug ]; then

@@ -30,7 +30,8 @@ GUEST_MAX_PAGES=
 usage() {
     cat <<EOF
 usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
-          [--mode full|smoke|demo|reboot] [--boots N] [--timeout SECS] [--log FILE] [--mem SIZE]
+          [--mode full|smoke|demo|reboot|hotplug|readonly|options] [--boots N]
+          [--timeout SECS] [--log FILE] [--mem SIZE]
           [--xattr] [--host-locks] [--submount announced|plain] [--direct-io]
           [--guest-max-pages N] [--verbose]
 
@@ -43,7 +44,10 @@ usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
              unmount, between boots; the last boot rebinds the driver), or
              hotplug: hot-add a 512 MiB DIMM over QMP while the guest writes, or
              readonly: read the share and check every change fails EROFS (daemon
-             started with --readonly)
+             started with --readonly), or
+             options: check the daemon options of matrix.sh's options configuration
+             (ACLs, xattr map, killpriv, quota, labels; guest-options-test.sh); the guest
+             boots with security=selinux so that it labels new files
   --boots    boots in reboot mode (default $BOOTS)
   --timeout  kill QEMU after this many seconds (default $TIMEOUT)
   --log      serial console log (default: a new file under \$TMPDIR)
@@ -93,7 +97,7 @@ done
 
 [ -n "$SOCKET" ] || { usage >&2; exit 2; }
 [ -S "$SOCKET" ] || die "$SOCKET is not a socket (is the daemon running?)"
-case $MODE in full|smoke|demo|reboot|hotplug|readonly) ;; *) die "bad --mode $MODE" ;; esac
+case $MODE in full|smoke|demo|reboot|hotplug|readonly|options) ;; *) die "bad --mode $MODE" ;; esac
 case $SUBMOUNT in ''|announced|plain) ;; *) die "bad --submount $SUBMOUNT (announced or plain)" ;; esac
 for n in "$QUEUES" "$CPUS" "$TIMEOUT" "$BOOTS" ${GUEST_MAX_PAGES:+"$GUEST_MAX_PAGES"}; do
     case $n in ''|*[!0-9]*|0) die "expected a positive number, got '$n'" ;; esac
@@ -120,6 +124,10 @@ if [ "$MODE" = hotplug ]; then
     MEM_OPT="$MEM,slots=2,maxmem=8G"
     APPEND="$APPEND memhp_default_state=online_movable"
 fi
+# Options mode: SELinux as the guest's LSM. With no policy loaded it enforces nothing, but
+# labels each new node "unlabeled", which the FUSE client sends with the request
+# (SECURITY_CTX) for --security-label to store. Debian's default LSM, AppArmor, sends none.
+[ "$MODE" != options ] || APPEND="$APPEND security=selinux"
 [ "$XATTR" = 0 ] || APPEND="$APPEND e2e.xattr=1"
 [ "$HOST_LOCKS" = 0 ] || APPEND="$APPEND e2e.hostlocks=1"
 [ -z "$SUBMOUNT" ] || APPEND="$APPEND e2e.submount=$SUBMOUNT"

@@ -23,6 +23,9 @@
 //! that it cannot take the locks a guest process holds on DIR/target, and can once that process
 //! was killed or closed the file (see `locks::guest_locks`).
 //!
+//! `guest-probe as|setxattr|getxattr|listxattr|setacl|getacl ...`: small tools for the guest's
+//! scripts instead (see `tools`).
+//!
 //! Built statically (glibc, `-C target-feature=+crt-static`) so the busybox initramfs needs no
 //! shared libraries: see tests/e2e/setup.sh.
 
@@ -38,13 +41,15 @@ use std::process::ExitCode;
 
 mod direct;
 mod locks;
+mod tools;
 mod xattr;
 
 const KIB: usize = 1024;
 const MIB: i64 = 1 << 20;
 
 const USAGE: &str = "usage: guest-probe DIR [--xattr] [--host-locked FILE] [--guest-locks DIR] \
-                     [--direct-io] [--o-direct-model FILE]";
+                     [--direct-io] [--o-direct-model FILE]\n       \
+                     guest-probe as|setxattr|getxattr|listxattr|setacl|getacl ARGS...";
 
 /// The TAP-like output of guest-fs-test.sh (`ok`, `not_ok`, `skip`, `note` there).
 #[derive(Default)]
@@ -584,6 +589,12 @@ fn cleanup(dir: &Path) -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<_> = std::env::args_os().skip(1).collect();
+    if let Some(cmd) = argv.first().and_then(|a| a.to_str()) {
+        if tools::COMMANDS.contains(&cmd) {
+            return tools::run(cmd, &argv[1..]);
+        }
+    }
     let mut dir = None;
     let mut xattr = false;
     let mut host_locked = None;
