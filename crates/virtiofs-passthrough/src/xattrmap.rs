@@ -18,9 +18,11 @@
 //! `key` names on the host and stopping the guest from naming `prepend` itself, then a final
 //! `ok` (or `bad` when `key` is empty) for everything else.
 //!
-//! `security.capability`: without HANDLE_KILLPRIV_V2 (never negotiated) the guest's kernel
-//! removes it itself on a write or a chown, through REMOVEXATTR, which is mapped like any other
-//! name; nothing is left for the daemon to do when the name is remapped.
+//! `security.capability`: without HANDLE_KILLPRIV_V2 (offered only with `--killpriv-v2`) the
+//! guest's kernel removes it itself on a write or a chown, through REMOVEXATTR, which is mapped
+//! like any other name. With it, the host kernel removes the host's real `security.capability`
+//! on the daemon's writes and truncates, not a remapped copy of it (e.g. under `user.`): a map
+//! that renames `security.capability` and `--killpriv-v2` do not go together.
 
 use std::borrow::Cow;
 use std::ffi::{CStr, CString};
