@@ -296,3 +296,65 @@ fn killpriv_v2_is_off_by_default() {
     c.init_with(p).unwrap();
     assert_eq!(c.session_flags() & HANDLE_KILLPRIV_V2, 0);
 }
+
+/// Without `--killpriv-v2` the guest's kernel clears SUID/SGID itself, with a SETATTR, except
+/// on an open with O_TRUNC: with ATOMIC_O_TRUNC the open truncates and the kernel sends
+/// nothing more. So the daemon clears them for such an open by a caller other than root, as
+/// ext4 does for a truncate by a caller without CAP_FSETID (OPEN and CREATE of an existing
+/// file); root's keeps them, and an open without O_TRUNC changes nothing.
+#[test]
+fn o_trunc_by_a_non_root_caller_clears_suid_without_killpriv_v2() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use vhost_user_fs_client::abi::{opcode, CreateIn, OpenIn};
+    use vhost_user_fs_client::{Creds, FuseRequest};
+    use vm_memory::ByteValued;
+
+    let d = Daemon::start(&[]);
+    let c = d.connect(d.config());
+    c.init().unwrap();
+    let mode = |name: &str| std::fs::metadata(d.share.join(name)).unwrap().mode() & 0o7777;
+    let make = |name: &str, mode: u32| {
+        let path = d.share.join(name);
+        std::fs::write(&path, b"0123456789").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        c.lookup(ROOT_ID, name).unwrap().nodeid
+    };
+    let open = |node: u64, flags: i32, creds: Creds| {
+        let arg = OpenIn {
+            flags: flags as u32,
+            open_flags: 0,
+        };
+        let req = FuseRequest::new(opcode::OPEN, node, vec![arg.as_slice().to_vec()], vec![32]);
+        assert_eq!(c.with_creds(creds).call(req).unwrap().error, None, "OPEN");
+    };
+    let (user, root) = (Creds::user(1000, 1000), Creds::root());
+    let (trunc, wtrunc) = (libc::O_RDWR | libc::O_TRUNC, libc::O_WRONLY | libc::O_TRUNC);
+    for (name, before, creds, flags, after) in [
+        ("suid", 0o4777, user, trunc, 0o777),
+        ("sgid-x", 0o2777, user, wtrunc, 0o777),
+        ("sgid", 0o2666, user, trunc, 0o2666),
+        ("root", 0o4777, root, trunc, 0o4777),
+        ("no-trunc", 0o4777, user, libc::O_RDWR, 0o4777),
+    ] {
+        let n = make(name, before);
+        open(n, flags, creds);
+        assert_eq!(mode(name), after, "{name}");
+    }
+    // CREATE of an existing name with O_TRUNC, by the user.
+    make("created", 0o4777);
+    let arg = CreateIn {
+        flags: (libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u32,
+        mode: libc::S_IFREG | 0o644,
+        umask: 0o022,
+        open_flags: 0,
+    };
+    let req = FuseRequest::new(
+        opcode::CREATE,
+        ROOT_ID,
+        vec![arg.as_slice().to_vec(), b"created\0".to_vec()],
+        vec![16 + 128 + 32],
+    );
+    assert_eq!(c.with_creds(user).call(req).unwrap().error, None, "CREATE");
+    assert_eq!(mode("created"), 0o777, "CREATE O_TRUNC of an existing file");
+    assert_eq!(std::fs::metadata(d.share.join("created")).unwrap().len(), 0);
+}

@@ -104,10 +104,10 @@ impl Filesystem for Passthrough {
         self.may_make(newparent, newname)?;
         self.do_link(nodeid, newparent, newname)
     }
-    fn open(&self, _: &Context, nodeid: u64, flags: u32, open_flags: u32) -> Result<Opened> {
+    fn open(&self, ctx: &Context, nodeid: u64, flags: u32, open_flags: u32) -> Result<Opened> {
         self.may_open(flags)?;
         self.check_fd_quota()?;
-        self.do_open(nodeid, flags, open_flags)
+        self.do_open(ctx.uid, nodeid, flags, open_flags)
     }
     fn read(
         &self,

@@ -456,6 +456,29 @@ impl Passthrough {
         if !kill || !self.killpriv_v2.load(Ordering::Relaxed) {
             return Ok(());
         }
+        self.clear_suidgid(fd)
+    }
+
+    /// Whether an open with `flags` (as the host gets them) and FUSE `open_flags` by caller
+    /// `uid` must clear SUID/SGID: an O_TRUNC, when the guest says so (HANDLE_KILLPRIV_V2), or
+    /// else when the caller is not root. Without KILLPRIV_V2 the guest's kernel would ask for
+    /// it with a SETATTR (ATTR_KILL_SUID, for a caller without CAP_FSETID), but with
+    /// ATOMIC_O_TRUNC it sends none (the open truncated already) and the daemon, which holds
+    /// CAP_FSETID, truncates without the host clearing anything: ext4 clears SUID for such a
+    /// caller, so the daemon does, taking uid 0 for CAP_FSETID.
+    pub(crate) fn kills_on_open(&self, uid: u32, flags: i32, open_flags: u32) -> bool {
+        if flags & libc::O_TRUNC == 0 {
+            return false;
+        }
+        if self.killpriv_v2.load(Ordering::Relaxed) {
+            open_flags & virtiofs_fuse::abi::flags::OPEN_KILL_SUIDGID != 0
+        } else {
+            uid != 0
+        }
+    }
+
+    /// Clears the regular file `fd`'s SUID bit, and its SGID bit when it is group-executable.
+    pub(crate) fn clear_suidgid(&self, fd: BorrowedFd<'_>) -> Result<()> {
         let mode = u32::from(sys::fstatx(fd, libc::STATX_TYPE | libc::STATX_MODE)?.stx_mode);
         if mode & libc::S_IFMT != libc::S_IFREG {
             return Ok(());

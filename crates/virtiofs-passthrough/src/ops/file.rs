@@ -19,12 +19,6 @@ use crate::quota::Quota;
 use crate::sys;
 use crate::CacheMode;
 
-/// Whether an open with `flags` truncates a file the guest asked to lose its SUID/SGID bits
-/// (`open_flags` FUSE_OPEN_KILL_SUIDGID, sent with HANDLE_KILLPRIV_V2).
-fn kills(flags: i32, open_flags: u32) -> bool {
-    flags & libc::O_TRUNC != 0 && open_flags & fuse_flags::OPEN_KILL_SUIDGID != 0
-}
-
 /// The iovecs of `slices`, at most `limit` bytes in all.
 fn iovecs(slices: &[GuestSlice<'_>], limit: usize) -> SmallVec<[libc::iovec; 16]> {
     let mut left = limit;
@@ -58,7 +52,13 @@ impl Passthrough {
         }
     }
 
-    pub(crate) fn do_open(&self, nodeid: u64, flags: u32, open_flags: u32) -> Result<Opened> {
+    pub(crate) fn do_open(
+        &self,
+        uid: u32,
+        nodeid: u64,
+        flags: u32,
+        open_flags: u32,
+    ) -> Result<Opened> {
         self.check_fd_quota()?;
         let inode = self.inode(nodeid)?;
         let flags = self.open_flags(flags);
@@ -66,7 +66,9 @@ impl Passthrough {
         let node = self.measures_open(flags).then(|| inode.fd()).transpose()?;
         let _trunc = self.open_trunc(nodeid, node.as_ref().map(AsFd::as_fd))?;
         let fd = self.reopen(&inode, flags)?;
-        self.kill_suidgid(kills(flags, open_flags), fd.as_fd())?;
+        if self.kills_on_open(uid, flags, open_flags) {
+            self.clear_suidgid(fd.as_fd())?;
+        }
         Ok(Opened {
             fh: self.handles.insert(nodeid, fd, flags),
             open_flags: self.open_reply_flags(inode.is_dir()),
@@ -127,7 +129,9 @@ impl Passthrough {
                 Err(e) => return Err(e),
             },
         };
-        self.kill_suidgid(kills(flags, arg.open_flags), fd.as_fd())?;
+        if self.kills_on_open(ctx.uid, flags, arg.open_flags) {
+            self.clear_suidgid(fd.as_fd())?;
+        }
         let entry = self.entry_of_open(&fd, &dir, dir_fd.as_fd())?;
         let fh = self.handles.insert(entry.nodeid, fd, flags);
         Ok((

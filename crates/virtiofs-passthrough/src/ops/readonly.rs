@@ -93,7 +93,8 @@ impl Passthrough {
         let flags = arg.flags & !(libc::O_CREAT as u32);
         self.may_open(flags)?;
         let entry = self.do_lookup(parent, name)?;
-        match self.do_open(entry.nodeid, flags, 0) {
+        // Read-only: may_open refused O_TRUNC, so nothing is cleared (uid 0).
+        match self.do_open(0, entry.nodeid, flags, 0) {
             Ok(opened) => Ok((entry, opened)),
             Err(e) => {
                 self.inodes.forget(entry.nodeid, 1); // the guest never learns of this lookup
