@@ -263,6 +263,15 @@ where
         step("INIT", c.init())?;
         self.report.sessions += 1;
         if new_daemon {
+            // One request on every queue first: the daemon starts a queue's thread (and its
+            // descriptors: a runtime's epoll and waker, the kick's duplicate) when the queue
+            // first runs, so a sample taken before would count them as a leak later.
+            for q in 1..=usize::from(self.cfg.queues) {
+                step(
+                    "GETATTR on each queue",
+                    c.on_queue(q).getattr(ROOT_ID, None),
+                )?;
+            }
             self.life.start = Sample::of(self.life.serving_pid).unwrap_or_default();
         }
         let dir = step("LOOKUP of the soak directory", c.lookup(ROOT_ID, SOAK_DIR))?.nodeid;

@@ -6,20 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{rig_config, Rig, GETATTR};
-use virtiofs_pipeline::PipelineConfig;
-
-/// A device with one request queue, no pool, polling up to `poll_max`, after INIT.
-fn polling_rig(poll_max: Duration) -> Rig {
-    let config = PipelineConfig {
-        thread_pool_size: 0,
-        poll_max,
-        ..Default::default()
-    };
-    let mut r = rig_config(1, config, true, |_| true, None);
-    r.init(1);
-    r
-}
+use common::{polling_rig, Rig, GETATTR};
 
 /// Whether a request posted without a kick is served within `within`.
 fn served_without_kick(r: &mut Rig, unique: u64, within: Duration) -> bool {

@@ -5,19 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{rig_config, Rig};
-use virtiofs_pipeline::PipelineConfig;
-
-fn polling_rig(poll_max: Duration) -> Rig {
-    let config = PipelineConfig {
-        thread_pool_size: 0,
-        poll_max,
-        ..Default::default()
-    };
-    let mut r = rig_config(1, config, true, |_| true, None);
-    r.init(1);
-    r
-}
+use common::polling_rig;
 
 /// CPU time (user + system, clock ticks) of the thread named `name` in this process.
 fn thread_cpu_ticks(name: &str) -> u64 {

@@ -399,6 +399,19 @@ pub fn rig_config(
     }
 }
 
+/// A device with one request queue, no pool, polling its ring up to `poll_max`, after INIT.
+#[allow(dead_code)] // the polling tests' only
+pub fn polling_rig(poll_max: Duration) -> Rig {
+    let config = PipelineConfig {
+        thread_pool_size: 0,
+        poll_max,
+        ..Default::default()
+    };
+    let mut r = rig_config(1, config, true, |_| true, None);
+    r.init(1);
+    r
+}
+
 impl Rig {
     pub fn init(&mut self, queue: usize) {
         let d = &mut self.drivers[queue];
