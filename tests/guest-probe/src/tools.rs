@@ -24,7 +24,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::{cpath, cstr, cvt, describe};
+use crate::xattr::{get_xattr, list_xattr, set_xattr};
+use crate::{cstr, cvt, describe};
 
 /// The commands this module answers; anything else is the probe's test run.
 pub const COMMANDS: &[&str] = &[
@@ -55,7 +56,7 @@ pub fn run(cmd: &str, args: &[OsString]) -> ExitCode {
     let path = |i: usize| args.get(i).map(Path::new);
     let result = match (cmd, args.len()) {
         ("as", n) if n >= 3 => run_as(args),
-        ("setxattr", 3) => set_xattr(path(0).unwrap(), arg(1).unwrap(), arg(2).unwrap())
+        ("setxattr", 3) => set_xattr(path(0).unwrap(), arg(1).unwrap(), arg(2).unwrap(), 0)
             .map_err(|e| failed("setxattr", &args[0], &e)),
         ("getxattr", 2) => get_xattr(path(0).unwrap(), arg(1).unwrap())
             .map(|v| println!("{}", String::from_utf8_lossy(&v)))
@@ -66,7 +67,7 @@ pub fn run(cmd: &str, args: &[OsString]) -> ExitCode {
         ("setacl", 3) => acl_name(arg(1).unwrap()).and_then(|name| {
             let text = String::from_utf8_lossy(arg(2).unwrap());
             let value = encode_acl(&text)?;
-            set_xattr(path(0).unwrap(), name.as_bytes(), &value)
+            set_xattr(path(0).unwrap(), name.as_bytes(), &value, 0)
                 .map_err(|e| failed("setacl", &args[0], &e))
         }),
         ("getacl", 2) => acl_name(arg(1).unwrap()).and_then(|name| {
@@ -120,49 +121,6 @@ fn run_as(args: &[OsString]) -> Result<(), String> {
         args[2].to_string_lossy(),
         describe(&io::Error::last_os_error())
     ))
-}
-
-fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
-    let (path, name) = (cpath(path), CString::new(name).map_err(io::Error::other)?);
-    // SAFETY: valid NUL-terminated strings and a buffer of value.len() bytes.
-    cvt(unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })
-    .map(drop)
-}
-
-fn get_xattr(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
-    let (path, name) = (cpath(path), CString::new(name).map_err(io::Error::other)?);
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: valid NUL-terminated strings and a writable buffer of buf.len() bytes.
-    let n = cvt(unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })?;
-    buf.truncate(n as usize);
-    Ok(buf)
-}
-
-fn list_xattr(path: &Path) -> io::Result<Vec<String>> {
-    let path = cpath(path);
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: a valid NUL-terminated string and a writable buffer of buf.len() bytes.
-    let n = cvt(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
-    Ok(buf[..n as usize]
-        .split(|&b| b == 0)
-        .filter(|name| !name.is_empty())
-        .map(|name| String::from_utf8_lossy(name).into_owned())
-        .collect())
 }
 
 fn acl_name(which: &[u8]) -> Result<CString, String> {

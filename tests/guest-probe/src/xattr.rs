@@ -7,8 +7,14 @@ use std::path::Path;
 
 use crate::{cpath, cstr, cvt, describe, ensure_eq, Context, Tap, KIB};
 
-fn set_xattr(path: &Path, name: &str, value: &[u8], flags: libc::c_int) -> io::Result<()> {
-    let (path, name) = (cpath(path), cstr(name));
+/// setxattr(2) of `name` (bytes, as a guest tool takes them) with `flags`.
+pub(crate) fn set_xattr(
+    path: &Path,
+    name: &[u8],
+    value: &[u8],
+    flags: libc::c_int,
+) -> io::Result<()> {
+    let (path, name) = (cpath(path), cbytes(name)?);
     // SAFETY: valid NUL-terminated strings and a buffer of value.len() bytes.
     cvt(unsafe {
         libc::setxattr(
@@ -22,9 +28,10 @@ fn set_xattr(path: &Path, name: &str, value: &[u8], flags: libc::c_int) -> io::R
     .map(drop)
 }
 
-fn get_xattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
-    let (path, name) = (cpath(path), cstr(name));
-    let mut buf = vec![0u8; 4 * KIB];
+/// getxattr(2) of `name`, up to 64 KiB (the largest value Linux allows).
+pub(crate) fn get_xattr(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
+    let (path, name) = (cpath(path), cbytes(name)?);
+    let mut buf = vec![0u8; 64 * KIB];
     // SAFETY: valid NUL-terminated strings and a writable buffer of buf.len() bytes.
     let n = cvt(unsafe {
         libc::getxattr(
@@ -38,9 +45,10 @@ fn get_xattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn list_xattr(path: &Path) -> io::Result<Vec<String>> {
+/// listxattr(2): the names, up to 64 KiB of them.
+pub(crate) fn list_xattr(path: &Path) -> io::Result<Vec<String>> {
     let path = cpath(path);
-    let mut buf = vec![0u8; 4 * KIB];
+    let mut buf = vec![0u8; 64 * KIB];
     // SAFETY: a valid NUL-terminated string and a writable buffer of buf.len() bytes.
     let n = cvt(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
     Ok(buf[..n as usize]
@@ -48,6 +56,11 @@ fn list_xattr(path: &Path) -> io::Result<Vec<String>> {
         .filter(|name| !name.is_empty())
         .map(|name| String::from_utf8_lossy(name).into_owned())
         .collect())
+}
+
+/// `name` as a C string; a NUL inside is EINVAL.
+fn cbytes(name: &[u8]) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
@@ -64,11 +77,11 @@ pub fn xattrs_on(tap: &mut Tap, dir: &Path) {
     }
     tap.check(
         "setxattr user.test=value",
-        set_xattr(&f, "user.test", b"value", 0).context("setxattr"),
+        set_xattr(&f, b"user.test", b"value", 0).context("setxattr"),
     );
     tap.check(
         "getxattr user.test reads it back",
-        get_xattr(&f, "user.test")
+        get_xattr(&f, b"user.test")
             .context("getxattr")
             .and_then(|v| ensure_eq("value", "value", &String::from_utf8_lossy(&v))),
     );
@@ -84,12 +97,12 @@ pub fn xattrs_on(tap: &mut Tap, dir: &Path) {
     );
     tap.refuse(
         "setxattr XATTR_CREATE on an existing name fails EEXIST",
-        set_xattr(&f, "user.test", b"other", libc::XATTR_CREATE),
+        set_xattr(&f, b"user.test", b"other", libc::XATTR_CREATE),
         libc::EEXIST,
     );
     tap.refuse(
         "setxattr XATTR_REPLACE on a missing name fails ENODATA",
-        set_xattr(&f, "user.missing", b"v", libc::XATTR_REPLACE),
+        set_xattr(&f, b"user.missing", b"v", libc::XATTR_REPLACE),
         libc::ENODATA,
     );
     tap.check(
@@ -98,7 +111,7 @@ pub fn xattrs_on(tap: &mut Tap, dir: &Path) {
     );
     tap.refuse(
         "getxattr after removexattr fails ENODATA",
-        get_xattr(&f, "user.test"),
+        get_xattr(&f, b"user.test"),
         libc::ENODATA,
     );
 
@@ -108,8 +121,8 @@ pub fn xattrs_on(tap: &mut Tap, dir: &Path) {
         "xattr-host-check carries user.e2e=from-guest",
         fs::write(&h, "xattr host check\n")
             .context("write")
-            .and_then(|()| set_xattr(&h, "user.e2e", b"from-guest", 0).context("setxattr"))
-            .and_then(|()| get_xattr(&h, "user.e2e").context("getxattr"))
+            .and_then(|()| set_xattr(&h, b"user.e2e", b"from-guest", 0).context("setxattr"))
+            .and_then(|()| get_xattr(&h, b"user.e2e").context("getxattr"))
             .and_then(|v| ensure_eq("value", "from-guest", &String::from_utf8_lossy(&v))),
     );
 }
@@ -123,12 +136,12 @@ pub fn xattrs_off(tap: &mut Tap, dir: &Path) {
     // EOPNOTSUPP and ENOTSUP are the same number on Linux.
     tap.refuse(
         "xattrs off: setxattr fails EOPNOTSUPP",
-        set_xattr(&f, "user.test", b"value", 0),
+        set_xattr(&f, b"user.test", b"value", 0),
         libc::EOPNOTSUPP,
     );
     tap.refuse(
         "xattrs off: getxattr fails EOPNOTSUPP",
-        get_xattr(&f, "user.test"),
+        get_xattr(&f, b"user.test"),
         libc::EOPNOTSUPP,
     );
     tap.refuse(
