@@ -534,18 +534,7 @@ fn unsupported_operations_are_enosys() {
         );
     }
     // TMPFILE: an unnamed file, opened (entry + open reply), that no directory lists.
-    let tmp = FuseRequest::new(
-        opcode::TMPFILE,
-        ROOT_ID,
-        vec![
-            [libc::O_RDWR as u32, 0o600, 0, 0]
-                .iter()
-                .flat_map(|v| v.to_ne_bytes())
-                .collect(),
-            b"t\0".to_vec(),
-        ],
-        vec![128, 16],
-    );
+    let tmp = FuseRequest::tmpfile(ROOT_ID, libc::O_RDWR as u32, 0o600, 0);
     assert_eq!(c.call(tmp).unwrap().error, None);
     assert_eq!(host_names(&d.share), names(&["f"]));
     c.release(n, fo.fh, 0).unwrap();

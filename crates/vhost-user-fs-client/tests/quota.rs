@@ -37,18 +37,7 @@ fn host_bytes(dir: &Path) -> u64 {
 }
 
 fn tmpfile(parent: u64) -> FuseRequest {
-    FuseRequest::new(
-        opcode::TMPFILE,
-        parent,
-        vec![
-            [libc::O_RDWR as u32, 0o600, 0, 0]
-                .iter()
-                .flat_map(|v| v.to_ne_bytes())
-                .collect(),
-            b"t\0".to_vec(),
-        ],
-        vec![128, 16],
-    )
+    FuseRequest::tmpfile(parent, libc::O_RDWR as u32, 0o600, 0)
 }
 
 /// The inode quota: the share's 3 inodes count; 3 more are made, then every kind of making is
