@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::{errno, Daemon};
+use common::{errno, host_setxattr, Daemon};
 use vhost_user_fs_client::abi::init_flags::{DONT_MASK, POSIX_ACL, SETXATTR_EXT};
 use vhost_user_fs_client::abi::{opcode, SetxattrIn, ROOT_ID};
 use vhost_user_fs_client::{Errno, FsClient, FuseOps, FuseRequest, InitParams, XattrReply};
@@ -35,22 +35,6 @@ const GROUP_OBJ: u16 = 0x04;
 const MASK: u16 = 0x10;
 const OTHER: u16 = 0x20;
 const NONE: u32 = u32::MAX;
-
-fn host_setxattr(path: &Path, name: &str, value: &[u8]) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let name = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and a value of the given length.
-    let r = unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "host setxattr: {}", std::io::Error::last_os_error());
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().mode() & 0o7777

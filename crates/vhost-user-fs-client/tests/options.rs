@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{errno, Daemon};
+use common::{errno, host_setxattr, Daemon};
 use vhost_user_fs_client::abi::init_flags::{DIRECT_IO_ALLOW_MMAP, FLOCK_LOCKS, POSIX_LOCKS};
 use vhost_user_fs_client::abi::ROOT_ID;
 use vhost_user_fs_client::{Errno, FuseOps, InitParams};
@@ -98,22 +98,6 @@ fn host_xattr_names(path: &std::path::Path) -> Vec<String> {
         .filter(|n| !n.is_empty())
         .map(|n| String::from_utf8(n.to_vec()).unwrap())
         .collect()
-}
-
-fn host_setxattr(path: &std::path::Path, name: &str, value: &[u8]) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let name = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and a value of the given length.
-    let r = unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "host setxattr: {}", std::io::Error::last_os_error());
 }
 
 /// `--xattrmap` with the mapping overlayfs in a guest needs (the Rust virtiofsd's example 2 as

@@ -221,6 +221,24 @@ pub fn errno<T: std::fmt::Debug>(r: vhost_user_fs_client::Result<T>) -> Errno {
     }
 }
 
+/// Sets an extended attribute of a file on the host itself (not through the daemon).
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn host_setxattr(path: &Path, name: &str, value: &[u8]) {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and a value of the given length.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "host setxattr: {}", std::io::Error::last_os_error());
+}
+
 /// An extended attribute of a file, read on the host itself (not through the daemon).
 #[allow(dead_code)] // not every test binary uses every helper
 pub fn host_getxattr(path: &Path, name: &str) -> Vec<u8> {
