@@ -42,6 +42,19 @@ impl AdaptivePoll {
         self.window
     }
 
+    /// When a wait for the guest's next request starts, if the window adapts at all (no clock
+    /// read per wake-up when polling is off).
+    pub fn wait_starts(&self) -> Option<Instant> {
+        (!self.max.is_zero()).then(Instant::now)
+    }
+
+    /// The wait that [`Self::wait_starts`] began is over: adapts the window to it.
+    pub fn wait_ended(&mut self, started: Option<Instant>) {
+        if let Some(t) = started {
+            self.record_wait(t.elapsed());
+        }
+    }
+
     /// Adapts the window to a wait for the guest's next request that took `waited` (polling
     /// and sleeping together).
     pub fn record_wait(&mut self, waited: Duration) {

@@ -122,7 +122,7 @@ impl<H: FuseHandler> QueueContext<H> {
                 // stops, returning what it popped (see `drain`).
                 let window = poll.window();
                 self.drain(!window.is_zero()).await;
-                let waiting = Instant::now();
+                let waiting = poll.wait_starts();
                 if !window.is_zero() {
                     // Notifications are still off: watch the ring before sleeping.
                     self.stats.polls.fetch_add(1, Ordering::Relaxed);
@@ -137,7 +137,7 @@ impl<H: FuseHandler> QueueContext<H> {
                     };
                     if more {
                         self.stats.poll_hits.fetch_add(1, Ordering::Relaxed);
-                        poll.record_wait(waiting.elapsed());
+                        poll.wait_ended(waiting);
                         continue;
                     }
                 }
@@ -150,7 +150,7 @@ impl<H: FuseHandler> QueueContext<H> {
                         break;
                     }
                     r = kick.wait() => match r {
-                        Ok(()) => poll.record_wait(waiting.elapsed()),
+                        Ok(()) => poll.wait_ended(waiting),
                         Err(e) => {
                             warn!(queue = index, "kick eventfd failed: {e}");
                             // Do not spin on a broken fd: wait until the frontend changes the
