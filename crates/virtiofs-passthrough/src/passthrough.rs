@@ -274,20 +274,19 @@ impl Passthrough {
     /// EMFILE once the guest holds its quota of descriptors (before a request that opens
     /// one to keep).
     pub(crate) fn check_fd_quota(&self) -> Result<()> {
-        match &self.fd_quota {
-            Some(q) if q.exhausted() => {
-                tracing::debug!("fd quota of {} reached: EMFILE", q.limit());
-                Err(Errno(libc::EMFILE))
-            }
-            _ => Ok(()),
-        }
+        self.emfile_if_fd_quota(FdQuota::exhausted)
     }
 
     /// EMFILE if `fd`, just opened (so the lowest free descriptor), is at or above the guest's
     /// fd quota: the same test as [`Self::check_fd_quota`], for an open without side effects.
     pub(crate) fn fd_quota_admits(&self, fd: &OwnedFd) -> Result<()> {
+        self.emfile_if_fd_quota(|q| !q.admits(fd))
+    }
+
+    /// EMFILE when there is an fd quota and `reached` says it is used up.
+    fn emfile_if_fd_quota(&self, reached: impl FnOnce(&FdQuota) -> bool) -> Result<()> {
         match &self.fd_quota {
-            Some(q) if !q.admits(fd) => {
+            Some(q) if reached(q) => {
                 tracing::debug!("fd quota of {} reached: EMFILE", q.limit());
                 Err(Errno(libc::EMFILE))
             }
