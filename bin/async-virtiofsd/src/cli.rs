@@ -89,6 +89,17 @@ enum SeccompArg {
     Trap,
 }
 
+/// `--io-engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoEngineArg {
+    /// READ, WRITE and FSYNC by system calls on the queue thread or the pool.
+    Sync,
+    /// Through an io_uring per request queue; the daemon does not start without one.
+    IoUring,
+    /// What serves best where io_uring works (see docs/performance.md), else `sync`.
+    Auto,
+}
+
 /// Largest `--thread-pool-size`: each pooled request may hold a blocking thread.
 pub const MAX_THREAD_POOL_SIZE: usize = 1024;
 
@@ -129,6 +140,17 @@ struct Args {
     #[arg(long, value_name = "US", default_value_t = DEFAULT_POLL_US,
           value_parser = clap::value_parser!(u64).range(0..=MAX_POLL_US))]
     poll_us: u64,
+
+    /// How request queues do READ, WRITE and FSYNC: `sync` (system calls on the queue thread
+    /// or the pool), `io-uring` (an io_uring per request queue; fails to start where io_uring
+    /// is disabled), `auto` (see docs/performance.md; `sync` where io_uring is disabled).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "sync|io-uring|auto",
+        default_value = "auto"
+    )]
+    io_engine: IoEngineArg,
 
     /// Guest caching policy.
     #[arg(long, value_enum, default_value = "auto")]
@@ -341,6 +363,8 @@ pub struct Options {
     pub queue_affinity: Option<QueueAffinity>,
     /// `--poll-us`.
     pub poll_max: Duration,
+    /// `--io-engine` (`auto` is resolved when the daemon starts).
+    pub io_engine: IoEngineArg,
     /// `--log-level`.
     pub log_level: LogLevel,
     /// `--sandbox`.
@@ -710,6 +734,7 @@ where
         thread_pool_size: args.thread_pool_size as usize,
         queue_affinity: args.queue_affinity,
         poll_max: Duration::from_micros(args.poll_us),
+        io_engine: args.io_engine,
         log_level,
         sandbox,
         seccomp: match args.seccomp {

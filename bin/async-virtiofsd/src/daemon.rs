@@ -10,10 +10,10 @@ use vhost::vhost_user::Error as VhostUserError;
 use vhost_user_backend::VhostUserBackend;
 use virtiofs_device::{FsBackend, FsBackendConfig};
 use virtiofs_passthrough::{check_shared_dir, InodeFileHandles, Share, ShareError};
-use virtiofs_pipeline::{Pipeline, PipelineConfig};
+use virtiofs_pipeline::{IoEngine, Pipeline, PipelineConfig};
 use virtiofs_sandbox::{rlimit, seccomp, EnterError, Entered, SandboxMode};
 
-use crate::cli::{Listen, Options};
+use crate::cli::{IoEngineArg, Listen, Options};
 use crate::socket::{ListenSocket, SocketError};
 use crate::systemd::Notifier;
 
@@ -44,7 +44,34 @@ pub enum DaemonError {
     /// The vhost-user library failed.
     #[error("vhost-user: {0}")]
     VhostUser(String),
+    /// `--io-engine io-uring` where io_uring cannot be used.
+    #[error(
+        "--io-engine io-uring: io_uring is not available ({0}); it may be disabled \
+         (kernel.io_uring_disabled), refused by a seccomp filter or container runtime, or missing \
+         from the kernel; use --io-engine sync or auto"
+    )]
+    IoUring(virtiofs_pipeline::ProbeError),
 }
+
+/// The engine `--io-engine` comes to here: `io-uring` and `auto` try a ring first.
+fn resolve_io_engine(arg: IoEngineArg) -> Result<IoEngine, DaemonError> {
+    match arg {
+        IoEngineArg::Sync => Ok(IoEngine::Sync),
+        IoEngineArg::IoUring => virtiofs_pipeline::uring::probe()
+            .map(|()| IoEngine::IoUring)
+            .map_err(DaemonError::IoUring),
+        IoEngineArg::Auto => match virtiofs_pipeline::uring::probe() {
+            Ok(()) => Ok(AUTO_ENGINE),
+            Err(e) => {
+                info!("--io-engine auto: io_uring is not available ({e}); using sync");
+                Ok(IoEngine::Sync)
+            }
+        },
+    }
+}
+
+/// What `--io-engine auto` uses where io_uring works (docs/performance.md, "io_uring").
+const AUTO_ENGINE: IoEngine = IoEngine::IoUring;
 
 /// Sets up, confines and runs the daemon; returns the process exit code. In namespace mode this
 /// process becomes the supervisor and returns the sandboxed daemon's exit code.
@@ -65,10 +92,11 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
     if let Some(tag) = &opts.tag {
         backend = backend.with_tag(tag)?;
     }
-    let pipeline = PipelineConfig {
+    let mut pipeline = PipelineConfig {
         thread_pool_size: opts.thread_pool_size,
         queue_affinity: opts.queue_affinity.clone(),
         poll_max: opts.poll_max,
+        io_engine: IoEngine::Sync,
     };
     let max_threads = pipeline.max_blocking_threads(backend.num_queues());
     let nofile = rlimit::raise_nofile(opts.rlimit_nofile)?;
@@ -102,6 +130,12 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
     opts.capabilities.apply()?;
     // With the capabilities it will serve with: open_by_handle_at needs DAC_READ_SEARCH.
     let share = share.enable_file_handles()?;
+    // With the credentials it will serve with, before seccomp (which allows io_uring only
+    // for this engine).
+    pipeline.io_engine = resolve_io_engine(opts.io_engine)?;
+    if pipeline.io_engine == IoEngine::IoUring {
+        info!("READ, WRITE and FSYNC through io_uring");
+    }
     info!(
         "confined: sandbox {:?}, open-file limit {nofile} ({guest_fds} for the guest), capabilities {:?}",
         opts.sandbox,
@@ -152,6 +186,7 @@ async fn serve(
     let (mut daemon, links) = backend
         .create_daemon("async-virtiofsd")
         .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
+    let io_uring = pipeline_config.io_engine == IoEngine::IoUring;
     let pipeline = Pipeline::start(links, share, pipeline_config)?;
     let reset = pipeline.session_reset();
     backend.on_device_reset(move || {
@@ -170,7 +205,7 @@ async fn serve(
     // Every thread that exists now gets the filter (TSYNC); later ones (queue threads, the
     // runtime's blocking threads, the vhost-user thread) inherit it.
     let file_handles = opts.share.inode_file_handles != InodeFileHandles::Never;
-    seccomp::install(opts.seccomp, file_handles)?;
+    seccomp::install(opts.seccomp, file_handles, io_uring)?;
 
     // Callers (Kata's runtime-rs) wait for this exact text; systemd for READY=1.
     info!("{WAITING}");

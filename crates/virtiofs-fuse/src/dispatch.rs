@@ -1,6 +1,8 @@
 //! One arm per opcode: decode the arguments, call the [`Filesystem`] method, encode its reply.
 //! Opcodes a virtio-fs server deliberately does not serve are answered ENOSYS here.
 
+use std::cell::Cell;
+
 use vm_memory::ByteValued;
 
 use crate::abi::{
@@ -10,6 +12,7 @@ use crate::abi::{
     PollIn, PollOut, ReadIn, ReleaseIn, Rename2In, RenameIn, SetattrIn, SetxattrIn, StatfsOut,
     StatxIn, SyncfsIn, WriteIn, WriteOut, COMPAT_SETXATTR_IN_SIZE,
 };
+use crate::deferred::{Deferred, PendingReply, PreparedIo};
 use crate::dirent::DirSink;
 use crate::filesystem::{Context, Entry, Errno, Filesystem, Opened, Xattr};
 use crate::input::{DecodeError, Input};
@@ -32,6 +35,50 @@ pub(crate) fn empty(unique: u64, out: &mut Output<'_>) -> Outcome {
     out.begin()?;
     out.write_header(unique, 0)?;
     Ok(())
+}
+
+/// Leaves `io` for the caller to perform; the reply is written by [`Server::finish`].
+fn defer(
+    slot: &Cell<Option<Deferred>>,
+    io: PreparedIo,
+    unique: u64,
+    opcode: Opcode,
+    want: usize,
+) -> Outcome {
+    let reply = PendingReply {
+        unique,
+        opcode,
+        want,
+    };
+    slot.set(Some(Deferred { io, reply }));
+    Ok(())
+}
+
+/// The reply of a deferred READ, WRITE or FSYNC whose I/O came to `result` (bytes moved, or
+/// an errno).
+pub(crate) fn finish(
+    p: &PendingReply,
+    result: Result<usize, Errno>,
+    out: &mut Output<'_>,
+) -> Outcome {
+    let n = result?;
+    match p.opcode {
+        Opcode::Read => {
+            out.begin()?;
+            out.skip(n.min(p.want))?;
+            out.write_header(p.unique, 0)?;
+            Ok(())
+        }
+        Opcode::Write => reply_obj(
+            p.unique,
+            out,
+            &WriteOut {
+                size: n.min(p.want) as u32,
+                padding: 0,
+            },
+        ),
+        _ => empty(p.unique, out),
+    }
 }
 
 /// A reply of one struct.
@@ -187,6 +234,11 @@ pub(crate) fn dispatch<F: Filesystem>(
             out.begin()?;
             let want = (a.size as usize).min(out.remaining());
             let dst = out.slices(want)?;
+            if let Some(slot) = req.defer {
+                if let Some(io) = fs.prepare_read(ctx, node, &a, &dst)? {
+                    return defer(slot, io, u, op, want);
+                }
+            }
             let got = fs.read(ctx, node, &a, &dst)?.min(want);
             out.truncate(OUT_HEADER_LEN + got);
             out.write_header(u, 0)?;
@@ -200,6 +252,11 @@ pub(crate) fn dispatch<F: Filesystem>(
             }
             tracing::trace!(unique = u, size = a.size, offset = a.offset, "WRITE");
             let src = args.slices(size)?;
+            if let Some(slot) = req.defer {
+                if let Some(io) = fs.prepare_write(ctx, node, &a, &src)? {
+                    return defer(slot, io, u, op, size);
+                }
+            }
             let n = fs.write(ctx, node, &a, &src)?.min(size);
             reply_obj(
                 u,
@@ -231,6 +288,11 @@ pub(crate) fn dispatch<F: Filesystem>(
             let a: FsyncIn = args.read_obj()?;
             let datasync = a.fsync_flags & flags::FSYNC_FDATASYNC != 0;
             if op == Opcode::Fsync {
+                if let Some(slot) = req.defer {
+                    if let Some(io) = fs.prepare_fsync(ctx, node, a.fh, datasync)? {
+                        return defer(slot, io, u, op, 0);
+                    }
+                }
                 fs.fsync(ctx, node, a.fh, datasync)?;
             } else {
                 fs.fsyncdir(ctx, node, a.fh, datasync)?;

@@ -8,6 +8,7 @@ use crate::abi::{
     Attr, CopyFileRangeIn, CreateIn, FallocateIn, FileLock, ForgetOne, IoctlIn, Kstatfs, LkIn,
     PollIn, ReadIn, ReleaseIn, SetattrIn, Statx, StatxIn, WriteIn,
 };
+use crate::deferred::PreparedIo;
 use crate::dirent::DirSink;
 use crate::ext::SecCtx;
 use crate::name::Name;
@@ -250,6 +251,40 @@ pub trait Filesystem: Send + Sync {
     /// FSYNC.
     fn fsync(&self, ctx: &Context, nodeid: u64, fh: u64, datasync: bool) -> Result<()> {
         Err(Errno(libc::ENOSYS))
+    }
+    /// READ as [`Filesystem::read`] would, up to its system call: `Ok(None)` to have the
+    /// server call [`Filesystem::read`] instead (the default), `Err` for the reply's errno.
+    /// The caller performs the I/O (see [`crate::deferred`]).
+    fn prepare_read(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &ReadIn,
+        dst: &[GuestSlice<'_>],
+    ) -> Result<Option<PreparedIo>> {
+        Ok(None)
+    }
+    /// WRITE as [`Filesystem::write`] would, up to its system call (see
+    /// [`Filesystem::prepare_read`]).
+    fn prepare_write(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        arg: &WriteIn,
+        src: &[GuestSlice<'_>],
+    ) -> Result<Option<PreparedIo>> {
+        Ok(None)
+    }
+    /// FSYNC as [`Filesystem::fsync`] would, up to its system call (see
+    /// [`Filesystem::prepare_read`]).
+    fn prepare_fsync(
+        &self,
+        ctx: &Context,
+        nodeid: u64,
+        fh: u64,
+        datasync: bool,
+    ) -> Result<Option<PreparedIo>> {
+        Ok(None)
     }
     /// SETXATTR; `setxattr_flags` is 0 without SETXATTR_EXT.
     fn setxattr(

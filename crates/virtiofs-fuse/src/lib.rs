@@ -11,6 +11,7 @@
 //! - [`filesystem`]: the [`Filesystem`] trait, its typed arguments and replies.
 
 pub mod abi;
+pub mod deferred;
 mod dirent;
 mod dispatch;
 pub mod ext;
@@ -22,6 +23,7 @@ mod reply;
 mod server;
 pub mod session;
 
+pub use deferred::{Deferred, IoKind, PendingReply, PreparedIo, Started};
 pub use dirent::DirSink;
 pub use ext::SecCtx;
 pub use filesystem::{

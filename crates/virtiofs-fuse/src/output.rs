@@ -145,6 +145,11 @@ impl<'a> Output<'a> {
         Ok(())
     }
 
+    /// Moves the cursor past `n` bytes already filled in (READ data written by deferred I/O).
+    pub fn skip(&mut self, n: usize) -> Result<(), ReplyError> {
+        self.walk(n, |_, _| Ok(()))
+    }
+
     /// Starts a reply: reserves room for the header, to be written by [`Self::write_header`].
     pub fn begin(&mut self) -> Result<(), ReplyError> {
         self.walk(OUT_HEADER_LEN, |_, _| Ok(()))

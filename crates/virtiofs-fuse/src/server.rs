@@ -3,11 +3,13 @@
 //! [`crate::dispatch`].
 
 use crate::abi::{init_flags, InHeader, Opcode};
+use crate::deferred::{Deferred, PendingReply, Started};
 use crate::ext::{self, SecCtx};
 use crate::filesystem::{Context, Errno, Filesystem};
 use crate::input::{DecodeError, Input, Memory, Segment};
 use crate::output::{Output, ReplyError};
 use crate::session::{negotiate, Init, Limits, State};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The first `fuse_init_in` layout (major, minor, max_readahead, flags), before 7.36 added
@@ -81,6 +83,8 @@ pub(crate) struct Request<'a> {
     pub(crate) ctx: &'a Context,
     /// A new node's security context (SECURITY_CTX).
     pub(crate) secctx: Option<&'a SecCtx>,
+    /// Where READ, WRITE and FSYNC leave their I/O for the caller to perform, if it will.
+    pub(crate) defer: Option<&'a Cell<Option<Deferred>>>,
 }
 
 /// A FUSE server for one filesystem.
@@ -155,7 +159,7 @@ impl<F: Filesystem> Server<F> {
     ) -> Result<Served, ServeError> {
         let mut input = Input::new(mem, readable);
         let header: InHeader = input.read_obj().map_err(ServeError::NoHeader)?;
-        self.serve_after_header(mem, &header, input, writable)
+        self.serve_after_header(mem, &header, input, writable, None)
     }
 
     /// Serves a request whose header the caller has read already (and acted on: the pipeline
@@ -170,7 +174,61 @@ impl<F: Filesystem> Server<F> {
     ) -> Result<Served, ServeError> {
         let mut input = Input::new(mem, readable);
         input.skip(IN_HEADER_LEN).map_err(ServeError::NoHeader)?;
-        self.serve_after_header(mem, header, input, writable)
+        self.serve_after_header(mem, header, input, writable, None)
+    }
+
+    /// [`Server::handle_with_header`], except that a READ, WRITE or FSYNC the filesystem can
+    /// prepare ([`Filesystem::prepare_read`] and the like) is returned as
+    /// [`Started::Deferred`]: the caller performs its I/O, keeping the memory and the
+    /// descriptor alive until it is done, then calls [`Server::finish`] exactly once.
+    pub fn start_with_header(
+        &self,
+        mem: &Memory,
+        header: &InHeader,
+        readable: &[Segment],
+        writable: &[Segment],
+    ) -> Result<Started, ServeError> {
+        let mut input = Input::new(mem, readable);
+        input.skip(IN_HEADER_LEN).map_err(ServeError::NoHeader)?;
+        let slot = Cell::new(None);
+        let served = self.serve_after_header(mem, header, input, writable, Some(&slot))?;
+        Ok(match slot.take() {
+            Some(deferred) => Started::Deferred(deferred),
+            None => Started::Done(served),
+        })
+    }
+
+    /// Writes the reply of a request [`Server::start_with_header`] deferred, whose I/O came to
+    /// `result`: the bytes read or written, or the errno of the failure.
+    pub fn finish(
+        &self,
+        mem: &Memory,
+        writable: &[Segment],
+        reply: &PendingReply,
+        result: Result<usize, Errno>,
+    ) -> Result<Served, ServeError> {
+        let mut out = Output::new(mem, writable);
+        let errno = match crate::dispatch::finish(reply, result, &mut out) {
+            Ok(()) => 0,
+            Err(Failure::Errno(Errno(e))) => e,
+            Err(Failure::Decode(e)) => e.errno(),
+            Err(Failure::Reply(e)) => {
+                tracing::warn!(unique = reply.unique, "reply does not fit: {e}");
+                libc::EIO
+            }
+        };
+        if errno != 0 {
+            out.reply_error(reply.unique, errno)
+                .map_err(|error| ServeError::Reply {
+                    unique: reply.unique,
+                    error,
+                })?;
+        }
+        Ok(Served {
+            written: out.written(),
+            opcode: Some(reply.opcode),
+            errno,
+        })
     }
 
     fn serve_after_header(
@@ -179,6 +237,7 @@ impl<F: Filesystem> Server<F> {
         header: &InHeader,
         input: Input<'_>,
         writable: &[Segment],
+        defer: Option<&Cell<Option<Deferred>>>,
     ) -> Result<Served, ServeError> {
         let header = *header;
         let mut out = Output::new(mem, writable);
@@ -191,6 +250,7 @@ impl<F: Filesystem> Server<F> {
                         h: &header,
                         ctx: &ctx,
                         secctx: secctx.as_ref(),
+                        defer,
                     };
                     self.serve(op, &req, &mut args, &mut out)
                 }

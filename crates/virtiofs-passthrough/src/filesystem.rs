@@ -8,8 +8,8 @@ use virtiofs_fuse::abi::{
 };
 use virtiofs_fuse::filesystem::Result;
 use virtiofs_fuse::{
-    AttrReply, Context, DirSink, Entry, Filesystem, GuestSlice, IoctlReply, Name, Opened, SecCtx,
-    StatxReply, Xattr,
+    AttrReply, Context, DirSink, Entry, Filesystem, GuestSlice, IoctlReply, Name, Opened,
+    PreparedIo, SecCtx, StatxReply, Xattr,
 };
 
 use crate::passthrough::Passthrough;
@@ -136,6 +136,34 @@ impl Filesystem for Passthrough {
     }
     fn fsync(&self, _: &Context, nodeid: u64, fh: u64, datasync: bool) -> Result<()> {
         self.do_fsync(nodeid, fh, datasync)
+    }
+    fn prepare_read(
+        &self,
+        _: &Context,
+        nodeid: u64,
+        arg: &ReadIn,
+        dst: &[GuestSlice<'_>],
+    ) -> Result<Option<PreparedIo>> {
+        self.do_prepare_read(nodeid, arg, dst)
+    }
+    fn prepare_write(
+        &self,
+        _: &Context,
+        nodeid: u64,
+        arg: &WriteIn,
+        src: &[GuestSlice<'_>],
+    ) -> Result<Option<PreparedIo>> {
+        self.writable()?;
+        self.do_prepare_write(nodeid, arg, src)
+    }
+    fn prepare_fsync(
+        &self,
+        _: &Context,
+        nodeid: u64,
+        fh: u64,
+        datasync: bool,
+    ) -> Result<Option<PreparedIo>> {
+        self.do_prepare_fsync(nodeid, fh, datasync)
     }
     fn setxattr(
         &self,

@@ -31,9 +31,9 @@ pub use passthrough::{Config, Passthrough};
 pub use xattrmap::{XattrMap, XattrMapError};
 
 use smallvec::SmallVec;
-use virtiofs_fuse::abi::InHeader;
-use virtiofs_fuse::{Limits, Segment, ServeError, Server};
-use virtiofs_pipeline::{Chain, FuseHandler, HandleError, Handled};
+use virtiofs_fuse::abi::{InHeader, Opcode};
+use virtiofs_fuse::{Errno, Limits, PendingReply, Segment, ServeError, Served, Server, Started};
+use virtiofs_pipeline::{Chain, FuseHandler, HandleError, Handled, Start};
 
 /// Guest caching policy (`--cache`), with the Rust virtiofsd's timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -305,33 +305,79 @@ impl PreparedShare {
     }
 }
 
+type Segments = SmallVec<[Segment; 8]>;
+
+/// The chain's readable and writable segments, in one walk.
+fn segments(chain: &Chain) -> (Segments, Segments) {
+    let mut readable = Segments::new();
+    let mut writable = Segments::new();
+    for d in chain.clone() {
+        let seg = Segment {
+            addr: d.addr(),
+            len: d.len(),
+        };
+        if d.is_write_only() {
+            writable.push(seg);
+        } else {
+            readable.push(seg);
+        }
+    }
+    (readable, writable)
+}
+
+/// The pipeline's view of what the server did.
+fn handled(served: Result<Served, ServeError>) -> Result<Handled, HandleError> {
+    match served {
+        Ok(served) => Ok(Handled {
+            len: served.written,
+            errno: served.errno,
+        }),
+        Err(e @ ServeError::NoHeader(_)) => Err(HandleError::Request(e.to_string())),
+        Err(e @ ServeError::Reply { .. }) => Err(HandleError::Server(e.to_string())),
+    }
+}
+
 impl FuseHandler for Share {
     fn handle(&self, chain: &Chain, header: &InHeader) -> Result<Handled, HandleError> {
         // One walk of the chain: the server reads the request and writes the reply by segment.
-        let mut readable: SmallVec<[Segment; 8]> = SmallVec::new();
-        let mut writable: SmallVec<[Segment; 8]> = SmallVec::new();
-        for d in chain.clone() {
-            let seg = Segment {
-                addr: d.addr(),
-                len: d.len(),
-            };
-            if d.is_write_only() {
-                writable.push(seg);
-            } else {
-                readable.push(seg);
-            }
+        let (readable, writable) = segments(chain);
+        handled(
+            self.server
+                .handle_with_header(chain.memory(), header, &readable, &writable),
+        )
+    }
+
+    fn defers(&self, opcode: u32) -> bool {
+        match Opcode::from_u32(opcode) {
+            Some(Opcode::Read | Opcode::Fsync) => true,
+            Some(Opcode::Write) => self.server.filesystem().prepares_writes(),
+            _ => false,
         }
+    }
+
+    fn start(&self, chain: &Chain, header: &InHeader) -> Result<Start, HandleError> {
+        let (readable, writable) = segments(chain);
         match self
             .server
-            .handle_with_header(chain.memory(), header, &readable, &writable)
+            .start_with_header(chain.memory(), header, &readable, &writable)
         {
-            Ok(served) => Ok(Handled {
-                len: served.written,
-                errno: served.errno,
-            }),
-            Err(e @ ServeError::NoHeader(_)) => Err(HandleError::Request(e.to_string())),
-            Err(e @ ServeError::Reply { .. }) => Err(HandleError::Server(e.to_string())),
+            Ok(Started::Deferred(d)) => Ok(Start::Io(d)),
+            Ok(Started::Done(served)) => handled(Ok(served)).map(Start::Done),
+            Err(e) => handled(Err(e)).map(Start::Done),
         }
+    }
+
+    fn finish(
+        &self,
+        chain: &Chain,
+        reply: &PendingReply,
+        result: Result<usize, i32>,
+    ) -> Result<Handled, HandleError> {
+        let (_, writable) = segments(chain);
+        handled(
+            self.server
+                .finish(chain.memory(), &writable, reply, result.map_err(Errno)),
+        )
     }
 
     fn set_queue_size(&self, descriptors: u16) {

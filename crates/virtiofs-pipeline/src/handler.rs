@@ -2,6 +2,7 @@
 
 use virtio_queue::DescriptorChain;
 use virtiofs_fuse::abi::InHeader;
+use virtiofs_fuse::{Deferred, PendingReply};
 use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap};
 
 /// A descriptor chain popped from a virtqueue, with the guest memory it points into.
@@ -37,6 +38,15 @@ pub struct Handled {
     pub errno: i32,
 }
 
+/// What [`FuseHandler::start`] did with a request.
+#[derive(Debug)]
+pub enum Start {
+    /// Handled to the end.
+    Done(Handled),
+    /// Its I/O is for the pipeline to perform; then [`FuseHandler::finish`] writes the reply.
+    Io(Deferred),
+}
+
 /// Handles one FUSE request: reads it from the chain's readable part and writes the reply into its
 /// writable part. Runs on a thread that may block.
 pub trait FuseHandler: Send + Sync + 'static {
@@ -57,4 +67,30 @@ pub trait FuseHandler: Send + Sync + 'static {
     /// the session, as DESTROY does, so that nothing of the old driver survives into the next
     /// INIT. The pipeline calls it with no other request running.
     fn end_session(&self);
+
+    /// Whether a request with `opcode` may come back from [`FuseHandler::start`] as
+    /// [`Start::Io`] (the pipeline then starts it on the queue thread, whatever its weight).
+    /// The default: never.
+    fn defers(&self, _opcode: u32) -> bool {
+        false
+    }
+
+    /// [`FuseHandler::handle`], except that a request [`FuseHandler::defers`] may be returned
+    /// as I/O for the pipeline to perform: it keeps the chain (its guest memory) and the
+    /// prepared I/O (its descriptor) alive until the I/O is complete, then calls
+    /// [`FuseHandler::finish`] once. The default handles everything.
+    fn start(&self, chain: &Chain, header: &InHeader) -> Result<Start, HandleError> {
+        self.handle(chain, header).map(Start::Done)
+    }
+
+    /// Writes the reply of a request [`FuseHandler::start`] returned as I/O, which came to
+    /// `result` (bytes moved, or a positive errno).
+    fn finish(
+        &self,
+        _chain: &Chain,
+        _reply: &PendingReply,
+        _result: Result<usize, i32>,
+    ) -> Result<Handled, HandleError> {
+        Err(HandleError::Server("this handler defers no I/O".to_owned()))
+    }
 }

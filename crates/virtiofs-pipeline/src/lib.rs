@@ -35,12 +35,14 @@ pub mod request;
 pub mod serve;
 pub mod stats;
 pub mod thread;
+pub mod uring;
 pub mod used;
 
 pub use affinity::{CpuSet, QueueAffinity};
 pub use gate::{GateBusy, Pass, SessionGate};
-pub use handler::{Chain, FuseHandler, HandleError, Handled};
+pub use handler::{Chain, FuseHandler, HandleError, Handled, Start};
 pub use pipeline::{Pipeline, PipelineConfig, SessionReset};
 pub use serve::serve_chain;
 pub use stats::QueueStats;
 pub use thread::queue_thread_name;
+pub use uring::{IoEngine, ProbeError};

@@ -15,6 +15,7 @@ use crate::gate::SessionGate;
 use crate::handler::FuseHandler;
 use crate::stats::QueueStats;
 use crate::thread::{start_when_runnable, Affinity, Shared};
+use crate::uring::IoEngine;
 
 /// How the pipeline runs requests.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +29,9 @@ pub struct PipelineConfig {
     /// The longest a request queue polls its avail ring before sleeping (`--poll-us`, see
     /// [`crate::poll`]); zero: never.
     pub poll_max: Duration,
+    /// How request queues do READ, WRITE and FSYNC (`--io-engine`, resolved: see
+    /// [`crate::uring::probe`]).
+    pub io_engine: IoEngine,
 }
 
 impl PipelineConfig {
@@ -114,6 +118,7 @@ impl Pipeline {
             request_rings,
             pool_size: config.thread_pool_size,
             poll_max: config.poll_max,
+            io_engine: config.io_engine,
             affinity: config.queue_affinity.map(|a| Affinity {
                 // The CPUs this thread (the daemon's main thread) may use: what `auto` spreads
                 // and what runners go back to.

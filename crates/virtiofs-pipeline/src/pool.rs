@@ -145,6 +145,11 @@ impl<H: FuseHandler> Pool<H> {
         }
     }
 
+    /// The most runners it runs at once.
+    pub(crate) fn size(&self) -> usize {
+        self.inner.size
+    }
+
     /// Whether a runner could start now (fewer than the pool size alive).
     pub(crate) fn has_room(&self) -> bool {
         self.inner.lock().runners < self.inner.size

@@ -31,6 +31,7 @@ use crate::pool::{Job, Pool};
 use crate::request::{classify, is_forget, peek_in_header, reply_error, reply_room, Weight};
 use crate::serve::serve_chain_handled;
 use crate::stats::QueueStats;
+use crate::uring::{IoEngine, Uring};
 use crate::used::{Popped, Unanswered, UsedBatch};
 
 /// Most chains popped at once: the completions of the requests run on the queue thread are
@@ -62,6 +63,8 @@ pub(crate) struct QueueContext<H: FuseHandler> {
     pub(crate) tasks: TaskTracker,
     /// Fires when the daemon stops.
     pub(crate) cancel: CancellationToken,
+    /// How READ, WRITE and FSYNC are done (the hiprio queue: always synchronously).
+    pub(crate) engine: IoEngine,
 }
 
 /// Descriptors of the smallest of `rings` that the frontend has started, if any.
@@ -74,6 +77,36 @@ pub fn smallest_ready_queue(rings: &[WatchedVring]) -> Option<u16> {
             queue.ready().then(|| queue.size())
         })
         .min()
+}
+
+/// What woke a waiting queue task.
+enum Woke {
+    /// The daemon stops.
+    Stop,
+    /// The frontend changed the ring.
+    Changed,
+    /// The guest kicked (or the kick eventfd failed).
+    Kick(std::io::Result<()>),
+    /// The io_uring has completions (or its eventfd failed).
+    Completion(std::io::Result<()>),
+}
+
+/// What ends a queue task's wait ([`Woke`] but completions, which it reaps and waits on).
+enum Wake {
+    /// The daemon stops.
+    Stop,
+    /// The frontend changed the ring.
+    Changed,
+    /// The guest kicked (or the kick eventfd failed).
+    Kick(std::io::Result<()>),
+}
+
+/// Waits for a completion of `ring` if requests are in it; never, otherwise.
+async fn ring_completion(ring: Option<&Uring>) -> std::io::Result<()> {
+    match ring {
+        Some(ring) if ring.busy() => ring.completion().await,
+        _ => std::future::pending().await,
+    }
 }
 
 /// What running a request once came to.
@@ -90,6 +123,8 @@ impl<H: FuseHandler> QueueContext<H> {
     pub(crate) async fn run(self: Arc<Self>) {
         let index = self.link.index;
         let mut changes = self.link.vring.subscribe();
+        let ring = crate::uring::for_queue(&self);
+        let ring = ring.as_ref();
         loop {
             changes.borrow_and_update();
             let kick = match self.link.vring.runnable_kick() {
@@ -114,6 +149,8 @@ impl<H: FuseHandler> QueueContext<H> {
                 }
                 continue;
             };
+            // Only requests of the ring that stopped can be in it: they go back first.
+            self.complete_ring(ring);
             debug!(queue = index, "queue running");
             let mut poll = AdaptivePoll::new(self.poll_max);
             loop {
@@ -121,7 +158,7 @@ impl<H: FuseHandler> QueueContext<H> {
                 // A drain is never abandoned half-way: it stops early only when the daemon
                 // stops, returning what it popped (see `drain`).
                 let window = poll.window();
-                self.drain(!window.is_zero()).await;
+                self.drain(!window.is_zero(), ring).await;
                 let waiting = poll.wait_starts();
                 if !window.is_zero() {
                     // Notifications are still off: watch the ring before sleeping.
@@ -141,27 +178,56 @@ impl<H: FuseHandler> QueueContext<H> {
                         continue;
                     }
                 }
-                tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => return,
-                    r = changes.changed() => {
-                        if r.is_err() { return }
+                let woke = loop {
+                    let woke = tokio::select! {
+                        biased;
+                        _ = self.cancel.cancelled() => Woke::Stop,
+                        r = changes.changed() => match r {
+                            Ok(()) => Woke::Changed,
+                            Err(_) => Woke::Stop,
+                        },
+                        r = kick.wait() => Woke::Kick(r),
+                        r = ring_completion(ring) => Woke::Completion(r),
+                    };
+                    match woke {
+                        Woke::Completion(r) => {
+                            if let Err(e) = r {
+                                warn!(queue = index, "io_uring eventfd failed: {e}");
+                                self.complete_ring(ring);
+                            }
+                            if let Some(ring) = ring {
+                                let mut used = UsedBatch::new(&self.link, &self.stats);
+                                ring.reap(&self, &mut used);
+                            }
+                        }
+                        Woke::Stop => break Wake::Stop,
+                        Woke::Changed => break Wake::Changed,
+                        Woke::Kick(r) => break Wake::Kick(r),
+                    }
+                };
+                match woke {
+                    Wake::Stop => {
+                        // Nothing in the ring may outlive the queue task.
+                        self.complete_ring(ring);
+                        return;
+                    }
+                    Wake::Changed => {
                         debug!(queue = index, "queue state changed");
+                        self.complete_ring(ring);
                         break;
                     }
-                    r = kick.wait() => match r {
-                        Ok(()) => poll.wait_ended(waiting),
-                        Err(e) => {
-                            warn!(queue = index, "kick eventfd failed: {e}");
-                            // Do not spin on a broken fd: wait until the frontend changes the
-                            // ring.
-                            tokio::select! {
-                                _ = self.cancel.cancelled() => return,
-                                r = changes.changed() => if r.is_err() { return },
-                            }
-                            break;
+                    Wake::Kick(Ok(())) => poll.wait_ended(waiting),
+                    Wake::Kick(Err(e)) => {
+                        warn!(queue = index, "kick eventfd failed: {e}");
+                        self.complete_ring(ring);
+                        // Do not spin on a broken fd: wait until the frontend changes the
+                        // ring.
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => return,
+                            r = changes.changed() => if r.is_err() { return },
                         }
-                    },
+                        break;
+                    }
                 }
             }
         }
@@ -170,7 +236,7 @@ impl<H: FuseHandler> QueueContext<H> {
     /// Pops and dispatches chains until the ring is empty with guest notifications re-enabled,
     /// or, with `keep_off` (the queue polls next), still disabled. When the daemon stops, the
     /// chains popped and not started yet go back with EIO.
-    async fn drain(self: &Arc<Self>, keep_off: bool) {
+    async fn drain(self: &Arc<Self>, keep_off: bool, ring: Option<&Uring>) {
         let vring = &self.link.vring;
         let mut used = UsedBatch::new(&self.link, &self.stats);
         loop {
@@ -185,7 +251,12 @@ impl<H: FuseHandler> QueueContext<H> {
                 while !self.cancel.is_cancelled() {
                     let Some(chain) = popped.next() else { break };
                     let others_waiting = popped.others_waiting();
-                    self.dispatch(chain, others_waiting, &mut used).await;
+                    self.dispatch(chain, others_waiting, &mut used, ring).await;
+                }
+                if let Some(ring) = ring {
+                    // One submission for the batch; what is done already joins it.
+                    ring.submit(self, &mut used);
+                    ring.reap(self, &mut used);
                 }
                 // Quick requests handed to the pool that no runner has started yet: this
                 // thread is free now, they run here.
@@ -217,6 +288,7 @@ impl<H: FuseHandler> QueueContext<H> {
         chain: Chain,
         others_waiting: bool,
         used: &mut UsedBatch<'_>,
+        ring: Option<&Uring>,
     ) {
         let header = peek_in_header(&chain);
         let weight = match &header {
@@ -228,11 +300,20 @@ impl<H: FuseHandler> QueueContext<H> {
             Err(_busy) => {
                 // INIT or DESTROY runs or waits (or this is one and requests run): finish and
                 // publish what this drain has started, so that nothing waits for it.
+                if let Some(ring) = ring {
+                    ring.complete_all(self, used);
+                }
                 self.take_back(used);
                 used.flush();
                 self.gate.pass_for(header.as_ref()).await
             }
         };
+        if let (Some(ring), Some(h)) = (ring, header) {
+            if self.handler.defers(h.opcode) {
+                // Prepared here, its I/O in the ring: never a pool thread.
+                return ring.start(self, chain, h, pass, used);
+            }
+        }
         match place(self.pool.is_some(), weight, others_waiting) {
             Placement::Inline => self.run_inline(chain, header, pass, used),
             Placement::Pool => {
@@ -246,6 +327,14 @@ impl<H: FuseHandler> QueueContext<H> {
                 };
                 pool.push(weight, job);
             }
+        }
+    }
+
+    /// Waits for every request in `ring` and publishes their completions.
+    fn complete_ring(&self, ring: Option<&Uring>) {
+        if let Some(ring) = ring.filter(|r| r.busy()) {
+            let mut used = UsedBatch::new(&self.link, &self.stats);
+            ring.complete_all(self, &mut used);
         }
     }
 

@@ -7,7 +7,7 @@ use tracing::{debug, info, trace, warn};
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::gate::{is_exclusive, Pass};
-use crate::handler::{Chain, FuseHandler, Handled};
+use crate::handler::{Chain, FuseHandler, HandleError, Handled, Start};
 use crate::request::{is_forget, reply_error, IN_HEADER_LEN};
 use crate::stats::QueueStats;
 
@@ -41,10 +41,67 @@ pub(crate) fn serve_chain_handled<H: FuseHandler + ?Sized>(
     handler: &H,
     chain: &Chain,
     header: Option<InHeader>,
-    mut pass: Option<&mut Pass>,
+    pass: Option<&mut Pass>,
     stats: &QueueStats,
     queue: usize,
 ) -> Handled {
+    serve_checked(chain, header, pass, stats, queue, handler, |h| {
+        handler.handle(chain, h)
+    })
+}
+
+/// [`serve_chain_handled`] through [`FuseHandler::start`]: a READ, WRITE or FSYNC may come
+/// back as I/O to perform (the pass then records it at [`crate::uring`]'s completion).
+pub(crate) fn serve_chain_started<H: FuseHandler + ?Sized>(
+    handler: &H,
+    chain: &Chain,
+    header: Option<InHeader>,
+    pass: Option<&mut Pass>,
+    stats: &QueueStats,
+    queue: usize,
+) -> Start {
+    serve_checked(chain, header, pass, stats, queue, handler, |h| {
+        handler.start(chain, h)
+    })
+}
+
+/// What serving a chain can come to: a reply, or (for [`Start`]) I/O still to do.
+pub(crate) trait Outcome: From<Handled> {
+    /// The reply, if the request is answered.
+    fn handled(&self) -> Option<&Handled>;
+}
+
+impl Outcome for Handled {
+    fn handled(&self) -> Option<&Handled> {
+        Some(self)
+    }
+}
+
+impl From<Handled> for Start {
+    fn from(h: Handled) -> Self {
+        Start::Done(h)
+    }
+}
+
+impl Outcome for Start {
+    fn handled(&self) -> Option<&Handled> {
+        match self {
+            Start::Done(h) => Some(h),
+            Start::Io(_) => None,
+        }
+    }
+}
+
+/// The checks of [`serve_chain`], then `call` (the handler) with the header.
+fn serve_checked<H: FuseHandler + ?Sized, T: Outcome>(
+    chain: &Chain,
+    header: Option<InHeader>,
+    mut pass: Option<&mut Pass>,
+    stats: &QueueStats,
+    queue: usize,
+    handler: &H,
+    call: impl FnOnce(&InHeader) -> Result<T, HandleError>,
+) -> T {
     let head = chain.head_index();
     let Some(h) = header else {
         malformed(
@@ -53,7 +110,7 @@ pub(crate) fn serve_chain_handled<H: FuseHandler + ?Sized>(
             head,
             "shorter than a FUSE header or outside guest memory",
         );
-        return Handled { len: 0, errno: 0 };
+        return Handled { len: 0, errno: 0 }.into();
     };
     let refuse = |why: &str| {
         malformed(stats, queue, head, why);
@@ -70,7 +127,7 @@ pub(crate) fn serve_chain_handled<H: FuseHandler + ?Sized>(
     // The header's `len` must fit the chain.
     let readable: u64 = chain.clone().readable().map(|d| u64::from(d.len())).sum();
     if (h.len as usize) < IN_HEADER_LEN || u64::from(h.len) > readable {
-        return refuse("FUSE header len does not match the request");
+        return refuse("FUSE header len does not match the request").into();
     }
     // Everything but INIT, DESTROY and FORGETs needs an initialized session.
     let live = pass.as_deref().is_some_and(Pass::initialized);
@@ -81,7 +138,8 @@ pub(crate) fn serve_chain_handled<H: FuseHandler + ?Sized>(
         return Handled {
             len: reply_error(chain, h.unique, libc::EIO).unwrap_or(0),
             errno: libc::EIO,
-        };
+        }
+        .into();
     }
     // An INIT in a live session comes from a new driver: the guest rebooted (or kexec'd, or
     // rebound the driver) without unmounting, and the frontend (QEMU 7.2) did not say so.
@@ -98,25 +156,34 @@ pub(crate) fn serve_chain_handled<H: FuseHandler + ?Sized>(
         }
     }
     trace!(queue, opcode = h.opcode, unique = h.unique, "request");
-    let handled = match handler.handle(chain, &h) {
-        Ok(handled) => handled,
-        Err(e) => {
-            malformed(stats, queue, head, &e.to_string());
-            let len = match is_forget(h.opcode) {
-                true => 0,
-                false => reply_error(chain, h.unique, e.errno()).unwrap_or(0),
-            };
-            Handled {
-                len,
-                errno: e.errno(),
-            }
-        }
+    let outcome = match call(&h) {
+        Ok(outcome) => outcome,
+        Err(e) => handle_error(chain, &h, e, stats, queue).into(),
     };
-    if let Some(pass) = pass.as_mut() {
+    if let (Some(pass), Some(handled)) = (pass.as_mut(), outcome.handled()) {
         // From the handler's own account, not from the reply in guest memory.
         pass.record(h.opcode, handled.len > 0 && handled.errno == 0);
     }
-    handled
+    outcome
+}
+
+/// The errno reply for a request the handler failed.
+pub(crate) fn handle_error(
+    chain: &Chain,
+    h: &InHeader,
+    e: HandleError,
+    stats: &QueueStats,
+    queue: usize,
+) -> Handled {
+    malformed(stats, queue, chain.head_index(), &e.to_string());
+    let len = match is_forget(h.opcode) {
+        true => 0,
+        false => reply_error(chain, h.unique, e.errno()).unwrap_or(0),
+    };
+    Handled {
+        len,
+        errno: e.errno(),
+    }
 }
 
 /// Counts a malformed chain; logs the first few at `warn`, later ones at `debug`.

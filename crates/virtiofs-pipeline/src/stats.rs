@@ -21,6 +21,9 @@ pub struct QueueStats {
     pub inline: AtomicU64,
     /// Requests run on the pool.
     pub pooled: AtomicU64,
+    /// Of the requests started on the queue thread, those whose I/O went through its io_uring
+    /// (`--io-engine io-uring`).
+    pub uring: AtomicU64,
     /// Pool runners started (each a thread wake-up; a runner runs pooled requests until none
     /// is queued).
     pub runners: AtomicU64,
@@ -94,6 +97,7 @@ impl QueueStats {
             requests = self.completed(),
             inline = get(&self.inline),
             pooled = get(&self.pooled),
+            uring = get(&self.uring),
             runners = get(&self.runners),
             batches = get(&self.batches),
             notifications = get(&self.notifications),

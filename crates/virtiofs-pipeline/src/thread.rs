@@ -27,6 +27,7 @@ use crate::handler::FuseHandler;
 use crate::pool::{Pin, Pool};
 use crate::queue::QueueContext;
 use crate::stats::QueueStats;
+use crate::uring::IoEngine;
 
 /// How long a watcher waits before trying again to start a thread the system refused.
 const RETRY_START: Duration = Duration::from_secs(1);
@@ -43,6 +44,8 @@ pub(crate) struct Shared<H> {
     pub(crate) pool_size: usize,
     /// `--poll-us` (request queues only).
     pub(crate) poll_max: Duration,
+    /// `--io-engine` (request queues only).
+    pub(crate) io_engine: IoEngine,
     /// `--queue-affinity`, if given.
     pub(crate) affinity: Option<Affinity>,
     /// The runtime whose blocking threads run pooled requests.
@@ -167,6 +170,11 @@ fn start_thread<H: FuseHandler>(
         local: rt.handle().clone(),
         tasks: TaskTracker::new(),
         cancel: shared.cancel.clone(),
+        engine: if index == HIPRIO_QUEUE {
+            IoEngine::Sync
+        } else {
+            shared.io_engine
+        },
     });
     // Shutdown waits for the thread as for any tracked task.
     let token = shared.tracker.token();

@@ -20,7 +20,7 @@ use crate::sys;
 use crate::CacheMode;
 
 /// The iovecs of `slices`, at most `limit` bytes in all.
-fn iovecs(slices: &[GuestSlice<'_>], limit: usize) -> SmallVec<[libc::iovec; 16]> {
+pub(crate) fn iovecs(slices: &[GuestSlice<'_>], limit: usize) -> SmallVec<[libc::iovec; 16]> {
     let mut left = limit;
     let mut iov = SmallVec::new();
     for s in slices {

@@ -3,6 +3,7 @@
 
 pub(crate) mod acl;
 pub(crate) mod attr;
+pub(crate) mod deferred;
 pub(crate) mod dir;
 pub(crate) mod entry;
 pub(crate) mod file;

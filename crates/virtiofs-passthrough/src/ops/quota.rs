@@ -50,7 +50,7 @@ const STATX_GONE: u32 = libc::STATX_TYPE
 
 impl Passthrough {
     /// The quota, when the byte limit is set (writes are only measured then).
-    fn byte_quota(&self) -> Option<&Quota> {
+    pub(crate) fn byte_quota(&self) -> Option<&Quota> {
         self.quota.as_ref().filter(|q| q.limits().1.is_some())
     }
 
