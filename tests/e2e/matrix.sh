@@ -212,8 +212,8 @@ check_daemon_log() {
 # Each configuration also covers one cache mode and the options that change what the guest sees.
 run pool0 6.1 2 1 "--thread-pool-size=0 --cache=always --writeback --announce-submounts" \
     --host-locks --submount announced
-run pool1 6.1 2 1 "--thread-pool-size=1 --cache=never --no-readdirplus" --host-locks --submount plain
-run pool64 6.1 2 1 "--thread-pool-size=64 --xattr --allow-direct-io" --xattr --host-locks --direct-io
+run pool1 6.1 2 1 "--thread-pool-size=1 --cache=never --no-readdirplus --io-engine sync" --host-locks --submount plain
+run pool64 6.1 2 1 "--thread-pool-size=64 --xattr --allow-direct-io --io-engine io-uring" --xattr --host-locks --direct-io
 run multiqueue 6.12 4 4 "--thread-pool-size=64 --cache=metadata --announce-submounts" --mem 5G \
     --host-locks --submount announced --guest-max-pages 1024
 # A guest that reboots (reboot -f, then system_reset; writes in flight, no unmount) twice in one

@@ -23,12 +23,21 @@ pub use vhost_user_fs_client::daemons::Kind;
 
 /// The tests' command line of `kind` ([`Options::for_tests`]: cache=auto, xattrs on, a pool of
 /// 16 threads, none for the C virtiofsd, whose pool its own seccomp filter kills) with
-/// `daemon_args` appended.
+/// `daemon_args` appended; ours also gets `$ASYNC_VIRTIOFSD_TEST_ARGS` (split on spaces, e.g.
+/// `--io-engine io-uring` to run the suite on that engine).
 pub fn command_line(kind: Kind, socket: &Path, share: &Path, daemon_args: &[&str]) -> Vec<String> {
+    let suite: Vec<String> = match kind {
+        Kind::Ours => std::env::var("ASYNC_VIRTIOFSD_TEST_ARGS")
+            .map(|a| a.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     kind.args(
         socket,
         share,
-        &Options::for_tests(kind).with_extra(daemon_args.iter().copied()),
+        &Options::for_tests(kind)
+            .with_extra(suite)
+            .with_extra(daemon_args.iter().copied()),
     )
 }
 

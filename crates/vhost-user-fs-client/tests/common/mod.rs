@@ -31,6 +31,14 @@ pub fn daemon_bin() -> PathBuf {
         })
 }
 
+/// Options every daemon of the suite gets: `$ASYNC_VIRTIOFSD_TEST_ARGS`, split on spaces (e.g.
+/// `--io-engine io-uring` to run the whole suite on that engine).
+pub fn suite_args() -> Vec<String> {
+    std::env::var("ASYNC_VIRTIOFSD_TEST_ARGS")
+        .map(|a| a.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// A running daemon with its temp directory; killed on drop.
 pub struct Daemon {
     child: Child,
@@ -89,6 +97,7 @@ impl Daemon {
             .arg(&share)
             .arg("--socket-path")
             .arg(&socket)
+            .args(suite_args())
             .args(extra)
             .stderr(Stdio::piped());
         if let Some((uid, gid)) = user {
