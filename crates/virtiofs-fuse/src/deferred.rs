@@ -64,6 +64,21 @@ pub struct PendingReply {
 }
 
 impl PendingReply {
+    /// The reply of request `unique` (`opcode`: READ, WRITE or FSYNC); `want`: READ's data
+    /// room, WRITE's size. The server makes its own; this is for other handlers (tests).
+    pub fn new(unique: u64, opcode: Opcode, want: usize) -> Self {
+        Self {
+            unique,
+            opcode,
+            want,
+        }
+    }
+
+    /// The request's id.
+    pub fn unique(&self) -> u64 {
+        self.unique
+    }
+
     /// The request's opcode.
     pub fn opcode(&self) -> Opcode {
         self.opcode

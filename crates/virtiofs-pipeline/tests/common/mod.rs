@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use vhost_user_backend::VringT;
 use virtiofs_device::{FsBackend, FsBackendConfig, QueueLink, WatchedVring};
 use virtiofs_fuse::abi::{InHeader, Opcode, OutHeader};
+use virtiofs_fuse::{Deferred, IoKind, PendingReply, PreparedIo};
 use virtiofs_pipeline::request::{peek_in_header, write_reply_prefix};
-use virtiofs_pipeline::{Chain, FuseHandler, HandleError, Handled, Pipeline, PipelineConfig};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use virtiofs_pipeline::{
+    Chain, FuseHandler, HandleError, Handled, Pipeline, PipelineConfig, Start,
+};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub const QUEUE_SIZE: u16 = 64;
@@ -26,6 +29,7 @@ pub const INIT: u32 = Opcode::Init as u32;
 pub const DESTROY: u32 = Opcode::Destroy as u32;
 pub const GETATTR: u32 = Opcode::Getattr as u32;
 pub const SETLKW: u32 = Opcode::Setlkw as u32;
+pub const READ: u32 = Opcode::Read as u32;
 
 /// One request the handler ran: (opcode, unique, started, finished, thread name).
 pub type Ran = (u32, u64, Instant, Instant, String);
@@ -53,6 +57,12 @@ pub struct ScriptedHandler {
     pub running_at_end: AtomicUsize,
     /// Queue sizes told before each INIT, with the opcodes that had run by then.
     pub queue_sizes: Mutex<Vec<(u16, usize)>>,
+    /// When set, READs are deferred: a READV from this descriptor (a pipe the test writes to
+    /// when it wants the READ to complete) into the reply buffer after the reply header.
+    pub read_from: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
+    /// Deferred READs started, and finished (with the byte counts or errnos they came to).
+    pub deferred: AtomicUsize,
+    pub finished: Mutex<Vec<(u64, Result<usize, i32>)>>,
 }
 
 /// Whether the current thread is one of the pipeline's queue threads.
@@ -126,6 +136,57 @@ impl FuseHandler for ScriptedHandler {
             .lock()
             .unwrap()
             .push((descriptors, handled));
+    }
+
+    fn defers(&self, opcode: u32) -> bool {
+        opcode == READ && self.read_from.lock().unwrap().is_some()
+    }
+
+    fn start(&self, chain: &Chain, h: &InHeader) -> Result<Start, HandleError> {
+        let fd = self.read_from.lock().unwrap().clone();
+        let Some(fd) = fd.filter(|_| h.opcode == READ) else {
+            return self.handle(chain, h).map(Start::Done);
+        };
+        // The reply buffer: the chain's first writable descriptor; data after the header.
+        let reply = chain.clone().writable().next().expect("a reply buffer");
+        let data = chain
+            .memory()
+            .get_host_address(GuestAddress(reply.addr().0 + 16))
+            .expect("reply buffer in guest memory");
+        self.deferred.fetch_add(1, Ordering::SeqCst);
+        Ok(Start::Io(Deferred {
+            io: PreparedIo {
+                kind: IoKind::Read,
+                fd: fd.as_raw_fd(),
+                offset: u64::MAX, // a pipe: no offset
+                iovecs: vec![libc::iovec {
+                    iov_base: data.cast(),
+                    iov_len: reply.len() as usize - 16,
+                }],
+                keep: Box::new(fd),
+            },
+            reply: PendingReply::new(h.unique, Opcode::Read, reply.len() as usize - 16),
+        }))
+    }
+
+    fn finish(
+        &self,
+        chain: &Chain,
+        reply: &PendingReply,
+        result: Result<usize, i32>,
+    ) -> Result<Handled, HandleError> {
+        self.finished.lock().unwrap().push((reply.unique(), result));
+        let (len, errno) = match result {
+            Ok(n) => (16 + n, 0),
+            Err(e) => (16, e),
+        };
+        let header = OutHeader {
+            len: len as u32,
+            error: -errno,
+            unique: reply.unique(),
+        };
+        write_reply_prefix(chain, header.as_slice());
+        Ok(Handled { len, errno })
     }
 
     fn end_session(&self) {
