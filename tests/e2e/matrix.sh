@@ -5,7 +5,8 @@
 # that more than one request queue served requests. The pool-64 run has xattrs on (daemon --xattr,
 # run-e2e.sh --xattr: the guest probe sets and reads them, the host checks one), the others off
 # (the probe checks they fail EOPNOTSUPP); it also passes O_DIRECT to the host (--allow-direct-io,
-# where the others strip it). pool0 (6.1) and multiqueue (6.12) have a host tmpfs inside the share
+# where the others strip it) and does READ, WRITE and FSYNC through io_uring (--io-engine
+# io-uring); pool1 names --io-engine sync, the others take the default (auto). pool0 (6.1) and multiqueue (6.12) have a host tmpfs inside the share
 # announced as a submount (its own st_dev in the guest), pool1 the same tmpfs unannounced (one
 # st_dev). multiqueue's guest raises fs.fuse.max_pages_limit where its kernel has it (6.13+); every
 # full run checks the daemon offered 1020 pages (queue of 1024 - 4) and the largest WRITE the
