@@ -20,6 +20,8 @@
 //! The ring is created disabled (`IORING_SETUP_R_DISABLED`), restricted to READV, WRITEV and
 //! FSYNC and no further registration (`IORING_REGISTER_RESTRICTIONS`), then enabled: whatever
 //! reaches the ring later can do nothing else (the I/O the ring does is not seen by seccomp).
+//! Every SQE runs with the credentials the queue thread had when it made the ring (its
+//! registered personality: the daemon's), never a guest user's.
 
 use std::cell::RefCell;
 use std::io;
@@ -123,11 +125,14 @@ pub(crate) struct Uring {
     slots: RefCell<Slots>,
     /// Most requests in the ring at once (the CQ size: a CQE always has room).
     capacity: usize,
+    /// The registered credentials every request runs with (the daemon's).
+    personality: u16,
 }
 
 impl Uring {
-    /// A restricted ring with its CQ eventfd; io-wq runs at most `workers` blocking requests.
-    fn setup(workers: u32) -> Result<(IoUring, OwnedFd), ProbeError> {
+    /// A restricted ring with its CQ eventfd and the calling thread's credentials as its
+    /// personality; io-wq runs at most `workers` blocking requests.
+    fn setup(workers: u32) -> Result<(IoUring, OwnedFd, u16), ProbeError> {
         let ring = IoUring::builder()
             .setup_r_disabled()
             .build(SQ_ENTRIES)
@@ -144,6 +149,10 @@ impl Uring {
         submitter
             .register_eventfd(efd.as_raw_fd())
             .map_err(register)?;
+        // The daemon's own credentials for every request, whatever thread does it: io-wq
+        // workers copy the credentials of the queue thread when they are made, which may be
+        // a guest user's while a request runs switched to it (`creds.rs`).
+        let personality = submitter.register_personality().map_err(register)?;
         // [bounded, unbounded]: file I/O is bounded work.
         let mut max = [workers.max(1), 0];
         submitter
@@ -160,15 +169,16 @@ impl Uring {
             .register_restrictions(&mut allowed)
             .map_err(register)?;
         submitter.register_enable_rings().map_err(register)?;
-        Ok((ring, efd))
+        Ok((ring, efd, personality))
     }
 
     /// A ring for the calling queue thread, on its runtime; io-wq runs at most `workers`
     /// blocking requests at once.
     pub(crate) fn new(workers: usize) -> Result<Self, ProbeError> {
-        let (ring, efd) = Self::setup(u32::try_from(workers).unwrap_or(u32::MAX))?;
+        let (ring, efd, personality) = Self::setup(u32::try_from(workers).unwrap_or(u32::MAX))?;
         let capacity = ring.params().cq_entries() as usize;
         Ok(Self {
+            personality,
             ring: RefCell::new(ring),
             cq_event: AsyncKick::new(efd).map_err(ProbeError::Setup)?,
             slots: RefCell::default(),
@@ -300,14 +310,26 @@ impl Uring {
             pass,
             deferred,
         });
-        let sqe = sqe.user_data(slot as u64);
-        loop {
+        let sqe = sqe.user_data(slot as u64).personality(self.personality);
+        for attempt in 0.. {
             // SAFETY: the iovecs, the guest memory they point into (the chain's memory guard)
             // and the descriptor (the handle in `deferred`) live in the slot until its CQE is
             // reaped; nothing takes a slot before (`reap`, `complete_all`).
             let pushed = unsafe { self.ring.borrow_mut().submission().push(&sqe) };
             if pushed.is_ok() {
                 break;
+            }
+            if attempt == 3 {
+                // The kernel takes no SQE: this one never reached the ring, answer it here.
+                error!(
+                    queue = index,
+                    "io_uring submission queue stuck; answered EIO"
+                );
+                let taken = self.slots.borrow_mut().take(slot);
+                if let Some(r) = taken {
+                    complete(ctx, r, -libc::EIO, used);
+                }
+                return;
             }
             // The SQ is full: hand it to the kernel.
             self.submit(ctx, used);
