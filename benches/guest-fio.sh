@@ -60,7 +60,9 @@ OUT=$(cd "$OUT" && pwd)
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 
 log "building async-virtiofsd and the daemon_command example (release)"
-cargo build --release --quiet -p async-virtiofsd -p vhost-user-fs-client --example daemon_command
+cargo build --release --quiet -p async-virtiofsd
+# (separately: --example would limit the first build to examples)
+cargo build --release --quiet -p vhost-user-fs-client --example daemon_command
 export ASYNC_VIRTIOFSD_BIN=$TARGET_DIR/release/async-virtiofsd
 DAEMON_COMMAND=$TARGET_DIR/release/examples/daemon_command
 tests/e2e/setup.sh --kernel "$KERNEL" >"$OUT/logs/setup.log" 2>&1 \
