@@ -5,7 +5,7 @@
 # namespace (namespace id 0 = U, 1..65536 = its subordinate ids S..S+65535) with
 #   --translate-uid map:1000:2000:10 --translate-uid squash-guest:1010:0:10
 #   --translate-uid forbid-guest:1500:1   (the same for gids)
-#   --cache=never --allow-mmap --preserve-noatime
+#   --cache=never --allow-mmap --preserve-noatime --posix-acl
 # So guest root is U on the host; guest 1000..1009 are namespace 2000..2009, host S+1999..;
 # guest 1010..1019 are squashed to namespace 0 (host U); 1500 is refused (EPERM); a guest id
 # no rule covers passes unchanged and, past the namespace's 65536 ids, cannot be used (EINVAL).
@@ -103,6 +103,28 @@ expect "ids: namespace id 3000 passes unchanged" 3000:3000 "$(owner "$I/host-300
 mkdir "$I/gone" && echo x >"$I/gone/f"
 works "ids: guest root removes what it made" rm -r "$I/gone"
 host_expect absent rootless/ids-dir/gone
+
+# --- --posix-acl: the ids inside ACLs are translated as the owners are ------------------------
+# Guest 1003 is namespace 2003, which the host kernel stores as S+2002 (the daemon's namespace
+# to the host); a forbidden id and one outside the namespace are EINVAL, as the kernel answers
+# an ACL entry whose id it cannot map.
+C=$D/acl
+mkdir "$C"
+echo secret >"$C/f"
+chmod 640 "$C/f"
+ACL='u::rw-,u:1003:r--,g::r--,g:1009:r--,m::r--,o::---'
+works "acl: setacl u:1003:r--,g:1009:r--" "$P" setacl "$C/f" access "$ACL"
+drop_caches
+expect "acl: getacl shows the guest's ids" "$ACL" "$($P getacl "$C/f" access 2>&1)"
+expect "acl: uid 1003 reads through its entry" secret "$(as 1003 cat "$C/f" 2>&1)"
+fails "acl: uid 1004 cannot read" "Permission denied" as 1004 cat "$C/f"
+expect "acl: gid 1009 reads through its entry" secret "$("$P" as 1100 1009 cat "$C/f" 2>&1)"
+fails "acl: an entry for the forbidden uid 1500" EINVAL \
+    "$P" setacl "$C/f" access 'u::rw-,u:1500:r--,g::r--,m::r--,o::---'
+fails "acl: an entry for uid 70000 (outside the namespace)" EINVAL \
+    "$P" setacl "$C/f" access 'u::rw-,u:70000:r--,g::r--,m::r--,o::---'
+expect "acl: refused ACLs changed nothing" "$ACL" "$($P getacl "$C/f" access 2>&1)"
+host_expect acl rootless/acl/f "u::rw-,u:$((SU + 2002)):r--,g::r--,g:$((SG + 2008)):r--,m::r--,o::---"
 
 # --- --allow-mmap (--cache=never: every file is direct I/O) ---------------------------------
 M=$D/mmap

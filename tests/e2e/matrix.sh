@@ -21,7 +21,8 @@
 # --translate-uid/gid rules (guest-rootless-test.sh): guest root's files are avfs-e2e's on the
 # host, chown and a guest user's new files land on the translated host ids, squashed users are
 # the daemon's user, a forbidden id is EPERM and an id outside the namespace EINVAL, host ids
-# show translated back (host root as the overflow id, out of the guest root's reach); with
+# show translated back (host root as the overflow id, out of the guest root's reach), ACL
+# entries name guest ids in the guest and translated ids on the host and are enforced; with
 # --cache=never --allow-mmap a shared writable mmap reaches the host, and --preserve-noatime
 # keeps the host atime of an O_NOATIME read and fails one the host refuses (EPERM). Last, `options` (6.12) and `options-6.1`: one
 # daemon with --posix-acl, --xattrmap=/map/trusted./user.virtiofs./, --killpriv-v2,
@@ -203,6 +204,10 @@ check_daemon_log() {
         log_has 'FUSE session started; agreed: [^;]*\bDIRECT_IO_ALLOW_MMAP[ ;]' \
             "INIT agreed DIRECT_IO_ALLOW_MMAP" "INIT did not agree DIRECT_IO_ALLOW_MMAP"
     fi
+    if [[ $opts == *"--mode rootless"* ]]; then
+        log_has 'FUSE session started; agreed: [^;]*\bPOSIX_ACL[ ;]' "INIT agreed POSIX_ACL" \
+            "INIT did not agree POSIX_ACL"
+    fi
     if [[ $opts == *"--mode options"* ]]; then
         local flag
         for flag in POSIX_ACL DONT_MASK SETXATTR_EXT HANDLE_KILLPRIV_V2 SECURITY_CTX; do
@@ -240,15 +245,15 @@ run readonly 6.12 2 1 "--readonly --thread-pool-size=64 --cache=never" --mode re
 # A daemon run as the unprivileged host user avfs-e2e, which owns the share: namespace id 0 is
 # avfs-e2e, 1..65536 its subordinate ids ({uid} ... {subgid}: run-e2e.sh --daemon-user);
 # guest 1000..1009 are namespace 2000..2009 both ways, 1010..1019 squashed to the namespace's
-# root, 1500 forbidden. Also shared mmap with --cache=never --allow-mmap, and
-# --preserve-noatime (guest-rootless-test.sh).
+# root, 1500 forbidden, in owners and in ACL entries (--posix-acl). Also shared mmap with
+# --cache=never --allow-mmap, and --preserve-noatime (guest-rootless-test.sh).
 ROOTLESS="--uid-map=:0:{uid}:1: --uid-map=:1:{subuid}:65536: --gid-map=:0:{gid}:1:"
 ROOTLESS+=" --gid-map=:1:{subgid}:65536:"
 for kind in uid gid; do
     ROOTLESS+=" --translate-$kind=map:1000:2000:10 --translate-$kind=squash-guest:1010:0:10"
     ROOTLESS+=" --translate-$kind=forbid-guest:1500:1"
 done
-ROOTLESS+=" --cache=never --allow-mmap --preserve-noatime"
+ROOTLESS+=" --cache=never --allow-mmap --preserve-noatime --posix-acl"
 run rootless 6.12 2 1 "$ROOTLESS" --mode rootless --daemon-user avfs-e2e
 # The options that change what a guest sees, in one daemon (guest-options-test.sh): ACLs
 # enforced for non-root guest users, trusted.* kept as user.virtiofs.trusted.* on the host,
