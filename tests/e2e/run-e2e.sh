@@ -324,6 +324,18 @@ if [ -n "$DAEMON_USER" ]; then
     cmd=${cmd//\{gid\}/$D_GID}
     cmd=${cmd//\{subuid\}/$D_SUBUID}
     cmd=${cmd//\{subgid\}/$D_SUBGID}
+    # A clone under a private directory (/root, mode 700) is out of the user's reach: then it
+    # runs a copy of the daemon's binary from its own temporary directory.
+    # (The binary: the command's first word that is an executable file's absolute path.)
+    bin=
+    for w in $cmd; do
+        case $w in /*) if [ -f "$w" ] && [ -x "$w" ]; then bin=$w; break; fi ;; esac
+    done
+    if [ -n "$bin" ] && ! setpriv --reuid="$D_UID" --regid="$D_GID" --clear-groups test -x "$bin"; then
+        install -m 755 -o "$D_UID" -g "$D_GID" "$bin" "$TMP/daemon-bin"
+        say "$DAEMON_USER cannot run $bin where it is: running a copy, $TMP/daemon-bin"
+        cmd=${cmd/"$bin"/"$TMP/daemon-bin"}
+    fi
     cmd="setpriv --reuid=$D_UID --regid=$D_GID --clear-groups $cmd"
 fi
 say "starting daemon: $cmd"
