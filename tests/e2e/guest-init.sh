@@ -3,7 +3,7 @@
 # "myfs" on /mnt, runs the mode chosen on the kernel command line and prints
 #   E2E-RESULT: PASS   or   E2E-RESULT: FAIL <reason>
 # before powering off. Kernel command line options (read from /proc/cmdline):
-#   e2e.mode=full|smoke|demo|reboot|hotplug|readonly|options   what to run (default full)
+#   e2e.mode=full|smoke|demo|reboot|hotplug|readonly|options|rootless   what to run (default full)
 #   e2e.tag=TAG                virtio-fs tag (default myfs)
 #   e2e.boots=N                reboot mode: boots in all (reboot -f, no unmount, between them)
 #   e2e.fuse_max_pages=N       set fs.fuse.max_pages_limit to N before mounting (Linux 6.13+;
@@ -117,6 +117,9 @@ case $MODE in
     options)
         if sh /e2e/guest-options-test.sh /mnt; then finish PASS
         else finish "FAIL guest-options-test.sh reported failures"; fi ;;
+    rootless)
+        if sh /e2e/guest-rootless-test.sh /mnt; then finish PASS
+        else finish "FAIL guest-rootless-test.sh reported failures"; fi ;;
     hotplug)
         if sh /e2e/guest-hotplug-test.sh /mnt; then finish PASS
         else finish "FAIL guest-hotplug-test.sh reported failures"; fi ;;

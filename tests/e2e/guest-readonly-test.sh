@@ -35,6 +35,18 @@ if [ "$(readlink "$DIR/link")" = data ]; then ok "readlink"; else not_ok "readli
 if ls "$DIR/dir" >/dev/null 2>&1; then ok "list a directory"; else not_ok "list" "ls failed"; fi
 echo "GUEST-MD5 readonly/data $got"
 
+# matrix.sh serves this share --cache=never without --allow-mmap: every file is direct I/O,
+# which the guest kernel maps privately but refuses to map shared (ENODEV).
+if out=$(/e2e/guest-probe mmap-read "$DIR/data" shared 2>&1 >/dev/null); then
+    not_ok "shared mmap of a direct-I/O file without --allow-mmap" "succeeded"
+elif echo "$out" | grep -q ENODEV; then
+    ok "shared mmap of a direct-I/O file without --allow-mmap: ENODEV"
+else
+    not_ok "shared mmap without --allow-mmap" "failed otherwise: $out"
+fi
+got=$(/e2e/guest-probe mmap-read "$DIR/data" private | md5sum | cut -d' ' -f1)
+if [ "$got" = "$want" ]; then ok "private mmap reads the file"; else not_ok "private mmap" "md5 $got, want $want"; fi
+
 # Every change is refused.
 refused "write an existing file" sh -c "echo x >>'$DIR/data'"
 refused "truncate an existing file" sh -c ": >'$DIR/data'"

@@ -16,7 +16,18 @@
 # host-lock-peer.py). Then a guest that reboots three times in one QEMU
 # process (reboot -f, then system_reset from the monitor, then a driver rebind; 6.1, and 6.12
 # with 4 queues), one that gets memory hot-added under I/O, and a 6.12 guest of a --readonly
-# share that must fail every change with EROFS. Last, `options` (6.12) and `options-6.1`: one
+# --cache=never share that must fail every change with EROFS and a shared mmap with ENODEV
+# (direct I/O without --allow-mmap). Then `rootless` (6.12): the daemon run as the host user
+# avfs-e2e (setup.sh), which owns the share, in a user namespace with its subordinate ids, and
+# --translate-uid/gid rules (guest-rootless-test.sh): guest root's files are avfs-e2e's on the
+# host, chown and a guest user's new files land on the translated host ids, squashed users are
+# the daemon's user, a forbidden id is EPERM and an id outside the namespace EINVAL, host ids
+# show translated back (host root as the overflow id, out of the guest root's reach), ACL
+# entries name guest ids in the guest and translated ids on the host and are enforced; with
+# --cache=never --allow-mmap a shared writable mmap reaches the host, and --preserve-noatime
+# keeps the host atime of an O_NOATIME read and fails one the host refuses (EPERM); and
+# `rootless-6.1`, the same for the 6.1 guest, which refuses shared mmap of direct-I/O files
+# whatever the daemon offers (ENODEV). Last, `options` (6.12) and `options-6.1`: one
 # daemon with --posix-acl, --xattrmap=/map/trusted./user.virtiofs./, --killpriv-v2,
 # --max-inodes 100 --max-bytes 4M and --security-label, and a guest booted with
 # security=selinux (guest-options-test.sh): ACLs enforced for non-root guest users and
@@ -192,6 +203,19 @@ check_daemon_log() {
         log_has 'FUSE session started; agreed: [^;]*WRITEBACK_CACHE' "--writeback: WRITEBACK_CACHE negotiated" \
             "--writeback: WRITEBACK_CACHE not negotiated"
     fi
+    # DIRECT_IO_ALLOW_MMAP is offered by guests from Linux 6.6 (not the 6.1 one).
+    if [[ $opts == *--allow-mmap* ]]; then
+        if grep -q 'the guest offered: .*\bDIRECT_IO_ALLOW_MMAP\b' "$log"; then
+            log_has 'FUSE session started; agreed: [^;]*\bDIRECT_IO_ALLOW_MMAP[ ;]' \
+                "INIT agreed DIRECT_IO_ALLOW_MMAP" "INIT did not agree DIRECT_IO_ALLOW_MMAP"
+        else
+            echo "    ok - the guest does not offer DIRECT_IO_ALLOW_MMAP (Linux before 6.6)"
+        fi
+    fi
+    if [[ $opts == *"--mode rootless"* ]]; then
+        log_has 'FUSE session started; agreed: [^;]*\bPOSIX_ACL[ ;]' "INIT agreed POSIX_ACL" \
+            "INIT did not agree POSIX_ACL"
+    fi
     if [[ $opts == *"--mode options"* ]]; then
         local flag
         for flag in POSIX_ACL DONT_MASK SETXATTR_EXT HANDLE_KILLPRIV_V2 SECURITY_CTX; do
@@ -224,7 +248,23 @@ run reboot-multiqueue 6.12 4 4 "--thread-pool-size=0 --cache=never" --mode reboo
 # 512 MiB hot-added (QMP object-add + device_add pc-dimm) while the guest writes.
 run hotplug 6.1 2 1 "--thread-pool-size=64" --mode hotplug
 # --readonly: the guest reads, and every kind of change fails EROFS; the share is unchanged.
-run readonly 6.12 2 1 "--readonly --thread-pool-size=64" --mode readonly
+# --cache=never without --allow-mmap: a shared mapping fails ENODEV, a private one reads.
+run readonly 6.12 2 1 "--readonly --thread-pool-size=64 --cache=never" --mode readonly
+# A daemon run as the unprivileged host user avfs-e2e, which owns the share: namespace id 0 is
+# avfs-e2e, 1..65536 its subordinate ids ({uid} ... {subgid}: run-e2e.sh --daemon-user);
+# guest 1000..1009 are namespace 2000..2009 both ways, 1010..1019 squashed to the namespace's
+# root, 1500 forbidden, in owners and in ACL entries (--posix-acl). Also shared mmap with
+# --cache=never --allow-mmap, and --preserve-noatime (guest-rootless-test.sh).
+ROOTLESS="--uid-map=:0:{uid}:1: --uid-map=:1:{subuid}:65536: --gid-map=:0:{gid}:1:"
+ROOTLESS+=" --gid-map=:1:{subgid}:65536:"
+for kind in uid gid; do
+    ROOTLESS+=" --translate-$kind=map:1000:2000:10 --translate-$kind=squash-guest:1010:0:10"
+    ROOTLESS+=" --translate-$kind=forbid-guest:1500:1"
+done
+ROOTLESS+=" --cache=never --allow-mmap --preserve-noatime --posix-acl"
+run rootless 6.12 2 1 "$ROOTLESS" --mode rootless --daemon-user avfs-e2e
+# The same on 6.1, which has no DIRECT_IO_ALLOW_MMAP: a shared mapping is ENODEV there.
+run rootless-6.1 6.1 2 1 "$ROOTLESS" --mode rootless --daemon-user avfs-e2e
 # The options that change what a guest sees, in one daemon (guest-options-test.sh): ACLs
 # enforced for non-root guest users, trusted.* kept as user.virtiofs.trusted.* on the host,
 # SUID/SGID cleared by the daemon, the quota (statfs, EDQUOT, nothing past it on the host), and

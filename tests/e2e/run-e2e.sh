@@ -36,12 +36,13 @@ MEM=()
 SUBMOUNT=
 DIRECT_IO=()
 GUEST_MAX_PAGES=()
+DAEMON_USER=
 
 usage() {
     cat <<EOF
 usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
-          [--cpus N] [--mode full|smoke|demo|reboot|hotplug|readonly|options] [--boots N]
-          [--timeout SECS] [--log-dir DIR]
+          [--cpus N] [--mode full|smoke|demo|reboot|hotplug|readonly|options|rootless]
+          [--boots N] [--timeout SECS] [--log-dir DIR] [--daemon-user NAME]
           [--daemon-exit-wait SECS] [--allow-daemon-linger] [--keep] [--no-setup]
           [--mem SIZE] [--xattr] [--host-locks] [--submount announced|plain] [--direct-io]
           [--guest-max-pages N] [--verbose]
@@ -72,6 +73,11 @@ usage: $0 --daemon-cmd 'CMD {socket} {shared}' [--kernel 6.1|6.12] [--queues N]
                          either way the host checks a file the guest wrote landed on the tmpfs
   --direct-io            the daemon passes O_DIRECT to the host (give it --allow-direct-io):
                          the guest probe then accepts EINVAL for unaligned O_DIRECT
+  --daemon-user NAME     run the daemon as this unprivileged host user (setpriv, no
+                         supplementary groups): the temporary directory and the share are
+                         made its own, and {uid}, {gid}, {subuid}, {subgid} in --daemon-cmd
+                         become its ids and the first ids of its /etc/subuid and /etc/subgid
+                         ranges. Rootless mode needs it (setup.sh makes the user avfs-e2e)
   --guest-max-pages N    the guest raises fs.fuse.max_pages_limit to N before mounting
                          (Linux 6.13+), so READ/WRITE may go past 1 MiB
   --log-dir              where serial.log, daemon.log and summary.txt go
@@ -89,7 +95,7 @@ die() { printf '[e2e] ERROR: %s\n' "$*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --daemon-cmd|--kernel|--queues|--cpus|--mode|--boots|--timeout|--log-dir|--daemon-exit-wait|--submount|--guest-max-pages)
+        --daemon-cmd|--kernel|--queues|--cpus|--mode|--boots|--timeout|--log-dir|--daemon-exit-wait|--submount|--guest-max-pages|--daemon-user)
             [ $# -ge 2 ] || die "$1 needs a value" ;;
     esac
     case $1 in
@@ -110,6 +116,7 @@ while [ $# -gt 0 ]; do
         --submount) SUBMOUNT=$2; shift ;;
         --direct-io) DIRECT_IO=(--direct-io) ;;
         --guest-max-pages) GUEST_MAX_PAGES=(--guest-max-pages "$2"); shift ;;
+        --daemon-user) DAEMON_USER=$2; shift ;;
         --mem) [ $# -ge 2 ] || die "--mem needs a value"; MEM=(--mem "$2"); shift ;;
         --verbose) VERBOSE=(--verbose) ;;
         -h|--help) usage; exit 0 ;;
@@ -118,7 +125,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "$DAEMON_CMD" ] || { usage >&2; exit 2; }
-case $MODE in full|smoke|demo|reboot|hotplug|readonly|options) ;; *) die "bad --mode $MODE" ;; esac
+case $MODE in full|smoke|demo|reboot|hotplug|readonly|options|rootless) ;; *) die "bad --mode $MODE" ;; esac
+[ "$MODE" != rootless ] || [ -n "$DAEMON_USER" ] || die "--mode rootless needs --daemon-user"
 case $SUBMOUNT in ''|announced|plain) ;; *) die "bad --submount $SUBMOUNT (announced or plain)" ;; esac
 if [ -n "$SUBMOUNT" ]; then
     case $MODE in full|smoke) ;; *) die "--submount needs --mode full or smoke" ;; esac
@@ -229,6 +237,44 @@ for name, value in [("user.virtiofs.trusted.from-host", b"h1"), ("user.plain", b
     os.setxattr(sys.argv[1], name, value)' "$SHARED/options/xmap/host-file"
 fi
 
+# The daemon's user and the first ids of its subordinate ranges (its namespace's --uid-map and
+# --gid-map), for the command's placeholders and rootless mode's files.
+if [ -n "$DAEMON_USER" ]; then
+    D_UID=$(id -u "$DAEMON_USER") && D_GID=$(id -g "$DAEMON_USER") \
+        || die "no host user $DAEMON_USER (setup.sh adds avfs-e2e)"
+    first_subid() { awk -F: -v u="$DAEMON_USER" -v n="$D_UID" '$1 == u || $1 == n { print $2; exit }' "$1"; }
+    D_SUBUID=$(first_subid /etc/subuid) D_SUBGID=$(first_subid /etc/subgid)
+    [ -n "$D_SUBUID" ] && [ -n "$D_SUBGID" ] || die "$DAEMON_USER has no range in /etc/subuid and /etc/subgid"
+fi
+
+# Rootless mode (the daemon runs as --daemon-user and owns the share): the ids the guest
+# computes the host owners from (rootless/ids: uid gid subuid subgid), files the daemon's user
+# owns for mmap and O_NOATIME, and files of ids its namespace maps or does not. Every atime is
+# 2001-01-01 (978307200), which a plain read then moves (relatime: older than the mtime).
+if [ "$MODE" = rootless ]; then
+    R=$SHARED/rootless
+    mkdir -p "$R/ids-dir" "$R/mmap" "$R/atime"
+    echo "$D_UID $D_GID $D_SUBUID $D_SUBGID" >"$R/ids"
+    printf '0123456789abcdef\n' >"$R/mmap/host-file"
+    for f in own-noatime own-plain root-noatime; do echo "atime $f" >"$R/atime/$f"; done
+    chown -R "$D_UID:$D_GID" "$SHARED"
+    # Host root's (not in the namespace: the overflow id in the guest, out of the daemon's reach).
+    echo 'host root only' >"$R/ids-dir/host-root"
+    chmod 600 "$R/ids-dir/host-root"
+    chown 0:0 "$R/atime/root-noatime"
+    chmod 644 "$R/atime/root-noatime"
+    # Namespace ids 2003 and 3000 (subordinate ids 2002 and 2999).
+    echo sub >"$R/ids-dir/host-2003"
+    chown "$((D_SUBUID + 2002)):$((D_SUBGID + 2002))" "$R/ids-dir/host-2003"
+    echo sub >"$R/ids-dir/host-3000"
+    chown "$((D_SUBUID + 2999)):$((D_SUBGID + 2999))" "$R/ids-dir/host-3000"
+    touch -a -d @978307200 "$R/atime/"*
+fi
+if [ -n "$DAEMON_USER" ]; then
+    # The daemon's user creates the socket here and opens the share.
+    chown "$D_UID:$D_GID" "$TMP" "$SHARED"
+fi
+
 # A host process that holds locks on host-locked for the guest to run into: an
 # fcntl (POSIX) write lock through one descriptor and a flock through another.
 if [ ${#HOST_LOCKS[@]} -gt 0 ]; then
@@ -273,6 +319,25 @@ fi
 # Substitute placeholders with shell-quoted paths.
 cmd=${DAEMON_CMD//\{socket\}/$(printf '%q' "$SOCKET")}
 cmd=${cmd//\{shared\}/$(printf '%q' "$SHARED")}
+if [ -n "$DAEMON_USER" ]; then
+    cmd=${cmd//\{uid\}/$D_UID}
+    cmd=${cmd//\{gid\}/$D_GID}
+    cmd=${cmd//\{subuid\}/$D_SUBUID}
+    cmd=${cmd//\{subgid\}/$D_SUBGID}
+    # A clone under a private directory (/root, mode 700) is out of the user's reach: then it
+    # runs a copy of the daemon's binary from its own temporary directory.
+    # (The binary: the command's first word that is an executable file's absolute path.)
+    bin=
+    for w in $cmd; do
+        case $w in /*) if [ -f "$w" ] && [ -x "$w" ]; then bin=$w; break; fi ;; esac
+    done
+    if [ -n "$bin" ] && ! setpriv --reuid="$D_UID" --regid="$D_GID" --clear-groups test -x "$bin"; then
+        install -m 755 -o "$D_UID" -g "$D_GID" "$bin" "$TMP/daemon-bin"
+        say "$DAEMON_USER cannot run $bin where it is: running a copy, $TMP/daemon-bin"
+        cmd=${cmd/"$bin"/"$TMP/daemon-bin"}
+    fi
+    cmd="setpriv --reuid=$D_UID --regid=$D_GID --clear-groups $cmd"
+fi
 say "starting daemon: $cmd"
 say "daemon log: $DAEMON_LOG"
 setsid bash -c "exec $cmd" </dev/null >"$DAEMON_LOG" 2>&1 &
@@ -425,6 +490,10 @@ while read -r _ kind path a rest; do
         owner) hexpect "owner of $path" "$a" "$(stat -c %u:%g "$p" 2>&1)" ;;
         links) hexpect "link count of $path" "$a" "$(stat -c %h "$p" 2>&1)" ;;
         mtime) hexpect "mtime of $path" "$a" "$(stat -c %Y "$p" 2>&1)" ;;
+        atime) hexpect "atime of $path" "$a" "$(stat -c %X "$p" 2>&1)" ;;
+        atime-not)
+            t=$(stat -c %X "$p" 2>&1)
+            if [ "$t" != "$a" ]; then hok "atime of $path moved ($t)"; else hnot "atime of $path" "still $a"; fi ;;
         same-inode)
             in_share "$a" || { hnot "same-inode $path" "bad path"; continue; }
             hexpect "$path and $a are one inode" "$(stat -c %d:%i "$p" 2>&1)" \
@@ -552,6 +621,16 @@ if [ "$MODE" = options ]; then
     else
         hnot "bytes allocated on the host" "$used, quota ${q_bytes:-not reported}"
     fi
+fi
+# Rootless mode: the guest reported each section.
+if [ "$MODE" = rootless ]; then
+    for want in '^ok - ids: guest root owns what it made' '^ok - ids: uid 1001 made' \
+                '^ok - mmap: (shared writable mmap|private mapping)' \
+                '^ok - noatime: O_NOATIME read of own-noatime' \
+                '^ok - acl: uid 1003 reads through its entry' \
+                '^HOST-EXPECT atime '; do
+        grep -qE "$want" "$CLEAN" || hnot "guest report" "no line matching $want"
+    done
 fi
 # Hotplug mode: the guest saw the memory and checked its data in it.
 if [ "$MODE" = hotplug ]; then

@@ -30,7 +30,7 @@ GUEST_MAX_PAGES=
 usage() {
     cat <<EOF
 usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
-          [--mode full|smoke|demo|reboot|hotplug|readonly|options] [--boots N]
+          [--mode full|smoke|demo|reboot|hotplug|readonly|options|rootless] [--boots N]
           [--timeout SECS] [--log FILE] [--mem SIZE]
           [--xattr] [--host-locks] [--submount announced|plain] [--direct-io]
           [--guest-max-pages N] [--verbose]
@@ -47,7 +47,9 @@ usage: $0 --socket PATH [--kernel 6.1|6.12] [--queues N] [--cpus N]
              started with --readonly), or
              options: check the daemon options of matrix.sh's options configuration
              (ACLs, xattr map, killpriv, quota, labels; guest-options-test.sh); the guest
-             boots with security=selinux so that it labels new files
+             boots with security=selinux so that it labels new files, or
+             rootless: check a daemon run as an unprivileged host user with translated
+             ids, --allow-mmap and --preserve-noatime (guest-rootless-test.sh)
   --boots    boots in reboot mode (default $BOOTS)
   --timeout  kill QEMU after this many seconds (default $TIMEOUT)
   --log      serial console log (default: a new file under \$TMPDIR)
@@ -97,7 +99,7 @@ done
 
 [ -n "$SOCKET" ] || { usage >&2; exit 2; }
 [ -S "$SOCKET" ] || die "$SOCKET is not a socket (is the daemon running?)"
-case $MODE in full|smoke|demo|reboot|hotplug|readonly|options) ;; *) die "bad --mode $MODE" ;; esac
+case $MODE in full|smoke|demo|reboot|hotplug|readonly|options|rootless) ;; *) die "bad --mode $MODE" ;; esac
 case $SUBMOUNT in ''|announced|plain) ;; *) die "bad --submount $SUBMOUNT (announced or plain)" ;; esac
 for n in "$QUEUES" "$CPUS" "$TIMEOUT" "$BOOTS" ${GUEST_MAX_PAGES:+"$GUEST_MAX_PAGES"}; do
     case $n in ''|*[!0-9]*|0) die "expected a positive number, got '$n'" ;; esac

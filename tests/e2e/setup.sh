@@ -4,6 +4,8 @@
 #   - two guest kernels: Debian 12's 6.1 (virtio-fs as modules) and
 #     Debian 13's 6.12 (virtio-fs built in, multi-queue aware)
 #   - tests/guest-probe, built statically (glibc crt-static) for the guest
+#   - the unprivileged host user avfs-e2e with 65536 subordinate uids and gids, which
+#     matrix.sh's rootless configuration runs the daemon as
 #   - one initramfs per kernel with busybox, /init, the guest-*-test.sh scripts and
 #     guest-probe
 # Everything is cached under ${E2E_CACHE:-REPO/target/guest}; a second run only
@@ -68,8 +70,9 @@ is_installed() {
 
 ensure_packages() {
     local missing=() p
-    # fio: benches/run's fio mode over the vhost-user-fs-mount bridge.
-    for p in qemu-system-x86 qemu-system-common busybox-static cpio kmod xz-utils fio; do
+    # fio: benches/run's fio mode over the vhost-user-fs-mount bridge. uidmap: newuidmap and
+    # newgidmap, which a non-root daemon's --uid-map/--gid-map need (the rootless run).
+    for p in qemu-system-x86 qemu-system-common busybox-static cpio kmod xz-utils fio uidmap; do
         is_installed "$p" || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -77,6 +80,26 @@ ensure_packages() {
         log "installing: ${missing[*]}"
         "${SUDO[@]}" apt-get install -y -q "${missing[@]}" >/dev/null
     fi
+}
+
+# The host user the rootless configuration runs the daemon as (run-e2e.sh --daemon-user), a
+# system user of its own with 65536 subordinate ids for its user namespace (--uid-map and
+# --gid-map through newuidmap/newgidmap). The range sits far above the 100000.. ranges useradd
+# hands out, so it overlaps no one's.
+E2E_USER=avfs-e2e
+E2E_SUBIDS=3000000000-3000065535
+ensure_e2e_user() {
+    local f
+    if ! getent passwd "$E2E_USER" >/dev/null; then
+        log "adding the system user $E2E_USER (the rootless e2e configuration's daemon)"
+        "${SUDO[@]}" useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin "$E2E_USER" || return 1
+    fi
+    for f in subuid subgid; do
+        grep -q "^$E2E_USER:" "/etc/$f" 2>/dev/null && continue
+        [ -e "/etc/$f" ] || "${SUDO[@]}" touch "/etc/$f" || return 1
+        "${SUDO[@]}" usermod "--add-${f}s" "$E2E_SUBIDS" "$E2E_USER" || return 1
+    done
 }
 
 # Decompress a module file to DEST (busybox insmod cannot read .ko.xz/.ko.zst).
@@ -247,7 +270,7 @@ build_initrd() {
     [ -x "$busybox" ] || die "busybox-static binary not found"
     local inputs=("$HERE/guest-init.sh" "$HERE/guest-fs-test.sh" "$HERE/guest-reboot-test.sh"
                   "$HERE/guest-hotplug-test.sh" "$HERE/guest-readonly-test.sh"
-                  "$HERE/guest-options-test.sh" "$busybox" "$PROBE"
+                  "$HERE/guest-options-test.sh" "$HERE/guest-rootless-test.sh" "$busybox" "$PROBE"
                   "${BASH_SOURCE[0]}" "$kdir/modules/order")
     local ko mods
     mapfile -t mods <"$kdir/modules/order"
@@ -280,6 +303,7 @@ build_initrd() {
     install -m 755 "$HERE/guest-hotplug-test.sh" "$root/e2e/guest-hotplug-test.sh"
     install -m 755 "$HERE/guest-readonly-test.sh" "$root/e2e/guest-readonly-test.sh"
     install -m 755 "$HERE/guest-options-test.sh" "$root/e2e/guest-options-test.sh"
+    install -m 755 "$HERE/guest-rootless-test.sh" "$root/e2e/guest-rootless-test.sh"
     install -m 755 "$PROBE" "$root/e2e/guest-probe"
     cp "$kdir/modules/order" "$root/lib/modules/e2e/order"
     for ko in ${mods[@]+"${mods[@]}"}; do cp "$kdir/modules/$ko.ko" "$root/lib/modules/e2e/"; done
@@ -294,6 +318,8 @@ build_initrd() {
 }
 
 ensure_packages
+# Only the rootless configurations need the user: without it they fail (run-e2e.sh says why).
+ensure_e2e_user || log "WARNING: could not set up the host user $E2E_USER (needs root)"
 mkdir -p "$CACHE"
 build_probe
 for k in "${KERNELS[@]}"; do

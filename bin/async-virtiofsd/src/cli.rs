@@ -667,14 +667,6 @@ where
     if !not_implemented.is_empty() {
         return Err(not_yet(&not_implemented));
     }
-    if !share.idmaps.is_empty() && share.posix_acl != virtiofs_passthrough::Negotiation::Never {
-        // An ACL names users and groups in its xattr value, which would pass untranslated.
-        return Err(UsageError(
-            "--translate-uid and --translate-gid cannot be used with --posix-acl (ACLs hold ids \
-             the translation would not see)"
-                .into(),
-        ));
-    }
     let ns_idmaps = NsIdMaps {
         uid: args.uid_map,
         gid: args.gid_map,

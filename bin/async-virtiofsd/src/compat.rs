@@ -170,13 +170,19 @@ pub fn parse_compat(item: &str) -> Result<Option<Setting>, UsageError> {
     }
 }
 
-/// The `--print-capabilities` output: the vhost-user.json backend capabilities libvirt reads
-/// (`qemuVhostUserFillFSCapabilities`). Only what we have: `separate-options` (libvirt then passes
-/// `--shared-dir`, `--cache`, `--sandbox`, `--xattr`, ... instead of one `-o` list). Not
-/// `migrate-precopy` (no live migration), nor the Rust virtiofsd's
-/// `posix-acl-negotiation-mode` / `security-label-negotiation-mode` (no ACLs, no labels).
+/// The `--print-capabilities` output: the vhost-user.json backend capabilities a manager reads
+/// (QEMU's vhost-user "backend program conventions"). What we have, in the Rust virtiofsd's
+/// words: `posix-acl-negotiation-mode` and `security-label-negotiation-mode` (`--posix-acl` and
+/// `--security-label` take `=always|auto|never`; Incus, for one, then passes
+/// `--posix-acl=auto` so a guest without ACLs still mounts) and `separate-options` (libvirt
+/// passes `--shared-dir`, `--cache`, `--sandbox`, `--xattr`, ... instead of one `-o` list). Not
+/// `migrate-precopy`: no live migration.
 pub fn capabilities_json() -> String {
-    let features = ["separate-options"];
+    let features = [
+        "posix-acl-negotiation-mode",
+        "security-label-negotiation-mode",
+        "separate-options",
+    ];
     let list: Vec<String> = features.iter().map(|f| format!("    \"{f}\"")).collect();
     format!(
         "{{\n  \"type\": \"fs\",\n  \"features\": [\n{}\n  ]\n}}\n",

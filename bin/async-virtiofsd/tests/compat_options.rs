@@ -115,7 +115,7 @@ const TABLE: &[(&str, &[&str], Expect)] = &[
     (
         "--print-capabilities",
         &["--print-capabilities"],
-        Prints("separate-options"),
+        Prints("posix-acl-negotiation-mode"),
     ),
     ("--modcaps", &["--modcaps=-mknod:+sys_admin"], Serves("")),
     ("--log-level", &["--log-level", "debug"], Serves("DEBUG")),

@@ -352,9 +352,38 @@ fn print_capabilities_is_the_json_libvirt_reads() {
         .iter()
         .map(|f| f.as_str().expect("features are strings"))
         .collect();
-    assert_eq!(features, ["separate-options"]);
-    // Nothing we do not have: no live migration, no ACL / label negotiation.
+    assert_eq!(
+        features,
+        [
+            "posix-acl-negotiation-mode",
+            "security-label-negotiation-mode",
+            "separate-options"
+        ]
+    );
+    // Nothing we do not have: no live migration.
     assert!(!features.contains(&"migrate-precopy"));
+    // Each one is true of the command line: the negotiation modes are accepted (a share that
+    // cannot be opened is exit 1; a usage error would be 2), a bad mode is not, and the options
+    // a manager passes separately are taken.
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("s");
+    let sock = sock.to_str().unwrap();
+    let with = |extra: &[&str]| {
+        let mut args = vec!["--shared-dir=/nonexistent/share", "--socket-path", sock];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        (o.status.code(), stderr_of(&o))
+    };
+    for option in ["--posix-acl", "--security-label"] {
+        for mode in ["always", "auto", "never"] {
+            let (code, err) = with(&[&format!("{option}={mode}")]);
+            assert_eq!(code, Some(1), "{option}={mode}: {err}");
+        }
+        let (code, err) = with(&[&format!("{option}=sometimes")]);
+        assert_eq!(code, Some(2), "{option}=sometimes: {err}");
+    }
+    let (code, err) = with(&["--cache=never", "--sandbox=chroot", "--xattr"]);
+    assert_eq!(code, Some(1), "separate options: {err}");
     // With other options too (ours are still checked by clap, not required).
     let o = run(&["--print-capabilities", "--cache=never"]);
     assert_eq!(o.status.code(), Some(0));

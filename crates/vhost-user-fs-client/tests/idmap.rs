@@ -278,7 +278,8 @@ fn user_namespaces_work() -> bool {
 }
 
 /// A guest root creates, as the guest sees it and as the host has it.
-fn guest_root_round_trip(d: &Daemon, c: &FsClient) {
+/// Guest root's files, made by a daemon running as host `user` (uid, gid) mapped to root.
+fn guest_root_round_trip(d: &Daemon, c: &FsClient, user: (u32, u32)) {
     let (f, fh) = c
         .create(ROOT_ID, "by-guest-root", CREATE_FLAGS, S_IFREG | 0o644, 0)
         .unwrap();
@@ -290,7 +291,7 @@ fn guest_root_round_trip(d: &Daemon, c: &FsClient) {
     for p in ["by-guest-root", "dir", "dir/link"] {
         assert_eq!(
             owner(&d.share.join(p)),
-            (NOBODY, NOBODY),
+            user,
             "{p}: the daemon's user owns it on the host"
         );
     }
@@ -312,7 +313,7 @@ fn guest_root_round_trip(d: &Daemon, c: &FsClient) {
     })
     .unwrap();
     let m = std::fs::metadata(d.share.join("by-guest-root")).unwrap();
-    assert_eq!((m.uid(), m.mode() & 0o777), (NOBODY, 0o600));
+    assert_eq!((m.uid(), m.mode() & 0o777), (user.0, 0o600));
     c.unlink(dir.nodeid, "link").unwrap();
     c.rmdir(ROOT_ID, "dir").unwrap();
     assert!(!d.share.join("dir").exists());
@@ -326,7 +327,7 @@ fn a_non_root_daemon_serves_guest_root_in_its_user_namespace() {
     }
     // The default: the daemon's own ids are 0 in its namespace.
     let d = Daemon::start_as(NOBODY, NOBODY, &[]);
-    guest_root_round_trip(&d, &session(&d));
+    guest_root_round_trip(&d, &session(&d), (NOBODY, NOBODY));
     drop(d);
     // The same, spelled out with --uid-map/--gid-map (one range of the daemon's own id: no
     // helper program needed).
@@ -336,7 +337,7 @@ fn a_non_root_daemon_serves_guest_root_in_its_user_namespace() {
         &["--uid-map=:0:65534:1:", "--gid-map=:0:65534:1:"],
     );
     let c = session(&d);
-    guest_root_round_trip(&d, &c);
+    guest_root_round_trip(&d, &c, (NOBODY, NOBODY));
     std::fs::write(d.share.join("hosts"), b"").unwrap();
     std::os::unix::fs::chown(d.share.join("hosts"), Some(0), Some(0)).unwrap();
     let e = c.lookup(ROOT_ID, "hosts").unwrap();
@@ -381,7 +382,7 @@ fn a_non_root_daemon_without_a_sandbox_shows_its_files_as_root_by_translation() 
             "--translate-gid=map:0:65534:1",
         ],
     );
-    guest_root_round_trip(&d, &session(&d));
+    guest_root_round_trip(&d, &session(&d), (NOBODY, NOBODY));
     // Without the translation the guest sees the host's ids.
     drop(d);
     let d = Daemon::start_as(NOBODY, NOBODY, &["--sandbox=none"]);
@@ -462,16 +463,39 @@ fn namespace_maps_that_cannot_be_set_up_are_one_line_and_exit_1() {
     );
 }
 
-/// The first subordinate id range of `nobody` in `file` (`/etc/subuid` or `/etc/subgid`).
-fn subordinate_range(file: &str) -> Option<(u32, u32)> {
+/// The first subordinate id range of the user `name` (uid `uid`) in `file` (`/etc/subuid` or
+/// `/etc/subgid`).
+fn subordinate_range(file: &str, name: &str, uid: u32) -> Option<(u32, u32)> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines().find_map(|l| {
         let mut f = l.split(':');
         let who = f.next()?;
-        if who != "nobody" && who != "65534" {
+        if who != name && who != uid.to_string() {
             return None;
         }
         Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    })
+}
+
+/// A user's name, uid, gid, and first subordinate uid and gid ranges (start, count).
+type SubordinateUser = (String, u32, u32, (u32, u32), (u32, u32));
+
+/// A host user with subordinate uids and gids to run the daemon as: `avfs-e2e`, which
+/// `tests/e2e/setup.sh` makes (so the test runs wherever the README's test command ran), else
+/// `nobody` if the machine gave it ranges. Its name, uid, gid and both ranges.
+fn user_with_subordinate_ids() -> Option<SubordinateUser> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let entry = |name: &str| {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+    };
+    ["avfs-e2e", "nobody"].into_iter().find_map(|name| {
+        let (uid, gid) = entry(name).or((name == "nobody").then_some((NOBODY, NOBODY)))?;
+        let su = subordinate_range("/etc/subuid", name, uid)?;
+        let sg = subordinate_range("/etc/subgid", name, uid)?;
+        Some((name.to_string(), uid, gid, su, sg))
     })
 }
 
@@ -489,13 +513,14 @@ fn subordinate_ids_mapped_by_newuidmap_serve_guest_users() {
         eprintln!("skipped: an unprivileged user cannot create a user namespace here");
         return;
     }
-    let (Some((su, sun)), Some((sg, sgn))) = (
-        subordinate_range("/etc/subuid"),
-        subordinate_range("/etc/subgid"),
-    ) else {
-        eprintln!("skipped: nobody has no range in /etc/subuid and /etc/subgid");
+    let Some((user, uid, gid, (su, sun), (sg, sgn))) = user_with_subordinate_ids() else {
+        eprintln!(
+            "skipped: neither avfs-e2e (tests/e2e/setup.sh) nor nobody has ranges in \
+             /etc/subuid and /etc/subgid"
+        );
         return;
     };
+    eprintln!("running the daemon as {user} ({uid}:{gid})");
     if !on_path("newuidmap") || !on_path("newgidmap") {
         eprintln!("skipped: newuidmap/newgidmap are not installed (the uidmap package)");
         return;
@@ -504,18 +529,18 @@ fn subordinate_ids_mapped_by_newuidmap_serve_guest_users() {
     let uid_map = format!("--uid-map=:1:{su}:{sun}:");
     let gid_map = format!("--gid-map=:1:{sg}:{sgn}:");
     let d = Daemon::start_as(
-        NOBODY,
-        NOBODY,
+        uid,
+        gid,
         &[
-            "--uid-map=:0:65534:1:",
+            &format!("--uid-map=:0:{uid}:1:"),
             &uid_map,
-            "--gid-map=:0:65534:1:",
+            &format!("--gid-map=:0:{gid}:1:"),
             &gid_map,
         ],
     );
     open_to_all(&d.share);
     let c = session(&d);
-    guest_root_round_trip(&d, &c);
+    guest_root_round_trip(&d, &c, (uid, gid));
     // A guest user is namespace id 1000: subordinate id 999 of the range on the host.
     let e = c
         .with_creds(Creds::user(1000, 1001))

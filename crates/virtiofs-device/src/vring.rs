@@ -32,6 +32,13 @@ pub(crate) fn take_created() -> Vec<WatchedVring> {
     CREATED.with(|c| std::mem::take(&mut *c.borrow_mut()))
 }
 
+/// Chains of a ring popped and not yet returned, and the threads waiting for them to be back.
+#[derive(Debug, Default)]
+struct InFlight {
+    chains: usize,
+    waiters: usize,
+}
+
 /// How long stopping a ring waits for its in-flight requests before giving up.
 const STOP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -41,7 +48,7 @@ const STOP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct WatchedVring {
     inner: VringRwLock<GuestMemory>,
     changes: Arc<watch::Sender<u64>>,
-    in_flight: Arc<(Mutex<usize>, Condvar)>,
+    in_flight: Arc<(Mutex<InFlight>, Condvar)>,
     // Queue number, for the log; set once by `FsBackend::create_daemon`.
     index: Arc<OnceLock<usize>>,
 }
@@ -64,7 +71,7 @@ impl WatchedVring {
 
     /// Counts `n` chains taken from the ring at once (a batch).
     pub fn requests_started(&self, n: usize) {
-        *self.in_flight.0.lock().unwrap() += n;
+        self.in_flight.0.lock().unwrap().chains += n;
     }
 
     /// Counts a chain returned to the used ring.
@@ -74,22 +81,26 @@ impl WatchedVring {
 
     /// Counts `n` chains returned to the used ring at once (a batch).
     pub fn requests_done(&self, n: usize) {
-        let mut left = self.in_flight.0.lock().unwrap();
-        *left = left.saturating_sub(n);
-        if *left == 0 {
+        let mut state = self.in_flight.0.lock().unwrap();
+        state.chains = state.chains.saturating_sub(n);
+        // std's Condvar::notify_all is a futex syscall even with nobody waiting: at depth 1
+        // that was one syscall per request. Only a stopping ring ever waits.
+        if state.chains == 0 && state.waiters > 0 {
             self.in_flight.1.notify_all();
         }
     }
 
     /// Waits until no chain of this ring is in flight; `false` on timeout.
     fn drain(&self, timeout: Duration) -> bool {
-        let guard = self.in_flight.0.lock().unwrap();
-        let (n, _) = self
+        let mut guard = self.in_flight.0.lock().unwrap();
+        guard.waiters += 1;
+        let (mut state, _) = self
             .in_flight
             .1
-            .wait_timeout_while(guard, timeout, |n| *n > 0)
+            .wait_timeout_while(guard, timeout, |s| s.chains > 0)
             .unwrap();
-        *n == 0
+        state.waiters -= 1;
+        state.chains == 0
     }
 
     /// Subscribes to state changes (kick fd set, ring started/stopped, enabled/disabled).
@@ -236,4 +247,35 @@ pub struct QueueLink {
     pub vring: WatchedVring,
     /// Guest memory; updated in place when the frontend sends a new memory table.
     pub mem: GuestMemory,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn vring() -> WatchedVring {
+        let mem = GuestMemory::new(GuestMemoryMmap::<()>::new());
+        let v = <WatchedVring as VringT<GuestMemory>>::new(mem, 16).unwrap();
+        take_created();
+        v
+    }
+
+    #[test]
+    fn drain_waits_for_the_last_chain_and_times_out_while_one_is_out() {
+        let v = vring();
+        assert!(v.drain(Duration::ZERO), "nothing popped: drained at once");
+        v.requests_started(2);
+        assert!(!v.drain(Duration::from_millis(20)), "two chains out");
+        let waiter = {
+            let v = v.clone();
+            std::thread::spawn(move || v.drain(Duration::from_secs(30)))
+        };
+        // Let the waiter register before the chains come back (either order must work).
+        std::thread::sleep(Duration::from_millis(20));
+        v.request_done();
+        v.request_done();
+        assert!(waiter.join().unwrap(), "the waiter saw the ring drained");
+        assert_eq!(v.in_flight.0.lock().unwrap().waiters, 0);
+    }
 }

@@ -22,7 +22,8 @@
 //! supplementary group: the new file's owner, the access check) and to the ids of a chown
 //! (SETATTR); a forbidden id there is EPERM. Host → guest applies to the owner in every
 //! attribute reply (LOOKUP, GETATTR, SETATTR, READDIRPLUS, CREATE, MKNOD, MKDIR, SYMLINK, LINK,
-//! TMPFILE, STATX). The ids are those the daemon sees: inside its user namespace when it has one.
+//! TMPFILE, STATX), and both ways to the ids inside POSIX ACL values (`acl.rs`). The ids are
+//! those the daemon sees: inside its user namespace when it has one.
 
 use std::fmt;
 use std::str::FromStr;
@@ -360,6 +361,9 @@ impl IdMaps {
         self.uid.is_empty() && self.gid.is_empty()
     }
 }
+
+mod acl;
+pub use acl::is_acl_name;
 
 #[cfg(test)]
 mod tests;

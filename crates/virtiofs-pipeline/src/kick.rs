@@ -41,7 +41,15 @@ impl AsyncKick {
                 }
             });
             match res {
-                Ok(r) => return r,
+                Ok(Ok(())) => {
+                    // The read reset the eventfd's counter to 0: it is not readable any more.
+                    // Saying so now saves the next wait a read(2) that would only find EAGAIN
+                    // (one syscall per wake-up). A kick after our read is not lost: epoll is
+                    // edge-triggered and reports it at the runtime's next poll.
+                    guard.clear_ready();
+                    return Ok(());
+                }
+                Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
         }

@@ -24,7 +24,7 @@
 //! was killed or closed the file (see `locks::guest_locks`).
 //!
 //! `guest-probe as|setxattr|getxattr|listxattr|setacl|getacl ...`: small tools for the guest's
-//! scripts instead (see `tools`).
+//! scripts instead (see `tools`); `mmap-write|mmap-read|noatime-read ...` (see `mapio`).
 //!
 //! Built statically (glibc, `-C target-feature=+crt-static`) so the busybox initramfs needs no
 //! shared libraries: see tests/e2e/setup.sh.
@@ -41,6 +41,7 @@ use std::process::ExitCode;
 
 mod direct;
 mod locks;
+mod mapio;
 mod tools;
 mod xattr;
 
@@ -49,7 +50,8 @@ const MIB: i64 = 1 << 20;
 
 const USAGE: &str = "usage: guest-probe DIR [--xattr] [--host-locked FILE] [--guest-locks DIR] \
                      [--direct-io] [--o-direct-model FILE]\n       \
-                     guest-probe as|setxattr|getxattr|listxattr|setacl|getacl ARGS...";
+                     guest-probe as|setxattr|getxattr|listxattr|setacl|getacl ARGS...\n       \
+                     guest-probe mmap-write|mmap-read|noatime-read ARGS...";
 
 /// The TAP-like output of guest-fs-test.sh (`ok`, `not_ok`, `skip`, `note` there).
 #[derive(Default)]
@@ -108,6 +110,7 @@ fn errno_name(errno: i32) -> &'static str {
         libc::ENOENT => "ENOENT",
         libc::EIO => "EIO",
         libc::ENXIO => "ENXIO",
+        libc::ENODEV => "ENODEV",
         libc::E2BIG => "E2BIG",
         libc::EBADF => "EBADF",
         libc::EAGAIN => "EAGAIN/EWOULDBLOCK",
@@ -120,6 +123,7 @@ fn errno_name(errno: i32) -> &'static str {
         libc::ENOTTY => "ENOTTY",
         libc::EFBIG => "EFBIG",
         libc::ENOSPC => "ENOSPC",
+        libc::EDQUOT => "EDQUOT",
         libc::ESPIPE => "ESPIPE",
         libc::EROFS => "EROFS",
         libc::ERANGE => "ERANGE",
@@ -593,6 +597,15 @@ fn main() -> ExitCode {
     if let Some(cmd) = argv.first().and_then(|a| a.to_str()) {
         if tools::COMMANDS.contains(&cmd) {
             return tools::run(cmd, &argv[1..]);
+        }
+        if mapio::COMMANDS.contains(&cmd) {
+            return match mapio::run(cmd, &argv[1..]) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(msg) => {
+                    eprintln!("guest-probe: {msg}");
+                    ExitCode::from(1)
+                }
+            };
         }
     }
     let mut dir = None;

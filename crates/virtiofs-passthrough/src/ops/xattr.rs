@@ -11,8 +11,10 @@ use std::ffi::CStr;
 
 use virtiofs_fuse::{Errno, Name, Xattr};
 
+use crate::idmap::is_acl_name;
 use crate::inode::Inode;
 use crate::passthrough::{Passthrough, Result};
+use crate::Forbidden;
 
 /// The largest value or list (`XATTR_SIZE_MAX`, `XATTR_LIST_MAX`): a guest asking for more gets
 /// this much at most, not an allocation of its choosing.
@@ -58,6 +60,18 @@ impl Passthrough {
         value: &[u8],
         flags: u32,
     ) -> Result<()> {
+        // An ACL's named users and groups are guest ids (`idmap/acl.rs`).
+        let value: Cow<'_, [u8]> = match &self.idmaps {
+            Some(m) if is_acl_name(name.as_bytes()) => {
+                let mut v = value.to_vec();
+                m.acl_to_host(&mut v).map_err(|Forbidden(id)| {
+                    tracing::debug!("an ACL entry names the forbidden guest id {id}: EINVAL");
+                    Errno(libc::EINVAL)
+                })?;
+                Cow::Owned(v)
+            }
+            _ => Cow::Borrowed(value),
+        };
         let name = self.host_name(name)?;
         self.on_xattr_path(nodeid, |path| {
             // SAFETY: NUL-terminated path and name; `value` is readable for its length.
@@ -75,8 +89,12 @@ impl Passthrough {
     }
 
     pub(crate) fn do_getxattr(&self, nodeid: u64, name: &Name, size: u32) -> Result<Xattr> {
+        let acl_ids = self
+            .idmaps
+            .as_deref()
+            .filter(|_| is_acl_name(name.as_bytes()));
         let name = self.host_name(name)?;
-        self.on_xattr_path(nodeid, |path| {
+        let mut reply = self.on_xattr_path(nodeid, |path| {
             let get = |buf: &mut [u8]| {
                 // SAFETY: NUL-terminated path and name; `buf` is writable for its length.
                 check(unsafe {
@@ -89,7 +107,11 @@ impl Passthrough {
                 })
             };
             sized(size, get)
-        })
+        })?;
+        if let (Some(m), Xattr::Data(value)) = (acl_ids, &mut reply) {
+            m.acl_to_guest(value);
+        }
+        Ok(reply)
     }
 
     pub(crate) fn do_listxattr(&self, nodeid: u64, size: u32) -> Result<Xattr> {
