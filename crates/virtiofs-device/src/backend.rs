@@ -13,6 +13,7 @@ use vm_memory::{
 };
 use vmm_sys_util::epoll::EventSet;
 
+use crate::memory::MemoryGenerations;
 use crate::vring::{take_created, QueueLink, WatchedVring};
 
 /// Guest memory as the vhost-user backend shares it: swapped atomically on SET_MEM_TABLE,
@@ -65,6 +66,10 @@ pub struct FsBackend {
     tag: Option<Arc<str>>,
     // Shared by every clone: the daemon holds one, the caller sets the hook on another.
     on_reset: Arc<OnceLock<ResetHook>>,
+    /// Bumped after each new memory table (the queues' [`crate::QueueMemory`] watch it).
+    generations: MemoryGenerations,
+    /// Every queue's vring, told of each new memory table.
+    vrings: Arc<OnceLock<Vec<WatchedVring>>>,
 }
 
 impl FsBackend {
@@ -74,6 +79,8 @@ impl FsBackend {
             config,
             tag: None,
             on_reset: Arc::default(),
+            generations: MemoryGenerations::default(),
+            vrings: Arc::default(),
         }
     }
 
@@ -118,6 +125,7 @@ impl FsBackend {
         let daemon = VhostUserDaemon::new(name.to_owned(), self.clone(), mem.clone())?;
         let vrings: Vec<WatchedVring> = take_created();
         assert_eq!(vrings.len(), self.num_queues(), "one vring per queue");
+        let _ = self.vrings.set(vrings.clone());
         let links = vrings
             .into_iter()
             .enumerate()
@@ -127,6 +135,7 @@ impl FsBackend {
                     index,
                     vring,
                     mem: mem.clone(),
+                    generations: self.generations.clone(),
                 }
             })
             .collect();
@@ -190,8 +199,13 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
-        // The queues hold clones of the same `GuestMemoryAtomic`, which the library has already
-        // updated in place; nothing else caches a mapping. Say what the guest gave us.
+        // The library has already replaced the table in the `GuestMemoryAtomic` the queues
+        // share; each queue takes it at its next drain, and a queue waiting for a kick lets go
+        // of the old one at once (a vring change makes it start over).
+        self.generations.bump();
+        for vring in self.vrings.get().into_iter().flatten() {
+            vring.changed("saw a new memory table");
+        }
         let mem = mem.memory();
         let regions: Vec<String> = mem
             .iter()
@@ -263,6 +277,23 @@ mod tests {
         assert!(vring.runnable_kick().unwrap().is_ok());
         vring.set_queue_ready(false);
         assert!(vring.runnable_kick().is_none(), "stopped by GET_VRING_BASE");
+    }
+
+    #[test]
+    fn a_new_memory_table_reaches_every_queue() {
+        let backend = FsBackend::new(FsBackendConfig { request_queues: 2 });
+        let (_daemon, links) = backend.create_daemon("test").unwrap();
+        let mut views: Vec<_> = links.iter().map(QueueLink::queue_memory).collect();
+        let mut rxs: Vec<_> = links.iter().map(|l| l.vring.subscribe()).collect();
+        assert!(views.iter_mut().all(|v| v.current().num_regions() == 0));
+        let ranges = [(vm_memory::GuestAddress(0), 0x1000)];
+        let table = GuestMemoryMmap::from_ranges(&ranges).unwrap();
+        links[0].mem.lock().unwrap().replace(table);
+        backend.update_memory(links[0].mem.clone()).unwrap();
+        for (view, rx) in views.iter_mut().zip(&mut rxs) {
+            assert_eq!(view.current().num_regions(), 1, "taken at the next drain");
+            assert!(rx.has_changed().unwrap(), "a waiting queue is woken");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
-use virtiofs_device::{QueueLink, WatchedVring};
+use virtiofs_device::{MemoryTable, QueueLink, WatchedVring};
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::dispatch::{place, Placement};
@@ -31,7 +31,7 @@ use crate::pool::{Job, Pool};
 use crate::request::{classify, is_forget, peek_in_header, reply_error, reply_room, Weight};
 use crate::serve::serve_chain_handled;
 use crate::stats::QueueStats;
-use crate::used::{Popped, Unanswered, UsedBatch};
+use crate::used::{disable_notification, enable_notification, Popped, Unanswered, UsedBatch};
 
 /// Most chains popped at once: the completions of the requests run on the queue thread are
 /// published (and the guest notified) at least this often, so that a deep queue of quick
@@ -116,18 +116,22 @@ impl<H: FuseHandler> QueueContext<H> {
             };
             debug!(queue = index, "queue running");
             let mut poll = AdaptivePoll::new(self.poll_max);
+            // Guest memory as this queue reaches it: one check per drain, no arc-swap. A new
+            // memory table also changes the vring: the loop starts over and lets go of the old.
+            let mut memory = self.link.queue_memory();
             loop {
                 // Process first: a kick may have arrived before we started polling the eventfd.
                 // A drain is never abandoned half-way: it stops early only when the daemon
                 // stops, returning what it popped (see `drain`).
                 let window = poll.window();
-                self.drain(!window.is_zero()).await;
+                let mem = memory.current();
+                self.drain(mem, !window.is_zero()).await;
                 let waiting = poll.wait_starts();
                 if !window.is_zero() {
                     // Notifications are still off: watch the ring before sleeping.
                     self.stats.polls.fetch_add(1, Ordering::Relaxed);
-                    let more = avail_within(&self.link, window) || {
-                        match self.link.vring.enable_notification() {
+                    let more = avail_within(&self.link, mem, window) || {
+                        match enable_notification(&self.link, mem) {
                             Ok(more) => more, // arrived as notifications came back on
                             Err(e) => {
                                 debug!(queue = index, "enable_notification: {e}");
@@ -170,15 +174,14 @@ impl<H: FuseHandler> QueueContext<H> {
     /// Pops and dispatches chains until the ring is empty with guest notifications re-enabled,
     /// or, with `keep_off` (the queue polls next), still disabled. When the daemon stops, the
     /// chains popped and not started yet go back with EIO.
-    async fn drain(self: &Arc<Self>, keep_off: bool) {
-        let vring = &self.link.vring;
-        let mut used = UsedBatch::new(&self.link, &self.stats);
+    async fn drain(self: &Arc<Self>, mem: &MemoryTable, keep_off: bool) {
+        let mut used = UsedBatch::new(&self.link, &self.stats, mem);
         loop {
-            if let Err(e) = vring.disable_notification() {
+            if let Err(e) = disable_notification(&self.link, mem) {
                 debug!(queue = self.link.index, "disable_notification: {e}");
             }
             loop {
-                let mut popped = Popped::pop(&self.link, &self.stats, MAX_BATCH);
+                let mut popped = Popped::pop(&self.link, &self.stats, mem, MAX_BATCH);
                 if popped.is_empty() {
                     break;
                 }
@@ -199,7 +202,7 @@ impl<H: FuseHandler> QueueContext<H> {
             if keep_off {
                 return;
             }
-            match vring.enable_notification() {
+            match enable_notification(&self.link, mem) {
                 Ok(true) => continue, // more arrived while notifications were off
                 Ok(false) => return,
                 Err(e) => {
