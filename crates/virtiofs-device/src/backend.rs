@@ -3,6 +3,8 @@
 use std::io;
 use std::sync::{Arc, OnceLock};
 
+use tokio::sync::watch;
+
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -70,6 +72,21 @@ pub struct FsBackend {
     generations: MemoryGenerations,
     /// Every queue's vring, told of each new memory table.
     vrings: Arc<OnceLock<Vec<WatchedVring>>>,
+    /// Only in the clone the vhost-user daemon holds: dropped with it (see [`HandlerReleased`]).
+    held_by_daemon: Option<Arc<watch::Sender<()>>>,
+}
+
+/// Resolves once the vhost-user library has let go of its backend: after
+/// [`VhostUserDaemon::start`] and a drop of the [`VhostUserDaemon`], its protocol thread is the
+/// last holder, so this is the end of that thread (the frontend disconnected, or the
+/// connection failed), learnt without a thread parked in [`VhostUserDaemon::wait`].
+pub struct HandlerReleased(watch::Receiver<()>);
+
+impl HandlerReleased {
+    /// Waits until the library's backend is dropped.
+    pub async fn wait(mut self) {
+        while self.0.changed().await.is_ok() {}
+    }
 }
 
 impl FsBackend {
@@ -81,6 +98,7 @@ impl FsBackend {
             on_reset: Arc::default(),
             generations: MemoryGenerations::default(),
             vrings: Arc::default(),
+            held_by_daemon: None,
         }
     }
 
@@ -119,10 +137,26 @@ impl FsBackend {
         &self,
         name: &str,
     ) -> Result<(VhostUserDaemon<FsBackend>, Vec<QueueLink>), vhost_user_backend::Error> {
+        self.create_daemon_watched(name)
+            .map(|(daemon, links, _)| (daemon, links))
+    }
+
+    /// [`FsBackend::create_daemon`], with what tells when the daemon's protocol thread ends.
+    #[allow(clippy::type_complexity)]
+    pub fn create_daemon_watched(
+        &self,
+        name: &str,
+    ) -> Result<
+        (VhostUserDaemon<FsBackend>, Vec<QueueLink>, HandlerReleased),
+        vhost_user_backend::Error,
+    > {
         let mem = GuestMemory::new(GuestMemoryMmap::new());
+        let (released, watch) = watch::channel(());
+        let mut for_daemon = self.clone();
+        for_daemon.held_by_daemon = Some(Arc::new(released));
         // `VhostUserDaemon::new` creates the vrings on this thread, in queue order.
         drop(take_created());
-        let daemon = VhostUserDaemon::new(name.to_owned(), self.clone(), mem.clone())?;
+        let daemon = VhostUserDaemon::new(name.to_owned(), for_daemon, mem.clone())?;
         let vrings: Vec<WatchedVring> = take_created();
         assert_eq!(vrings.len(), self.num_queues(), "one vring per queue");
         let _ = self.vrings.set(vrings.clone());
@@ -139,7 +173,7 @@ impl FsBackend {
                 }
             })
             .collect();
-        Ok((daemon, links))
+        Ok((daemon, links, HandlerReleased(watch)))
     }
 }
 
@@ -277,6 +311,21 @@ mod tests {
         assert!(vring.runnable_kick().unwrap().is_ok());
         vring.set_queue_ready(false);
         assert!(vring.runnable_kick().is_none(), "stopped by GET_VRING_BASE");
+    }
+
+    #[tokio::test]
+    async fn released_once_the_daemon_and_every_backend_clone_of_it_are_gone() {
+        let backend = FsBackend::new(FsBackendConfig { request_queues: 1 });
+        let (daemon, _links, released) = backend.create_daemon_watched("test").unwrap();
+        // On this current-thread runtime a yield lets the task run once.
+        let task = tokio::spawn(released.wait());
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished(), "the daemon still holds its backend");
+        drop(backend); // our own clone does not count
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        drop(daemon);
+        task.await.unwrap();
     }
 
     #[test]

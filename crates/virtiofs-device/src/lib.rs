@@ -12,8 +12,8 @@ mod memory;
 mod vring;
 
 pub use backend::{
-    FsBackend, FsBackendConfig, GuestMemory, TagError, CONFIG_SPACE_LEN, MAX_QUEUE_SIZE,
-    MAX_REQUEST_QUEUES, MAX_TAG_LEN,
+    FsBackend, FsBackendConfig, GuestMemory, HandlerReleased, TagError, CONFIG_SPACE_LEN,
+    MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES, MAX_TAG_LEN,
 };
 pub use memory::{MemoryGenerations, MemoryTable, QueueMemory};
 pub use vring::{QueueLink, WatchedVring};
