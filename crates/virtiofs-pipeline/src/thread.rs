@@ -203,7 +203,7 @@ fn queue_context<H: FuseHandler>(
     Arc::new(QueueContext {
         link,
         handler: shared.handler.clone(),
-        gate: shared.gate.clone(),
+        gate: shared.gate.for_queue(),
         pool,
         stats,
         poll_max: if index == HIPRIO_QUEUE {
