@@ -107,9 +107,10 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
         opts.capabilities.kept()
     );
 
-    // Requests never run on this runtime's thread (the main thread): each queue has a thread
-    // of its own, and pooled requests run on this runtime's blocking threads. The main thread
-    // only watches for signals, the frontend and queues to start.
+    // Only the hiprio queue's FORGETs run on this runtime's thread (the main thread): each
+    // request queue has a thread of its own, and pooled requests run on this runtime's
+    // blocking threads. Otherwise the main thread watches for signals, the frontend and queues
+    // to start.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("virtiofsd-pool")
