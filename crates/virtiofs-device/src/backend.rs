@@ -234,7 +234,7 @@ impl VhostUserBackend for FsBackend {
 
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
         // The library has already replaced the table in the `GuestMemoryAtomic` the queues
-        // share; each queue takes it at its next drain, and a queue waiting for a kick lets go
+        // share; each queue takes it at its next batch, and a queue waiting for a kick lets go
         // of the old one at once (a vring change makes it start over).
         self.generations.bump();
         for vring in self.vrings.get().into_iter().flatten() {
@@ -340,7 +340,7 @@ mod tests {
         links[0].mem.lock().unwrap().replace(table);
         backend.update_memory(links[0].mem.clone()).unwrap();
         for (view, rx) in views.iter_mut().zip(&mut rxs) {
-            assert_eq!(view.current().num_regions(), 1, "taken at the next drain");
+            assert_eq!(view.current().num_regions(), 1, "taken at the next batch");
             assert!(rx.has_changed().unwrap(), "a waiting queue is woken");
         }
     }

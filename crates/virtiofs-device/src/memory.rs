@@ -8,7 +8,9 @@
 //! ([`MemoryGenerations`]), and each queue keeps a [`QueueMemory`]: its own `Arc` of the table
 //! (the regions themselves are shared, not copied), taken again only when the generation moved.
 //! A request then reaches guest memory through that `Arc` alone: one uncontended check per
-//! drain, reference counts on a cache line only its own queue touches.
+//! batch of popped chains (a drain may last as long as the guest keeps the ring busy: chains
+//! into hot-added memory must find it), reference counts on a cache line only its own queue
+//! touches.
 //!
 //! Invariant kept: a chain holds the table it was popped with (its `Arc`), so a mapping it
 //! points into stays mapped while it is in use, whatever the frontend does meanwhile. A new

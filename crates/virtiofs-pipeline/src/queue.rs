@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
-use virtiofs_device::{MemoryTable, QueueLink, WatchedVring};
+use virtiofs_device::{MemoryTable, QueueLink, QueueMemory, WatchedVring};
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::dispatch::{place, Placement};
@@ -116,7 +116,7 @@ impl<H: FuseHandler> QueueContext<H> {
             };
             debug!(queue = index, "queue running");
             let mut poll = AdaptivePoll::new(self.poll_max);
-            // Guest memory as this queue reaches it: one check per drain, no arc-swap. A new
+            // Guest memory as this queue reaches it: one check per batch, no arc-swap. A new
             // memory table also changes the vring: the loop starts over and lets go of the old.
             let mut memory = self.link.queue_memory();
             loop {
@@ -124,12 +124,12 @@ impl<H: FuseHandler> QueueContext<H> {
                 // A drain is never abandoned half-way: it stops early only when the daemon
                 // stops, returning what it popped (see `drain`).
                 let window = poll.window();
-                let mem = memory.current();
-                self.drain(mem, !window.is_zero()).await;
+                self.drain(&mut memory, !window.is_zero()).await;
                 let waiting = poll.wait_starts();
                 if !window.is_zero() {
                     // Notifications are still off: watch the ring before sleeping.
                     self.stats.polls.fetch_add(1, Ordering::Relaxed);
+                    let mem = memory.current();
                     let more = avail_within(&self.link, mem, window) || {
                         match enable_notification(&self.link, mem) {
                             Ok(more) => more, // arrived as notifications came back on
@@ -174,14 +174,17 @@ impl<H: FuseHandler> QueueContext<H> {
     /// Pops and dispatches chains until the ring is empty with guest notifications re-enabled,
     /// or, with `keep_off` (the queue polls next), still disabled. When the daemon stops, the
     /// chains popped and not started yet go back with EIO.
-    async fn drain(self: &Arc<Self>, mem: &MemoryTable, keep_off: bool) {
-        let mut used = UsedBatch::new(&self.link, &self.stats, mem);
+    async fn drain(self: &Arc<Self>, memory: &mut QueueMemory, keep_off: bool) {
         loop {
-            if let Err(e) = disable_notification(&self.link, mem) {
+            if let Err(e) = disable_notification(&self.link, memory.current()) {
                 debug!(queue = self.link.index, "disable_notification: {e}");
             }
             loop {
-                let mut popped = Popped::pop(&self.link, &self.stats, mem, MAX_BATCH);
+                // The table is checked per batch: a drain lasts as long as the guest keeps the
+                // ring busy, and chains into hot-added memory must find it.
+                let mem: MemoryTable = memory.current().clone();
+                let mut used = UsedBatch::new(&self.link, &self.stats, &mem);
+                let mut popped = Popped::pop(&self.link, &self.stats, &mem, MAX_BATCH);
                 if popped.is_empty() {
                     break;
                 }
@@ -202,7 +205,7 @@ impl<H: FuseHandler> QueueContext<H> {
             if keep_off {
                 return;
             }
-            match enable_notification(&self.link, mem) {
+            match enable_notification(&self.link, memory.current()) {
                 Ok(true) => continue, // more arrived while notifications were off
                 Ok(false) => return,
                 Err(e) => {
