@@ -3,10 +3,11 @@
 //! exactly as a queue task does.
 
 use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use virtiofs_pipeline::Chain;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Queue size (descriptors in the table and in an indirect table).
 pub const QUEUE_SIZE: u16 = 256;
@@ -38,7 +39,7 @@ pub struct Desc {
 
 /// Guest memory with one split queue in it.
 pub struct Ring {
-    mem: GuestMemoryAtomic<GuestMemoryMmap<()>>,
+    mem: Arc<GuestMemoryMmap<()>>,
     queue: Queue,
     next_avail: u16,
     zeros: Vec<u8>,
@@ -56,7 +57,7 @@ impl Ring {
         let ranges: Vec<_> = REGIONS.iter().map(|&(a, n)| (GuestAddress(a), n)).collect();
         let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).expect("guest memory");
         let mut ring = Ring {
-            mem: GuestMemoryAtomic::new(mem),
+            mem: Arc::new(mem),
             queue: Queue::new(QUEUE_SIZE).expect("queue"),
             next_avail: 0,
             zeros: vec![0; REGIONS[1].1],
@@ -68,7 +69,7 @@ impl Ring {
     /// Zeroes guest memory and starts a fresh queue (one per fuzz input, so inputs do not
     /// depend on each other).
     pub fn reset(&mut self) {
-        let mem = self.mem.memory();
+        let mem = &*self.mem;
         for &(a, n) in &REGIONS {
             mem.write_slice(&self.zeros[..n], GuestAddress(a))
                 .expect("zero guest memory");
@@ -88,7 +89,7 @@ impl Ring {
 
     /// Writes `bytes` at `addr`, as much of it as lies in guest memory.
     pub fn write(&self, addr: u64, bytes: &[u8]) {
-        let mem = self.mem.memory();
+        let mem = &*self.mem;
         if mem.write_slice(bytes, GuestAddress(addr)).is_ok() {
             return;
         }
@@ -100,10 +101,7 @@ impl Ring {
 
     /// Reads `buf.len()` bytes at `addr`; false if not all of it is guest memory.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        self.mem
-            .memory()
-            .read_slice(buf, GuestAddress(addr))
-            .is_ok()
+        self.mem.read_slice(buf, GuestAddress(addr)).is_ok()
     }
 
     fn write_desc(&self, table: u64, i: u16, d: Desc, next: Option<u16>) {
@@ -152,13 +150,13 @@ impl Ring {
         self.next_avail = self.next_avail.wrapping_add(1);
         fence(Ordering::SeqCst);
         self.write(AVAIL_RING + 2, &self.next_avail.to_le_bytes());
-        self.queue.pop_descriptor_chain(self.mem.memory())
+        self.queue.pop_descriptor_chain(self.mem.clone())
     }
 
     /// Puts the chain `head` on the used ring with `len` bytes, as a queue task does, and
     /// returns the length the guest reads back.
     pub fn complete(&mut self, head: u16, len: u32) -> u32 {
-        let mem = self.mem.memory();
+        let mem = &*self.mem;
         self.queue
             .add_used(&*mem, head, len)
             .expect("add_used of a popped chain");

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
-use vhost::vhost_user::Error as VhostUserError;
+use tracing::info;
 use vhost_user_backend::VhostUserBackend;
 use virtiofs_device::{FsBackend, FsBackendConfig};
 use virtiofs_passthrough::{check_shared_dir, InodeFileHandles, Share, ShareError};
@@ -160,9 +159,10 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
         opts.capabilities.kept()
     );
 
-    // Requests never run on this runtime's thread (the main thread): each queue has a thread
-    // of its own, and pooled requests run on this runtime's blocking threads. The main thread
-    // only watches for signals, the frontend and queues to start.
+    // Only the hiprio queue's FORGETs run on this runtime's thread (the main thread): each
+    // request queue has a thread of its own, and pooled requests run on this runtime's
+    // blocking threads. Otherwise the main thread watches for signals, the frontend and queues
+    // to start.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("virtiofsd-pool")
@@ -201,8 +201,8 @@ async fn serve(
     pipeline_config: PipelineConfig,
     notifier: Notifier,
 ) -> Result<(), DaemonError> {
-    let (mut daemon, links) = backend
-        .create_daemon("async-virtiofsd")
+    let (mut daemon, links, released) = backend
+        .create_daemon_watched("async-virtiofsd")
         .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
     let io_uring = pipeline_config.io_engine == IoEngine::IoUring;
     let pipeline = Pipeline::start(links, share, pipeline_config)?;
@@ -238,7 +238,7 @@ async fn serve(
             _ = sigusr1.recv() => { info!("SIGUSR1 received: no frontend yet"); continue; }
         };
     };
-    let mut daemon = match accepted {
+    let daemon = match accepted {
         None => {
             notifier.stopping();
             pipeline.shutdown(SHUTDOWN_GRACE).await;
@@ -253,32 +253,28 @@ async fn serve(
         opts.share.shared_dir.display()
     );
 
-    let mut wait = tokio::task::spawn_blocking(move || daemon.wait());
-    let outcome = loop {
-        break tokio::select! {
-            r = &mut wait => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(vhost_user_backend::Error::HandleRequest(
-                    VhostUserError::Disconnected | VhostUserError::PartialMessage,
-                ))) => Ok(()),
-                Ok(Err(e)) => Err(DaemonError::VhostUser(e.to_string())),
-                Err(e) => Err(DaemonError::VhostUser(e.to_string())),
-            },
-            _ = sigterm.recv() => { info!("SIGTERM received, shutting down"); Ok(()) }
-            _ = sigint.recv() => { info!("SIGINT received, shutting down"); Ok(()) }
+    // No thread parked in `VhostUserDaemon::wait()`: once the daemon is dropped its protocol
+    // thread holds the library's backend alone, and dropping that when the thread ends (the
+    // frontend disconnected, or the connection failed) is what `released` waits for. The
+    // library's thread returns its error to `wait()` only, so a protocol error now ends the
+    // daemon like a disconnect (exit 0) instead of exit 1.
+    drop(daemon);
+    let mut ended = std::pin::pin!(released.wait());
+    loop {
+        tokio::select! {
+            () = &mut ended => info!("vhost-user frontend disconnected"),
+            _ = sigterm.recv() => info!("SIGTERM received, shutting down"),
+            _ = sigint.recv() => info!("SIGINT received, shutting down"),
             _ = sigusr1.recv() => {
                 info!("SIGUSR1 received: statistics of the queues so far");
                 pipeline.log_stats();
                 continue;
             }
         };
-    };
-    match &outcome {
-        Ok(()) => info!("vhost-user frontend disconnected"),
-        Err(e) => error!("vhost-user connection failed: {e}"),
+        break;
     }
     notifier.stopping();
     pipeline.shutdown(SHUTDOWN_GRACE).await;
     drop(socket);
-    outcome
+    Ok(())
 }

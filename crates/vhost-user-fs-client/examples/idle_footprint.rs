@@ -5,25 +5,34 @@
 //!
 //! usage: idle_footprint SOCKET DAEMON_PID QUEUES DEPTH ROUNDS SETTLE_SECS
 //!
-//! Output: one line `threads=T rss_kib=K` per process (`pid=...`) and a `total` line.
+//! Output: one line `threads=T rss_kib=K pss_kib=P private_dirty_kib=D` per process
+//! (`pid=...`) and a `total` line. RSS counts the shared binary's text in every process; PSS
+//! (proportional set size) and private dirty memory are closer to what one more daemon costs.
 
 use std::time::Duration;
 
 use vhost_user_fs_client::abi::ROOT_ID;
 use vhost_user_fs_client::{DeviceConfig, FsClient, FuseRequest};
 
-/// `Threads:` and `VmRSS:` (KiB) of one process.
-fn footprint(pid: u32) -> (u64, u64) {
+/// A `Name: value` field (the first number after the name) of a /proc text file.
+fn field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `[Threads, VmRSS, Pss, Private_Dirty]` (memory in KiB) of one process.
+fn footprint(pid: u32) -> [u64; 4] {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Threads:"), field("VmRSS:"))
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    [
+        field(&status, "Threads:"),
+        field(&status, "VmRSS:"),
+        field(&smaps, "Pss:"),
+        field(&smaps, "Private_Dirty:"),
+    ]
 }
 
 /// `pid` and every descendant.
@@ -77,14 +86,16 @@ fn main() {
         }
     }
     std::thread::sleep(Duration::from_secs(num(settle, "SETTLE_SECS")));
-    let (mut threads, mut rss) = (0, 0);
+    let mut total = [0; 4];
+    let line = |[t, r, p, d]: [u64; 4]| {
+        format!("threads={t} rss_kib={r} pss_kib={p} private_dirty_kib={d}")
+    };
     for p in tree(pid) {
-        let (t, r) = footprint(p);
-        println!("pid={p} threads={t} rss_kib={r}");
-        threads += t;
-        rss += r;
+        let f = footprint(p);
+        println!("pid={p} {}", line(f));
+        total.iter_mut().zip(f).for_each(|(t, v)| *t += v);
     }
-    println!("total threads={threads} rss_kib={rss}");
+    println!("total {}", line(total));
     // The Rust virtiofsd returns DESTROY without a reply: not an error here.
     let _ = c.destroy();
 }

@@ -182,7 +182,9 @@ fn queue_affinity_pins_request_queue_threads_and_leaves_hiprio_alone() {
         getattrs(&c, 2, 3);
         let q1 = wait_for_threads(d.pid(), "virtiofs-q1");
         let q2 = wait_for_threads(d.pid(), "virtiofs-q2");
-        let hiprio = wait_for_threads(d.pid(), "virtiofs-hiprio");
+        // The hiprio queue runs on the main thread (named like the process, as is the
+        // vhost-user thread): never pinned.
+        let main = wait_for_threads(d.pid(), "async-virtiofsd");
         if spec == "auto" {
             // Whatever the machine: the two queues get disjoint, non-empty shares.
             assert_eq!((q1.len(), q2.len()), (1, 1), "{spec}: {q1:?} {q2:?}");
@@ -192,6 +194,9 @@ fn queue_affinity_pins_request_queue_threads_and_leaves_hiprio_alone() {
             assert_eq!(q1, vec![want1], "{spec}");
             assert_eq!(q2, vec![want2], "{spec}");
         }
-        assert_eq!(hiprio, vec![all.clone()], "{spec}: hiprio unpinned");
+        assert!(
+            !main.is_empty() && main.iter().all(|m| *m == all),
+            "{spec}: {main:?}"
+        );
     }
 }

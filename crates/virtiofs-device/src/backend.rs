@@ -3,6 +3,8 @@
 use std::io;
 use std::sync::{Arc, OnceLock};
 
+use tokio::sync::watch;
+
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -13,6 +15,7 @@ use vm_memory::{
 };
 use vmm_sys_util::epoll::EventSet;
 
+use crate::memory::MemoryGenerations;
 use crate::vring::{take_created, QueueLink, WatchedVring};
 
 /// Guest memory as the vhost-user backend shares it: swapped atomically on SET_MEM_TABLE,
@@ -65,6 +68,25 @@ pub struct FsBackend {
     tag: Option<Arc<str>>,
     // Shared by every clone: the daemon holds one, the caller sets the hook on another.
     on_reset: Arc<OnceLock<ResetHook>>,
+    /// Bumped after each new memory table (the queues' [`crate::QueueMemory`] watch it).
+    generations: MemoryGenerations,
+    /// Every queue's vring, told of each new memory table.
+    vrings: Arc<OnceLock<Vec<WatchedVring>>>,
+    /// Only in the clone the vhost-user daemon holds: dropped with it (see [`HandlerReleased`]).
+    held_by_daemon: Option<Arc<watch::Sender<()>>>,
+}
+
+/// Resolves once the vhost-user library has let go of its backend: after
+/// [`VhostUserDaemon::start`] and a drop of the [`VhostUserDaemon`], its protocol thread is the
+/// last holder, so this is the end of that thread (the frontend disconnected, or the
+/// connection failed), learnt without a thread parked in [`VhostUserDaemon::wait`].
+pub struct HandlerReleased(watch::Receiver<()>);
+
+impl HandlerReleased {
+    /// Waits until the library's backend is dropped.
+    pub async fn wait(mut self) {
+        while self.0.changed().await.is_ok() {}
+    }
 }
 
 impl FsBackend {
@@ -74,6 +96,9 @@ impl FsBackend {
             config,
             tag: None,
             on_reset: Arc::default(),
+            generations: MemoryGenerations::default(),
+            vrings: Arc::default(),
+            held_by_daemon: None,
         }
     }
 
@@ -112,12 +137,29 @@ impl FsBackend {
         &self,
         name: &str,
     ) -> Result<(VhostUserDaemon<FsBackend>, Vec<QueueLink>), vhost_user_backend::Error> {
+        self.create_daemon_watched(name)
+            .map(|(daemon, links, _)| (daemon, links))
+    }
+
+    /// [`FsBackend::create_daemon`], with what tells when the daemon's protocol thread ends.
+    #[allow(clippy::type_complexity)]
+    pub fn create_daemon_watched(
+        &self,
+        name: &str,
+    ) -> Result<
+        (VhostUserDaemon<FsBackend>, Vec<QueueLink>, HandlerReleased),
+        vhost_user_backend::Error,
+    > {
         let mem = GuestMemory::new(GuestMemoryMmap::new());
+        let (released, watch) = watch::channel(());
+        let mut for_daemon = self.clone();
+        for_daemon.held_by_daemon = Some(Arc::new(released));
         // `VhostUserDaemon::new` creates the vrings on this thread, in queue order.
         drop(take_created());
-        let daemon = VhostUserDaemon::new(name.to_owned(), self.clone(), mem.clone())?;
+        let daemon = VhostUserDaemon::new(name.to_owned(), for_daemon, mem.clone())?;
         let vrings: Vec<WatchedVring> = take_created();
         assert_eq!(vrings.len(), self.num_queues(), "one vring per queue");
+        let _ = self.vrings.set(vrings.clone());
         let links = vrings
             .into_iter()
             .enumerate()
@@ -127,10 +169,11 @@ impl FsBackend {
                     index,
                     vring,
                     mem: mem.clone(),
+                    generations: self.generations.clone(),
                 }
             })
             .collect();
-        Ok((daemon, links))
+        Ok((daemon, links, HandlerReleased(watch)))
     }
 }
 
@@ -190,8 +233,13 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
-        // The queues hold clones of the same `GuestMemoryAtomic`, which the library has already
-        // updated in place; nothing else caches a mapping. Say what the guest gave us.
+        // The library has already replaced the table in the `GuestMemoryAtomic` the queues
+        // share; each queue takes it at its next batch, and a queue waiting for a kick lets go
+        // of the old one at once (a vring change makes it start over).
+        self.generations.bump();
+        for vring in self.vrings.get().into_iter().flatten() {
+            vring.changed("saw a new memory table");
+        }
         let mem = mem.memory();
         let regions: Vec<String> = mem
             .iter()
@@ -263,6 +311,38 @@ mod tests {
         assert!(vring.runnable_kick().unwrap().is_ok());
         vring.set_queue_ready(false);
         assert!(vring.runnable_kick().is_none(), "stopped by GET_VRING_BASE");
+    }
+
+    #[tokio::test]
+    async fn released_once_the_daemon_and_every_backend_clone_of_it_are_gone() {
+        let backend = FsBackend::new(FsBackendConfig { request_queues: 1 });
+        let (daemon, _links, released) = backend.create_daemon_watched("test").unwrap();
+        // On this current-thread runtime a yield lets the task run once.
+        let task = tokio::spawn(released.wait());
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished(), "the daemon still holds its backend");
+        drop(backend); // our own clone does not count
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        drop(daemon);
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn a_new_memory_table_reaches_every_queue() {
+        let backend = FsBackend::new(FsBackendConfig { request_queues: 2 });
+        let (_daemon, links) = backend.create_daemon("test").unwrap();
+        let mut views: Vec<_> = links.iter().map(QueueLink::queue_memory).collect();
+        let mut rxs: Vec<_> = links.iter().map(|l| l.vring.subscribe()).collect();
+        assert!(views.iter_mut().all(|v| v.current().num_regions() == 0));
+        let ranges = [(vm_memory::GuestAddress(0), 0x1000)];
+        let table = GuestMemoryMmap::from_ranges(&ranges).unwrap();
+        links[0].mem.lock().unwrap().replace(table);
+        backend.update_memory(links[0].mem.clone()).unwrap();
+        for (view, rx) in views.iter_mut().zip(&mut rxs) {
+            assert_eq!(view.current().num_regions(), 1, "taken at the next batch");
+            assert!(rx.has_changed().unwrap(), "a waiting queue is woken");
+        }
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! the `virtiofs-pipeline` crate).
 
 mod backend;
+mod memory;
 mod vring;
 
 pub use backend::{
-    FsBackend, FsBackendConfig, GuestMemory, TagError, CONFIG_SPACE_LEN, MAX_QUEUE_SIZE,
-    MAX_REQUEST_QUEUES, MAX_TAG_LEN,
+    FsBackend, FsBackendConfig, GuestMemory, HandlerReleased, TagError, CONFIG_SPACE_LEN,
+    MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES, MAX_TAG_LEN,
 };
+pub use memory::{MemoryGenerations, MemoryTable, QueueMemory};
 pub use vring::{QueueLink, WatchedVring};
 
 /// Index of the high-priority queue (FORGET and BATCH_FORGET only).

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use vhost_user_backend::{VringRwLock, VringStateGuard, VringStateMutGuard, VringT};
 use virtio_queue::{Error as QueueError, QueueT};
 
-use crate::GuestMemory;
+use crate::{GuestMemory, MemoryGenerations, QueueMemory};
 
 thread_local! {
     /// Vrings created on this thread, in creation order. `VhostUserDaemon::new` creates one
@@ -54,7 +54,8 @@ pub struct WatchedVring {
 }
 
 impl WatchedVring {
-    fn changed(&self, what: &str) {
+    /// Tells the ring's subscribers that something changed.
+    pub(crate) fn changed(&self, what: &str) {
         tracing::debug!(queue = self.index.get(), "vring {what}");
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -247,6 +248,15 @@ pub struct QueueLink {
     pub vring: WatchedVring,
     /// Guest memory; updated in place when the frontend sends a new memory table.
     pub mem: GuestMemory,
+    /// Announces each new memory table.
+    pub generations: MemoryGenerations,
+}
+
+impl QueueLink {
+    /// The queue's own view of guest memory, for a queue thread to pop chains over.
+    pub fn queue_memory(&self) -> QueueMemory {
+        QueueMemory::new(&self.mem, &self.generations)
+    }
 }
 
 #[cfg(test)]

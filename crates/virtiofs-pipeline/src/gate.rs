@@ -2,12 +2,22 @@
 //!
 //! As in the 2019 QEMU series (`init_rwlock`): session-changing requests take the write side, all
 //! others the read side for as long as they run. DESTROY therefore waits for every in-flight
-//! request, and nothing runs while INIT sets the session up. The lock is tokio's, so a queue task
-//! waiting for it yields instead of blocking a runtime thread.
+//! request, and nothing runs while INIT sets the session up.
+//!
+//! **The read side writes nothing shared.** A request counts itself in its queue's own reader
+//! slot ([`SessionGate::for_queue`]: a cache line only that queue's threads touch) and reads
+//! one flag and the session's state, which only INIT and DESTROY write: a "big-reader" lock.
+//! The write side takes a tokio `RwLock` (which orders writers, and the readers that arrive
+//! while one is pending: a queue task waiting for it yields instead of blocking its thread),
+//! raises the flag, and waits until every slot is empty. A request that finds the flag raised
+//! takes the tokio lock's read side instead, and so waits behind the writer; the writer
+//! publishes the session's new state before lowering the flag.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+use tokio::sync::{Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::request::is_forget;
@@ -39,34 +49,126 @@ impl Session {
     }
 }
 
-/// The lock every request passes through.
-#[derive(Clone, Default)]
+/// What the readers of every slot read: written only by a writer.
+#[derive(Default)]
+struct Flag {
+    /// A writer holds the tokio lock's write side and waits for, or excludes, fast readers.
+    closed: AtomicBool,
+    /// The session's state as the last writer left it.
+    initialized: AtomicBool,
+    inits: AtomicU64,
+    /// Woken when a fast reader leaves while `closed` is set.
+    drained: Notify,
+}
+
+impl Flag {
+    /// Publishes `session` for fast readers and lets them in again.
+    fn open(&self, session: &Session) {
+        self.initialized.store(session.initialized, SeqCst);
+        self.inits.store(session.inits, SeqCst);
+        self.closed.store(false, SeqCst);
+    }
+}
+
+/// The fast readers of one queue, on a cache line of their own.
+#[repr(align(128))]
+struct Slot {
+    readers: AtomicUsize,
+    flag: Arc<Flag>,
+}
+
+/// The lock every request passes through. Clones share it; [`SessionGate::for_queue`] gives a
+/// queue a reader slot of its own.
+#[derive(Clone)]
 pub struct SessionGate {
     lock: Arc<RwLock<Session>>,
+    flag: Arc<Flag>,
+    slots: Arc<Mutex<Vec<Arc<Slot>>>>,
+    slot: Arc<Slot>,
+}
+
+impl Default for SessionGate {
+    fn default() -> Self {
+        let flag = Arc::new(Flag::default());
+        let slot = Arc::new(Slot {
+            readers: AtomicUsize::new(0),
+            flag: flag.clone(),
+        });
+        Self {
+            lock: Arc::default(),
+            flag,
+            slots: Arc::new(Mutex::new(vec![slot.clone()])),
+            slot,
+        }
+    }
 }
 
 /// Permission to run one request; dropped when the request completes.
 pub enum Pass {
     /// Any request but INIT/DESTROY.
-    Shared(OwnedRwLockReadGuard<Session>),
+    Shared(SharedPass),
     /// INIT or DESTROY: nothing else runs meanwhile.
-    Exclusive(OwnedRwLockWriteGuard<Session>),
+    Exclusive(ExclusivePass),
+}
+
+/// The read side, as a request holds it.
+pub struct SharedPass(Shared);
+
+enum Shared {
+    /// Counted in its queue's slot (no writer was there).
+    Fast {
+        slot: Arc<Slot>,
+        initialized: bool,
+        inits: u64,
+    },
+    /// The tokio lock's read side (a writer was there: taken once it left).
+    Locked(OwnedRwLockReadGuard<Session>),
+}
+
+impl Drop for SharedPass {
+    fn drop(&mut self) {
+        if let Shared::Fast { slot, .. } = &self.0 {
+            leave(slot);
+        }
+    }
+}
+
+/// A fast reader leaves `slot`; wakes a writer waiting for it.
+fn leave(slot: &Slot) {
+    slot.readers.fetch_sub(1, SeqCst);
+    if slot.flag.closed.load(SeqCst) {
+        slot.flag.drained.notify_one();
+    }
+}
+
+/// The write side, as INIT or DESTROY holds it; dropping it publishes the session.
+pub struct ExclusivePass {
+    guard: OwnedRwLockWriteGuard<Session>,
+    flag: Arc<Flag>,
+}
+
+impl Drop for ExclusivePass {
+    fn drop(&mut self) {
+        self.flag.open(&self.guard);
+    }
 }
 
 impl Pass {
     /// Whether the session was initialized when this pass was granted.
     pub fn initialized(&self) -> bool {
         match self {
-            Pass::Shared(s) => s.initialized,
-            Pass::Exclusive(s) => s.initialized,
+            Pass::Shared(SharedPass(Shared::Fast { initialized, .. })) => *initialized,
+            Pass::Shared(SharedPass(Shared::Locked(s))) => s.initialized,
+            Pass::Exclusive(x) => x.guard.initialized,
         }
     }
 
     /// Completed INITs when this pass was granted: which session a request belongs to.
     pub fn inits(&self) -> u64 {
         match self {
-            Pass::Shared(s) => s.inits,
-            Pass::Exclusive(s) => s.inits,
+            Pass::Shared(SharedPass(Shared::Fast { inits, .. })) => *inits,
+            Pass::Shared(SharedPass(Shared::Locked(s))) => s.inits,
+            Pass::Exclusive(x) => x.guard.inits,
         }
     }
 
@@ -74,13 +176,13 @@ impl Pass {
     pub fn session_mut(&mut self) -> Option<&mut Session> {
         match self {
             Pass::Shared(_) => None,
-            Pass::Exclusive(s) => Some(s),
+            Pass::Exclusive(x) => Some(&mut x.guard),
         }
     }
 
     /// Records the outcome of an INIT or DESTROY (no effect on a shared pass).
     pub fn record(&mut self, opcode: u32, succeeded: bool) {
-        if let Pass::Exclusive(session) = self {
+        if let Some(session) = self.session_mut() {
             if opcode == Opcode::Init as u32 && succeeded {
                 session.initialized = true;
                 session.inits += 1;
@@ -107,12 +209,39 @@ impl SessionGate {
         Self::default()
     }
 
+    /// The same gate, with a reader slot of its own: one per queue, so that the requests of
+    /// different queues count themselves on different cache lines.
+    pub fn for_queue(&self) -> Self {
+        let slot = Arc::new(Slot {
+            readers: AtomicUsize::new(0),
+            flag: self.flag.clone(),
+        });
+        self.slots.lock().unwrap().push(slot.clone());
+        Self {
+            slot,
+            ..self.clone()
+        }
+    }
+
     /// Waits until a request with `opcode` may run.
     pub async fn enter(&self, opcode: u32) -> Pass {
         if is_exclusive(opcode) {
-            Pass::Exclusive(self.lock.clone().write_owned().await)
+            let guard = self.lock.clone().write_owned().await;
+            self.flag.closed.store(true, SeqCst);
+            while self.readers() > 0 {
+                self.flag.drained.notified().await;
+            }
+            Pass::Exclusive(ExclusivePass {
+                guard,
+                flag: self.flag.clone(),
+            })
         } else {
-            Pass::Shared(self.lock.clone().read_owned().await)
+            match self.try_fast() {
+                Some(pass) => pass,
+                None => Pass::Shared(SharedPass(Shared::Locked(
+                    self.lock.clone().read_owned().await,
+                ))),
+            }
         }
     }
 
@@ -129,17 +258,54 @@ impl SessionGate {
     /// [`SessionGate::pass_for`] without waiting: `Err(GateBusy)` when the request would have
     /// to wait (an INIT or DESTROY runs or waits, or this is one and requests run).
     pub fn try_pass_for(&self, header: Option<&InHeader>) -> Result<Option<Pass>, GateBusy> {
-        match header {
-            Some(h) if !is_forget(h.opcode) => {
-                let pass = if is_exclusive(h.opcode) {
-                    self.lock.clone().try_write_owned().map(Pass::Exclusive)
-                } else {
-                    self.lock.clone().try_read_owned().map(Pass::Shared)
-                };
-                pass.map(Some).map_err(|_| GateBusy)
+        let Some(h) = header.filter(|h| !is_forget(h.opcode)) else {
+            return Ok(None);
+        };
+        let pass = if is_exclusive(h.opcode) {
+            let guard = self.lock.clone().try_write_owned().map_err(|_| GateBusy)?;
+            self.flag.closed.store(true, SeqCst);
+            if self.readers() > 0 {
+                // Requests run: let them (and those that saw the flag) go on.
+                self.flag.open(&guard);
+                return Err(GateBusy);
             }
-            _ => Ok(None),
+            Pass::Exclusive(ExclusivePass {
+                guard,
+                flag: self.flag.clone(),
+            })
+        } else {
+            match self.try_fast() {
+                Some(pass) => pass,
+                None => {
+                    let guard = self.lock.clone().try_read_owned().map_err(|_| GateBusy)?;
+                    Pass::Shared(SharedPass(Shared::Locked(guard)))
+                }
+            }
+        };
+        Ok(Some(pass))
+    }
+
+    /// A read pass counted in this gate's slot, unless a writer is there.
+    fn try_fast(&self) -> Option<Pass> {
+        let slot = &self.slot;
+        // Counted first, then the flag read: a writer raises the flag, then reads the counts,
+        // so either it sees this reader or this reader sees its flag.
+        slot.readers.fetch_add(1, SeqCst);
+        if self.flag.closed.load(SeqCst) {
+            leave(slot);
+            return None;
         }
+        Some(Pass::Shared(SharedPass(Shared::Fast {
+            slot: slot.clone(),
+            initialized: self.flag.initialized.load(SeqCst),
+            inits: self.flag.inits.load(SeqCst),
+        })))
+    }
+
+    /// Fast readers in every slot.
+    fn readers(&self) -> usize {
+        let slots = self.slots.lock().unwrap();
+        slots.iter().map(|s| s.readers.load(SeqCst)).sum()
     }
 
     /// Completed INITs so far.
@@ -154,12 +320,24 @@ impl SessionGate {
         if tokio::runtime::Handle::try_current().is_ok() {
             // `blocking_write` panics on a runtime thread: wait on a plain thread instead.
             return std::thread::scope(|s| {
-                s.spawn(|| self.lock.blocking_write().abandon(end))
+                s.spawn(|| self.abandon_here(end))
                     .join()
                     .expect("session reset thread")
             });
         }
-        self.lock.blocking_write().abandon(end)
+        self.abandon_here(end)
+    }
+
+    fn abandon_here(&self, end: impl FnOnce()) -> bool {
+        let mut session = self.lock.blocking_write();
+        self.flag.closed.store(true, SeqCst);
+        // A device reset is rare and requests are short: a plain poll is enough here.
+        while self.readers() > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let ended = session.abandon(end);
+        self.flag.open(&session);
+        ended
     }
 }
 
@@ -202,6 +380,55 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(pass, Pass::Exclusive(_)));
+    }
+
+    #[tokio::test]
+    async fn destroy_waits_for_the_requests_of_every_queue_and_new_ones_wait_behind_it() {
+        let gate = SessionGate::new();
+        let (q1, q2) = (gate.for_queue(), gate.for_queue());
+        let mut init = q1.enter(INIT).await;
+        init.record(INIT, true);
+        drop(init);
+        let on_q2 = q2.enter(GETATTR).await;
+        assert!(on_q2.initialized(), "INIT published for every queue");
+        assert!(
+            matches!(
+                q1.try_pass_for(Some(&InHeader {
+                    opcode: DESTROY,
+                    ..Default::default()
+                })),
+                Err(GateBusy)
+            ),
+            "DESTROY on queue 1 with a request running on queue 2"
+        );
+        let q1d = q1.clone();
+        let destroy = tokio::spawn(async move {
+            let mut p = q1d.enter(DESTROY).await;
+            p.record(DESTROY, true);
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !destroy.is_finished(),
+            "DESTROY ran beside queue 2's request"
+        );
+        // A request arriving now waits behind the DESTROY, and sees its outcome.
+        let q1r = q1.clone();
+        let later = tokio::spawn(async move { q1r.enter(GETATTR).await.initialized() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !later.is_finished(),
+            "a new request overtook the waiting DESTROY"
+        );
+        drop(on_q2);
+        timeout(Duration::from_secs(5), destroy)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !later.await.unwrap(),
+            "the request after DESTROY has no session"
+        );
+        assert!(!q2.enter(GETATTR).await.initialized());
     }
 
     #[tokio::test]

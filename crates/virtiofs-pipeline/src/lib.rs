@@ -1,8 +1,9 @@
 //! The request pipeline of async-virtiofsd.
 //!
 //! The request path, in the order a request meets it:
-//! 1. [`thread`]: each queue gets an OS thread of its own, with a current-thread runtime, once
-//!    the frontend starts the queue.
+//! 1. [`thread`]: each request queue gets an OS thread of its own, with a current-thread
+//!    runtime, once the frontend starts the queue (the hiprio queue's task runs on the shared
+//!    runtime).
 //! 2. [`queue`]: the queue's task owns the kick eventfd; on a kick it pops the available chains
 //!    in batches ([`used`] makes sure each goes back once) and takes each one's gate pass in
 //!    ring order.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use virtiofs_device::QueueLink;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The smallest window worth spinning for; where a growing window starts.
 pub const FIRST_WINDOW: Duration = Duration::from_micros(4);
@@ -77,7 +77,7 @@ impl AdaptivePoll {
 /// Watches `link`'s avail ring for up to `window`: true as soon as the guest has made a chain
 /// available that the queue has not popped. Reads only the ring's index (the pop that follows
 /// takes the vring lock as usual); a ring stopped or moved meanwhile reads as nothing new.
-pub(crate) fn avail_within(link: &QueueLink, window: Duration) -> bool {
+pub(crate) fn avail_within(link: &QueueLink, mem: &GuestMemoryMmap<()>, window: Duration) -> bool {
     let (avail_idx, next_avail) = {
         let state = link.vring.get_ref();
         let queue = state.get_queue();
@@ -89,7 +89,6 @@ pub(crate) fn avail_within(link: &QueueLink, window: Duration) -> bool {
         };
         (GuestAddress(addr), queue.next_avail())
     };
-    let mem = link.mem.memory();
     let deadline = Instant::now() + window;
     loop {
         match mem.load::<u16>(avail_idx, Ordering::Acquire) {

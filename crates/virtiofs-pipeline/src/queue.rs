@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
-use virtiofs_device::{QueueLink, WatchedVring};
+use virtiofs_device::{MemoryTable, QueueLink, QueueMemory, WatchedVring};
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::dispatch::{place, Placement};
@@ -32,7 +32,7 @@ use crate::request::{classify, is_forget, peek_in_header, reply_error, reply_roo
 use crate::serve::serve_chain_handled;
 use crate::stats::QueueStats;
 use crate::uring::{IoEngine, Uring};
-use crate::used::{Popped, Unanswered, UsedBatch};
+use crate::used::{disable_notification, enable_notification, Popped, Unanswered, UsedBatch};
 
 /// Most chains popped at once: the completions of the requests run on the queue thread are
 /// published (and the guest notified) at least this often, so that a deep queue of quick
@@ -153,18 +153,22 @@ impl<H: FuseHandler> QueueContext<H> {
             self.complete_ring(ring);
             debug!(queue = index, "queue running");
             let mut poll = AdaptivePoll::new(self.poll_max);
+            // Guest memory as this queue reaches it: one check per batch, no arc-swap. A new
+            // memory table also changes the vring: the loop starts over and lets go of the old.
+            let mut memory = self.link.queue_memory();
             loop {
                 // Process first: a kick may have arrived before we started polling the eventfd.
                 // A drain is never abandoned half-way: it stops early only when the daemon
                 // stops, returning what it popped (see `drain`).
                 let window = poll.window();
-                self.drain(!window.is_zero(), ring).await;
+                self.drain(&mut memory, !window.is_zero(), ring).await;
                 let waiting = poll.wait_starts();
                 if !window.is_zero() {
                     // Notifications are still off: watch the ring before sleeping.
                     self.stats.polls.fetch_add(1, Ordering::Relaxed);
-                    let more = avail_within(&self.link, window) || {
-                        match self.link.vring.enable_notification() {
+                    let mem = memory.current();
+                    let more = avail_within(&self.link, mem, window) || {
+                        match enable_notification(&self.link, mem) {
                             Ok(more) => more, // arrived as notifications came back on
                             Err(e) => {
                                 debug!(queue = index, "enable_notification: {e}");
@@ -196,7 +200,8 @@ impl<H: FuseHandler> QueueContext<H> {
                                 self.complete_ring(ring);
                             }
                             if let Some(ring) = ring {
-                                let mut used = UsedBatch::new(&self.link, &self.stats);
+                                let mem = memory.current();
+                                let mut used = UsedBatch::new(&self.link, &self.stats, mem);
                                 ring.reap(&self, &mut used);
                             }
                         }
@@ -236,15 +241,22 @@ impl<H: FuseHandler> QueueContext<H> {
     /// Pops and dispatches chains until the ring is empty with guest notifications re-enabled,
     /// or, with `keep_off` (the queue polls next), still disabled. When the daemon stops, the
     /// chains popped and not started yet go back with EIO.
-    async fn drain(self: &Arc<Self>, keep_off: bool, ring: Option<&Uring>) {
-        let vring = &self.link.vring;
-        let mut used = UsedBatch::new(&self.link, &self.stats);
+    async fn drain(
+        self: &Arc<Self>,
+        memory: &mut QueueMemory,
+        keep_off: bool,
+        ring: Option<&Uring>,
+    ) {
         loop {
-            if let Err(e) = vring.disable_notification() {
+            if let Err(e) = disable_notification(&self.link, memory.current()) {
                 debug!(queue = self.link.index, "disable_notification: {e}");
             }
             loop {
-                let mut popped = Popped::pop(&self.link, &self.stats, MAX_BATCH);
+                // The table is checked per batch: a drain lasts as long as the guest keeps the
+                // ring busy, and chains into hot-added memory must find it.
+                let mem: MemoryTable = memory.current().clone();
+                let mut used = UsedBatch::new(&self.link, &self.stats, &mem);
+                let mut popped = Popped::pop(&self.link, &self.stats, &mem, MAX_BATCH);
                 if popped.is_empty() {
                     break;
                 }
@@ -270,7 +282,7 @@ impl<H: FuseHandler> QueueContext<H> {
             if keep_off {
                 return;
             }
-            match vring.enable_notification() {
+            match enable_notification(&self.link, memory.current()) {
                 Ok(true) => continue, // more arrived while notifications were off
                 Ok(false) => return,
                 Err(e) => {
@@ -333,7 +345,9 @@ impl<H: FuseHandler> QueueContext<H> {
     /// Waits for every request in `ring` and publishes their completions.
     fn complete_ring(&self, ring: Option<&Uring>) {
         if let Some(ring) = ring.filter(|r| r.busy()) {
-            let mut used = UsedBatch::new(&self.link, &self.stats);
+            // A rare path (the ring stops or changes): the memory table as it is now.
+            let mem = self.link.queue_memory().current().clone();
+            let mut used = UsedBatch::new(&self.link, &self.stats, &mem);
             ring.complete_all(self, &mut used);
         }
     }

@@ -2,10 +2,12 @@
 //!
 //! Each offered queue has a small watcher task on the shared runtime. When the queue first
 //! becomes runnable (started, enabled, with a kick fd) the watcher starts the queue's OS thread
-//! — `virtiofs-hiprio` for queue 0, `virtiofs-qN` for request queue N — with a current-thread
-//! runtime driving [`QueueContext::run`], and its pool. Queues the guest never starts
-//! cost one parked task each and no thread. The thread then lives until the daemon stops (a
-//! ring stopped and started again, e.g. by a guest reboot, keeps its thread).
+//! — `virtiofs-qN` for request queue N — with a current-thread runtime driving
+//! [`QueueContext::run`], and its pool. The hiprio queue (0) gets no thread: the guest sends
+//! it only FORGET and BATCH_FORGET, which are cheap, so its task runs on the shared runtime
+//! (the daemon's main thread) itself. Queues the guest never starts cost one parked task each
+//! and no thread. The thread then lives until the daemon stops (a ring stopped and started
+//! again, e.g. by a guest reboot, keeps its thread).
 //!
 //! Threads created after the seccomp filter was installed inherit it (the kernel copies a
 //! thread's filter on clone; `clone` and `clone3` are on the allowlist).
@@ -77,7 +79,8 @@ impl Affinity {
     }
 }
 
-/// The name of queue `index`'s thread.
+/// The name of queue `index`'s thread (the hiprio queue has none: its task runs on the shared
+/// runtime; the name is still that of its log and statistics).
 pub fn queue_thread_name(index: usize) -> String {
     if index == HIPRIO_QUEUE {
         "virtiofs-hiprio".to_owned()
@@ -103,6 +106,15 @@ pub(crate) async fn start_when_runnable<H: FuseHandler>(
             _ = shared.cancel.cancelled() => return,
             r = changes.changed() => if r.is_err() { return },
         }
+    }
+    if index == HIPRIO_QUEUE {
+        let ctx = queue_context(&shared, link, stats, None, shared.runtime.clone());
+        debug!(queue = index, "queue task started on the shared runtime");
+        // Already on the tracker: shutdown waits for this watcher, and so for the queue.
+        ctx.clone().run().await;
+        ctx.tasks.close();
+        ctx.tasks.wait().await;
+        return;
     }
     loop {
         // On a blocking thread: a runtime that cannot be handed to a thread is dropped, which
@@ -139,43 +151,7 @@ fn start_thread<H: FuseHandler>(
         .build()?;
     let index = link.index;
     let cpus = shared.affinity.as_ref().and_then(|a| a.cpus_for(index));
-    let pool = (index != HIPRIO_QUEUE && shared.pool_size > 0).then(|| {
-        let pin = cpus
-            .clone()
-            .zip(shared.affinity.as_ref())
-            .map(|(cpus, a)| Pin {
-                cpus,
-                unpinned: a.allowed.clone(),
-            });
-        Pool::new(
-            shared.pool_size,
-            shared.runtime.clone(),
-            shared.tracker.clone(),
-            stats.clone(),
-            pin,
-        )
-    });
-    let ctx = Arc::new(QueueContext {
-        link,
-        handler: shared.handler.clone(),
-        gate: shared.gate.clone(),
-        pool,
-        stats,
-        poll_max: if index == HIPRIO_QUEUE {
-            Duration::ZERO
-        } else {
-            shared.poll_max
-        },
-        request_rings: shared.request_rings.clone(),
-        local: rt.handle().clone(),
-        tasks: TaskTracker::new(),
-        cancel: shared.cancel.clone(),
-        engine: if index == HIPRIO_QUEUE {
-            IoEngine::Sync
-        } else {
-            shared.io_engine
-        },
-    });
+    let ctx = queue_context(shared, link, stats, cpus.clone(), rt.handle().clone());
     // Shutdown waits for the thread as for any tracked task.
     let token = shared.tracker.token();
     std::thread::Builder::new()
@@ -199,4 +175,53 @@ fn start_thread<H: FuseHandler>(
             });
             debug!(queue = index, "queue thread stopped");
         })
+}
+
+/// The context of `link`'s queue, whose task runs on `local` (its SETLKW waits too), with its
+/// pool (request queues) pinned to `cpus` if given.
+fn queue_context<H: FuseHandler>(
+    shared: &Shared<H>,
+    link: QueueLink,
+    stats: Arc<QueueStats>,
+    cpus: Option<CpuSet>,
+    local: Handle,
+) -> Arc<QueueContext<H>> {
+    let index = link.index;
+    let pool = (index != HIPRIO_QUEUE && shared.pool_size > 0).then(|| {
+        let pin = cpus
+            .clone()
+            .zip(shared.affinity.as_ref())
+            .map(|(cpus, a)| Pin {
+                cpus,
+                unpinned: a.allowed.clone(),
+            });
+        Pool::new(
+            shared.pool_size,
+            shared.runtime.clone(),
+            shared.tracker.clone(),
+            stats.clone(),
+            pin,
+        )
+    });
+    Arc::new(QueueContext {
+        link,
+        handler: shared.handler.clone(),
+        gate: shared.gate.for_queue(),
+        pool,
+        stats,
+        poll_max: if index == HIPRIO_QUEUE {
+            Duration::ZERO
+        } else {
+            shared.poll_max
+        },
+        request_rings: shared.request_rings.clone(),
+        local,
+        tasks: TaskTracker::new(),
+        cancel: shared.cancel.clone(),
+        engine: if index == HIPRIO_QUEUE {
+            IoEngine::Sync
+        } else {
+            shared.io_engine
+        },
+    })
 }

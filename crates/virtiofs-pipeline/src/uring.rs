@@ -23,12 +23,12 @@
 //! Every SQE runs with the credentials the queue thread had when it made the ring (its
 //! registered personality: the daemon's), never a guest user's.
 
-use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard};
 
 use io_uring::register::Restriction;
 use io_uring::{opcode, types, IoUring};
@@ -94,6 +94,11 @@ struct Slots {
     in_ring: usize,
 }
 
+// SAFETY: what makes Slots !Send is the raw pointers of the iovecs (into guest memory, kept
+// mapped by the chain each entry holds, and into the entry's own Vec); they stay valid
+// whichever thread holds the entry, and only the queue's own thread ever touches it.
+unsafe impl Send for Slots {}
+
 impl Slots {
     fn insert(&mut self, r: InRing) -> usize {
         self.in_ring += 1;
@@ -119,10 +124,12 @@ impl Slots {
 
 /// One queue thread's ring (see the module docs).
 pub(crate) struct Uring {
-    ring: RefCell<IoUring>,
+    // Mutexes, not RefCells, only so that a queue task's future is Send (the hiprio queue's
+    // runs on the main runtime); one thread uses them, uncontended: no system call.
+    ring: Mutex<IoUring>,
     /// The eventfd the kernel signals on each CQE.
     cq_event: AsyncKick,
-    slots: RefCell<Slots>,
+    slots: Mutex<Slots>,
     /// Most requests in the ring at once (the CQ size: a CQE always has room).
     capacity: usize,
     /// The registered credentials every request runs with (the daemon's).
@@ -179,16 +186,24 @@ impl Uring {
         let capacity = ring.params().cq_entries() as usize;
         Ok(Self {
             personality,
-            ring: RefCell::new(ring),
+            ring: Mutex::new(ring),
             cq_event: AsyncKick::new(efd).map_err(ProbeError::Setup)?,
-            slots: RefCell::default(),
+            slots: Mutex::default(),
             capacity,
         })
     }
 
+    fn ring(&self) -> MutexGuard<'_, IoUring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether requests are in the ring.
     pub(crate) fn busy(&self) -> bool {
-        self.slots.borrow().in_ring > 0
+        self.slots().in_ring > 0
     }
 
     /// Waits until the kernel signals a completion (or did since the last wait).
@@ -199,7 +214,7 @@ impl Uring {
     /// Submits what was pushed since the last submission.
     pub(crate) fn submit<H: FuseHandler>(&self, ctx: &QueueContext<H>, used: &mut UsedBatch<'_>) {
         loop {
-            let r = self.ring.borrow().submit();
+            let r = self.ring().submit();
             match r {
                 Ok(_) => return,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -224,7 +239,7 @@ impl Uring {
     /// Enters the kernel until at least `want` CQEs are there (submitting what is queued).
     fn wait(&self, want: usize) {
         loop {
-            match self.ring.borrow().submit_and_wait(want) {
+            match self.ring().submit_and_wait(want) {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return, // CQEs to reap
                 Err(e) => {
@@ -276,7 +291,7 @@ impl Uring {
                 return used.push(chain.head_index(), len as u32);
             }
         };
-        if self.slots.borrow().in_ring >= self.capacity {
+        if self.slots().in_ring >= self.capacity {
             // The CQ is full of requests: finish one first.
             self.submit(ctx, used);
             while self.reap(ctx, used) == 0 {
@@ -304,7 +319,7 @@ impl Uring {
             }
         };
         // The iovecs live in the slot's Vec (a heap buffer that does not move) until the CQE.
-        let slot = self.slots.borrow_mut().insert(InRing {
+        let slot = self.slots().insert(InRing {
             chain,
             header,
             pass,
@@ -315,7 +330,7 @@ impl Uring {
             // SAFETY: the iovecs, the guest memory they point into (the chain's memory guard)
             // and the descriptor (the handle in `deferred`) live in the slot until its CQE is
             // reaped; nothing takes a slot before (`reap`, `complete_all`).
-            let pushed = unsafe { self.ring.borrow_mut().submission().push(&sqe) };
+            let pushed = unsafe { self.ring().submission().push(&sqe) };
             if pushed.is_ok() {
                 break;
             }
@@ -325,7 +340,7 @@ impl Uring {
                     queue = index,
                     "io_uring submission queue stuck; answered EIO"
                 );
-                let taken = self.slots.borrow_mut().take(slot);
+                let taken = self.slots().take(slot);
                 if let Some(r) = taken {
                     complete(ctx, r, -libc::EIO, used);
                 }
@@ -344,7 +359,7 @@ impl Uring {
         used: &mut UsedBatch<'_>,
     ) -> usize {
         let done: Vec<(u64, i32)> = {
-            let mut ring = self.ring.borrow_mut();
+            let mut ring = self.ring();
             ring.completion()
                 .map(|cqe| (cqe.user_data(), cqe.result()))
                 .collect()
@@ -352,7 +367,7 @@ impl Uring {
         for &(slot, res) in &done {
             let entry = usize::try_from(slot)
                 .ok()
-                .and_then(|i| self.slots.borrow_mut().take(i));
+                .and_then(|i| self.slots().take(i));
             match entry {
                 Some(r) => complete(ctx, r, res, used),
                 None => warn!(queue = ctx.link.index, slot, "CQE for no request"),
@@ -380,22 +395,17 @@ impl Drop for Uring {
         // The queue task completes everything before it lets go of the ring; if a bug left
         // requests in it, wait for the kernel to be done with their memory before it is freed
         // (their chains then go back as the pipeline answers abandoned ones: not at all).
-        let left = self.slots.borrow().in_ring;
+        let left = self.slots().in_ring;
         if left > 0 {
             error!(
                 left,
                 "io_uring dropped with requests in it; waiting for them"
             );
-            while self.slots.borrow().in_ring > 0 {
+            while self.slots().in_ring > 0 {
                 self.wait(1);
-                let done: Vec<u64> = self
-                    .ring
-                    .get_mut()
-                    .completion()
-                    .map(|c| c.user_data())
-                    .collect();
+                let done: Vec<u64> = self.ring().completion().map(|c| c.user_data()).collect();
                 for slot in done {
-                    let _ = self.slots.borrow_mut().take(slot as usize);
+                    let _ = self.slots().take(slot as usize);
                 }
             }
         }

@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 use vhost_user_backend::VringT;
-use virtio_queue::QueueOwnedT;
-use virtiofs_device::QueueLink;
-use vm_memory::GuestAddressSpace;
+use virtio_queue::{QueueOwnedT, QueueT};
+use virtiofs_device::{MemoryTable, QueueLink};
+use vm_memory::GuestMemoryMmap;
 
 use crate::handler::{Chain, FuseHandler};
 use crate::queue::QueueContext;
@@ -38,13 +38,38 @@ fn error_reply(chain: &Chain, errno: i32) -> u32 {
     }
 }
 
+/// Guest memory as the queue thread holds it (see [`virtiofs_device::QueueMemory`]): the
+/// ring is reached through it, not through the vring's own `GuestMemoryAtomic`.
+type Mem = GuestMemoryMmap<()>;
+
+/// Turns guest notifications (kicks) of `link`'s ring off.
+pub(crate) fn disable_notification(link: &QueueLink, mem: &Mem) -> Result<(), virtio_queue::Error> {
+    link.vring
+        .get_mut()
+        .get_queue_mut()
+        .disable_notification(mem)
+}
+
+/// Turns guest notifications of `link`'s ring back on; `true` if chains arrived while they
+/// were off.
+pub(crate) fn enable_notification(
+    link: &QueueLink,
+    mem: &Mem,
+) -> Result<bool, virtio_queue::Error> {
+    link.vring
+        .get_mut()
+        .get_queue_mut()
+        .enable_notification(mem)
+}
+
 /// Notifies the guest if the ring asks for it; call with the vring locked, after `add_used`.
 fn notify_if_needed(
     state: &mut vhost_user_backend::VringState<virtiofs_device::GuestMemory>,
+    mem: &Mem,
     link: &QueueLink,
     stats: &QueueStats,
 ) {
-    match state.needs_notification() {
+    match state.get_queue_mut().needs_notification(mem) {
         Ok(true) => match state.signal_used_queue() {
             Ok(()) => {
                 stats.notifications.fetch_add(1, Ordering::Relaxed);
@@ -56,14 +81,15 @@ fn notify_if_needed(
     }
 }
 
-/// Returns one chain to the guest and notifies it if the ring wants a notification.
-pub(crate) fn complete_one(link: &QueueLink, stats: &QueueStats, head: u16, len: u32) {
+/// Returns one chain (`head`, popped over `mem`) to the guest and notifies it if the ring
+/// wants a notification.
+pub(crate) fn complete_one(link: &QueueLink, stats: &QueueStats, mem: &Mem, head: u16, len: u32) {
     {
         let mut state = link.vring.get_mut();
-        match state.add_used(head, len) {
+        match state.get_queue_mut().add_used(mem, head, len) {
             Ok(()) => {
                 stats.completed.fetch_add(1, Ordering::Relaxed);
-                notify_if_needed(&mut state, link, stats);
+                notify_if_needed(&mut state, mem, link, stats);
             }
             Err(e) => warn!(queue = link.index, "add_used: {e}"),
         }
@@ -78,15 +104,17 @@ pub(crate) fn complete_one(link: &QueueLink, stats: &QueueStats, head: u16, len:
 pub(crate) struct UsedBatch<'a> {
     link: &'a QueueLink,
     stats: &'a QueueStats,
+    mem: &'a Mem,
     entries: Vec<(u16, u32)>,
 }
 
 impl<'a> UsedBatch<'a> {
-    /// An empty batch for the queue of `link`.
-    pub(crate) fn new(link: &'a QueueLink, stats: &'a QueueStats) -> Self {
+    /// An empty batch for the queue of `link`, whose chains were popped over `mem`.
+    pub(crate) fn new(link: &'a QueueLink, stats: &'a QueueStats, mem: &'a Mem) -> Self {
         Self {
             link,
             stats,
+            mem,
             entries: Vec::new(),
         }
     }
@@ -106,15 +134,16 @@ impl<'a> UsedBatch<'a> {
         {
             let mut state = self.link.vring.get_mut();
             let mut added = 0;
+            let queue = state.get_queue_mut();
             for (head, len) in self.entries.drain(..) {
-                match state.add_used(head, len) {
+                match queue.add_used(self.mem, head, len) {
                     Ok(()) => added += 1,
                     Err(e) => warn!(queue = self.link.index, "add_used: {e}"),
                 }
             }
             if added > 0 {
                 self.stats.completed.fetch_add(added, Ordering::Relaxed);
-                notify_if_needed(&mut state, self.link, self.stats);
+                notify_if_needed(&mut state, self.mem, self.link, self.stats);
             }
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -132,20 +161,25 @@ impl Drop for UsedBatch<'_> {
 pub(crate) struct Popped<'a> {
     link: &'a QueueLink,
     stats: &'a QueueStats,
+    mem: &'a MemoryTable,
     chains: VecDeque<Chain>,
     /// The avail ring had more than the batch took.
     pub(crate) more_in_ring: bool,
 }
 
 impl<'a> Popped<'a> {
-    /// Pops up to `max` available chains of `link`'s ring.
-    pub(crate) fn pop(link: &'a QueueLink, stats: &'a QueueStats, max: usize) -> Self {
+    /// Pops up to `max` available chains of `link`'s ring over `mem` (each chain holds it).
+    pub(crate) fn pop(
+        link: &'a QueueLink,
+        stats: &'a QueueStats,
+        mem: &'a MemoryTable,
+        max: usize,
+    ) -> Self {
         let mut chains = VecDeque::new();
         let mut more_in_ring = false;
         {
-            let mem = link.mem.memory();
             let mut state = link.vring.get_mut();
-            match state.get_queue_mut().iter(mem) {
+            match state.get_queue_mut().iter(mem.clone()) {
                 Ok(mut iter) => {
                     chains.extend(iter.by_ref().take(max));
                     if chains.len() == max && iter.next().is_some() {
@@ -166,6 +200,7 @@ impl<'a> Popped<'a> {
         Self {
             link,
             stats,
+            mem,
             chains,
             more_in_ring,
         }
@@ -197,7 +232,7 @@ impl Drop for Popped<'_> {
             chains = self.chains.len(),
             "returning chains that were not started (EIO)"
         );
-        let mut used = UsedBatch::new(self.link, self.stats);
+        let mut used = UsedBatch::new(self.link, self.stats, self.mem);
         for chain in self.chains.drain(..) {
             used.push(chain.head_index(), error_reply(&chain, libc::EIO));
         }
@@ -247,7 +282,8 @@ impl<H: FuseHandler> Unanswered<H> {
     /// Returns the chain with `len` reply bytes.
     pub(crate) fn answer(mut self, len: u32) {
         let chain = self.chain.take().expect("an unanswered chain");
-        complete_one(&self.ctx.link, &self.ctx.stats, chain.head_index(), len);
+        let (link, stats) = (&self.ctx.link, &self.ctx.stats);
+        complete_one(link, stats, chain.memory(), chain.head_index(), len);
     }
 
     /// Returns the chain with a `-errno` reply.
@@ -261,7 +297,8 @@ impl<H: FuseHandler> Drop for Unanswered<H> {
     fn drop(&mut self) {
         if let Some(chain) = self.chain.take() {
             let len = error_reply(&chain, self.errno);
-            complete_one(&self.ctx.link, &self.ctx.stats, chain.head_index(), len);
+            let (link, stats) = (&self.ctx.link, &self.ctx.stats);
+            complete_one(link, stats, chain.memory(), chain.head_index(), len);
         }
     }
 }

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod capabilities;
+mod code_pages;
 pub mod rlimit;
 pub mod sandbox;
 pub mod seccomp;

@@ -241,7 +241,11 @@ fn supervise(child: Pid, old_mask: &SigSet) -> u8 {
         let _ = unsafe { sigaction(sig, &action) };
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
-    tracing::debug!("sandboxed daemon is pid {child}");
+    // From here on this process only waits: the code it ran to start up need not stay mapped.
+    let released = crate::code_pages::release();
+    tracing::debug!(
+        "sandboxed daemon is pid {child}; supervisor let go of {released} bytes of code mappings"
+    );
     loop {
         match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, code)) => return code as u8,
