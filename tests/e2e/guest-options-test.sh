@@ -20,36 +20,8 @@ ROOT=${1:-/mnt}
 D=$ROOT/options
 MAX_INODES=100
 MAX_BYTES=$((4 * 1024 * 1024))
-P=/e2e/guest-probe
-FAILED=0
-ok() { echo "ok - $1"; }
-not_ok() { FAILED=$((FAILED + 1)); echo "not ok - $1: $2"; }
-note() { echo "# $*"; }
-expect() {
-    if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1" "expected '$2', got '$3'"; fi
-}
-host_expect() { echo "HOST-EXPECT $*"; }
+. /e2e/guest-lib.sh
 mode() { stat -c %a "$1" 2>&1; }
-# as UID CMD...: CMD as uid and gid UID, no supplementary groups.
-as() { _uid=$1; shift; "$P" as "$_uid" "$_uid" "$@"; }
-# works NAME CMD...: CMD must succeed.
-works() {
-    _name=$1; shift
-    if _out=$("$@" 2>&1); then ok "$_name"; else not_ok "$_name" "failed: $_out"; fi
-}
-# fails NAME WHY CMD...: CMD must fail with the message WHY ("Permission denied", ...).
-fails() {
-    _name=$1 _why=$2; shift 2
-    if _out=$("$@" 2>&1); then
-        not_ok "$_name" "succeeded"
-    elif echo "$_out" | grep -q "$_why"; then
-        ok "$_name: $_why"
-    else
-        not_ok "$_name" "failed otherwise: $_out"
-    fi
-}
-# Reads go to the daemon, not the guest's caches.
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 cd / || exit 1
 mkdir -p "$D/acl" "$D/kp" "$D/label" "$D/quota" || { echo "not ok - setup: mkdir in $D"; exit 1; }

@@ -270,7 +270,8 @@ build_initrd() {
     [ -x "$busybox" ] || die "busybox-static binary not found"
     local inputs=("$HERE/guest-init.sh" "$HERE/guest-fs-test.sh" "$HERE/guest-reboot-test.sh"
                   "$HERE/guest-hotplug-test.sh" "$HERE/guest-readonly-test.sh"
-                  "$HERE/guest-options-test.sh" "$HERE/guest-rootless-test.sh" "$busybox" "$PROBE"
+                  "$HERE/guest-options-test.sh" "$HERE/guest-rootless-test.sh" "$HERE/guest-lib.sh"
+                  "$busybox" "$PROBE"
                   "${BASH_SOURCE[0]}" "$kdir/modules/order")
     local ko mods
     mapfile -t mods <"$kdir/modules/order"
@@ -304,6 +305,7 @@ build_initrd() {
     install -m 755 "$HERE/guest-readonly-test.sh" "$root/e2e/guest-readonly-test.sh"
     install -m 755 "$HERE/guest-options-test.sh" "$root/e2e/guest-options-test.sh"
     install -m 755 "$HERE/guest-rootless-test.sh" "$root/e2e/guest-rootless-test.sh"
+    install -m 644 "$HERE/guest-lib.sh" "$root/e2e/guest-lib.sh"
     install -m 755 "$PROBE" "$root/e2e/guest-probe"
     cp "$kdir/modules/order" "$root/lib/modules/e2e/order"
     for ko in ${mods[@]+"${mods[@]}"}; do cp "$kdir/modules/$ko.ko" "$root/lib/modules/e2e/"; done
