@@ -184,6 +184,37 @@ fn round_trip(d: &Daemon, c: &vhost_user_fs_client::FsClient) {
     }
     assert_eq!(seen, 40);
 
+    // READDIRPLUS a page at a time (the records a reply has no room for wait in the daemon
+    // for the next request), then a seekdir back into the middle, then a rewind after a new
+    // file: every name once, in one order, and the rewind sees the new file.
+    let dh = c.opendir(sub.nodeid, O_RDONLY).unwrap().fh;
+    let mut paged = Vec::new();
+    let mut off = 0;
+    loop {
+        let page = c.readdirplus(sub.nodeid, dh, off, 1024).unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(page.len() < 10, "a 1 KiB reply holds a few entries");
+        off = last.dirent.off;
+        paged.extend(page.into_iter().map(|p| (p.dirent.name, p.dirent.off)));
+    }
+    let names: Vec<_> = paged.iter().map(|(n, _)| n.clone()).collect();
+    let in_order: Vec<_> = plus.iter().map(|p| p.dirent.name.clone()).collect();
+    assert_eq!(names, in_order, "paged listing = one-reply listing");
+    let (_, mid) = paged[20].clone();
+    let again = c.readdirplus(sub.nodeid, dh, mid, 1024).unwrap();
+    assert_eq!(
+        again[0].dirent.name, paged[21].0,
+        "seekdir to the 21st entry's end"
+    );
+    c.create(sub.nodeid, "late", CREATE_FLAGS, S_IFREG | 0o644, 0)
+        .map(|(e, o)| c.release(e.nodeid, o.fh, 0).unwrap())
+        .unwrap();
+    let rewound = c.readdirplus(sub.nodeid, dh, 0, 64 << 10).unwrap();
+    assert!(rewound.iter().any(|p| p.dirent.name == b"late"));
+    assert_eq!(rewound.len(), plus.len() + 1);
+    c.releasedir(sub.nodeid, dh).unwrap();
+    c.unlink(sub.nodeid, "late").unwrap();
+
     // Unlink, and the errors around it.
     c.unlink(ROOT_ID, "guest.bin").unwrap();
     assert!(!d.share.join("guest.bin").exists());

@@ -19,6 +19,11 @@ pub struct DirSink<'o, 'm> {
     failed: Option<ReplyError>,
 }
 
+/// The longest record: an entry, a dirent and a name of NAME_MAX bytes, padded.
+const MAX_RECORD: usize =
+    (std::mem::size_of::<EntryOut>() + std::mem::size_of::<Dirent>() + crate::name::NAME_MAX + 7)
+        & !7;
+
 /// An entry's length in the reply: header, name, padding to 8 bytes.
 fn record_len(header: usize, name: &[u8]) -> usize {
     (header + name.len() + 7) & !7
@@ -57,6 +62,19 @@ impl<'o, 'm> DirSink<'o, 'm> {
         self.added == 0
     }
 
+    /// Whether an entry named `name` still fits (READDIRPLUS: worth looking it up).
+    pub fn fits(&self, name: &[u8]) -> bool {
+        record_len(self.header_len(), name) <= self.room
+    }
+
+    fn header_len(&self) -> usize {
+        if self.plus {
+            std::mem::size_of::<EntryOut>() + std::mem::size_of::<Dirent>()
+        } else {
+            std::mem::size_of::<Dirent>()
+        }
+    }
+
     /// Adds a READDIR entry; false when it does not fit (the filesystem stops there, and the
     /// guest asks again from the last offset it got). `off` is the offset of the next entry.
     pub fn add(&mut self, ino: u64, off: u64, typ: u32, name: &[u8]) -> bool {
@@ -75,8 +93,7 @@ impl<'o, 'm> DirSink<'o, 'm> {
         if self.failed.is_some() || name.is_empty() || name.len() > crate::name::NAME_MAX {
             return false;
         }
-        let header =
-            entry.map_or(0, |_| std::mem::size_of::<EntryOut>()) + std::mem::size_of::<Dirent>();
+        let header = self.header_len();
         let len = record_len(header, name);
         if len > self.room {
             return false;
@@ -87,14 +104,20 @@ impl<'o, 'm> DirSink<'o, 'm> {
             namelen: name.len() as u32,
             typ,
         };
-        let written = (|| {
-            if let Some(e) = entry {
-                self.out.write_all(e.as_slice())?;
-            }
-            self.out.write_obj(&dirent)?;
-            self.out.write_all(name)?;
-            self.out.write_zeros(len - header - name.len())
-        })();
+        // The record is put together here and written in one go: each write into guest memory
+        // looks its region up again.
+        let mut rec = [0u8; MAX_RECORD];
+        let mut at = 0;
+        if let Some(e) = entry {
+            let e = e.as_slice();
+            rec[..e.len()].copy_from_slice(e);
+            at = e.len();
+        }
+        let d = dirent.as_slice();
+        rec[at..at + d.len()].copy_from_slice(d);
+        at += d.len();
+        rec[at..at + name.len()].copy_from_slice(name);
+        let written = self.out.write_all(&rec[..len]);
         match written {
             Ok(()) => {
                 self.room -= len;

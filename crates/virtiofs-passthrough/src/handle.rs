@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use virtiofs_fuse::Errno;
 
+use crate::dir_stream::DirStream;
+use crate::inode::FastHash;
+
 /// An open file or directory.
 #[derive(Debug)]
 pub struct Handle {
@@ -16,9 +19,8 @@ pub struct Handle {
     pub fd: OwnedFd,
     /// The open(2) flags it was opened with (as the host got them).
     pub flags: i32,
-    /// For directories: the offset READDIR last left the descriptor at, so a sequential
-    /// listing does not seek every time (the lock also serialises readers of one handle).
-    pub dir_offset: Mutex<Option<u64>>,
+    /// For directories: the listing in progress (records read and not yet sent).
+    pub dir: Mutex<DirStream>,
 }
 
 impl Handle {
@@ -31,7 +33,7 @@ impl Handle {
 /// All handles.
 #[derive(Default)]
 pub struct HandleTable {
-    map: RwLock<HashMap<u64, Arc<Handle>>>,
+    map: RwLock<HashMap<u64, Arc<Handle>, FastHash>>,
     next: AtomicU64,
 }
 
@@ -44,7 +46,7 @@ impl HandleTable {
             nodeid,
             fd,
             flags,
-            dir_offset: Mutex::new(None),
+            dir: Mutex::default(),
         });
         self.map
             .write()

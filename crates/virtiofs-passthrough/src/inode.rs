@@ -152,10 +152,16 @@ fn same_file(existing: &Inode, storage: &Storage) -> bool {
     }
 }
 
+/// The maps' hasher: foldhash, seeded per process. SipHash (std's default) cost a LOOKUP
+/// more than the map's memory traffic; the keys are host inode numbers and our own counter,
+/// which the guest cannot choose.
+pub(crate) type FastHash = foldhash::fast::RandomState;
+
 #[derive(Default)]
 struct Maps {
-    by_id: HashMap<u64, Arc<Inode>>,
-    by_key: HashMap<InodeKey, u64>,
+    by_id: HashMap<u64, Arc<Inode>, FastHash>,
+    /// The node a lookup of a host file finds (a stale handle node is in `by_id` only).
+    by_key: HashMap<InodeKey, Arc<Inode>, FastHash>,
     next_id: u64,
 }
 
@@ -181,7 +187,7 @@ impl InodeStore {
     /// The id of the node of host file `key`, if the guest knows it.
     pub fn id_of(&self, key: &InodeKey) -> Option<u64> {
         let maps = self.maps.read().expect("inode store lock");
-        maps.by_key.get(key).copied()
+        maps.by_key.get(key).map(|inode| inode.id)
     }
 
     /// Counts one lookup of the file `storage` holds (described by `stx`): the existing node
@@ -192,7 +198,7 @@ impl InodeStore {
             // A lookup of a known file only bumps its count; the read lock keeps FORGET, which
             // removes nodes under the write lock, from dropping it meanwhile.
             let maps = self.maps.read().expect("inode store lock");
-            if let Some(inode) = maps.by_key.get(&key).and_then(|id| maps.by_id.get(id)) {
+            if let Some(inode) = maps.by_key.get(&key) {
                 if same_file(inode, &storage) {
                     inode.refs.fetch_add(1, Ordering::Relaxed);
                     return Arc::clone(inode);
@@ -200,7 +206,7 @@ impl InodeStore {
             }
         }
         let mut maps = self.maps.write().expect("inode store lock");
-        if let Some(inode) = maps.by_key.get(&key).and_then(|id| maps.by_id.get(id)) {
+        if let Some(inode) = maps.by_key.get(&key) {
             if same_file(inode, &storage) {
                 inode.refs.fetch_add(1, Ordering::Relaxed);
                 return Arc::clone(inode);
@@ -219,7 +225,7 @@ impl InodeStore {
             storage,
             refs: AtomicU64::new(1),
         });
-        maps.by_key.insert(key, id);
+        maps.by_key.insert(key, Arc::clone(&inode));
         maps.by_id.insert(id, Arc::clone(&inode));
         inode
     }
@@ -239,7 +245,7 @@ impl InodeStore {
         let mut maps = self.maps.write().expect("inode store lock");
         maps.by_id.clear();
         maps.by_key.clear();
-        maps.by_key.insert(key, ROOT_ID);
+        maps.by_key.insert(key, Arc::clone(&root));
         maps.by_id.insert(ROOT_ID, root);
         maps.next_id = maps.next_id.max(ROOT_ID);
     }
@@ -267,7 +273,7 @@ impl InodeStore {
         if left == 0 {
             let key = inode.key;
             maps.by_id.remove(&id);
-            if maps.by_key.get(&key) == Some(&id) {
+            if maps.by_key.get(&key).is_some_and(|inode| inode.id == id) {
                 maps.by_key.remove(&key);
             }
         }

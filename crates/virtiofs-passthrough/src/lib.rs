@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod creds;
+mod dir_stream;
 mod fd_quota;
 mod file_handle;
 mod filesystem;

@@ -364,7 +364,7 @@ pub fn measure(root: OwnedFd, cross_mounts: bool) -> io::Result<Usage> {
                     break;
                 }
             };
-            for rec in crate::ops::dir::records(&buf[..n]) {
+            for rec in crate::dir_stream::records(&buf[..n]) {
                 if rec.name != b"." && rec.name != b".." {
                     names.extend(std::ffi::CString::new(rec.name).ok());
                 }

@@ -105,6 +105,22 @@ fn descriptors_held_for_nodes_in_each_mode() {
         }
     }
 
+    // READDIRPLUS that runs out of quota mid-listing: the entries that got descriptors are
+    // sent, then EMFILE; never a listing that silently ends early.
+    let mut fs = Fs::new(share, Never);
+    let dir = fs.lookup(ROOT_ID, "many").unwrap();
+    // Room for the directory's own descriptor and about 20 nodes (fds_held counts its own).
+    fs.fs_mut()
+        .set_fd_quota(FdQuota::new(fds_held() as u64 + 21).unwrap());
+    let mut pages = Vec::new();
+    let error = fs.readdirplus_pages(dir.nodeid, &mut pages).unwrap_err();
+    assert_eq!(error, Errno(libc::EMFILE));
+    let got: usize = pages
+        .iter()
+        .map(|p| p.iter().filter(|e| e.nodeid != 0).count())
+        .sum();
+    assert!((15..=21).contains(&got), "{got} entries before EMFILE");
+
     // Per filesystem: a ramfs (no handles) mounted in the share gets O_PATH nodes with `prefer`.
     let Some(_ramfs) = Mounted::new("ramfs", &share.join("ramfs")) else {
         eprintln!("SKIP the ramfs part: cannot mount (needs root)");

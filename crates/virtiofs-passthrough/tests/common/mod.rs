@@ -27,7 +27,7 @@ pub struct Fs {
 }
 
 /// A READDIRPLUS record: name and node id (0 for "." and "..").
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Plus {
     pub name: String,
     pub nodeid: u64,
@@ -243,8 +243,26 @@ impl Fs {
 
     /// OPENDIR, READDIRPLUS until the end, RELEASEDIR: every record.
     pub fn readdirplus(&self, nodeid: u64) -> Result<Vec<Plus>, Errno> {
+        let mut pages = Vec::new();
+        self.readdirplus_pages(nodeid, &mut pages)?;
+        Ok(pages.concat())
+    }
+
+    /// [`Self::readdirplus`] a reply at a time: each reply's records go to `pages` as they
+    /// come, so a listing that fails part-way shows what it sent before the error.
+    pub fn readdirplus_pages(&self, nodeid: u64, pages: &mut Vec<Vec<Plus>>) -> Result<(), Errno> {
         let fh = self.fs().opendir(&self.ctx, nodeid, 0)?.fh;
-        let mut all = Vec::new();
+        let listed = self.readdirplus_fh(nodeid, fh, pages);
+        self.fs().releasedir(&self.ctx, nodeid, fh, 0)?;
+        listed
+    }
+
+    fn readdirplus_fh(
+        &self,
+        nodeid: u64,
+        fh: u64,
+        pages: &mut Vec<Vec<Plus>>,
+    ) -> Result<(), Errno> {
         let mut offset = 0;
         loop {
             let arg = ReadIn {
@@ -258,14 +276,15 @@ impl Fs {
                 return Err(Errno(-error));
             }
             if body.is_empty() {
-                break;
+                return Ok(());
             }
+            let mut page = Vec::new();
             let mut at = 0;
             while at < body.len() {
                 let entry = *abi::EntryOut::from_slice(&body[at..at + 128]).unwrap();
                 let d = *abi::Dirent::from_slice(&body[at + 128..at + 152]).unwrap();
                 let name = &body[at + 152..at + 152 + d.namelen as usize];
-                all.push(Plus {
+                page.push(Plus {
                     name: String::from_utf8(name.to_vec()).unwrap(),
                     nodeid: entry.nodeid,
                     ino: d.ino,
@@ -273,9 +292,8 @@ impl Fs {
                 offset = d.off;
                 at += (152 + d.namelen as usize + 7) & !7;
             }
+            pages.push(page);
         }
-        self.fs().releasedir(&self.ctx, nodeid, fh, 0)?;
-        Ok(all)
     }
 }
 
