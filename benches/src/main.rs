@@ -8,12 +8,13 @@ mod fio;
 mod host;
 mod load;
 mod measure;
+mod record;
 mod report;
 mod workload;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use vhost_user_fs_client::DeviceConfig;
 
 use daemon::{DaemonSpec, Kind, Running};
 use measure::{CellResult, Monitor, Phase, Window};
+use record::{CellKey, Recorder};
 use workload::Workload;
 
 #[derive(Debug, Parser)]
@@ -71,6 +73,11 @@ struct Args {
     /// Thread-pool sizes for the daemons.
     #[arg(long, value_delimiter = ',', default_value = "0,64")]
     pools: Vec<u32>,
+    /// Rounds per cell: each cell runs this many times, the daemons interleaved within each
+    /// round; `results.csv` and the reports take each configuration's median round,
+    /// `rounds.csv` has them all.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
+    rounds: u32,
     /// Measurement time per cell in ms (default 2000; quick 400).
     #[arg(long)]
     duration_ms: Option<u64>,
@@ -274,8 +281,13 @@ fn run_host_cell(cell: Cell, share: &Path) -> Result<CellResult, String> {
     CellResult::from(&hist, &window)
 }
 
-fn fmt_opt(v: Option<u64>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_default()
+/// ` r2/3` in a progress line when there are several rounds.
+fn round_tag(round: usize, rounds: usize) -> String {
+    if rounds > 1 {
+        format!(" r{round}/{rounds}")
+    } else {
+        String::new()
+    }
 }
 
 fn main() {
@@ -286,8 +298,12 @@ fn main() {
     }
 }
 
-fn real_main(args: Args) -> Result<(), String> {
+fn real_main(mut args: Args) -> Result<(), String> {
     fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    // Absolute: the daemons get paths under it, and the C virtiofsd resolves the shared
+    // directory after changing its root (a relative --out made its cells fail).
+    args.out =
+        std::path::absolute(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     if args.report_only {
         return report::write_reports(&args.out);
     }
@@ -432,32 +448,30 @@ fn real_main(args: Args) -> Result<(), String> {
         t.elapsed().as_secs_f64()
     );
 
-    let csv_path = args.out.join("results.csv");
-    let mut csv = fs::File::create(&csv_path).map_err(|e| e.to_string())?;
-    writeln!(csv, "{}", report::HEADER).map_err(|e| e.to_string())?;
-    let mut skipped = fs::File::create(args.out.join("skipped.csv")).map_err(|e| e.to_string())?;
-    writeln!(skipped, "daemon,config,workload,queue_depth,queues,reason")
-        .map_err(|e| e.to_string())?;
+    let mut rec = Recorder::create(&args.out)?;
+    let rounds = args.rounds as usize;
 
     // Host cells do not depend on the request-queue count: measured once, under queues=1.
     let mut plan = Vec::new();
     for &w in &workloads {
         for &q in &queues {
             for &d in &depths {
-                for t in &targets {
-                    if matches!(t, Target::Host) && q != queues[0] {
-                        continue;
-                    }
-                    plan.push((t.clone(), w, q, d));
-                }
+                plan.push((w, q, d));
             }
         }
     }
-    let total = plan.len();
+    let first_queues = queues[0];
+    let targets = &targets;
+    let runs = move |q: u16| {
+        targets
+            .iter()
+            .filter(move |t| !matches!(t, Target::Host) || q == first_queues)
+    };
+    let total: usize = plan.iter().map(|&(_, q, _)| runs(q).count() * rounds).sum();
     let mut setup_failed: HashMap<(String, String, u16), String> = HashMap::new();
-    let (mut ok, mut skip) = (0, 0);
+    let mut n = 0;
     let started = Instant::now();
-    for (n, (t, w, q, depth)) in plan.into_iter().enumerate() {
+    for (w, q, depth) in plan {
         let cell = Cell {
             w,
             depth,
@@ -465,72 +479,59 @@ fn real_main(args: Args) -> Result<(), String> {
             warmup,
             duration,
         };
-        let (dname, config) = (t.daemon(), t.config(depth));
-        let key = (dname.to_string(), config.clone(), q);
-        let res: Result<CellResult, String> = match &t {
-            Target::Missing { reason, .. } => Err(format!("not available: {reason}")),
-            Target::Host => run_host_cell(cell, &share),
-            Target::Daemon { spec, pool } => match setup_failed.get(&key) {
-                Some(r) => Err(format!("setup failed in an earlier cell: {r}")),
-                None => {
-                    let tag = format!("{dname}-{config}-{}-qd{depth}-q{q}", w.name());
-                    match run_daemon_cell(spec, *pool, cell, &share, &logs, &tag) {
-                        Ok(r) => Ok(r),
-                        Err(Failure::Setup(e)) => {
-                            setup_failed.insert(key.clone(), e.clone());
-                            Err(e)
+        for round in 1..=rounds {
+            for t in runs(q) {
+                n += 1;
+                let key = CellKey {
+                    daemon: t.daemon(),
+                    config: t.config(depth),
+                    workload: w.name().to_string(),
+                    depth,
+                    queues: q,
+                };
+                let failed_key = (key.daemon.to_string(), key.config.clone(), q);
+                let res: Result<CellResult, String> = match t {
+                    Target::Missing { reason, .. } => Err(format!("not available: {reason}")),
+                    Target::Host => run_host_cell(cell, &share),
+                    Target::Daemon { spec, pool } => match setup_failed.get(&failed_key) {
+                        Some(r) => Err(format!("setup failed in an earlier cell: {r}")),
+                        None => {
+                            let tag = format!(
+                                "{}-{}-{}-qd{depth}-q{q}-r{round}",
+                                key.daemon,
+                                key.config,
+                                w.name()
+                            );
+                            match run_daemon_cell(spec, *pool, cell, &share, &logs, &tag) {
+                                Ok(r) => Ok(r),
+                                Err(Failure::Setup(e)) => {
+                                    setup_failed.insert(failed_key, e.clone());
+                                    Err(e)
+                                }
+                                Err(Failure::Run(e)) => Err(e),
+                            }
                         }
-                        Err(Failure::Run(e)) => Err(e),
-                    }
-                }
-            },
-        };
-        let el = started.elapsed().as_secs();
-        let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        let head = format!(
-            "[{:>3}/{total} {:>2}:{:02} load {:>5}] {dname:<15} {config:<11} {:<14} qd={depth:<3} q={q}",
-            n + 1,
-            el / 60,
-            el % 60,
-            load.split_whitespace().next().unwrap_or("?"),
-            w.name()
-        );
-        match res {
-            Ok(r) => {
-                ok += 1;
-                println!(
-                    "{head} {:>10.0} ops/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  cpu {:>6.2} s/Mop  rss {} KiB",
-                    r.ops_per_s, r.p50_us, r.p99_us, r.p999_us, r.cpu_s_per_mop,
-                    fmt_opt(r.peak_rss_kib)
-                );
-                writeln!(
-                    csv,
-                    "{dname},{config},{},{depth},{q},{:.1},{:.2},{:.2},{:.2},{:.3},{}",
+                    },
+                };
+                let el = started.elapsed().as_secs();
+                let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+                let head = format!(
+                    "[{n:>3}/{total} {:>2}:{:02} load {:>5}] {:<15} {:<11} {:<14} qd={depth:<3} q={q}{}",
+                    el / 60,
+                    el % 60,
+                    load.split_whitespace().next().unwrap_or("?"),
+                    key.daemon,
+                    key.config,
                     w.name(),
-                    r.ops_per_s,
-                    r.p50_us,
-                    r.p99_us,
-                    r.p999_us,
-                    r.cpu_s_per_mop,
-                    fmt_opt(r.peak_rss_kib)
-                )
-                .map_err(|e| e.to_string())?;
-                csv.flush().map_err(|e| e.to_string())?;
-            }
-            Err(e) => {
-                skip += 1;
-                let e = e.replace(['\n', '\r'], " ");
-                println!("{head} SKIPPED: {e}");
-                let quoted = format!("\"{}\"", e.replace('"', "'"));
-                writeln!(
-                    skipped,
-                    "{dname},{config},{},{depth},{q},{quoted}",
-                    w.name()
-                )
-                .map_err(|e| e.to_string())?;
-                skipped.flush().map_err(|e| e.to_string())?;
+                    round_tag(round, rounds),
+                );
+                match res {
+                    Ok(r) => rec.measured(&head, &key, round, r)?,
+                    Err(e) => rec.skipped(&head, &key, &e)?,
+                }
             }
         }
+        rec.cell_done()?;
     }
 
     // The fio mode: the kernel's FUSE client through the bridge.
@@ -560,82 +561,78 @@ fn real_main(args: Args) -> Result<(), String> {
         for w in &fio_workloads {
             for &q in &queues {
                 for &d in &fio_depths {
-                    for t in &targets {
-                        if matches!(t, Target::Host) && q != queues[0] {
-                            continue;
-                        }
-                        plan.push((t.clone(), w.clone(), q, d));
-                    }
+                    plan.push((w.clone(), q, d));
                 }
             }
         }
-        let total = plan.len();
+        let total: usize = plan.iter().map(|&(_, q, _)| runs(q).count() * rounds).sum();
+        let mut n = 0;
         let fio_start = Instant::now();
-        for (n, (t, w, q, depth)) in plan.into_iter().enumerate() {
-            let (dname, config) = (t.daemon(), t.config(depth));
-            let key = (format!("fio:{dname}"), config.clone(), q);
-            let res: Result<CellResult, String> = match (&t, &unavailable) {
-                (_, Some(r)) => Err(format!("fio mode not available: {r}")),
-                (Target::Missing { reason, .. }, _) => Err(format!("not available: {reason}")),
-                (Target::Host, None) => fio::host_cell(&args.fio, &share, &w, depth, runtime, ramp),
-                (Target::Daemon { spec, pool }, None) => match setup_failed.get(&key) {
-                    Some(r) => Err(format!("setup failed in an earlier cell: {r}")),
-                    None => {
-                        let tag = format!("{dname}-{config}-{w}-qd{depth}-q{q}");
-                        let bridge = args.bridge.as_deref().expect("checked");
-                        let r = fio::daemon_cell(
-                            spec, *pool, bridge, &args.fio, &w, depth, q, runtime, ramp, &share,
-                            &logs, &tag,
-                        );
-                        if let Err(e) = &r {
-                            if e.starts_with("bridge exited") || e.starts_with("daemon did not") {
-                                setup_failed.insert(key.clone(), e.clone());
+        for (w, q, depth) in plan {
+            for round in 1..=rounds {
+                for t in runs(q) {
+                    n += 1;
+                    let key = CellKey {
+                        daemon: t.daemon(),
+                        config: t.config(depth),
+                        workload: w.clone(),
+                        depth,
+                        queues: q,
+                    };
+                    let failed_key = (format!("fio:{}", key.daemon), key.config.clone(), q);
+                    let res: Result<CellResult, String> = match (t, &unavailable) {
+                        (_, Some(r)) => Err(format!("fio mode not available: {r}")),
+                        (Target::Missing { reason, .. }, _) => {
+                            Err(format!("not available: {reason}"))
+                        }
+                        (Target::Host, None) => {
+                            fio::host_cell(&args.fio, &share, &w, depth, runtime, ramp)
+                        }
+                        (Target::Daemon { spec, pool }, None) => {
+                            match setup_failed.get(&failed_key) {
+                                Some(r) => Err(format!("setup failed in an earlier cell: {r}")),
+                                None => {
+                                    let tag = format!(
+                                        "{}-{}-{w}-qd{depth}-q{q}-r{round}",
+                                        key.daemon, key.config
+                                    );
+                                    let bridge = args.bridge.as_deref().expect("checked");
+                                    let r = fio::daemon_cell(
+                                        spec, *pool, bridge, &args.fio, &w, depth, q, runtime,
+                                        ramp, &share, &logs, &tag,
+                                    );
+                                    if let Err(e) = &r {
+                                        if e.starts_with("bridge exited")
+                                            || e.starts_with("daemon did not")
+                                        {
+                                            setup_failed.insert(failed_key, e.clone());
+                                        }
+                                    }
+                                    r
+                                }
                             }
                         }
-                        r
-                    }
-                },
-            };
-            let el = fio_start.elapsed().as_secs();
-            let head = format!(
-                "[fio {:>3}/{total} {:>2}:{:02}] {dname:<15} {config:<11} {w:<16} qd={depth:<3} q={q}",
-                n + 1,
-                el / 60,
-                el % 60,
-            );
-            match res {
-                Ok(r) => {
-                    ok += 1;
-                    println!(
-                        "{head} {:>10.0} ops/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  cpu {:>6.2} s/Mop  rss {} KiB",
-                        r.ops_per_s, r.p50_us, r.p99_us, r.p999_us, r.cpu_s_per_mop,
-                        fmt_opt(r.peak_rss_kib)
+                    };
+                    let el = fio_start.elapsed().as_secs();
+                    let head = format!(
+                        "[fio {n:>3}/{total} {:>2}:{:02}] {:<15} {:<11} {w:<16} qd={depth:<3} q={q}{}",
+                        el / 60,
+                        el % 60,
+                        key.daemon,
+                        key.config,
+                        round_tag(round, rounds),
                     );
-                    writeln!(
-                        csv,
-                        "{dname},{config},{w},{depth},{q},{:.1},{:.2},{:.2},{:.2},{:.3},{}",
-                        r.ops_per_s,
-                        r.p50_us,
-                        r.p99_us,
-                        r.p999_us,
-                        r.cpu_s_per_mop,
-                        fmt_opt(r.peak_rss_kib)
-                    )
-                    .map_err(|e| e.to_string())?;
-                    csv.flush().map_err(|e| e.to_string())?;
-                }
-                Err(e) => {
-                    skip += 1;
-                    let e = e.replace(['\n', '\r'], " ");
-                    println!("{head} SKIPPED: {e}");
-                    let quoted = format!("\"{}\"", e.replace('"', "'"));
-                    writeln!(skipped, "{dname},{config},{w},{depth},{q},{quoted}")
-                        .map_err(|e| e.to_string())?;
-                    skipped.flush().map_err(|e| e.to_string())?;
+                    match res {
+                        Ok(r) => rec.measured(&head, &key, round, r)?,
+                        Err(e) => rec.skipped(&head, &key, &e)?,
+                    }
                 }
             }
+            rec.cell_done()?;
         }
     }
+    let (ok, skip) = (rec.ok, rec.skip);
+    let csv_path = args.out.join("results.csv");
     println!(
         "\n{ok} cells measured, {skip} skipped, in {:.0} s; results in {}",
         started.elapsed().as_secs_f64(),
