@@ -26,6 +26,27 @@ pub const DEFAULT_POLL_US: u64 = 0;
 /// wake-up it could save.
 pub const MAX_POLL_US: u64 = 1000;
 
+/// `--queue-threads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueThreadsArg {
+    /// One per CPU the daemon may use.
+    Auto,
+    /// This many.
+    Count(usize),
+}
+
+fn parse_queue_threads(s: &str) -> Result<QueueThreadsArg, String> {
+    if s == "auto" {
+        return Ok(QueueThreadsArg::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_REQUEST_QUEUES).contains(&n) => Ok(QueueThreadsArg::Count(n)),
+        _ => Err(format!(
+            "expected `auto` or a number from 1 to {MAX_REQUEST_QUEUES}"
+        )),
+    }
+}
+
 /// Where the vhost-user frontend connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
@@ -133,6 +154,12 @@ struct Args {
     /// (e.g. `1:0-1,2:2-3`). The hiprio queue and queues not named stay unpinned.
     #[arg(long, value_name = "auto|Q:CPUS,...", value_parser = clap::value_parser!(QueueAffinity))]
     queue_affinity: Option<QueueAffinity>,
+
+    /// Threads the request queues share: request queue N runs on thread (N - 1) mod T.
+    /// `auto`: as many as the CPUs the daemon may use (a thread per queue where there is a
+    /// CPU per queue). With --queue-affinity each queue has a thread of its own.
+    #[arg(long, value_name = "auto|T", default_value = "auto", value_parser = parse_queue_threads)]
+    queue_threads: QueueThreadsArg,
 
     /// Longest time, in microseconds, a request queue watches its ring for the next request
     /// before sleeping (guest notifications off meanwhile); adapts between 0 and this to the
@@ -361,6 +388,8 @@ pub struct Options {
     pub thread_pool_size: usize,
     /// `--queue-affinity`.
     pub queue_affinity: Option<QueueAffinity>,
+    /// `--queue-threads`, resolved (0: a thread per request queue).
+    pub queue_threads: usize,
     /// `--poll-us`.
     pub poll_max: Duration,
     /// `--io-engine` (`auto` is resolved when the daemon starts).
@@ -720,11 +749,28 @@ where
             .check(MAX_REQUEST_QUEUES, &allowed)
             .map_err(|e| UsageError(format!("--queue-affinity: {e}")))?;
     }
+    let queue_threads =
+        match (args.queue_threads, &args.queue_affinity) {
+            (QueueThreadsArg::Auto, Some(_)) => 0,
+            (QueueThreadsArg::Count(_), Some(_)) => return Err(UsageError(
+                "--queue-threads cannot be combined with --queue-affinity (each pinned queue has \
+                 a thread of its own)"
+                    .into(),
+            )),
+            (QueueThreadsArg::Count(n), None) => n,
+            (QueueThreadsArg::Auto, None) => CpuSet::of_this_thread()
+                .map(|cpus| cpus.cpus().len())
+                .ok()
+                .filter(|&n| n > 0)
+                .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+                .unwrap_or(0),
+        };
     Ok(Parsed::Run(Box::new(Options {
         share,
         listen,
         thread_pool_size: args.thread_pool_size as usize,
         queue_affinity: args.queue_affinity,
+        queue_threads,
         poll_max: Duration::from_micros(args.poll_us),
         io_engine: args.io_engine,
         log_level,

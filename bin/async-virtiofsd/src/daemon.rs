@@ -114,6 +114,7 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
         queue_affinity: opts.queue_affinity.clone(),
         poll_max: opts.poll_max,
         io_engine: IoEngine::Sync,
+        queue_threads: opts.queue_threads,
     };
     let max_threads = pipeline.max_blocking_threads(backend.num_queues());
     let nofile = rlimit::raise_nofile(opts.rlimit_nofile)?;
@@ -159,9 +160,13 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
         opts.capabilities.kept()
     );
 
-    // Only the hiprio queue's FORGETs run on this runtime's thread (the main thread): each
-    // request queue has a thread of its own, and pooled requests run on this runtime's
-    // blocking threads. Otherwise the main thread watches for signals, the frontend and queues
+    match pipeline.queue_threads {
+        0 => info!("each request queue has a thread of its own"),
+        n => info!("request queues share up to {n} thread(s) (--queue-threads)"),
+    }
+    // Only the hiprio queue's FORGETs run on this runtime's thread (the main thread): request
+    // queues run on their queue threads, and pooled requests on this runtime's blocking
+    // threads. Otherwise the main thread watches for signals, the frontend and queues
     // to start.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

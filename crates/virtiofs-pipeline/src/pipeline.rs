@@ -32,6 +32,10 @@ pub struct PipelineConfig {
     /// How request queues do READ, WRITE and FSYNC (`--io-engine`, resolved: see
     /// [`crate::uring::probe`]).
     pub io_engine: IoEngine,
+    /// Threads the request queues share (`--queue-threads`, see [`crate::thread`]): request
+    /// queue N runs on thread (N - 1) mod T; 0: a thread per request queue (always so with
+    /// `queue_affinity`, which pins each queue's own thread).
+    pub queue_threads: usize,
 }
 
 impl PipelineConfig {
@@ -112,6 +116,7 @@ impl Pipeline {
             .map(|link| link.vring.clone())
             .collect();
         let request_queues = request_rings.len();
+        let has_affinity = config.queue_affinity.is_some();
         let shared = Arc::new(Shared {
             handler,
             gate,
@@ -129,6 +134,12 @@ impl Pipeline {
             runtime: runtime.clone(),
             tracker: tracker.clone(),
             cancel: cancel.clone(),
+            queue_threads: if has_affinity {
+                0
+            } else {
+                config.queue_threads
+            },
+            slots: tokio::sync::Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
         });
         let mut stats = Vec::with_capacity(links.len());

@@ -8,7 +8,7 @@
 //! guest notification ([`UsedBatch`]); a pooled request completes on its own.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,9 @@ pub(crate) struct QueueContext<H: FuseHandler> {
     pub(crate) request_rings: Arc<[WatchedVring]>,
     /// The queue thread's runtime (SETLKW waits run there).
     pub(crate) local: Handle,
+    /// How many queues the queue thread serves: polling the ring would keep the others
+    /// waiting, so a queue polls only while alone on its thread.
+    pub(crate) thread_queues: Arc<AtomicUsize>,
     /// Tasks on `local` besides the queue task; the thread ends once they are done.
     pub(crate) tasks: TaskTracker,
     /// Fires when the daemon stops.
@@ -160,7 +163,11 @@ impl<H: FuseHandler> QueueContext<H> {
                 // Process first: a kick may have arrived before we started polling the eventfd.
                 // A drain is never abandoned half-way: it stops early only when the daemon
                 // stops, returning what it popped (see `drain`).
-                let window = poll.window();
+                let window = if self.thread_queues.load(Ordering::Relaxed) > 1 {
+                    Duration::ZERO
+                } else {
+                    poll.window()
+                };
                 self.drain(&mut memory, !window.is_zero(), ring).await;
                 let waiting = poll.wait_starts();
                 if !window.is_zero() {

@@ -1,18 +1,24 @@
-//! Queue threads, started when the frontend first starts their queue.
+//! Queue threads, started when the frontend first starts a queue they serve.
 //!
 //! Each offered queue has a small watcher task on the shared runtime. When the queue first
-//! becomes runnable (started, enabled, with a kick fd) the watcher starts the queue's OS thread
-//! — `virtiofs-qN` for request queue N — with a current-thread runtime driving
-//! [`QueueContext::run`], and its pool. The hiprio queue (0) gets no thread: the guest sends
-//! it only FORGET and BATCH_FORGET, which are cheap, so its task runs on the shared runtime
-//! (the daemon's main thread) itself. Queues the guest never starts cost one parked task each
-//! and no thread. The thread then lives until the daemon stops (a ring stopped and started
-//! again, e.g. by a guest reboot, keeps its thread).
+//! becomes runnable (started, enabled, with a kick fd) the watcher spawns the queue's task,
+//! [`QueueContext::run`], on its queue thread, starting that thread first if it is the first
+//! of its queues to run. A queue thread is an OS thread with a current-thread runtime: with
+//! [`PipelineConfig::queue_threads`](crate::PipelineConfig::queue_threads) 0, one per
+//! request queue, `virtiofs-qN` for queue N; with T threads, request queue N is served by
+//! thread `virtiofs-qM`, M = (N - 1) mod T + 1, together with the other queues of that thread
+//! (on a host with fewer cores than queues, four queue threads woken per request lose to two
+//! that each find work from two queues when they wake). The hiprio queue (0) gets no thread:
+//! the guest sends it only FORGET and BATCH_FORGET, which are cheap, so its task runs on the
+//! shared runtime (the daemon's main thread) itself. Queues the guest never starts cost one
+//! parked task each and no thread. A thread then lives until the daemon stops (a ring stopped
+//! and started again, e.g. by a guest reboot, keeps its thread).
 //!
 //! Threads created after the seccomp filter was installed inherit it (the kernel copies a
 //! thread's filter on clone; `clone` and `clone3` are on the allowlist).
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -56,8 +62,33 @@ pub(crate) struct Shared<H> {
     pub(crate) tracker: TaskTracker,
     /// Fires when the daemon stops.
     pub(crate) cancel: CancellationToken,
-    /// The queue threads started so far.
+    /// Request-queue threads (0: one per request queue).
+    pub(crate) queue_threads: usize,
+    /// The queue threads started so far, by slot ([`Shared::slot_of`]); the async lock keeps
+    /// two queues of one slot from both starting its thread.
+    pub(crate) slots: tokio::sync::Mutex<Vec<Option<Arc<QueueThread>>>>,
+    /// The OS threads of `slots`, for shutdown to join.
     pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<H> Shared<H> {
+    /// The thread slot of request queue `index` (from 1).
+    fn slot_of(&self, index: usize) -> usize {
+        match self.queue_threads {
+            0 => index - 1,
+            n => (index - 1) % n,
+        }
+    }
+}
+
+/// A running request-queue thread.
+pub(crate) struct QueueThread {
+    /// Its runtime: queue tasks are spawned here.
+    runtime: Handle,
+    /// The queue tasks on it; the thread ends once the daemon stops and they are done.
+    queues: TaskTracker,
+    /// How many queues it serves (a queue polls its ring only while alone on its thread).
+    pub(crate) hosted: Arc<AtomicUsize>,
 }
 
 /// `--queue-affinity` with what it is resolved against.
@@ -108,7 +139,8 @@ pub(crate) async fn start_when_runnable<H: FuseHandler>(
         }
     }
     if index == HIPRIO_QUEUE {
-        let ctx = queue_context(&shared, link, stats, None, shared.runtime.clone());
+        let alone = Arc::new(AtomicUsize::new(1));
+        let ctx = queue_context(&shared, link, stats, None, shared.runtime.clone(), alone);
         debug!(queue = index, "queue task started on the shared runtime");
         // Already on the tracker: shutdown waits for this watcher, and so for the queue.
         ctx.clone().run().await;
@@ -116,16 +148,60 @@ pub(crate) async fn start_when_runnable<H: FuseHandler>(
         ctx.tasks.wait().await;
         return;
     }
+    let cpus = shared.affinity.as_ref().and_then(|a| a.cpus_for(index));
+    let Some(thread) = queue_thread(&shared, index, cpus.clone()).await else {
+        return; // the daemon stopped first
+    };
+    let hosted = thread.hosted.fetch_add(1, Ordering::Relaxed) + 1;
+    let ctx = queue_context(
+        &shared,
+        link,
+        stats,
+        cpus,
+        thread.runtime.clone(),
+        thread.hosted.clone(),
+    );
+    debug!(
+        queue = index,
+        thread = %queue_thread_name(shared.slot_of(index) + 1),
+        queues_on_thread = hosted,
+        "queue task started"
+    );
+    // A runtime that has shut down (the daemon stopping) drops the task unrun.
+    thread.runtime.spawn(thread.queues.track_future(async move {
+        ctx.clone().run().await;
+        // SETLKW waits end (EINTR) once the daemon stops; their chains go back first.
+        ctx.tasks.close();
+        ctx.tasks.wait().await;
+    }));
+}
+
+/// The thread of request queue `index`, started if it is not yet (pinned to `cpus`, the
+/// queue's own, with one thread per queue); None if the daemon stops first.
+async fn queue_thread<H: FuseHandler>(
+    shared: &Arc<Shared<H>>,
+    index: usize,
+    cpus: Option<CpuSet>,
+) -> Option<Arc<QueueThread>> {
+    let slot = shared.slot_of(index);
+    let mut slots = shared.slots.lock().await;
+    if let Some(Some(thread)) = slots.get(slot) {
+        return Some(thread.clone());
+    }
     loop {
         // On a blocking thread: a runtime that cannot be handed to a thread is dropped, which
         // tokio allows only outside async code.
-        let (s, l, st) = (shared.clone(), link.clone(), stats.clone());
-        let started = tokio::task::spawn_blocking(move || start_thread(&s, l, st)).await;
+        let (s, c) = (shared.clone(), cpus.clone());
+        let started = tokio::task::spawn_blocking(move || start_thread(&s, slot, c)).await;
         match started {
-            Ok(Ok(thread)) => {
+            Ok(Ok((thread, handle))) => {
                 debug!(queue = index, "queue thread started");
-                shared.threads.lock().unwrap().push(thread);
-                return;
+                shared.threads.lock().unwrap().push(handle);
+                if slots.len() <= slot {
+                    slots.resize(slot + 1, None);
+                }
+                slots[slot] = Some(thread.clone());
+                return Some(thread);
             }
             Ok(Err(e)) => error!(
                 queue = index,
@@ -134,57 +210,63 @@ pub(crate) async fn start_when_runnable<H: FuseHandler>(
             Err(e) => error!(queue = index, "cannot start the queue's thread: {e}"),
         }
         tokio::select! {
-            _ = shared.cancel.cancelled() => return,
+            _ = shared.cancel.cancelled() => return None,
             _ = tokio::time::sleep(RETRY_START) => {}
         }
     }
 }
 
-/// Starts the thread of `link`'s queue.
+/// Starts the queue thread of `slot`, pinned to `cpus` if given.
 fn start_thread<H: FuseHandler>(
     shared: &Shared<H>,
-    link: QueueLink,
-    stats: Arc<QueueStats>,
-) -> io::Result<JoinHandle<()>> {
+    slot: usize,
+    cpus: Option<CpuSet>,
+) -> io::Result<(Arc<QueueThread>, JoinHandle<()>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let index = link.index;
-    let cpus = shared.affinity.as_ref().and_then(|a| a.cpus_for(index));
-    let ctx = queue_context(shared, link, stats, cpus.clone(), rt.handle().clone());
+    let thread = Arc::new(QueueThread {
+        runtime: rt.handle().clone(),
+        queues: TaskTracker::new(),
+        hosted: Arc::new(AtomicUsize::new(0)),
+    });
+    let queues = thread.queues.clone();
+    let cancel = shared.cancel.clone();
+    let name = queue_thread_name(slot + 1);
     // Shutdown waits for the thread as for any tracked task.
     let token = shared.tracker.token();
-    std::thread::Builder::new()
-        .name(queue_thread_name(index))
+    let handle = std::thread::Builder::new()
+        .name(name.clone())
         .spawn(move || {
             let _token = token;
             if let Some(cpus) = cpus {
                 match cpus.pin_this_thread() {
-                    Ok(()) => info!(queue = index, "queue thread and its runners on CPUs {cpus}"),
-                    Err(e) => warn!(
-                        queue = index,
-                        "cannot pin the queue thread to CPUs {cpus}: {e}"
-                    ),
+                    Ok(()) => info!(thread = %name, "queue thread and its runners on CPUs {cpus}"),
+                    Err(e) => {
+                        warn!(thread = %name, "cannot pin the queue thread to CPUs {cpus}: {e}")
+                    }
                 }
             }
             rt.block_on(async {
-                ctx.clone().run().await;
-                // SETLKW waits end (EINTR) once the daemon stops; their chains go back first.
-                ctx.tasks.close();
-                ctx.tasks.wait().await;
+                cancel.cancelled().await;
+                queues.close();
+                queues.wait().await;
             });
-            debug!(queue = index, "queue thread stopped");
-        })
+            debug!(thread = %name, "queue thread stopped");
+        })?;
+    Ok((thread, handle))
 }
 
 /// The context of `link`'s queue, whose task runs on `local` (its SETLKW waits too), with its
-/// pool (request queues) pinned to `cpus` if given.
+/// pool (request queues) pinned to `cpus` if given; `thread_queues` counts the queues of its
+/// thread.
 fn queue_context<H: FuseHandler>(
     shared: &Shared<H>,
     link: QueueLink,
     stats: Arc<QueueStats>,
     cpus: Option<CpuSet>,
     local: Handle,
+    thread_queues: Arc<AtomicUsize>,
 ) -> Arc<QueueContext<H>> {
     let index = link.index;
     let pool = (index != HIPRIO_QUEUE && shared.pool_size > 0).then(|| {
@@ -216,6 +298,7 @@ fn queue_context<H: FuseHandler>(
         },
         request_rings: shared.request_rings.clone(),
         local,
+        thread_queues,
         tasks: TaskTracker::new(),
         cancel: shared.cancel.clone(),
         engine: if index == HIPRIO_QUEUE {

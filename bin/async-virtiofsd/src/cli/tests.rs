@@ -641,3 +641,32 @@ fn namespace_id_maps_parse_and_need_the_namespace_sandbox() {
         assert!(e.contains(want) && !e.contains('\n'), "{args:?}: {e}");
     }
 }
+
+#[test]
+fn queue_threads_default_to_the_cpus_and_give_way_to_affinity() {
+    let base = ["--shared-dir=/srv", "--socket-path=/s"];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let cpus = CpuSet::of_this_thread().unwrap().cpus().len();
+    assert_eq!(run(&base).unwrap().queue_threads, cpus);
+    assert_eq!(with(&["--queue-threads=auto"]).unwrap().queue_threads, cpus);
+    assert_eq!(with(&["--queue-threads", "3"]).unwrap().queue_threads, 3);
+    // Pinned queues each keep a thread of their own (0: one per queue).
+    let pinned = with(&["--queue-affinity=auto"]).unwrap();
+    assert_eq!(pinned.queue_threads, 0);
+    let e = with(&["--queue-affinity=auto", "--queue-threads=2"]).unwrap_err();
+    assert!(
+        e.contains("--queue-threads") && e.contains("--queue-affinity"),
+        "{e}"
+    );
+    for bad in ["0", "65", "-1", "many"] {
+        let e = with(&[&format!("--queue-threads={bad}")]).unwrap_err();
+        assert!(
+            e.contains("--queue-threads") && e.contains("auto"),
+            "{bad}: {e}"
+        );
+    }
+}
