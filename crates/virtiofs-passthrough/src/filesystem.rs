@@ -106,7 +106,6 @@ impl Filesystem for Passthrough {
     }
     fn open(&self, ctx: &Context, nodeid: u64, flags: u32, open_flags: u32) -> Result<Opened> {
         self.may_open(flags)?;
-        self.check_fd_quota()?;
         self.do_open(ctx.uid, nodeid, flags, open_flags)
     }
     fn read(
@@ -192,7 +191,6 @@ impl Filesystem for Passthrough {
         self.do_flush(nodeid, fh, lock_owner)
     }
     fn opendir(&self, _: &Context, nodeid: u64, flags: u32) -> Result<Opened> {
-        self.check_fd_quota()?;
         self.do_opendir(nodeid, flags)
     }
     fn readdir(
