@@ -9,9 +9,15 @@
 //! seeks (rewinddir, seekdir, or two readers of one handle). This is what the C virtiofsd gets
 //! from its `DIR` streams; a listing that sees names removed meanwhile is what readdir(3)
 //! allows (the lookup of such a name fails and READDIRPLUS skips it).
+//!
+//! What all streams keep between requests is bounded ([`RETAINED_MAX`]): a guest that opens
+//! many directories and reads each part-way gets the seek-back behaviour beyond it, never a
+//! daemon that grows with its open directories.
 
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::sys;
 
@@ -66,9 +72,25 @@ pub(crate) fn records(buf: &[u8]) -> impl Iterator<Item = HostDirent<'_>> {
     })
 }
 
+/// Bytes of buffers all the streams of one filesystem keep between requests: 4,096 listings
+/// of a page each.
+pub const RETAINED_MAX: usize = 16 << 20;
+
+/// The bytes the streams of one filesystem keep between requests.
+#[derive(Debug, Default)]
+pub struct Retained(AtomicUsize);
+
+impl Retained {
+    /// The bytes kept now.
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The listing state of one open directory (its lock also serialises the handle's readers:
 /// the descriptor's position is shared state).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DirStream {
     /// Records read from the host; the unsent ones are `buf[start..end]`.
     buf: Vec<u8>,
@@ -79,9 +101,54 @@ pub struct DirStream {
     resume: u64,
     /// Where the descriptor stands (the `off` of the last record read), if known.
     fd_pos: Option<u64>,
+    /// What this stream's buffer counts in `retained` (0: nothing kept).
+    counted: usize,
+    retained: Arc<Retained>,
 }
 
 impl DirStream {
+    /// A stream whose buffer between requests counts in `retained`.
+    pub fn new(retained: Arc<Retained>) -> Self {
+        DirStream {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            resume: 0,
+            fd_pos: None,
+            counted: 0,
+            retained,
+        }
+    }
+
+    /// A request is over: the buffer stays for the next one while all streams keep no more
+    /// than [`RETAINED_MAX`]; else it goes, and the next request seeks.
+    pub(crate) fn settle(&mut self) {
+        let cap = self.buf.capacity();
+        if cap == self.counted {
+            return;
+        }
+        self.uncount();
+        if cap == 0 {
+            return;
+        }
+        if self.retained.0.fetch_add(cap, Ordering::Relaxed) + cap > RETAINED_MAX {
+            self.retained.0.fetch_sub(cap, Ordering::Relaxed);
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+            // The descriptor stands past the records dropped: the next request seeks.
+            self.fd_pos = None;
+        } else {
+            self.counted = cap;
+        }
+    }
+
+    fn uncount(&mut self) {
+        if self.counted > 0 {
+            self.retained.0.fetch_sub(self.counted, Ordering::Relaxed);
+            self.counted = 0;
+        }
+    }
     /// Makes the next record the one at `offset` (a guest's READDIR offset): the buffered
     /// records if they continue from there, else a seek (skipped when the descriptor already
     /// stands there).
@@ -151,10 +218,20 @@ impl DirStream {
     }
 }
 
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        self.uncount();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::{AsFd, OwnedFd};
+
+    fn stream() -> DirStream {
+        DirStream::new(Arc::default())
+    }
 
     #[test]
     fn host_records_parse_and_a_truncated_one_ends_the_list() {
@@ -211,7 +288,7 @@ mod tests {
             std::fs::write(dir.path().join(format!("file-{i:03}")), b"").unwrap();
         }
         let fd = open_dir(dir.path());
-        let mut s = DirStream::default();
+        let mut s = stream();
         let mut names = list(&mut s, fd.as_fd(), 0, 7);
         assert!(s.buf.is_empty(), "the end of the listing keeps no buffer");
         names.retain(|n| n.starts_with("file-"));
@@ -232,7 +309,7 @@ mod tests {
             std::fs::write(dir.path().join(format!("n{i:02}")), b"").unwrap();
         }
         let fd = open_dir(dir.path());
-        let mut s = DirStream::default();
+        let mut s = stream();
         // Walk 20 records, noting the offset after the 5th.
         s.position(fd.as_fd(), 0).unwrap();
         let mut after5 = 0;
@@ -251,5 +328,46 @@ mod tests {
         s.position(fd.as_fd(), after5).unwrap();
         let d = s.peek(fd.as_fd(), 4096).unwrap().unwrap();
         assert_eq!(String::from_utf8(d.name.to_vec()).unwrap(), sixth);
+    }
+
+    #[test]
+    fn buffers_kept_between_requests_are_counted_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..200 {
+            std::fs::write(dir.path().join(format!("e{i:03}")), b"").unwrap();
+        }
+        let fd = open_dir(dir.path());
+        let retained = Arc::new(Retained::default());
+        // Within the bound: a part-way listing keeps its buffer, and gives it back at the end
+        // and when the stream goes.
+        let mut s = DirStream::new(retained.clone());
+        s.position(fd.as_fd(), 0).unwrap();
+        s.peek(fd.as_fd(), 4096).unwrap();
+        s.advance();
+        s.settle();
+        assert!(retained.bytes() >= 4096, "kept: {}", retained.bytes());
+        drop(s);
+        assert_eq!(retained.bytes(), 0);
+        // At the bound: the buffer goes after each request, and the listing is still whole
+        // (every continuation seeks).
+        retained.0.store(RETAINED_MAX, Ordering::Relaxed);
+        let mut s = DirStream::new(retained.clone());
+        let mut offset = 0;
+        let mut names = 0;
+        'listing: loop {
+            s.position(fd.as_fd(), offset).unwrap();
+            for _ in 0..9 {
+                let Some(d) = s.peek(fd.as_fd(), 4096).unwrap() else {
+                    break 'listing;
+                };
+                offset = d.off;
+                names += 1;
+                s.advance();
+            }
+            s.settle();
+            assert_eq!(s.buf.capacity(), 0, "nothing kept past the bound");
+            assert_eq!(retained.bytes(), RETAINED_MAX);
+        }
+        assert_eq!(names, 202, "200 files, . and ..");
     }
 }

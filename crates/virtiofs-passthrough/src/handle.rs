@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use virtiofs_fuse::Errno;
 
-use crate::dir_stream::DirStream;
+use crate::dir_stream::{DirStream, Retained};
 use crate::inode::FastHash;
 
 /// An open file or directory.
@@ -35,6 +35,8 @@ impl Handle {
 pub struct HandleTable {
     map: RwLock<HashMap<u64, Arc<Handle>, FastHash>>,
     next: AtomicU64,
+    /// What the directory streams of all handles keep between requests.
+    retained: Arc<Retained>,
 }
 
 impl HandleTable {
@@ -46,7 +48,7 @@ impl HandleTable {
             nodeid,
             fd,
             flags,
-            dir: Mutex::default(),
+            dir: Mutex::new(DirStream::new(self.retained.clone())),
         });
         self.map
             .write()

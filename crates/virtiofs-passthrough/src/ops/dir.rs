@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use virtiofs_fuse::abi::Attr;
 use virtiofs_fuse::{DirSink, Entry, Errno, Opened};
 
-use crate::dir_stream::HostDirent;
+use crate::dir_stream::{DirStream, HostDirent};
 use crate::passthrough::{Passthrough, Result};
 use crate::sys;
 
@@ -44,14 +44,29 @@ impl Passthrough {
             None
         };
         let mut stream = h.dir.lock().expect("directory stream lock");
-        stream.position(h.fd(), offset)?;
+        let listed = self.list(&mut stream, h.fd(), dir.as_deref(), offset, out);
+        stream.settle();
+        listed
+    }
+
+    /// The entries from `offset` on into `out` (READDIRPLUS when `dir`, the directory's node,
+    /// is given), through the handle's `stream` of descriptor `fd`.
+    fn list(
+        &self,
+        stream: &mut DirStream,
+        fd: BorrowedFd<'_>,
+        dir: Option<&crate::inode::Inode>,
+        offset: u64,
+        out: &mut DirSink<'_, '_>,
+    ) -> Result<()> {
+        stream.position(fd, offset)?;
         // A FUSE record is at least as long as the host's, so a read of the reply's room never
         // reads much more than fits; what does not fit waits in the stream for the next request.
         let size = out.room().clamp(1024, 64 * 1024);
-        while let Some(d) = stream.peek(h.fd(), size)? {
-            let fitted = match &dir {
+        while let Some(d) = stream.peek(fd, size)? {
+            let fitted = match dir {
                 None => out.add(d.ino, d.off, u32::from(d.typ), d.name),
-                Some(dir) => match self.add_plus(out, dir, h.fd(), &d) {
+                Some(dir) => match self.add_plus(out, dir, fd, &d) {
                     // Out of descriptors: the entries so far go, or the error if none did.
                     Err(e) if out.is_empty() => return Err(e),
                     Err(_) => false,
