@@ -127,6 +127,16 @@ impl Target {
             Target::Host => "host-syscalls",
         }
     }
+    /// What this target's row of `workload` at `depth` over `queues` is named.
+    fn key(&self, workload: &str, depth: usize, queues: u16) -> CellKey {
+        CellKey {
+            daemon: self.daemon(),
+            config: self.config(depth),
+            workload: workload.to_string(),
+            depth,
+            queues,
+        }
+    }
     fn config(&self, depth: usize) -> String {
         match self {
             Target::Daemon { pool, .. } | Target::Missing { pool, .. } => format!("pool={pool}"),
@@ -482,13 +492,7 @@ fn real_main(mut args: Args) -> Result<(), String> {
         for round in 1..=rounds {
             for t in runs(q) {
                 n += 1;
-                let key = CellKey {
-                    daemon: t.daemon(),
-                    config: t.config(depth),
-                    workload: w.name().to_string(),
-                    depth,
-                    queues: q,
-                };
+                let key = t.key(w.name(), depth, q);
                 let failed_key = (key.daemon.to_string(), key.config.clone(), q);
                 let res: Result<CellResult, String> = match t {
                     Target::Missing { reason, .. } => Err(format!("not available: {reason}")),
@@ -572,13 +576,7 @@ fn real_main(mut args: Args) -> Result<(), String> {
             for round in 1..=rounds {
                 for t in runs(q) {
                     n += 1;
-                    let key = CellKey {
-                        daemon: t.daemon(),
-                        config: t.config(depth),
-                        workload: w.clone(),
-                        depth,
-                        queues: q,
-                    };
+                    let key = t.key(&w, depth, q);
                     let failed_key = (format!("fio:{}", key.daemon), key.config.clone(), q);
                     let res: Result<CellResult, String> = match (t, &unavailable) {
                         (_, Some(r)) => Err(format!("fio mode not available: {r}")),
