@@ -149,6 +149,7 @@ impl DirStream {
             self.counted = 0;
         }
     }
+
     /// Makes the next record the one at `offset` (a guest's READDIR offset): the buffered
     /// records if they continue from there, else a seek (skipped when the descriptor already
     /// stands there).
