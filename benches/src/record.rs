@@ -33,6 +33,9 @@ pub struct Recorder {
     pub skip: usize,
     /// This cell's rounds so far, per daemon configuration.
     pending: Vec<(CellKey, Vec<CellResult>)>,
+    /// The configurations already in `skipped.csv` for this cell (a cell is listed once,
+    /// whatever the number of rounds it failed).
+    skipped_now: Vec<CellKey>,
 }
 
 fn io(e: std::io::Error) -> String {
@@ -57,6 +60,7 @@ impl Recorder {
             ok: 0,
             skip: 0,
             pending: Vec::new(),
+            skipped_now: Vec::new(),
         })
     }
 
@@ -92,6 +96,10 @@ impl Recorder {
         self.skip += 1;
         let e = e.replace(['\n', '\r'], " ");
         println!("{head} SKIPPED: {e}");
+        if self.skipped_now.contains(key) {
+            return Ok(());
+        }
+        self.skipped_now.push(key.clone());
         let quoted = format!("\"{}\"", e.replace('"', "'"));
         writeln!(
             self.skipped,
@@ -104,6 +112,7 @@ impl Recorder {
 
     /// A cell's rounds are over: each configuration's median round goes to `results.csv`.
     pub fn cell_done(&mut self) -> Result<(), String> {
+        self.skipped_now.clear();
         for (key, mut rounds) in std::mem::take(&mut self.pending) {
             let r = median(&mut rounds);
             writeln!(self.results, "{}", row(&key, &r)).map_err(io)?;
@@ -179,8 +188,10 @@ mod tests {
             rec.measured("", &key("c-virtiofsd"), round, result(ops / 2.0))
                 .unwrap();
         }
-        rec.skipped("", &key("rust-virtiofsd"), "not\ninstalled")
-            .unwrap();
+        for _round in 1..=2 {
+            rec.skipped("", &key("rust-virtiofsd"), "not\ninstalled")
+                .unwrap();
+        }
         rec.cell_done().unwrap();
         drop(rec);
         let rows = report::read_results(&dir.path().join("results.csv")).unwrap();
@@ -191,5 +202,10 @@ mod tests {
         assert!(rounds.lines().nth(2).unwrap().ends_with(",1"));
         let skipped = fs::read_to_string(dir.path().join("skipped.csv")).unwrap();
         assert!(skipped.contains("\"not installed\""), "{skipped}");
+        assert_eq!(
+            skipped.lines().count(),
+            2,
+            "one row per cell, not per round"
+        );
     }
 }
