@@ -1,5 +1,5 @@
 #!/bin/sh
-# What the guest-*-test.sh scripts of the options and rootless modes share (busybox sh):
+# What the guest-*-test.sh scripts of the options, rootless and readonly modes share (busybox sh):
 # TAP-like result lines, HOST-EXPECT lines for run-e2e.sh, and running commands as another user
 # through /e2e/guest-probe. Sourced with `. /e2e/guest-lib.sh`; counts failures in FAILED.
 # shellcheck shell=sh

@@ -10,22 +10,10 @@
 
 ROOT=${1:-/mnt}
 DIR=$ROOT/readonly
-FAILED=0
-ok() { echo "ok - $1"; }
-not_ok() { FAILED=$((FAILED + 1)); echo "not ok - $1: $2"; }
+. /e2e/guest-lib.sh
 
 # refused NAME CMD...: CMD must fail, saying "Read-only file system".
-refused() {
-    name=$1
-    shift
-    if out=$("$@" 2>&1); then
-        not_ok "$name" "succeeded"
-    elif echo "$out" | grep -q 'Read-only file system'; then
-        ok "$name: EROFS"
-    else
-        not_ok "$name" "failed otherwise: $out"
-    fi
-}
+refused() { _n=$1; shift; fails "$_n" 'Read-only file system' "$@"; }
 
 # Reading works.
 want=$(cut -d' ' -f1 "$DIR/data.md5")

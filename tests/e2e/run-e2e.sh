@@ -601,7 +601,7 @@ if [ "$MODE" = readonly ]; then
     grep -qE '^GUEST-MD5 readonly/data ' "$CLEAN" || hnot "guest report" "no md5 of readonly/data"
     hexpect "readonly/: nothing changed" "$READONLY_BEFORE" \
         "$(cd "$SHARED/readonly" && find . -printf '%p %y %m %s %T@ %n\n' | sort)"
-    hexpect "guest refusals seen" 13 "$(grep -cE '^ok - .*: EROFS$' "$CLEAN" || true)"
+    hexpect "guest refusals seen" 13 "$(grep -cE '^ok - .*: Read-only file system$' "$CLEAN" || true)"
 fi
 # Options mode: the guest reported its sections, and the quota held on the host: the share
 # holds exactly the inodes statfs allowed below its root (the guest filled them; the root is
