@@ -32,9 +32,9 @@ pub struct PipelineConfig {
     /// How request queues do READ, WRITE and FSYNC (`--io-engine`, resolved: see
     /// [`crate::uring::probe`]).
     pub io_engine: IoEngine,
-    /// Threads the request queues share (`--queue-threads`, see [`crate::thread`]): request
-    /// queue N runs on thread (N - 1) mod T; 0: a thread per request queue (always so with
-    /// `queue_affinity`, which pins each queue's own thread).
+    /// Threads the request queues share (`--queue-threads`; the crate's `thread` module):
+    /// request queue N runs on thread (N - 1) mod T; 0: a thread per request queue (always so
+    /// with `queue_affinity`, which pins each queue's own thread).
     pub queue_threads: usize,
 }
 
