@@ -80,7 +80,7 @@ impl Recorder {
             r.p99_us,
             r.p999_us,
             r.cpu_s_per_mop,
-            r.peak_rss_kib.map(|v| v.to_string()).unwrap_or_default()
+            fmt_opt(r.peak_rss_kib)
         );
         writeln!(self.rounds, "{},{round}", row(key, &r)).map_err(io)?;
         self.rounds.flush().map_err(io)?;
@@ -121,6 +121,11 @@ impl Recorder {
     }
 }
 
+/// An optional count as a CSV field: empty when absent.
+fn fmt_opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
 /// A `results.csv` row (without the round).
 fn row(key: &CellKey, r: &CellResult) -> String {
     format!(
@@ -135,7 +140,7 @@ fn row(key: &CellKey, r: &CellResult) -> String {
         r.p99_us,
         r.p999_us,
         r.cpu_s_per_mop,
-        r.peak_rss_kib.map(|v| v.to_string()).unwrap_or_default()
+        fmt_opt(r.peak_rss_kib)
     )
 }
 

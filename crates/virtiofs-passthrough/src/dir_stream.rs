@@ -261,8 +261,14 @@ mod tests {
         );
     }
 
-    fn open_dir(path: &std::path::Path) -> OwnedFd {
-        std::fs::File::open(path).unwrap().into()
+    /// A directory holding `n` empty files `{prefix}000`, `{prefix}001`..., and its descriptor.
+    fn dir_with_files(n: usize, prefix: &str) -> (tempfile::TempDir, OwnedFd) {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            std::fs::write(dir.path().join(format!("{prefix}{i:03}")), b"").unwrap();
+        }
+        let fd = std::fs::File::open(dir.path()).unwrap().into();
+        (dir, fd)
     }
 
     /// Every name of the listing from `offset` on, taking records `take` at a time (as
@@ -284,11 +290,7 @@ mod tests {
 
     #[test]
     fn a_listing_in_small_replies_sees_every_name_once_and_rewinds() {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..300 {
-            std::fs::write(dir.path().join(format!("file-{i:03}")), b"").unwrap();
-        }
-        let fd = open_dir(dir.path());
+        let (dir, fd) = dir_with_files(300, "file-");
         let mut s = stream();
         let mut names = list(&mut s, fd.as_fd(), 0, 7);
         assert!(s.buf.is_empty(), "the end of the listing keeps no buffer");
@@ -305,11 +307,7 @@ mod tests {
 
     #[test]
     fn an_offset_other_than_where_the_last_reply_stopped_seeks() {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..50 {
-            std::fs::write(dir.path().join(format!("n{i:02}")), b"").unwrap();
-        }
-        let fd = open_dir(dir.path());
+        let (_dir, fd) = dir_with_files(50, "n");
         let mut s = stream();
         // Walk 20 records, noting the offset after the 5th.
         s.position(fd.as_fd(), 0).unwrap();
@@ -333,11 +331,7 @@ mod tests {
 
     #[test]
     fn buffers_kept_between_requests_are_counted_and_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..200 {
-            std::fs::write(dir.path().join(format!("e{i:03}")), b"").unwrap();
-        }
-        let fd = open_dir(dir.path());
+        let (_dir, fd) = dir_with_files(200, "e");
         let retained = Arc::new(Retained::default());
         // Within the bound: a part-way listing keeps its buffer, and gives it back at the end
         // and when the stream goes.
