@@ -159,6 +159,11 @@ impl<H: FuseHandler> QueueContext<H> {
             // Guest memory as this queue reaches it: one check per batch, no arc-swap. A new
             // memory table also changes the vring: the loop starts over and lets go of the old.
             let mut memory = self.link.queue_memory();
+            // Made once per run of the ring, not per wake-up: each would take its Notify's
+            // lock to register and again to drop, and the daemon's cancel token is shared by
+            // every queue thread.
+            let mut cancelled = std::pin::pin!(self.cancel.cancelled());
+            let mut changed = std::pin::pin!(changes.changed());
             loop {
                 // Process first: a kick may have arrived before we started polling the eventfd.
                 // A drain is never abandoned half-way: it stops early only when the daemon
@@ -192,8 +197,8 @@ impl<H: FuseHandler> QueueContext<H> {
                 let woke = loop {
                     let woke = tokio::select! {
                         biased;
-                        _ = self.cancel.cancelled() => Woke::Stop,
-                        r = changes.changed() => match r {
+                        () = &mut cancelled => Woke::Stop,
+                        r = &mut changed => match r {
                             Ok(()) => Woke::Changed,
                             Err(_) => Woke::Stop,
                         },
@@ -235,8 +240,8 @@ impl<H: FuseHandler> QueueContext<H> {
                         // Do not spin on a broken fd: wait until the frontend changes the
                         // ring.
                         tokio::select! {
-                            _ = self.cancel.cancelled() => return,
-                            r = changes.changed() => if r.is_err() { return },
+                            () = &mut cancelled => return,
+                            r = &mut changed => if r.is_err() { return },
                         }
                         break;
                     }
