@@ -37,6 +37,7 @@ use std::task::{Context, Poll, Waker};
 
 use virtiofs_fuse::abi::{EntryOut, InHeader, Opcode, OutHeader};
 use virtiofs_passthrough::{CacheMode, IdMap, IdMaps, InodeFileHandles, Share, ShareOptions};
+use virtiofs_pipeline::chain::total_len;
 use virtiofs_pipeline::request::{is_forget, peek_in_header, read_reply_prefix, IN_HEADER_LEN};
 use virtiofs_pipeline::{serve_chain, QueueStats, SessionGate};
 use vm_memory::ByteValued;
@@ -148,11 +149,11 @@ impl State {
             panic!("a posted chain was not popped");
         };
         let head = chain.head_index();
-        let writable: u64 = chain.clone().writable().map(|d| u64::from(d.len())).sum();
-        let readable_ok = chain.clone().readable().all(|d| {
-            d.addr()
+        let writable = total_len(chain.writable());
+        let readable_ok = chain.readable().iter().all(|d| {
+            d.addr
                 .0
-                .checked_add(u64::from(d.len()))
+                .checked_add(u64::from(d.len))
                 .is_some_and(|end| end <= MEM_END)
         });
 

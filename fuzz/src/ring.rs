@@ -150,7 +150,9 @@ impl Ring {
         self.next_avail = self.next_avail.wrapping_add(1);
         fence(Ordering::SeqCst);
         self.write(AVAIL_RING + 2, &self.next_avail.to_le_bytes());
-        self.queue.pop_descriptor_chain(self.mem.clone())
+        self.queue
+            .pop_descriptor_chain(self.mem.clone())
+            .map(|c| Chain::new(c, &self.mem))
     }
 
     /// Puts the chain `head` on the used ring with `len` bytes, as a queue task does, and

@@ -31,9 +31,8 @@ pub use idmap::{Forbidden, IdMap, IdMaps, IdRule};
 pub use passthrough::{Config, Passthrough};
 pub use xattrmap::{XattrMap, XattrMapError};
 
-use smallvec::SmallVec;
 use virtiofs_fuse::abi::{InHeader, Opcode};
-use virtiofs_fuse::{Errno, Limits, PendingReply, Segment, ServeError, Served, Server, Started};
+use virtiofs_fuse::{Errno, Limits, PendingReply, ServeError, Served, Server, Started};
 use virtiofs_pipeline::{Chain, FuseHandler, HandleError, Handled, Start};
 
 /// Guest caching policy (`--cache`), with the Rust virtiofsd's timeouts.
@@ -306,26 +305,6 @@ impl PreparedShare {
     }
 }
 
-type Segments = SmallVec<[Segment; 8]>;
-
-/// The chain's readable and writable segments, in one walk.
-fn segments(chain: &Chain) -> (Segments, Segments) {
-    let mut readable = Segments::new();
-    let mut writable = Segments::new();
-    for d in chain.clone() {
-        let seg = Segment {
-            addr: d.addr(),
-            len: d.len(),
-        };
-        if d.is_write_only() {
-            writable.push(seg);
-        } else {
-            readable.push(seg);
-        }
-    }
-    (readable, writable)
-}
-
 /// The pipeline's view of what the server did.
 fn handled(served: Result<Served, ServeError>) -> Result<Handled, HandleError> {
     match served {
@@ -340,12 +319,13 @@ fn handled(served: Result<Served, ServeError>) -> Result<Handled, HandleError> {
 
 impl FuseHandler for Share {
     fn handle(&self, chain: &Chain, header: &InHeader) -> Result<Handled, HandleError> {
-        // One walk of the chain: the server reads the request and writes the reply by segment.
-        let (readable, writable) = segments(chain);
-        handled(
-            self.server
-                .handle_with_header(chain.memory(), header, &readable, &writable),
-        )
+        // The server reads the request and writes the reply by segment (read at pop time).
+        handled(self.server.handle_with_header(
+            chain.memory(),
+            header,
+            chain.readable(),
+            chain.writable(),
+        ))
     }
 
     fn defers(&self, opcode: u32) -> bool {
@@ -357,11 +337,12 @@ impl FuseHandler for Share {
     }
 
     fn start(&self, chain: &Chain, header: &InHeader) -> Result<Start, HandleError> {
-        let (readable, writable) = segments(chain);
-        match self
-            .server
-            .start_with_header(chain.memory(), header, &readable, &writable)
-        {
+        match self.server.start_with_header(
+            chain.memory(),
+            header,
+            chain.readable(),
+            chain.writable(),
+        ) {
             Ok(Started::Deferred(d)) => Ok(Start::Io(d)),
             Ok(Started::Done(served)) => handled(Ok(served)).map(Start::Done),
             Err(e) => handled(Err(e)).map(Start::Done),
@@ -374,11 +355,12 @@ impl FuseHandler for Share {
         reply: &PendingReply,
         result: Result<usize, i32>,
     ) -> Result<Handled, HandleError> {
-        let (_, writable) = segments(chain);
-        handled(
-            self.server
-                .finish(chain.memory(), &writable, reply, result.map_err(Errno)),
-        )
+        handled(self.server.finish(
+            chain.memory(),
+            chain.writable(),
+            reply,
+            result.map_err(Errno),
+        ))
     }
 
     fn set_queue_size(&self, descriptors: u16) {

@@ -1,14 +1,9 @@
 //! The FUSE server seen from the pipeline: one call per descriptor chain.
 
-use virtio_queue::DescriptorChain;
-use virtiofs_device::MemoryTable;
 use virtiofs_fuse::abi::InHeader;
 use virtiofs_fuse::{Deferred, PendingReply};
 
-/// A descriptor chain popped from a virtqueue, with the guest memory it points into: its
-/// queue's own snapshot of the memory table ([`virtiofs_device::QueueMemory`]), which keeps
-/// the mappings alive while the chain exists; cloning it touches no shared reference count.
-pub type Chain = DescriptorChain<MemoryTable>;
+pub use crate::chain::Chain;
 
 /// Why a request could not be handled; the pipeline turns it into an errno reply if it can.
 #[derive(Debug, thiserror::Error)]

@@ -4,11 +4,12 @@
 //! to answer a request the server never saw (before INIT, or when the server failed).
 
 use std::ops::Range;
-use virtio_queue::desc::split::Descriptor;
 use virtiofs_fuse::abi::{InHeader, Opcode, OutHeader};
+use virtiofs_fuse::input::Segment;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::chain::total_len;
 use crate::handler::Chain;
 
 /// Size of the FUSE request header.
@@ -21,20 +22,20 @@ pub fn is_forget(opcode: u32) -> bool {
     opcode == Opcode::Forget as u32 || opcode == Opcode::BatchForget as u32
 }
 
-/// Walks the first `len` bytes of the given descriptors, calling `f(address, range in buffer)`
+/// Walks the first `len` bytes of the given segments, calling `f(address, range in buffer)`
 /// for each piece; `false` if they are too short or `f` fails (address outside guest memory).
 fn walk_prefix(
-    descs: impl Iterator<Item = Descriptor>,
+    segments: &[Segment],
     len: usize,
     mut f: impl FnMut(GuestAddress, Range<usize>) -> bool,
 ) -> bool {
     let mut done = 0;
-    for desc in descs {
+    for seg in segments {
         if done == len {
             break;
         }
-        let n = (desc.len() as usize).min(len - done);
-        if !f(desc.addr(), done..done + n) {
+        let n = (seg.len as usize).min(len - done);
+        if !f(seg.addr, done..done + n) {
             return false;
         }
         done += n;
@@ -42,12 +43,8 @@ fn walk_prefix(
     done == len
 }
 
-fn read_prefix(
-    mem: &GuestMemoryMmap<()>,
-    descs: impl Iterator<Item = Descriptor>,
-    buf: &mut [u8],
-) -> bool {
-    walk_prefix(descs, buf.len(), |addr, r| {
+fn read_prefix(mem: &GuestMemoryMmap<()>, segments: &[Segment], buf: &mut [u8]) -> bool {
+    walk_prefix(segments, buf.len(), |addr, r| {
         mem.read_slice(&mut buf[r], addr).is_ok()
     })
 }
@@ -56,18 +53,18 @@ fn read_prefix(
 pub fn peek_in_header(chain: &Chain) -> Option<InHeader> {
     let mut header = InHeader::default();
     let buf = vm_memory::ByteValued::as_mut_slice(&mut header);
-    read_prefix(chain.memory(), chain.clone().readable(), buf).then_some(header)
+    read_prefix(chain.memory(), chain.readable(), buf).then_some(header)
 }
 
 /// Reads the start of the chain's writable part (the reply) into `buf`.
 pub fn read_reply_prefix(chain: &Chain, buf: &mut [u8]) -> bool {
-    read_prefix(chain.memory(), chain.clone().writable(), buf)
+    read_prefix(chain.memory(), chain.writable(), buf)
 }
 
 /// Overwrites the start of the chain's writable part (the reply) with `buf`.
 pub fn write_reply_prefix(chain: &Chain, buf: &[u8]) -> bool {
     let mem = chain.memory();
-    walk_prefix(chain.clone().writable(), buf.len(), |addr, r| {
+    walk_prefix(chain.writable(), buf.len(), |addr, r| {
         mem.write_slice(&buf[r], addr).is_ok()
     })
 }
@@ -126,7 +123,7 @@ pub fn classify(header: &InHeader, reply_room: impl FnOnce() -> u64) -> Weight {
 
 /// Bytes the chain offers for the reply (its writable part).
 pub fn reply_room(chain: &Chain) -> u64 {
-    chain.clone().writable().map(|d| u64::from(d.len())).sum()
+    total_len(chain.writable())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use tracing::{debug, info, trace, warn};
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
+use crate::chain::total_len;
 use crate::gate::{is_exclusive, Pass};
 use crate::handler::{Chain, FuseHandler, HandleError, Handled, Start};
 use crate::request::{is_forget, reply_error, IN_HEADER_LEN};
@@ -125,7 +126,7 @@ fn serve_checked<H: FuseHandler + ?Sized, T: Outcome>(
     // `h` was read once; from here on it is the header (the handler gets it and does not read
     // the guest's copy again, which the guest may have changed since).
     // The header's `len` must fit the chain.
-    let readable: u64 = chain.clone().readable().map(|d| u64::from(d.len())).sum();
+    let readable = total_len(chain.readable());
     if (h.len as usize) < IN_HEADER_LEN || u64::from(h.len) > readable {
         return refuse("FUSE header len does not match the request").into();
     }

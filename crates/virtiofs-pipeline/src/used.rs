@@ -181,7 +181,7 @@ impl<'a> Popped<'a> {
             let mut state = link.vring.get_mut();
             match state.get_queue_mut().iter(mem.clone()) {
                 Ok(mut iter) => {
-                    chains.extend(iter.by_ref().take(max));
+                    chains.extend(iter.by_ref().take(max).map(|c| Chain::new(c, mem)));
                     if chains.len() == max && iter.next().is_some() {
                         // Left for the next batch.
                         iter.go_to_previous_position();

@@ -148,10 +148,10 @@ impl FuseHandler for ScriptedHandler {
             return self.handle(chain, h).map(Start::Done);
         };
         // The reply buffer: the chain's first writable descriptor; data after the header.
-        let reply = chain.clone().writable().next().expect("a reply buffer");
+        let reply = chain.writable().first().expect("a reply buffer");
         let data = chain
             .memory()
-            .get_host_address(GuestAddress(reply.addr().0 + 16))
+            .get_host_address(GuestAddress(reply.addr.0 + 16))
             .expect("reply buffer in guest memory");
         self.deferred.fetch_add(1, Ordering::SeqCst);
         Ok(Start::Io(Deferred {
@@ -161,11 +161,11 @@ impl FuseHandler for ScriptedHandler {
                 offset: u64::MAX, // a pipe: no offset
                 iovecs: vec![libc::iovec {
                     iov_base: data.cast(),
-                    iov_len: reply.len() as usize - 16,
+                    iov_len: reply.len as usize - 16,
                 }],
                 keep: Box::new(fd),
             },
-            reply: PendingReply::new(h.unique, Opcode::Read, reply.len() as usize - 16),
+            reply: PendingReply::new(h.unique, Opcode::Read, reply.len as usize - 16),
         }))
     }
 
