@@ -22,8 +22,9 @@ use tracing::{debug, warn};
 use vhost_user_backend::VringT;
 use virtio_queue::{QueueOwnedT, QueueT};
 use virtiofs_device::{MemoryTable, QueueLink};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use crate::chain::DescTable;
 use crate::handler::{Chain, FuseHandler};
 use crate::queue::QueueContext;
 use crate::request::{is_forget, peek_in_header, reply_error};
@@ -179,9 +180,17 @@ impl<'a> Popped<'a> {
         let mut more_in_ring = false;
         {
             let mut state = link.vring.get_mut();
-            match state.get_queue_mut().iter(mem.clone()) {
+            let queue = state.get_queue_mut();
+            // Translated once for the batch; chains are read over it (see crate::chain).
+            let table = DescTable::new(mem, GuestAddress(queue.desc_table()), queue.size());
+            match queue.iter(mem.clone()) {
                 Ok(mut iter) => {
-                    chains.extend(iter.by_ref().take(max).map(|c| Chain::new(c, mem)));
+                    chains.extend(iter.by_ref().take(max).map(|c| {
+                        table
+                            .as_ref()
+                            .and_then(|t| Chain::read(t, c.head_index(), mem))
+                            .unwrap_or_else(|| Chain::new(c, mem))
+                    }));
                     if chains.len() == max && iter.next().is_some() {
                         // Left for the next batch.
                         iter.go_to_previous_position();
