@@ -36,6 +36,7 @@ pub mod queue;
 pub mod request;
 pub mod serve;
 pub mod stats;
+mod stop;
 pub mod thread;
 pub mod uring;
 pub mod used;

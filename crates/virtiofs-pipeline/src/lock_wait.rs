@@ -101,7 +101,7 @@ async fn wait_for_lock<H: FuseHandler>(job: Unanswered<H>, mut w: LockWait) {
     loop {
         tokio::select! {
             biased;
-            _ = ctx.cancel.cancelled() => return interrupt(job, &w, "the daemon is stopping"),
+            _ = ctx.stop.stopped() => return interrupt(job, &w, "the daemon is stopping"),
             r = changes.changed() => {
                 if r.is_err() || !ctx.link.vring.get_ref().get_queue().ready() {
                     return interrupt(job, &w, "the ring stopped");

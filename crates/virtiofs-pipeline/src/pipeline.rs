@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use virtiofs_device::{QueueLink, WatchedVring, HIPRIO_QUEUE};
@@ -14,6 +13,7 @@ use crate::affinity::{CpuSet, QueueAffinity};
 use crate::gate::SessionGate;
 use crate::handler::FuseHandler;
 use crate::stats::QueueStats;
+use crate::stop::Stop;
 use crate::thread::{start_when_runnable, Affinity, Shared};
 use crate::uring::IoEngine;
 
@@ -49,7 +49,7 @@ impl PipelineConfig {
 
 /// The running queue threads of one device.
 pub struct Pipeline {
-    cancel: CancellationToken,
+    stop: Stop,
     tracker: TaskTracker,
     stats: Vec<Arc<QueueStats>>,
     threads: Arc<dyn QueueThreads>,
@@ -101,7 +101,7 @@ impl Pipeline {
         config: PipelineConfig,
         runtime: Handle,
     ) -> io::Result<Self> {
-        let cancel = CancellationToken::new();
+        let stop = Stop::default();
         let tracker = TaskTracker::new();
         let gate = SessionGate::new();
         let reset = {
@@ -133,7 +133,7 @@ impl Pipeline {
             }),
             runtime: runtime.clone(),
             tracker: tracker.clone(),
-            cancel: cancel.clone(),
+            stop: stop.clone(),
             queue_threads: if has_affinity {
                 0
             } else {
@@ -152,7 +152,7 @@ impl Pipeline {
             );
         }
         Ok(Self {
-            cancel,
+            stop,
             tracker,
             stats,
             threads: shared,
@@ -181,7 +181,7 @@ impl Pipeline {
     /// Stops the queue threads, waits up to `grace` for in-flight requests, and logs per-queue
     /// request counts.
     pub async fn shutdown(self, grace: Duration) {
-        self.cancel.cancel();
+        self.stop.stop();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
             .await

@@ -7,13 +7,13 @@
 //! requests run here go to the used ring together at the end of the batch, with at most one
 //! guest notification ([`UsedBatch`]); a pooled request completes on its own.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 use vhost_user_backend::VringT;
@@ -31,6 +31,7 @@ use crate::pool::{Job, Pool};
 use crate::request::{classify, is_forget, peek_in_header, reply_error, reply_room, Weight};
 use crate::serve::serve_chain_handled;
 use crate::stats::QueueStats;
+use crate::stop::Stop;
 use crate::uring::{IoEngine, Uring};
 use crate::used::{disable_notification, enable_notification, Popped, Unanswered, UsedBatch};
 
@@ -65,7 +66,7 @@ pub(crate) struct QueueContext<H: FuseHandler> {
     /// Tasks on `local` besides the queue task; the thread ends once they are done.
     pub(crate) tasks: TaskTracker,
     /// Fires when the daemon stops.
-    pub(crate) cancel: CancellationToken,
+    pub(crate) stop: Stop,
     /// How READ, WRITE and FSYNC are done (the hiprio queue: always synchronously).
     pub(crate) engine: IoEngine,
 }
@@ -147,7 +148,7 @@ impl<H: FuseHandler> QueueContext<H> {
             let Some(kick) = kick else {
                 // Not started, not enabled, or no kick fd yet: wait for the frontend.
                 tokio::select! {
-                    _ = self.cancel.cancelled() => return,
+                    _ = self.stop.stopped() => return,
                     r = changes.changed() => if r.is_err() { return },
                 }
                 continue;
@@ -159,10 +160,12 @@ impl<H: FuseHandler> QueueContext<H> {
             // Guest memory as this queue reaches it: one check per batch, no arc-swap. A new
             // memory table also changes the vring: the loop starts over and lets go of the old.
             let mut memory = self.link.queue_memory();
+            // The chains of a batch, kept for the run of the ring (not allocated per batch).
+            let mut batch = VecDeque::with_capacity(MAX_BATCH);
             // Made once per run of the ring, not per wake-up: each would take its Notify's
             // lock to register and again to drop, and the daemon's cancel token is shared by
             // every queue thread.
-            let mut cancelled = std::pin::pin!(self.cancel.cancelled());
+            let mut cancelled = std::pin::pin!(self.stop.stopped());
             let mut changed = std::pin::pin!(changes.changed());
             loop {
                 // Process first: a kick may have arrived before we started polling the eventfd.
@@ -173,7 +176,8 @@ impl<H: FuseHandler> QueueContext<H> {
                 } else {
                     poll.window()
                 };
-                self.drain(&mut memory, !window.is_zero(), ring).await;
+                self.drain(&mut memory, &mut batch, !window.is_zero(), ring)
+                    .await;
                 let waiting = poll.wait_starts();
                 if !window.is_zero() {
                     // Notifications are still off: watch the ring before sleeping.
@@ -256,6 +260,7 @@ impl<H: FuseHandler> QueueContext<H> {
     async fn drain(
         self: &Arc<Self>,
         memory: &mut QueueMemory,
+        batch: &mut VecDeque<Chain>,
         keep_off: bool,
         ring: Option<&Uring>,
     ) {
@@ -268,11 +273,11 @@ impl<H: FuseHandler> QueueContext<H> {
                 // ring busy, and chains into hot-added memory must find it.
                 let mem: MemoryTable = memory.current().clone();
                 let mut used = UsedBatch::new(&self.link, &self.stats, &mem);
-                let mut popped = Popped::pop(&self.link, &self.stats, &mem, MAX_BATCH);
+                let mut popped = Popped::pop(&self.link, &self.stats, &mem, MAX_BATCH, batch);
                 if popped.is_empty() {
                     break;
                 }
-                while !self.cancel.is_cancelled() {
+                while !self.stop.is_stopped() {
                     let Some(chain) = popped.next() else { break };
                     let others_waiting = popped.others_waiting();
                     self.dispatch(chain, others_waiting, &mut used, ring).await;
@@ -287,7 +292,7 @@ impl<H: FuseHandler> QueueContext<H> {
                 self.take_back(&mut used);
                 // One publication and at most one notification for the batch.
                 used.flush();
-                if self.cancel.is_cancelled() {
+                if self.stop.is_stopped() {
                     return;
                 }
             }

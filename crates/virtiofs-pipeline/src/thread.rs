@@ -24,7 +24,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 use virtiofs_device::{QueueLink, WatchedVring, HIPRIO_QUEUE};
@@ -35,6 +34,7 @@ use crate::handler::FuseHandler;
 use crate::pool::{Pin, Pool};
 use crate::queue::QueueContext;
 use crate::stats::QueueStats;
+use crate::stop::Stop;
 use crate::uring::IoEngine;
 
 /// How long a watcher waits before trying again to start a thread the system refused.
@@ -61,7 +61,7 @@ pub(crate) struct Shared<H> {
     /// Tracks pooled requests and queue threads (shutdown waits for them).
     pub(crate) tracker: TaskTracker,
     /// Fires when the daemon stops.
-    pub(crate) cancel: CancellationToken,
+    pub(crate) stop: Stop,
     /// Request-queue threads (0: one per request queue).
     pub(crate) queue_threads: usize,
     /// The queue threads started so far, by slot ([`Shared::slot_of`]); the async lock keeps
@@ -134,7 +134,7 @@ pub(crate) async fn start_when_runnable<H: FuseHandler>(
             break;
         }
         tokio::select! {
-            _ = shared.cancel.cancelled() => return,
+            _ = shared.stop.stopped() => return,
             r = changes.changed() => if r.is_err() { return },
         }
     }
@@ -210,7 +210,7 @@ async fn queue_thread<H: FuseHandler>(
             Err(e) => error!(queue = index, "cannot start the queue's thread: {e}"),
         }
         tokio::select! {
-            _ = shared.cancel.cancelled() => return None,
+            _ = shared.stop.stopped() => return None,
             _ = tokio::time::sleep(RETRY_START) => {}
         }
     }
@@ -231,7 +231,7 @@ fn start_thread<H: FuseHandler>(
         hosted: Arc::new(AtomicUsize::new(0)),
     });
     let queues = thread.queues.clone();
-    let cancel = shared.cancel.clone();
+    let stop = shared.stop.clone();
     let name = queue_thread_name(slot + 1);
     // Shutdown waits for the thread as for any tracked task.
     let token = shared.tracker.token();
@@ -248,7 +248,7 @@ fn start_thread<H: FuseHandler>(
                 }
             }
             rt.block_on(async {
-                cancel.cancelled().await;
+                stop.stopped().await;
                 queues.close();
                 queues.wait().await;
             });
@@ -300,7 +300,7 @@ fn queue_context<H: FuseHandler>(
         local,
         thread_queues,
         tasks: TaskTracker::new(),
-        cancel: shared.cancel.clone(),
+        stop: shared.stop.clone(),
         engine: if index == HIPRIO_QUEUE {
             IoEngine::Sync
         } else {

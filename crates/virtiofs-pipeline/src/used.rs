@@ -163,20 +163,23 @@ pub(crate) struct Popped<'a> {
     link: &'a QueueLink,
     stats: &'a QueueStats,
     mem: &'a MemoryTable,
-    chains: VecDeque<Chain>,
+    /// The queue task's buffer: empty before the pop, and again once the batch is dropped.
+    chains: &'a mut VecDeque<Chain>,
     /// The avail ring had more than the batch took.
     pub(crate) more_in_ring: bool,
 }
 
 impl<'a> Popped<'a> {
-    /// Pops up to `max` available chains of `link`'s ring over `mem` (each chain holds it).
+    /// Pops up to `max` available chains of `link`'s ring over `mem` (each chain holds it) into
+    /// `chains` (empty).
     pub(crate) fn pop(
         link: &'a QueueLink,
         stats: &'a QueueStats,
         mem: &'a MemoryTable,
         max: usize,
+        chains: &'a mut VecDeque<Chain>,
     ) -> Self {
-        let mut chains = VecDeque::new();
+        debug_assert!(chains.is_empty());
         let mut more_in_ring = false;
         {
             let mut state = link.vring.get_mut();
