@@ -23,6 +23,7 @@
 //!    and runs again until it gets the lock or its session or ring ends.
 
 pub mod affinity;
+mod alarm;
 pub mod chain;
 pub mod dispatch;
 pub mod gate;

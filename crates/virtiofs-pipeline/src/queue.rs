@@ -21,6 +21,7 @@ use virtio_queue::QueueT;
 use virtiofs_device::{MemoryTable, QueueLink, QueueMemory, WatchedVring};
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
+use crate::alarm::{Alarm, Alarms};
 use crate::dispatch::{place, Placement};
 use crate::gate::{Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler, Handled};
@@ -129,7 +130,16 @@ impl<H: FuseHandler> QueueContext<H> {
         let mut changes = self.link.vring.subscribe();
         let ring = crate::uring::for_queue(&self);
         let ring = ring.as_ref();
+        // The stop and ring changes, for the wait on kicks (see crate::alarm).
+        let alarms = Arc::new(Alarms::default());
+        self.local.spawn(self.tasks.track_future({
+            let (alarms, stop) = (alarms.clone(), self.stop.clone());
+            let changes = self.link.vring.subscribe();
+            async move { crate::alarm::watch(&alarms, stop, changes).await }
+        }));
         loop {
+            // What changed before this look at the ring needs no second look.
+            alarms.clear_changed();
             changes.borrow_and_update();
             let kick = match self.link.vring.runnable_kick() {
                 Some(Ok(fd)) => match AsyncKick::new(fd) {
@@ -162,11 +172,6 @@ impl<H: FuseHandler> QueueContext<H> {
             let mut memory = self.link.queue_memory();
             // The chains of a batch, kept for the run of the ring (not allocated per batch).
             let mut batch = VecDeque::with_capacity(MAX_BATCH);
-            // Made once per run of the ring, not per wake-up: each would take its Notify's
-            // lock to register and again to drop, and the daemon's cancel token is shared by
-            // every queue thread.
-            let mut cancelled = std::pin::pin!(self.stop.stopped());
-            let mut changed = std::pin::pin!(changes.changed());
             loop {
                 // Process first: a kick may have arrived before we started polling the eventfd.
                 // A drain is never abandoned half-way: it stops early only when the daemon
@@ -201,10 +206,9 @@ impl<H: FuseHandler> QueueContext<H> {
                 let woke = loop {
                     let woke = tokio::select! {
                         biased;
-                        () = &mut cancelled => Woke::Stop,
-                        r = &mut changed => match r {
-                            Ok(()) => Woke::Changed,
-                            Err(_) => Woke::Stop,
+                        alarm = alarms.alarm() => match alarm {
+                            Alarm::Stop => Woke::Stop,
+                            Alarm::Changed => Woke::Changed,
                         },
                         r = kick.wait() => Woke::Kick(r),
                         r = ring_completion(ring) => Woke::Completion(r),
@@ -243,9 +247,8 @@ impl<H: FuseHandler> QueueContext<H> {
                         self.complete_ring(ring);
                         // Do not spin on a broken fd: wait until the frontend changes the
                         // ring.
-                        tokio::select! {
-                            () = &mut cancelled => return,
-                            r = &mut changed => if r.is_err() { return },
+                        if alarms.alarm().await == Alarm::Stop {
+                            return;
                         }
                         break;
                     }
