@@ -80,9 +80,10 @@ impl Alarms {
 }
 
 /// Raises `alarms` when `stop` fires (then ends) and on each change of `changes` (the ring's
-/// state; its sender gone counts as a stop).
+/// state; its sender gone counts as a stop) after the version `changes` had seen when it was
+/// made: the watcher first runs only once the queue task waits, and a change in between must
+/// still be raised.
 pub(crate) async fn watch(alarms: &Alarms, stop: Stop, mut changes: watch::Receiver<u64>) {
-    changes.borrow_and_update();
     loop {
         tokio::select! {
             biased;
@@ -98,6 +99,7 @@ pub(crate) async fn watch(alarms: &Alarms, stop: Stop, mut changes: watch::Recei
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::sync::Arc;
 
     use super::*;
@@ -131,6 +133,25 @@ mod tests {
         watcher.await.unwrap();
         // A stop stays raised.
         assert_eq!(alarms.alarm().await, Alarm::Stop);
+    }
+
+    #[tokio::test]
+    async fn a_change_before_the_watcher_first_runs_is_raised() {
+        let alarms = Alarms::default();
+        let (tx, _) = watch::channel(0u64);
+        let rx = tx.subscribe(); // as the queue task makes it, before it spawns the watcher
+        tx.send_modify(|v| *v += 1);
+        let stop = Stop::default();
+        let watching = watch(&alarms, stop.clone(), rx);
+        tokio::pin!(watching);
+        // One poll of the watcher, then of the alarms.
+        let first = poll_fn(|cx| Poll::Ready(watching.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        // A deadline, not a timing: a change lost would leave this waiting for ever.
+        let alarm = tokio::time::timeout(std::time::Duration::from_secs(10), alarms.alarm());
+        assert_eq!(alarm.await, Ok(Alarm::Changed), "the change was lost");
+        stop.stop();
+        watching.await;
     }
 
     #[tokio::test]
