@@ -1,11 +1,12 @@
 //! Guest memory and one split virtqueue, played from the driver side: the harness writes
 //! descriptors and the available ring as a guest would, and pops the chain with `virtio-queue`
-//! exactly as a queue task does.
+//! and reads it exactly as a queue task does (checking the fast walk against virtio-queue's).
 
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
+use virtiofs_pipeline::chain::DescTable;
 use virtiofs_pipeline::Chain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -150,9 +151,21 @@ impl Ring {
         self.next_avail = self.next_avail.wrapping_add(1);
         fence(Ordering::SeqCst);
         self.write(AVAIL_RING + 2, &self.next_avail.to_le_bytes());
-        self.queue
-            .pop_descriptor_chain(self.mem.clone())
-            .map(|c| Chain::new(c, &self.mem))
+        let popped = self.queue.pop_descriptor_chain(self.mem.clone())?;
+        // As the queue task reads it: over the translated descriptor table, with virtio-queue's
+        // walk as the fallback. Both walks must agree on whatever the input wrote.
+        let table = DescTable::new(
+            &self.mem,
+            GuestAddress(self.queue.desc_table()),
+            self.queue.size(),
+        );
+        let fast = table.and_then(|t| Chain::read(&t, popped.head_index(), &self.mem));
+        let reference = Chain::new(popped, &self.mem);
+        if let Some(fast) = &fast {
+            assert_eq!(fast.readable(), reference.readable(), "readable segments");
+            assert_eq!(fast.writable(), reference.writable(), "writable segments");
+        }
+        Some(fast.unwrap_or(reference))
     }
 
     /// Puts the chain `head` on the used ring with `len` bytes, as a queue task does, and
