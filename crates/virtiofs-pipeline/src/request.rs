@@ -5,9 +5,10 @@
 
 use std::ops::Range;
 use virtiofs_fuse::abi::{InHeader, Opcode, OutHeader};
+use virtiofs_fuse::guest;
 use virtiofs_fuse::input::Segment;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::chain::total_len;
 use crate::handler::Chain;
@@ -45,7 +46,7 @@ fn walk_prefix(
 
 fn read_prefix(mem: &GuestMemoryMmap<()>, segments: &[Segment], buf: &mut [u8]) -> bool {
     walk_prefix(segments, buf.len(), |addr, r| {
-        mem.read_slice(&mut buf[r], addr).is_ok()
+        guest::read(mem, &mut buf[r], addr)
     })
 }
 
@@ -65,7 +66,7 @@ pub fn read_reply_prefix(chain: &Chain, buf: &mut [u8]) -> bool {
 pub fn write_reply_prefix(chain: &Chain, buf: &[u8]) -> bool {
     let mem = chain.memory();
     walk_prefix(chain.writable(), buf.len(), |addr, r| {
-        mem.write_slice(&buf[r], addr).is_ok()
+        guest::write(mem, &buf[r], addr)
     })
 }
 
