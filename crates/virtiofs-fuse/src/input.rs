@@ -6,7 +6,7 @@
 //! file without a copy.
 
 use smallvec::SmallVec;
-use vm_memory::{Address, ByteValued, GuestAddress, GuestMemory, VolatileSlice};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemory, VolatileSlice};
 
 /// Guest memory as the vhost-user backend maps it.
 pub type Memory = vm_memory::GuestMemoryMmap<()>;
@@ -178,9 +178,8 @@ impl<'a> Input<'a> {
         let mem = self.mem;
         let mut at = 0;
         self.walk(buf.len(), |addr, len| {
-            if !crate::guest::read(mem, &mut buf[at..at + len], addr) {
-                return Err(DecodeError::BadAddress(addr.0));
-            }
+            mem.read_slice(&mut buf[at..at + len], addr)
+                .map_err(|_| DecodeError::BadAddress(addr.0))?;
             at += len;
             Ok(())
         })
@@ -220,7 +219,6 @@ impl<'a> Input<'a> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use vm_memory::Bytes;
     use vm_memory::GuestMemoryMmap;
 
     /// Guest memory of two regions with a hole between them, for request tests.

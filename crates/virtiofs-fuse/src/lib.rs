@@ -16,7 +16,6 @@ mod dirent;
 mod dispatch;
 pub mod ext;
 pub mod filesystem;
-pub mod guest;
 pub mod input;
 mod name;
 pub mod output;

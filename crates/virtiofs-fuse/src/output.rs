@@ -1,6 +1,6 @@
 //! The writable part of a request: where the reply goes, written straight into guest memory.
 
-use vm_memory::{ByteValued, GuestAddress, GuestMemory};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
 
 use crate::abi::OutHeader;
 use crate::input::{Memory, Position, Segment, Slices};
@@ -80,9 +80,8 @@ impl<'a> Output<'a> {
         let mem = self.mem;
         let mut at = 0;
         self.walk(bytes.len(), |addr, len| {
-            if !crate::guest::write(mem, &bytes[at..at + len], addr) {
-                return Err(ReplyError::BadAddress(addr.0));
-            }
+            mem.write_slice(&bytes[at..at + len], addr)
+                .map_err(|_| ReplyError::BadAddress(addr.0))?;
             at += len;
             Ok(())
         })
@@ -169,7 +168,6 @@ impl<'a> Output<'a> {
 mod tests {
     use super::*;
     use crate::input::tests::memory;
-    use vm_memory::Bytes;
 
     #[test]
     fn header_is_written_last_with_the_length_of_what_follows() {

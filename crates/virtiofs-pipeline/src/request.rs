@@ -5,10 +5,9 @@
 
 use std::ops::Range;
 use virtiofs_fuse::abi::{InHeader, Opcode, OutHeader};
-use virtiofs_fuse::guest;
 use virtiofs_fuse::input::Segment;
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::chain::total_len;
 use crate::handler::Chain;
@@ -46,7 +45,7 @@ fn walk_prefix(
 
 fn read_prefix(mem: &GuestMemoryMmap<()>, segments: &[Segment], buf: &mut [u8]) -> bool {
     walk_prefix(segments, buf.len(), |addr, r| {
-        guest::read(mem, &mut buf[r], addr)
+        mem.read_slice(&mut buf[r], addr).is_ok()
     })
 }
 
@@ -66,7 +65,7 @@ pub fn read_reply_prefix(chain: &Chain, buf: &mut [u8]) -> bool {
 pub fn write_reply_prefix(chain: &Chain, buf: &[u8]) -> bool {
     let mem = chain.memory();
     walk_prefix(chain.writable(), buf.len(), |addr, r| {
-        guest::write(mem, &buf[r], addr)
+        mem.write_slice(&buf[r], addr).is_ok()
     })
 }
 
