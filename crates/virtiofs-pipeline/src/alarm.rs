@@ -1,5 +1,5 @@
-//! What else wakes a queue task waiting for its kick: the daemon stopping, or the frontend
-//! changing the ring.
+//! What else wakes a waiting queue task (for a kick, or for its ring to become runnable): the
+//! daemon stopping, or the frontend changing the ring.
 //!
 //! Both are rare, but a task waiting on them through `select!` polls their futures on every
 //! wake-up, and each poll of a registered tokio `Notify` waiter takes that Notify's lock (the
@@ -71,7 +71,7 @@ impl Alarms {
         if raised & STOP != 0 {
             Some(Alarm::Stop)
         } else if raised & CHANGED != 0 {
-            self.raised.fetch_and(!CHANGED, Ordering::AcqRel);
+            self.clear_changed();
             Some(Alarm::Changed)
         } else {
             None

@@ -127,10 +127,9 @@ impl<H: FuseHandler> QueueContext<H> {
     /// each kick, and starts over when the frontend changes the ring.
     pub(crate) async fn run(self: Arc<Self>) {
         let index = self.link.index;
-        let mut changes = self.link.vring.subscribe();
         let ring = crate::uring::for_queue(&self);
         let ring = ring.as_ref();
-        // The stop and ring changes, for the wait on kicks (see crate::alarm).
+        // The stop and ring changes, for every wait of this task (see crate::alarm).
         let alarms = Arc::new(Alarms::default());
         self.local.spawn(self.tasks.track_future({
             let (alarms, stop) = (alarms.clone(), self.stop.clone());
@@ -140,7 +139,6 @@ impl<H: FuseHandler> QueueContext<H> {
         loop {
             // What changed before this look at the ring needs no second look.
             alarms.clear_changed();
-            changes.borrow_and_update();
             let kick = match self.link.vring.runnable_kick() {
                 Some(Ok(fd)) => match AsyncKick::new(fd) {
                     Ok(kick) => Some(kick),
@@ -157,9 +155,8 @@ impl<H: FuseHandler> QueueContext<H> {
             };
             let Some(kick) = kick else {
                 // Not started, not enabled, or no kick fd yet: wait for the frontend.
-                tokio::select! {
-                    _ = self.stop.stopped() => return,
-                    r = changes.changed() => if r.is_err() { return },
+                if alarms.alarm().await == Alarm::Stop {
+                    return;
                 }
                 continue;
             };
