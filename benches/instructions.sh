@@ -6,6 +6,7 @@
 # so compare runs with the same N.
 #
 # usage: benches/instructions.sh DAEMON-BINARY getattr|lookup|read4k|write4k [N=20000] [POOL=0]
+# KEEP=DIR keeps callgrind's output and its per-function annotation there.
 set -euo pipefail
 BIN=${1:?daemon binary}; OP=${2:?request kind}; N=${3:-20000}; POOL=${4:-0}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,4 +25,5 @@ for _ in $(seq 300); do [ -S "$TMP/sock" ] && break; sleep 0.1; done
 wait "$pid" || { echo "daemon failed:"; tail "$TMP/daemon.log"; exit 1; }
 callgrind_annotate "$TMP/cg.out" >"$TMP/annotate.txt" 2>/dev/null
 total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$TMP/annotate.txt")
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$TMP/cg.out" "$TMP/annotate.txt" "$KEEP/"; fi
 echo "$OP pool=$POOL: $total instructions for $N requests: $(( total / N )) per request"

@@ -295,6 +295,11 @@ impl<H: FuseHandler> QueueContext<H> {
                 if self.stop.is_stopped() {
                     return;
                 }
+                if !popped.more_in_ring {
+                    // The ring was empty when this batch was popped: whatever came since, the
+                    // look at the ring below (or the poll) finds, without a pop for nothing.
+                    break;
+                }
             }
             if keep_off {
                 return;
