@@ -16,6 +16,8 @@
 
 use std::time::Duration;
 
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tracing::debug;
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
@@ -108,7 +110,9 @@ async fn wait_for_lock<H: FuseHandler>(job: Unanswered<H>, mut w: LockWait) {
                 }
                 continue;
             }
-            _ = tokio::time::sleep(w.pause) => {}
+            timed = pause(&ctx.timers, w.pause) => if !timed {
+                return interrupt(job, &w, "the daemon is stopping");
+            }
         }
         w.pause = (w.pause * 2).min(MAX_PAUSE);
         let pass = ctx.gate.enter(Opcode::Setlkw as u32).await;
@@ -133,6 +137,20 @@ async fn wait_for_lock<H: FuseHandler>(job: Unanswered<H>, mut w: LockWait) {
             Step::Wait(_) => {}
         }
     }
+}
+
+/// Waits `pause` on the timers of `timers` (queue threads' runtimes have none); `false` if
+/// that runtime has shut down (its timer task was dropped), rather than the panic of polling a
+/// timer whose runtime is gone.
+async fn pause(timers: &Handle, pause: Duration) -> bool {
+    let (mut done, fired) = oneshot::channel();
+    timers.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => drop(done.send(())),
+            _ = done.closed() => {} // the wait ended otherwise
+        }
+    });
+    fired.await.is_ok()
 }
 
 /// Ends a wait with EINTR.

@@ -94,7 +94,8 @@ impl Pipeline {
 
     /// Serves `links` (every queue of the device, in queue order): each queue gets an OS thread
     /// of its own once the frontend starts it (see [`crate::thread`]); pooled requests run on
-    /// `runtime`'s blocking threads, where the queue watchers run too.
+    /// `runtime`'s blocking threads, where the queue watchers run too. `runtime` must have its
+    /// time driver enabled: the pipeline's timers run there (queue threads have none).
     pub fn start_on<H: FuseHandler>(
         links: Vec<QueueLink>,
         handler: Arc<H>,

@@ -59,8 +59,11 @@ pub(crate) struct QueueContext<H: FuseHandler> {
     pub(crate) poll_max: Duration,
     /// Every request queue's vring (this one's too), for the size of the smallest at INIT.
     pub(crate) request_rings: Arc<[WatchedVring]>,
-    /// The queue thread's runtime (SETLKW waits run there).
+    /// The queue thread's runtime (SETLKW waits run there). It has no time driver: that
+    /// would cost every wake-up of the thread a clock read and a look at the timer wheel.
     pub(crate) local: Handle,
+    /// The daemon's shared runtime, whose timers time the pauses of SETLKW waits.
+    pub(crate) timers: Handle,
     /// How many queues the queue thread serves: polling the ring would keep the others
     /// waiting, so a queue polls only while alone on its thread.
     pub(crate) thread_queues: Arc<AtomicUsize>,

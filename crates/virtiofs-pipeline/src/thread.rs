@@ -222,8 +222,9 @@ fn start_thread<H: FuseHandler>(
     slot: usize,
     cpus: Option<CpuSet>,
 ) -> io::Result<(Arc<QueueThread>, JoinHandle<()>)> {
+    // I/O only: no time driver (see QueueContext::local).
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
         .build()?;
     let thread = Arc::new(QueueThread {
         runtime: rt.handle().clone(),
@@ -298,6 +299,7 @@ fn queue_context<H: FuseHandler>(
         },
         request_rings: shared.request_rings.clone(),
         local,
+        timers: shared.runtime.clone(),
         thread_queues,
         tasks: TaskTracker::new(),
         stop: shared.stop.clone(),
