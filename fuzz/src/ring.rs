@@ -159,13 +159,11 @@ impl Ring {
             GuestAddress(self.queue.desc_table()),
             self.queue.size(),
         );
-        let fast = table.and_then(|t| Chain::read(&t, popped.head_index(), &self.mem));
+        let fast = Chain::read(&table, popped.head_index(), &self.mem);
         let reference = Chain::new(popped, &self.mem);
-        if let Some(fast) = &fast {
-            assert_eq!(fast.readable(), reference.readable(), "readable segments");
-            assert_eq!(fast.writable(), reference.writable(), "writable segments");
-        }
-        Some(fast.unwrap_or(reference))
+        assert_eq!(fast.readable(), reference.readable(), "readable segments");
+        assert_eq!(fast.writable(), reference.writable(), "writable segments");
+        Some(fast)
     }
 
     /// Puts the chain `head` on the used ring with `len` bytes, as a queue task does, and

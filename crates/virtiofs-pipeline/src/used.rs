@@ -188,12 +188,11 @@ impl<'a> Popped<'a> {
             let table = DescTable::new(mem, GuestAddress(queue.desc_table()), queue.size());
             match queue.iter(mem.clone()) {
                 Ok(mut iter) => {
-                    chains.extend(iter.by_ref().take(max).map(|c| {
-                        table
-                            .as_ref()
-                            .and_then(|t| Chain::read(t, c.head_index(), mem))
-                            .unwrap_or_else(|| Chain::new(c, mem))
-                    }));
+                    chains.extend(
+                        iter.by_ref()
+                            .take(max)
+                            .map(|c| Chain::read(&table, c.head_index(), mem)),
+                    );
                     if chains.len() == max && iter.next().is_some() {
                         // Left for the next batch.
                         iter.go_to_previous_position();
