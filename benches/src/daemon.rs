@@ -52,7 +52,9 @@ impl Running {
     ) -> Result<Self, String> {
         let out = fs::File::create(log).map_err(|e| format!("log file: {e}"))?;
         let err = out.try_clone().map_err(|e| format!("log file: {e}"))?;
-        let child = Command::new(&spec.bin)
+        let mut cmd = Command::new(&spec.bin);
+        crate::placement::confine_daemon(&mut cmd);
+        let child = cmd
             .args(spec.args(socket, share, pool))
             .stdin(Stdio::null())
             .stdout(out)

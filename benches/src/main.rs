@@ -8,6 +8,7 @@ mod fio;
 mod host;
 mod load;
 mod measure;
+mod placement;
 mod record;
 mod report;
 mod workload;
@@ -84,6 +85,11 @@ struct Args {
     /// Warm-up time per cell in ms (default 500; quick 150).
     #[arg(long)]
     warmup_ms: Option<u64>,
+    /// Where the harness and the daemons run: `free` (the scheduler decides), `same` (one CPU
+    /// for all: the cost of a request), `split` (harness on one CPU, daemons on the others: the
+    /// cross-CPU latency). Depth-1 cells of a free run are bimodal (see src/placement.rs).
+    #[arg(long, value_enum, default_value = "free")]
+    placement: placement::Placement,
     /// Do not hold /dev/cpu_dma_latency at 0 during the run (see docs/performance.md: without it,
     /// low-depth latency on a VM measures how fast an idle vCPU wakes up).
     #[arg(long)]
@@ -309,6 +315,8 @@ fn main() {
 }
 
 fn real_main(mut args: Args) -> Result<(), String> {
+    // First: every thread and daemon started from now on inherits it.
+    println!("{}", placement::apply(args.placement)?);
     fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     // Absolute: the daemons get paths under it, and the C virtiofsd resolves the shared
     // directory after changing its root (a relative --out made its cells fail).
