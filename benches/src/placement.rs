@@ -4,10 +4,14 @@
 //! queue thread, and on a host with idle cores the scheduler settles into one of two steady
 //! states by chance: both threads on one CPU (each wake-up a switch on that CPU), or one each
 //! (each wake-up an inter-processor interrupt to an idle CPU, on a VM a vCPU exit). On the
-//! 2-vCPU VMs of docs/performance.md the first runs getattr about 1.4x as fast for every
-//! daemon, so a free run's depth-1 cell measures which state each daemon happened to get.
-//! Pinning both decides it: `same` measures the cost of a request (one CPU does everything),
-//! `split` the cross-CPU latency a VM's vCPU and its daemon on separate cores see.
+//! 2-vCPU VMs of docs/performance.md the first runs getattr up to 1.4x as fast, for every
+//! daemon, so a free run's depth-1 cell partly measures which state a daemon happened to get.
+//! Pinning decides it: `same` (one CPU does everything) measures the CPU cost of a request and
+//! repeats to a few per cent; `split` measures the cross-CPU path a VM's vCPU and its daemon on
+//! separate cores take, and still moves by tens of per cent between runs here (how fast the
+//! host wakes an idle vCPU). The C virtiofsd's thread pool dies under either once it grows
+//! (its seccomp filter lacks `sched_getaffinity`, which glib calls when the CPU set is
+//! restricted): its pool=64 cells beyond depth 1 are skipped then.
 
 use std::sync::OnceLock;
 
