@@ -9,9 +9,7 @@
 //! Pinning decides it: `same` (one CPU does everything) measures the CPU cost of a request and
 //! repeats to a few per cent; `split` measures the cross-CPU path a VM's vCPU and its daemon on
 //! separate cores take, and still moves by tens of per cent between runs here (how fast the
-//! host wakes an idle vCPU). The C virtiofsd's thread pool dies under either once it grows
-//! (its seccomp filter lacks `sched_getaffinity`, which glib calls when the CPU set is
-//! restricted): its pool=64 cells beyond depth 1 are skipped then.
+//! host wakes an idle vCPU).
 
 use std::sync::OnceLock;
 
