@@ -8,11 +8,10 @@
 //! thread; the guest changing its descriptors afterwards changes nothing for the request.
 //!
 //! [`Chain::read`] walks it over a [`DescTable`], the queue's descriptor table translated to
-//! host memory once per batch (a table across memory regions is read entry by entry through
-//! the memory table, as `virtio-queue` does): a descriptor is then a bounds check and a
-//! 16-byte read, where
+//! host memory once per batch: a descriptor is then a bounds check and a 16-byte read, where
 //! `virtio-queue` looks its address up in the memory table and copies it through a slice
-//! iterator. The walk keeps `virtio-queue`'s rules ([`Chain::new`] is that walk, and the
+//! iterator (a table across memory regions is read entry by entry through the memory table,
+//! as `virtio-queue` reads every table). The walk keeps `virtio-queue`'s rules ([`Chain::new`] is that walk, and the
 //! reference of the tests): at most as many descriptors as the table has, an index outside the
 //! table ends the chain, one level of indirect table (its length a multiple of 16, at most
 //! 65,535 entries), at most 4 GiB in all.
