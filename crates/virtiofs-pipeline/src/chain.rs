@@ -11,10 +11,10 @@
 //! host memory once per batch: a descriptor is then a bounds check and a 16-byte read, where
 //! `virtio-queue` looks its address up in the memory table and copies it through a slice
 //! iterator (a table across memory regions is read entry by entry through the memory table,
-//! as `virtio-queue` reads every table). The walk keeps `virtio-queue`'s rules ([`Chain::new`] is that walk, and the
-//! reference of the tests): at most as many descriptors as the table has, an index outside the
-//! table ends the chain, one level of indirect table (its length a multiple of 16, at most
-//! 65,535 entries), at most 4 GiB in all.
+//! as `virtio-queue` reads every table). The walk keeps `virtio-queue`'s rules
+//! ([`Chain::new`] is that walk, and the reference of the tests): at most as many descriptors
+//! as the table has, an index outside the table ends the chain, one level of indirect table
+//! (its length a multiple of 16, at most 65,535 entries), at most 4 GiB in all.
 
 use smallvec::SmallVec;
 use virtio_queue::desc::split::Descriptor;
