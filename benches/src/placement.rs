@@ -119,4 +119,25 @@ mod tests {
     fn this_process_may_use_some_cpu() {
         assert!(!allowed_cpus().unwrap().is_empty());
     }
+
+    #[test]
+    fn same_pins_the_calling_thread_to_its_first_cpu_and_free_pins_nothing() {
+        let first = allowed_cpus().unwrap()[0];
+        // In threads of their own: the pinning is the calling thread's.
+        let (free, same) = std::thread::spawn(move || {
+            apply(Placement::Free).unwrap();
+            let free = allowed_cpus().unwrap();
+            let line = apply(Placement::Same).unwrap();
+            assert!(line.contains(&format!("CPU {first}")), "{line}");
+            (free, allowed_cpus().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(free, allowed_cpus().unwrap(), "free changes nothing");
+        assert_eq!(same, vec![first]);
+        assert!(
+            DAEMON_CPUS.get().is_none(),
+            "daemons are confined by split only"
+        );
+    }
 }
