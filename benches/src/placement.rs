@@ -13,6 +13,8 @@
 
 use std::sync::OnceLock;
 
+use virtiofs_pipeline::CpuSet;
+
 /// The `--placement` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Placement {
@@ -25,35 +27,7 @@ pub enum Placement {
 }
 
 /// The CPUs daemons are confined to (`split`); set once at startup.
-static DAEMON_CPUS: OnceLock<libc::cpu_set_t> = OnceLock::new();
-
-/// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Result<Vec<usize>, String> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
-        return Err(format!(
-            "sched_getaffinity: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: CPU_ISSET reads the set within its size.
-    Ok((0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-        .collect())
-}
-
-/// A CPU set of `cpus`.
-fn set_of(cpus: &[usize]) -> libc::cpu_set_t {
-    // SAFETY: as above.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        // SAFETY: `c` < CPU_SETSIZE (it came from allowed_cpus).
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
-    set
-}
+static DAEMON_CPUS: OnceLock<CpuSet> = OnceLock::new();
 
 /// Pins the calling thread (call it first thing: threads and children made later inherit it)
 /// and records where daemons go; returns a line for the run's log.
@@ -61,43 +35,36 @@ pub fn apply(p: Placement) -> Result<String, String> {
     if p == Placement::Free {
         return Ok("placement: free (the scheduler places the harness and the daemons)".into());
     }
-    let cpus = allowed_cpus()?;
-    let (&first, rest) = cpus.split_first().ok_or("placement: no CPU is allowed")?;
+    let allowed = CpuSet::of_this_thread().map_err(|e| format!("sched_getaffinity: {e}"))?;
+    let (&first, rest) = allowed
+        .cpus()
+        .split_first()
+        .ok_or("placement: no CPU is allowed")?;
+    let daemons = CpuSet::new(rest.to_vec());
     if p == Placement::Split {
         if rest.is_empty() {
             return Err("--placement split needs two CPUs; this process may use one".into());
         }
         DAEMON_CPUS
-            .set(set_of(rest))
+            .set(daemons.clone())
             .expect("placement applied once");
     }
-    let harness = set_of(&[first]);
-    // SAFETY: a valid cpu_set_t for the calling thread.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&harness), &harness) } != 0 {
-        return Err(format!(
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    CpuSet::new(vec![first])
+        .pin_this_thread()
+        .map_err(|e| format!("sched_setaffinity: {e}"))?;
     Ok(match p {
         Placement::Same => format!("placement: same (harness and daemons on CPU {first})"),
-        _ => format!("placement: split (harness on CPU {first}, daemons on CPUs {rest:?})"),
+        _ => format!("placement: split (harness on CPU {first}, daemons on CPUs {daemons})"),
     })
 }
 
 /// Confines `cmd`'s process to the daemons' CPUs, if `split` placed them.
 pub fn confine_daemon(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt as _;
-    if let Some(set) = DAEMON_CPUS.get().copied() {
-        // SAFETY: the closure only makes one async-signal-safe system call.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    if let Some(cpus) = DAEMON_CPUS.get() {
+        // SAFETY: between fork and exec the closure makes one system call and allocates
+        // nothing (pin_this_thread fills a cpu_set_t on the stack).
+        unsafe { cmd.pre_exec(move || cpus.pin_this_thread()) };
     }
 }
 
@@ -106,34 +73,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_set_holds_exactly_its_cpus() {
-        let set = set_of(&[0, 3]);
-        // SAFETY: reads within the set.
-        let held: Vec<usize> = (0..8)
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
-            .collect();
-        assert_eq!(held, vec![0, 3]);
-    }
-
-    #[test]
-    fn this_process_may_use_some_cpu() {
-        assert!(!allowed_cpus().unwrap().is_empty());
-    }
-
-    #[test]
     fn same_pins_the_calling_thread_to_its_first_cpu_and_free_pins_nothing() {
-        let first = allowed_cpus().unwrap()[0];
+        let allowed = || CpuSet::of_this_thread().unwrap().cpus().to_vec();
+        let first = allowed()[0];
         // In threads of their own: the pinning is the calling thread's.
         let (free, same) = std::thread::spawn(move || {
             apply(Placement::Free).unwrap();
-            let free = allowed_cpus().unwrap();
+            let free = allowed();
             let line = apply(Placement::Same).unwrap();
             assert!(line.contains(&format!("CPU {first}")), "{line}");
-            (free, allowed_cpus().unwrap())
+            (free, allowed())
         })
         .join()
         .unwrap();
-        assert_eq!(free, allowed_cpus().unwrap(), "free changes nothing");
+        assert_eq!(free, allowed(), "free changes nothing");
         assert_eq!(same, vec![first]);
         assert!(
             DAEMON_CPUS.get().is_none(),
