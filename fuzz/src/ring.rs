@@ -152,8 +152,8 @@ impl Ring {
         fence(Ordering::SeqCst);
         self.write(AVAIL_RING + 2, &self.next_avail.to_le_bytes());
         let popped = self.queue.pop_descriptor_chain(self.mem.clone())?;
-        // As the queue task reads it: over the translated descriptor table, with virtio-queue's
-        // walk as the fallback. Both walks must agree on whatever the input wrote.
+        // As the queue task reads it: over the descriptor table (translated, or entry by entry
+        // across regions). virtio-queue's walk must agree on whatever the input wrote.
         let table = DescTable::new(
             &self.mem,
             GuestAddress(self.queue.desc_table()),
