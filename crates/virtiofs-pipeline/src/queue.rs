@@ -1,7 +1,7 @@
 //! One virtqueue, driven by one task on the queue's own thread.
 //!
 //! The task owns a duplicate of the queue's kick eventfd (through [`AsyncKick`]). On each kick
-//! (an epoll event; the eventfd is not read) it drains the ring: it pops the available chains in batches of up
+//! (one read of the eventfd) it drains the ring: it pops the available chains in batches of up
 //! to [`MAX_BATCH`], takes each request's gate pass in ring order and runs it where
 //! [`crate::dispatch`] says: here on the queue thread, or on the pool. The completions of the
 //! requests run here go to the used ring together at the end of the batch, with at most one
