@@ -15,6 +15,7 @@
 # (POOL: --thread-pool-size; 64 is our default; the references serve one request queue; add
 # c=c-virtiofsd:0:1 for the C virtiofsd). The daemons' command lines come from
 # vhost_user_fs_client::daemons (the `daemon_command` example), cache=auto.
+# ASYNC_VIRTIOFSD_BIN=PATH runs that build of ours instead of this tree's.
 # Output: DIR/results.csv (round,config,job,iops,bw_kib_s), DIR/summary.md, DIR/logs/.
 # Needs root (QEMU's shared memory, the daemons' sandboxes), tests/e2e/setup.sh's packages and
 # guest kernel (run here), fio on the host (its binary and libraries go into the initramfs), and
@@ -40,7 +41,7 @@ while [[ $# -gt 0 ]]; do
         --jobs) JOBS=$2; shift ;;
         --configs) CONFIGS=$2; shift ;;
         --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -63,7 +64,8 @@ log "building async-virtiofsd and the daemon_command example (release)"
 cargo build --release --quiet -p async-virtiofsd
 # (separately: --example would limit the first build to examples)
 cargo build --release --quiet -p vhost-user-fs-client --example daemon_command
-export ASYNC_VIRTIOFSD_BIN=$TARGET_DIR/release/async-virtiofsd
+# ASYNC_VIRTIOFSD_BIN set by the caller: another build of ours (an A/B of two commits).
+export ASYNC_VIRTIOFSD_BIN=${ASYNC_VIRTIOFSD_BIN:-$TARGET_DIR/release/async-virtiofsd}
 DAEMON_COMMAND=$TARGET_DIR/release/examples/daemon_command
 tests/e2e/setup.sh --kernel "$KERNEL" >"$OUT/logs/setup.log" 2>&1 \
     || { tail -5 "$OUT/logs/setup.log"; die "tests/e2e/setup.sh failed (log: $OUT/logs/setup.log)"; }
