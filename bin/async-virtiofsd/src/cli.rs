@@ -19,6 +19,7 @@ use virtiofs_sandbox::{CapabilityPolicy, NsIdMaps, NsRange, SandboxMode, Seccomp
 use crate::compat::{
     self, InodeFileHandles, MigrationMode, MigrationOnError, Negotiation, Setting,
 };
+use crate::scheduling::Scheduling;
 
 /// `--poll-us` by default (see docs/performance.md for how it was chosen).
 pub const DEFAULT_POLL_US: u64 = 0;
@@ -167,6 +168,19 @@ struct Args {
     #[arg(long, value_name = "US", default_value_t = DEFAULT_POLL_US,
           value_parser = clap::value_parser!(u64).range(0..=MAX_POLL_US))]
     poll_us: u64,
+
+    /// CPU scheduling policy of the daemon's threads: `inherit` (the one it was started with,
+    /// normally SCHED_OTHER) or `batch` (SCHED_BATCH: a thread woken by the guest's kick waits
+    /// for its CPU instead of preempting the thread there, e.g. the vCPU that kicked, and then
+    /// finds the whole burst; for hosts where the daemon shares CPUs with vCPUs, at some
+    /// latency at depth 1; see docs/performance.md).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "inherit|batch",
+        default_value = "inherit"
+    )]
+    scheduling: Scheduling,
 
     /// How request queues do READ, WRITE and FSYNC: `sync` (system calls on the queue thread
     /// or the pool), `io-uring` (an io_uring per request queue; fails to start where io_uring
@@ -392,6 +406,8 @@ pub struct Options {
     pub queue_threads: usize,
     /// `--poll-us`.
     pub poll_max: Duration,
+    /// `--scheduling`.
+    pub scheduling: Scheduling,
     /// `--io-engine` (`auto` is resolved when the daemon starts).
     pub io_engine: IoEngineArg,
     /// `--log-level`.
@@ -772,6 +788,7 @@ where
         queue_affinity: args.queue_affinity,
         queue_threads,
         poll_max: Duration::from_micros(args.poll_us),
+        scheduling: args.scheduling,
         io_engine: args.io_engine,
         log_level,
         sandbox,

@@ -50,6 +50,9 @@ pub enum DaemonError {
          from the kernel; use --io-engine sync or auto"
     )]
     IoUring(virtiofs_pipeline::ProbeError),
+    /// `--scheduling` could not be applied (a seccomp filter or policy of the launcher).
+    #[error("--scheduling: cannot set the policy: {0}")]
+    Scheduling(std::io::Error),
 }
 
 /// The engine `--io-engine` comes to here: `io-uring` and `auto` try a ring first.
@@ -93,6 +96,8 @@ fn engine_name(engine: IoEngine) -> &'static str {
 /// Sets up, confines and runs the daemon; returns the process exit code. In namespace mode this
 /// process becomes the supervisor and returns the sandboxed daemon's exit code.
 pub fn run(opts: Options) -> Result<u8, DaemonError> {
+    // Before any other thread exists, so that all of them inherit it (see crate::scheduling).
+    opts.scheduling.apply().map_err(DaemonError::Scheduling)?;
     // Everything outside the share first: the sandbox hides the rest of the host.
     let shared_dir = check_shared_dir(&opts.share.shared_dir)?;
     let mut socket = match &opts.listen {

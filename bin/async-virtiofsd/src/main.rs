@@ -10,6 +10,7 @@ mod compat;
 mod daemon;
 mod logging;
 mod manual;
+mod scheduling;
 mod socket;
 mod systemd;
 

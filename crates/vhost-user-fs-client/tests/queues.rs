@@ -1,8 +1,9 @@
-//! The queues as a user sees them from outside: per-queue statistics on SIGUSR1, and
-//! `--queue-affinity` in /proc/PID/task/*/status.
+//! The queues as a user sees them from outside: per-queue statistics on SIGUSR1,
+//! `--queue-affinity` in /proc/PID/task/*/status and `--scheduling` in /proc/PID/task/*/stat.
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::Daemon;
@@ -102,8 +103,8 @@ fn sigusr1_logs_per_queue_statistics_and_the_daemon_keeps_serving() {
     d.assert_alive("after SIGUSR1");
 }
 
-/// Cpus_allowed_list of every thread of the daemon's process tree named `name`.
-fn cpus_of_threads(root: u32, name: &str) -> Vec<String> {
+/// The /proc task directories of every thread of the daemon's process tree named `name`.
+fn threads_named(root: u32, name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for pid in process_tree(root) {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -111,16 +112,35 @@ fn cpus_of_threads(root: u32, name: &str) -> Vec<String> {
         };
         for t in tasks.flatten() {
             let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            if comm.trim() != name {
-                continue;
-            }
-            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-            if let Some(l) = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")) {
-                found.push(l["Cpus_allowed_list:".len()..].trim().to_owned());
+            if comm.trim() == name {
+                found.push(t.path());
             }
         }
     }
     found
+}
+
+/// Cpus_allowed_list of every thread of the daemon's process tree named `name`.
+fn cpus_of_threads(root: u32, name: &str) -> Vec<String> {
+    threads_named(root, name)
+        .iter()
+        .filter_map(|t| {
+            let status = std::fs::read_to_string(t.join("status")).ok()?;
+            let l = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+            Some(l.trim().to_owned())
+        })
+        .collect()
+}
+
+/// A thread's scheduling policy (sched(7)'s number: field 41 of its /proc stat line, counted
+/// after the command name, which may hold spaces).
+fn policy_of(task: &Path) -> i32 {
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    // Field 3 (state) is the first after the name.
+    after_comm.split(' ').nth(41 - 3).unwrap().parse().unwrap()
 }
 
 /// The CPUs in the kernel's list format (`0-1,4`).
@@ -198,5 +218,43 @@ fn queue_affinity_pins_request_queue_threads_and_leaves_hiprio_alone() {
             !main.is_empty() && main.iter().all(|m| *m == all),
             "{spec}: {main:?}"
         );
+    }
+}
+
+#[test]
+fn scheduling_batch_is_the_policy_of_every_thread_of_the_daemon() {
+    // SAFETY: pid 0 is the calling thread.
+    let ours = unsafe { libc::sched_getscheduler(0) };
+    assert_ne!(
+        ours,
+        libc::SCHED_BATCH,
+        "the test itself runs under another policy"
+    );
+    for (args, want) in [
+        (&[][..], ours),
+        (&["--scheduling", "batch"][..], libc::SCHED_BATCH),
+    ] {
+        let mut d = Daemon::start(args);
+        let c = d.connect(d.config());
+        c.init().unwrap();
+        getattrs(&c, 1, 3);
+        assert_eq!(
+            wait_for_threads(d.pid(), "virtiofs-q1").len(),
+            1,
+            "{args:?}"
+        );
+        // The queue thread, the main thread (hiprio queue), the vhost-user thread, the
+        // runtime's threads, the namespace supervisor: all of them.
+        let mut threads = Vec::new();
+        for pid in process_tree(d.pid()) {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+            threads.extend(tasks.flatten().map(|t| t.path()));
+        }
+        assert!(threads.len() >= 3, "{args:?}: {threads:?}");
+        for t in &threads {
+            assert_eq!(policy_of(t), want, "{args:?}: {}", t.display());
+        }
+        getattrs(&c, 1, 3);
+        d.assert_alive("serving under its policy");
     }
 }

@@ -549,6 +549,19 @@ fn poll_us_is_off_by_default_and_bounded() {
 }
 
 #[test]
+fn scheduling_inherits_by_default_and_takes_batch() {
+    let base = ["--shared-dir=/srv", "--socket-path=/s"];
+    assert_eq!(run(&base).unwrap().scheduling, Scheduling::Inherit);
+    let mut a = base.to_vec();
+    a.push("--scheduling=batch");
+    assert_eq!(run(&a).unwrap().scheduling, Scheduling::Batch);
+    let mut a = base.to_vec();
+    a.push("--scheduling=fifo");
+    let e = run(&a).unwrap_err();
+    assert!(e.contains("--scheduling") && !e.contains('\n'), "{e}");
+}
+
+#[test]
 fn id_translation_rules_accumulate_and_bad_ones_are_one_line() {
     let o = run(&[
         "--shared-dir=/a",
