@@ -8,7 +8,7 @@
 # where the others strip it) and does READ, WRITE and FSYNC through io_uring (--io-engine
 # io-uring); pool1 names --io-engine sync, the others take the default (auto). pool0 (6.1) and multiqueue (6.12) have a host tmpfs inside the share
 # announced as a submount (its own st_dev in the guest), pool1 the same tmpfs unannounced (one
-# st_dev). multiqueue's guest raises fs.fuse.max_pages_limit where its kernel has it (6.13+); every
+# st_dev); multiqueue runs its threads under SCHED_BATCH (--scheduling batch). multiqueue's guest raises fs.fuse.max_pages_limit where its kernel has it (6.13+); every
 # full run checks the daemon offered 1020 pages (queue of 1024 - 4) and the largest WRITE the
 # guest sent: 1020 pages with a raised limit, 256 (1 MiB) otherwise. The four full runs check
 # locks both ways with host processes (run-e2e.sh --host-locks: a host lock blocks the guest; a
@@ -239,7 +239,7 @@ run pool0 6.1 2 1 "--thread-pool-size=0 --cache=always --writeback --announce-su
     --host-locks --submount announced
 run pool1 6.1 2 1 "--thread-pool-size=1 --cache=never --no-readdirplus --io-engine sync" --host-locks --submount plain
 run pool64 6.1 2 1 "--thread-pool-size=64 --xattr --allow-direct-io --io-engine io-uring" --xattr --host-locks --direct-io
-run multiqueue 6.12 4 4 "--thread-pool-size=64 --cache=metadata --announce-submounts" --mem 5G \
+run multiqueue 6.12 4 4 "--thread-pool-size=64 --cache=metadata --announce-submounts --scheduling batch" --mem 5G \
     --host-locks --submount announced --guest-max-pages 1024
 # A guest that reboots (reboot -f, then system_reset; writes in flight, no unmount) twice in one
 # QEMU process, then rebinds its driver.

@@ -13,6 +13,7 @@ use virtiofs_pipeline::{IoEngine, Pipeline, PipelineConfig};
 use virtiofs_sandbox::{rlimit, seccomp, EnterError, Entered, SandboxMode};
 
 use crate::cli::{IoEngineArg, Listen, Options};
+use crate::scheduling::Scheduling;
 use crate::socket::{ListenSocket, SocketError};
 use crate::systemd::Notifier;
 
@@ -98,6 +99,9 @@ fn engine_name(engine: IoEngine) -> &'static str {
 pub fn run(opts: Options) -> Result<u8, DaemonError> {
     // Before any other thread exists, so that all of them inherit it (see crate::scheduling).
     opts.scheduling.apply().map_err(DaemonError::Scheduling)?;
+    if opts.scheduling == Scheduling::Batch {
+        info!("--scheduling batch: every thread runs SCHED_BATCH");
+    }
     // Everything outside the share first: the sandbox hides the rest of the host.
     let shared_dir = check_shared_dir(&opts.share.shared_dir)?;
     let mut socket = match &opts.listen {
