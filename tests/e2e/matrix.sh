@@ -8,9 +8,10 @@
 # where the others strip it) and does READ, WRITE and FSYNC through io_uring (--io-engine
 # io-uring); pool1 names --io-engine sync, the others take the default (auto). pool0 (6.1) and multiqueue (6.12) have a host tmpfs inside the share
 # announced as a submount (its own st_dev in the guest), pool1 the same tmpfs unannounced (one
-# st_dev); multiqueue runs its threads under SCHED_BATCH (--scheduling batch). multiqueue's guest raises fs.fuse.max_pages_limit where its kernel has it (6.13+); every
-# full run checks the daemon offered 1020 pages (queue of 1024 - 4) and the largest WRITE the
-# guest sent: 1020 pages with a raised limit, 256 (1 MiB) otherwise. The four full runs check
+# st_dev); multiqueue runs its threads under SCHED_BATCH (--scheduling batch). multiqueue's
+# guest raises fs.fuse.max_pages_limit where its kernel has it (6.13+); every full run checks
+# the daemon offered 1020 pages (queue of 1024 - 4) and the largest WRITE the guest sent: 1020
+# pages with a raised limit, 256 (1 MiB) otherwise. The four full runs check
 # locks both ways with host processes (run-e2e.sh --host-locks: a host lock blocks the guest; a
 # guest process's locks block the host's until it is SIGKILLed or closes the file, seen by
 # host-lock-peer.py). Then a guest that reboots three times in one QEMU

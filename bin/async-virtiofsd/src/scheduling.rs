@@ -72,7 +72,7 @@ mod tests {
     #[test]
     fn batch_is_set_on_the_calling_thread_and_inherited_by_its_new_threads() {
         let ours = policy();
-        assert_ne!(ours, libc::SCHED_BATCH);
+        assert_ne!(ours, libc::SCHED_BATCH, "the test would prove nothing");
         assert_eq!(
             policies_after(Scheduling::Batch),
             (libc::SCHED_BATCH, libc::SCHED_BATCH)
