@@ -287,9 +287,14 @@ fn complete(ctx: &Ctx<'_>, op: Op, reply: Reply, forgets: &mut Vec<(u64, u64)>) 
     let check_attr = |m: &mut Model, slot: usize, min_blocks: usize, attr: &Attr, via: &str| {
         let s = &m.slots[slot];
         let min = (min_blocks * bs) as u64;
-        if attr.ino != s.ino || attr.size < min || attr.size % bs as u64 != 0 {
+        // Not "in whole blocks": while a WRITE beyond the blocks known complete is being
+        // copied, the host kernel may show a size inside its block (a short copy from a page
+        // not yet faulted in, then the rest), and a GETATTR or LOOKUP then reports it (seen
+        // once in CI: 3,008 bytes into a block). What was complete before the request is
+        // checked; the content of every block is checked by READs and at the end on the host.
+        if attr.ino != s.ino || attr.size < min {
             let what = format!(
-                "{via} {}: ino {} size {}, want ino {} size >= {min} in whole blocks",
+                "{via} {}: ino {} size {}, want ino {} size >= {min}",
                 s.name(),
                 attr.ino,
                 attr.size,
