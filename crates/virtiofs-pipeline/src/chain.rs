@@ -95,9 +95,10 @@ pub struct Chain {
 impl Chain {
     /// Reads `chain`'s descriptors through `virtio-queue` (following an indirect table) into
     /// its segments; `memory` is the table it was popped over. The reference walk that the
-    /// tests and the fuzz target hold [`Chain::read`] to (the queue task reads with that). A walk that `virtio-queue` ends
-    /// early (a descriptor outside the table or guest memory, a loop, a chain over 4 GiB)
-    /// leaves the segments read until then, as iterating the chain did.
+    /// tests and the fuzz target hold [`Chain::read`] to (the queue task reads with that). A
+    /// walk that `virtio-queue` ends early (a descriptor outside the table or guest memory, a
+    /// loop, a chain over 4 GiB) leaves the segments read until then, as iterating the chain
+    /// did.
     pub fn new(chain: DescriptorChain<MemoryTable>, memory: &MemoryTable) -> Self {
         let head = chain.head_index();
         let mut split = Split::default();

@@ -550,14 +550,11 @@ fn poll_us_is_off_by_default_and_bounded() {
 
 #[test]
 fn scheduling_inherits_by_default_and_takes_batch() {
-    let base = ["--shared-dir=/srv", "--socket-path=/s"];
-    assert_eq!(run(&base).unwrap().scheduling, Scheduling::Inherit);
-    let mut a = base.to_vec();
-    a.push("--scheduling=batch");
-    assert_eq!(run(&a).unwrap().scheduling, Scheduling::Batch);
-    let mut a = base.to_vec();
-    a.push("--scheduling=fifo");
-    let e = run(&a).unwrap_err();
+    let with = |extra: &[&str]| run(&[&["--shared-dir=/srv", "--socket-path=/s"], extra].concat());
+    assert_eq!(with(&[]).unwrap().scheduling, Scheduling::Inherit);
+    let batch = with(&["--scheduling=batch"]).unwrap();
+    assert_eq!(batch.scheduling, Scheduling::Batch);
+    let e = with(&["--scheduling=fifo"]).unwrap_err();
     assert!(e.contains("--scheduling") && !e.contains('\n'), "{e}");
 }
 
