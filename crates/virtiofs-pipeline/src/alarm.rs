@@ -6,9 +6,19 @@
 //! stop's is shared by every queue thread): about a tenth of the instructions of a GETATTR. So a
 //! small watcher task waits on them instead (it wakes only when one fires) and raises a flag in
 //! an [`Alarms`]; the queue task polls that with one atomic operation and an `AtomicWaker`.
+//!
+//! A queue task alone on its thread may wait for a kick in poll(2) instead, outside tokio
+//! (see `QueueContext::run`); then no waker reaches it. So the watcher runs on the shared
+//! runtime, not the queue's, and each alarm also *nudges* the task: it writes to the kick
+//! eventfd the task polls (a spurious kick: the task finds the ring empty and sees the alarm).
+//! Should that runtime drop the watcher unfinished (it shut down first: tests do that to a
+//! runtime that is also the pool's), the watcher says so as a change and the task watches on
+//! its own runtime from then on, never blocking again.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -21,6 +31,10 @@ use crate::stop::Stop;
 pub(crate) struct Alarms {
     raised: AtomicU8,
     waker: AtomicWaker,
+    /// The kick eventfd of the ring the task serves (a duplicate), while it serves one.
+    nudge: Mutex<Option<OwnedFd>>,
+    /// The watcher was dropped before the stop.
+    orphaned: AtomicBool,
 }
 
 /// What an [`Alarms`] reported.
@@ -39,6 +53,38 @@ impl Alarms {
     fn raise(&self, flag: u8) {
         self.raised.fetch_or(flag, Ordering::Release);
         self.waker.wake();
+        // After the flag: a task that looked at the flags before blocking is woken by this.
+        self.nudge();
+    }
+
+    /// Sets (or, with `None`, forgets) the kick eventfd that [`Self::nudge`] writes to. Set it
+    /// before the task first looks at the flags and then blocks in poll(2) on that eventfd.
+    pub(crate) fn set_nudge(&self, kick: Option<OwnedFd>) {
+        *self.nudge.lock().unwrap() = kick;
+    }
+
+    /// Wakes the task if it is blocked in poll(2) on its kick eventfd: a spurious kick, which
+    /// costs it one look at an empty ring. Rare: alarms, SETLKW waits, a queue joining the
+    /// thread.
+    pub(crate) fn nudge(&self) {
+        if let Some(fd) = self.nudge.lock().unwrap().as_ref() {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a local buffer to an eventfd we own. It cannot fail
+            // but for a counter at its maximum, which is a pending kick anyway.
+            unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
+    }
+
+    /// The alarm raised, if any, as [`Self::poll_alarm`] would report it (for a task about to
+    /// block outside tokio, and again once it wakes).
+    pub(crate) fn raised(&self) -> Option<Alarm> {
+        self.take()
+    }
+
+    /// Whether the watcher was dropped before the stop (its runtime shut down): the task must
+    /// start another where it runs itself. True once.
+    pub(crate) fn take_orphaned(&self) -> bool {
+        self.orphaned.swap(false, Ordering::AcqRel)
     }
 
     /// Ready once an alarm is raised: [`Alarm::Stop`] for good; [`Alarm::Changed`] once per
@@ -82,8 +128,19 @@ impl Alarms {
 /// Raises `alarms` when `stop` fires (then ends) and on each change of `changes` (the ring's
 /// state; its sender gone counts as a stop) after the version `changes` had seen when it was
 /// made: the watcher first runs only once the queue task waits, and a change in between must
-/// still be raised.
+/// still be raised. A watcher dropped unfinished (its runtime shutting down) says so with
+/// [`Alarms::take_orphaned`] and a change.
 pub(crate) async fn watch(alarms: &Alarms, stop: Stop, mut changes: watch::Receiver<u64>) {
+    struct Orphaned<'a>(Option<&'a Alarms>);
+    impl Drop for Orphaned<'_> {
+        fn drop(&mut self) {
+            if let Some(alarms) = self.0 {
+                alarms.orphaned.store(true, Ordering::Release);
+                alarms.raise(CHANGED);
+            }
+        }
+    }
+    let mut orphaned = Orphaned(Some(alarms));
     loop {
         tokio::select! {
             biased;
@@ -94,6 +151,7 @@ pub(crate) async fn watch(alarms: &Alarms, stop: Stop, mut changes: watch::Recei
             },
         }
     }
+    orphaned.0 = None;
     alarms.raise(STOP);
 }
 

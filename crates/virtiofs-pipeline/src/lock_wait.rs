@@ -87,6 +87,8 @@ impl<H: FuseHandler> QueueContext<H> {
     pub(crate) fn spawn_lock_wait(&self, job: Unanswered<H>, w: LockWait) {
         let job = job.with_errno(libc::EINTR);
         self.tasks.spawn_on(wait_for_lock(job, w), &self.local);
+        // From the pool, the queue thread may be blocked in poll(2): it must wake to run this.
+        self.alarms.nudge();
     }
 }
 

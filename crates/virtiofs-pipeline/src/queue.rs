@@ -67,8 +67,14 @@ pub(crate) struct QueueContext<H: FuseHandler> {
     /// How many queues the queue thread serves: polling the ring would keep the others
     /// waiting, so a queue polls only while alone on its thread.
     pub(crate) thread_queues: Arc<AtomicUsize>,
-    /// Tasks on `local` besides the queue task; the thread ends once they are done.
+    /// Tasks on `local` besides the queue task (SETLKW waits); the thread ends once they are
+    /// done.
     pub(crate) tasks: TaskTracker,
+    /// What else wakes the waiting queue task: the stop, ring changes (see [`crate::alarm`]).
+    pub(crate) alarms: Arc<Alarms>,
+    /// Whether `local` is a queue thread's runtime (not the shared one, as for the hiprio
+    /// queue), where the task may block the thread while it waits for a kick.
+    pub(crate) own_thread: bool,
     /// Fires when the daemon stops.
     pub(crate) stop: Stop,
     /// How READ, WRITE and FSYNC are done (the hiprio queue: always synchronously).
@@ -132,14 +138,20 @@ impl<H: FuseHandler> QueueContext<H> {
         let index = self.link.index;
         let ring = crate::uring::for_queue(&self);
         let ring = ring.as_ref();
-        // The stop and ring changes, for every wait of this task (see crate::alarm).
-        let alarms = Arc::new(Alarms::default());
-        self.local.spawn(self.tasks.track_future({
-            let (alarms, stop) = (alarms.clone(), self.stop.clone());
-            let changes = self.link.vring.subscribe();
-            async move { crate::alarm::watch(&alarms, stop, changes).await }
-        }));
+        // The stop and ring changes, for every wait of this task (see crate::alarm). The
+        // watcher runs on the shared runtime: this thread may be blocked in poll(2).
+        let alarms = &self.alarms;
+        self.watch_alarms(&self.timers);
+        let mut may_block_ever = self.own_thread;
         loop {
+            if alarms.take_orphaned() {
+                warn!(
+                    queue = index,
+                    "the shared runtime dropped the queue's watcher"
+                );
+                self.watch_alarms(&self.local);
+                may_block_ever = false;
+            }
             // What changed before this look at the ring needs no second look.
             alarms.clear_changed();
             let kick = match self.link.vring.runnable_kick() {
@@ -163,6 +175,10 @@ impl<H: FuseHandler> QueueContext<H> {
                 }
                 continue;
             };
+            // Without a duplicate to nudge it through, the task must not block in poll(2).
+            let nudge = kick.try_clone().ok();
+            let may_block = may_block_ever && nudge.is_some();
+            alarms.set_nudge(nudge);
             // Only requests of the ring that stopped can be in it: they go back first.
             self.complete_ring(ring);
             debug!(queue = index, "queue running");
@@ -203,48 +219,29 @@ impl<H: FuseHandler> QueueContext<H> {
                         continue;
                     }
                 }
-                let woke = loop {
-                    let woke = tokio::select! {
-                        biased;
-                        alarm = alarms.alarm() => match alarm {
-                            Alarm::Stop => Woke::Stop,
-                            Alarm::Changed => Woke::Changed,
-                        },
-                        r = kick.wait() => Woke::Kick(r),
-                        r = ring_completion(ring) => Woke::Completion(r),
-                    };
-                    match woke {
-                        Woke::Completion(r) => {
-                            if let Err(e) = r {
-                                warn!(queue = index, "io_uring eventfd failed: {e}");
-                                self.complete_ring(ring);
-                            }
-                            if let Some(ring) = ring {
-                                let mem = memory.current();
-                                let mut used = UsedBatch::new(&self.link, &self.stats, mem);
-                                ring.reap(&self, &mut used);
-                            }
-                        }
-                        Woke::Stop => break Wake::Stop,
-                        Woke::Changed => break Wake::Changed,
-                        Woke::Kick(r) => break Wake::Kick(r),
-                    }
+                let woke = if may_block && self.alone(ring) {
+                    self.wait_blocking(&kick)
+                } else {
+                    self.wait(&kick, &mut memory, ring).await
                 };
                 match woke {
                     Wake::Stop => {
                         // Nothing in the ring may outlive the queue task.
                         self.complete_ring(ring);
+                        alarms.set_nudge(None);
                         return;
                     }
                     Wake::Changed => {
                         debug!(queue = index, "queue state changed");
                         self.complete_ring(ring);
+                        alarms.set_nudge(None);
                         break;
                     }
                     Wake::Kick(Ok(())) => poll.wait_ended(waiting),
                     Wake::Kick(Err(e)) => {
                         warn!(queue = index, "kick eventfd failed: {e}");
                         self.complete_ring(ring);
+                        alarms.set_nudge(None);
                         // Do not spin on a broken fd: wait until the frontend changes the
                         // ring.
                         if alarms.alarm().await == Alarm::Stop {
@@ -253,6 +250,79 @@ impl<H: FuseHandler> QueueContext<H> {
                         break;
                     }
                 }
+            }
+        }
+    }
+
+    /// Starts the task that raises this queue's alarms, on `runtime`.
+    fn watch_alarms(&self, runtime: &Handle) {
+        let (alarms, stop) = (self.alarms.clone(), self.stop.clone());
+        let changes = self.link.vring.subscribe();
+        runtime.spawn(async move { crate::alarm::watch(&alarms, stop, changes).await });
+    }
+
+    /// Whether the task may wait for the next kick blocked in poll(2): nothing else on its
+    /// thread could run meanwhile (no other queue, no SETLKW wait, no io_uring completion to
+    /// reap). Whoever adds such work from another thread nudges the task after adding it (see
+    /// [`Alarms::nudge`]), which ends a poll(2) begun after this look.
+    fn alone(&self, ring: Option<&Uring>) -> bool {
+        self.thread_queues.load(Ordering::Relaxed) == 1
+            && self.tasks.is_empty()
+            && !ring.is_some_and(|r| r.busy())
+    }
+
+    /// Waits for a kick in poll(2), the alarms looked at before and after.
+    fn wait_blocking(&self, kick: &AsyncKick) -> Wake {
+        let raised = match self.alarms.raised() {
+            Some(alarm) => Some(alarm),
+            None => {
+                let r = kick.wait_blocking();
+                match self.alarms.raised() {
+                    Some(alarm) => Some(alarm),
+                    None => return Wake::Kick(r),
+                }
+            }
+        };
+        match raised {
+            Some(Alarm::Stop) => Wake::Stop,
+            _ => Wake::Changed,
+        }
+    }
+
+    /// Waits for a kick, an alarm or an io_uring completion (reaped here) on the runtime.
+    async fn wait(
+        self: &Arc<Self>,
+        kick: &AsyncKick,
+        memory: &mut QueueMemory,
+        ring: Option<&Uring>,
+    ) -> Wake {
+        let index = self.link.index;
+        let alarms = &self.alarms;
+        loop {
+            let woke = tokio::select! {
+                biased;
+                alarm = alarms.alarm() => match alarm {
+                    Alarm::Stop => Woke::Stop,
+                    Alarm::Changed => Woke::Changed,
+                },
+                r = kick.wait() => Woke::Kick(r),
+                r = ring_completion(ring) => Woke::Completion(r),
+            };
+            match woke {
+                Woke::Completion(r) => {
+                    if let Err(e) = r {
+                        warn!(queue = index, "io_uring eventfd failed: {e}");
+                        self.complete_ring(ring);
+                    }
+                    if let Some(ring) = ring {
+                        let mem = memory.current();
+                        let mut used = UsedBatch::new(&self.link, &self.stats, mem);
+                        ring.reap(self, &mut used);
+                    }
+                }
+                Woke::Stop => return Wake::Stop,
+                Woke::Changed => return Wake::Changed,
+                Woke::Kick(r) => return Wake::Kick(r),
             }
         }
     }

@@ -29,6 +29,7 @@ use tracing::{debug, error, info, warn};
 use virtiofs_device::{QueueLink, WatchedVring, HIPRIO_QUEUE};
 
 use crate::affinity::{CpuSet, QueueAffinity};
+use crate::alarm::Alarms;
 use crate::gate::SessionGate;
 use crate::handler::FuseHandler;
 use crate::pool::{Pin, Pool};
@@ -87,8 +88,28 @@ pub(crate) struct QueueThread {
     runtime: Handle,
     /// The queue tasks on it; the thread ends once the daemon stops and they are done.
     queues: TaskTracker,
-    /// How many queues it serves (a queue polls its ring only while alone on its thread).
+    /// How many queues it serves (a queue polls its ring, or blocks in poll(2) for a kick,
+    /// only while alone on its thread).
     pub(crate) hosted: Arc<AtomicUsize>,
+    /// The alarms of its queues, to nudge those blocked in poll(2) when another joins.
+    alarms: Mutex<Vec<Arc<Alarms>>>,
+}
+
+impl QueueThread {
+    /// Counts in a queue (whose task is then spawned) and returns how many the thread serves.
+    fn host(&self) -> usize {
+        self.hosted.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers the alarms of a queue whose task was just spawned here, and nudges the others:
+    /// one of them blocked in poll(2) would keep the new task from ever running.
+    fn joined(&self, alarms: Arc<Alarms>) {
+        let mut all = self.alarms.lock().unwrap();
+        for other in all.iter() {
+            other.nudge();
+        }
+        all.push(alarms);
+    }
 }
 
 /// `--queue-affinity` with what it is resolved against.
@@ -152,7 +173,7 @@ pub(crate) async fn start_when_runnable<H: FuseHandler>(
     let Some(thread) = queue_thread(&shared, index, cpus.clone()).await else {
         return; // the daemon stopped first
     };
-    let hosted = thread.hosted.fetch_add(1, Ordering::Relaxed) + 1;
+    let hosted = thread.host();
     let ctx = queue_context(
         &shared,
         link,
@@ -167,6 +188,7 @@ pub(crate) async fn start_when_runnable<H: FuseHandler>(
         queues_on_thread = hosted,
         "queue task started"
     );
+    let alarms = ctx.alarms.clone();
     // A runtime that has shut down (the daemon stopping) drops the task unrun.
     thread.runtime.spawn(thread.queues.track_future(async move {
         ctx.clone().run().await;
@@ -174,6 +196,7 @@ pub(crate) async fn start_when_runnable<H: FuseHandler>(
         ctx.tasks.close();
         ctx.tasks.wait().await;
     }));
+    thread.joined(alarms);
 }
 
 /// The thread of request queue `index`, started if it is not yet (pinned to `cpus`, the
@@ -230,6 +253,7 @@ fn start_thread<H: FuseHandler>(
         runtime: rt.handle().clone(),
         queues: TaskTracker::new(),
         hosted: Arc::new(AtomicUsize::new(0)),
+        alarms: Mutex::new(Vec::new()),
     });
     let queues = thread.queues.clone();
     let stop = shared.stop.clone();
@@ -302,6 +326,8 @@ fn queue_context<H: FuseHandler>(
         timers: shared.runtime.clone(),
         thread_queues,
         tasks: TaskTracker::new(),
+        alarms: Arc::default(),
+        own_thread: index != HIPRIO_QUEUE,
         stop: shared.stop.clone(),
         engine: if index == HIPRIO_QUEUE {
             IoEngine::Sync
