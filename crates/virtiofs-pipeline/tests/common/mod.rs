@@ -52,6 +52,8 @@ pub struct ScriptedHandler {
     pub met: AtomicUsize,
     /// SETLKW answers EAGAIN (the lock is held elsewhere) while set.
     pub lock_held: AtomicBool,
+    /// While set, a SETLKW run by a pool runner waits in the handler (up to 10 s).
+    pub hold_pooled_setlkw: AtomicBool,
     /// Sessions ended without DESTROY, and how many requests ran at that moment.
     pub sessions_ended: AtomicUsize,
     pub running_at_end: AtomicUsize,
@@ -101,6 +103,12 @@ impl FuseHandler for ScriptedHandler {
             }
             if self.arrived.load(Ordering::SeqCst) >= target {
                 self.met.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if h.opcode == SETLKW && pooled {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.hold_pooled_setlkw.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         let errno = match h.opcode == SETLKW && self.lock_held.load(Ordering::SeqCst) {
