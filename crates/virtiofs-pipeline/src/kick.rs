@@ -34,8 +34,8 @@ impl AsyncKick {
 
     /// Blocks the thread in poll(2) until a kick comes, then consumes it (one read). Only for
     /// a task that nothing else on its thread waits for: tokio runs nothing meanwhile. Saves
-    /// tokio's wake-up path (its park, IO driver and task wake: ~1,000 instructions per
-    /// wake-up); the system calls are the same as [`Self::wait`]'s (a wait and a read).
+    /// tokio's wake-up path (its park, IO driver, readiness and task wake: ~1,450 instructions
+    /// of a GETATTR at depth 1); the system calls are those of [`Self::wait`] (a wait, a read).
     pub(crate) fn wait_blocking(&self) -> io::Result<()> {
         let fd = self.0.get_ref().as_raw_fd();
         loop {

@@ -5,7 +5,9 @@
 //! to [`MAX_BATCH`], takes each request's gate pass in ring order and runs it where
 //! [`crate::dispatch`] says: here on the queue thread, or on the pool. The completions of the
 //! requests run here go to the used ring together at the end of the batch, with at most one
-//! guest notification ([`UsedBatch`]); a pooled request completes on its own.
+//! guest notification ([`UsedBatch`]); a pooled request completes on its own. Alone on its
+//! thread, the task waits for the next kick in poll(2) rather than on tokio (see
+//! [`QueueContext::alone`]).
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -113,6 +115,15 @@ enum Wake {
     Changed,
     /// The guest kicked (or the kick eventfd failed).
     Kick(std::io::Result<()>),
+}
+
+impl From<Alarm> for Wake {
+    fn from(alarm: Alarm) -> Self {
+        match alarm {
+            Alarm::Stop => Wake::Stop,
+            Alarm::Changed => Wake::Changed,
+        }
+    }
 }
 
 /// Waits for a completion of `ring` if requests are in it; never, otherwise.
@@ -273,20 +284,11 @@ impl<H: FuseHandler> QueueContext<H> {
 
     /// Waits for a kick in poll(2), the alarms looked at before and after.
     fn wait_blocking(&self, kick: &AsyncKick) -> Wake {
-        let raised = match self.alarms.raised() {
-            Some(alarm) => Some(alarm),
-            None => {
-                let r = kick.wait_blocking();
-                match self.alarms.raised() {
-                    Some(alarm) => Some(alarm),
-                    None => return Wake::Kick(r),
-                }
-            }
-        };
-        match raised {
-            Some(Alarm::Stop) => Wake::Stop,
-            _ => Wake::Changed,
+        if let Some(alarm) = self.alarms.raised() {
+            return alarm.into();
         }
+        let r = kick.wait_blocking();
+        self.alarms.raised().map_or(Wake::Kick(r), Wake::from)
     }
 
     /// Waits for a kick, an alarm or an io_uring completion (reaped here) on the runtime.
