@@ -75,12 +75,6 @@ impl Alarms {
         }
     }
 
-    /// The alarm raised, if any, as [`Self::poll_alarm`] would report it (for a task about to
-    /// block outside tokio, and again once it wakes).
-    pub(crate) fn raised(&self) -> Option<Alarm> {
-        self.take()
-    }
-
     /// Whether the watcher was dropped before the stop (its runtime shut down): the task must
     /// start another where it runs itself. True once.
     pub(crate) fn take_orphaned(&self) -> bool {
@@ -90,13 +84,13 @@ impl Alarms {
     /// Ready once an alarm is raised: [`Alarm::Stop`] for good; [`Alarm::Changed`] once per
     /// batch of changes. One task polls it.
     pub(crate) fn poll_alarm(&self, cx: &mut Context<'_>) -> Poll<Alarm> {
-        if let Some(alarm) = self.take() {
+        if let Some(alarm) = self.take_raised() {
             return Poll::Ready(alarm);
         }
         self.waker.register(cx.waker());
         // Raised between the first look and the registration: its wake may have gone to the
         // waker before.
-        match self.take() {
+        match self.take_raised() {
             Some(alarm) => Poll::Ready(alarm),
             None => Poll::Pending,
         }
@@ -112,7 +106,9 @@ impl Alarms {
         poll_fn(|cx| self.poll_alarm(cx)).await
     }
 
-    fn take(&self) -> Option<Alarm> {
+    /// The alarm raised, if any, as [`Self::poll_alarm`] reports it (a change is taken; also
+    /// for a task about to block outside tokio, and again once it wakes).
+    pub(crate) fn take_raised(&self) -> Option<Alarm> {
         let raised = self.raised.load(Ordering::Acquire);
         if raised & STOP != 0 {
             Some(Alarm::Stop)

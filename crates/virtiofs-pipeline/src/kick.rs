@@ -2,7 +2,7 @@
 //! queue task alone on its thread (no other task there to run meanwhile).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -52,18 +52,13 @@ impl AsyncKick {
                 }
                 return Err(e);
             }
-            let mut buf = [0u8; 8];
-            // SAFETY: reads 8 bytes into a local buffer from an eventfd we own.
-            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n >= 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if !matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) {
-                return Err(e);
+            match read_counter(fd) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                r => return r,
             }
         }
     }
@@ -77,16 +72,7 @@ impl AsyncKick {
     pub(crate) async fn wait(&self) -> io::Result<()> {
         loop {
             let mut guard = self.0.readable().await?;
-            let res = guard.try_io(|fd| {
-                let mut buf = [0u8; 8];
-                // SAFETY: reads 8 bytes into a local buffer from an eventfd we own.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            });
+            let res = guard.try_io(|fd| read_counter(fd.as_raw_fd()));
             match res {
                 Ok(Ok(())) => {
                     // The read reset the eventfd's counter to 0: it is not readable any more.
@@ -100,5 +86,17 @@ impl AsyncKick {
                 Err(_would_block) => continue,
             }
         }
+    }
+}
+
+/// Reads (and so resets) the counter of eventfd `fd`, whatever number of kicks it sums.
+fn read_counter(fd: RawFd) -> io::Result<()> {
+    let mut buf = [0u8; 8];
+    // SAFETY: reads 8 bytes into a local buffer from an eventfd the caller owns.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }

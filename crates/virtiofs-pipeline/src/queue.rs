@@ -284,11 +284,11 @@ impl<H: FuseHandler> QueueContext<H> {
 
     /// Waits for a kick in poll(2), the alarms looked at before and after.
     fn wait_blocking(&self, kick: &AsyncKick) -> Wake {
-        if let Some(alarm) = self.alarms.raised() {
+        if let Some(alarm) = self.alarms.take_raised() {
             return alarm.into();
         }
         let r = kick.wait_blocking();
-        self.alarms.raised().map_or(Wake::Kick(r), Wake::from)
+        self.alarms.take_raised().map_or(Wake::Kick(r), Wake::from)
     }
 
     /// Waits for a kick, an alarm or an io_uring completion (reaped here) on the runtime.
