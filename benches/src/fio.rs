@@ -327,6 +327,8 @@ pub fn daemon_cell(
             p999_us: r.p999_us,
             cpu_s_per_mop: if ops > 0.0 { cpu / ops * 1e6 } else { 0.0 },
             peak_rss_kib: Some(d.peak_rss_kib()),
+            kicks_per_op: None,
+            calls_per_op: None,
         })
     })();
     d.finish(Duration::from_secs(3));
@@ -351,6 +353,8 @@ pub fn host_cell(
         p999_us: r.p999_us,
         cpu_s_per_mop: 0.0,
         peak_rss_kib: None,
+        kicks_per_op: None,
+        calls_per_op: None,
     })
 }
 

@@ -17,13 +17,14 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vhost_user_fs_client::DeviceConfig;
+use vhost_user_fs_client::{DeviceConfig, FsClient};
 
 use daemon::{DaemonSpec, Kind, Running};
-use measure::{CellResult, Monitor, Phase, Window};
+use measure::{CellResult, Monitor, Phase, RingCounts, Window};
 use record::{CellKey, Recorder};
 use workload::Workload;
 
@@ -151,7 +152,7 @@ impl Target {
     }
 }
 
-struct DaemonMonitor<'a>(&'a mut Running);
+struct DaemonMonitor<'a>(&'a mut Running, &'a FsClient);
 
 impl Monitor for DaemonMonitor<'_> {
     fn check(&mut self) -> Result<(), String> {
@@ -166,6 +167,18 @@ impl Monitor for DaemonMonitor<'_> {
     }
     fn peak_rss_kib(&self) -> Option<u64> {
         Some(self.0.peak_rss_kib())
+    }
+    fn ring(&self) -> Option<RingCounts> {
+        let dev = self.1.device();
+        let mut sum = RingCounts::default();
+        // Queue 0 is hiprio: the load runs on the request queues.
+        for q in (1..dev.num_queues()).filter_map(|i| dev.queue(i).ok()) {
+            let s = q.stats();
+            sum.kicks += s.kicks.load(Ordering::Relaxed);
+            sum.calls += s.calls.load(Ordering::Relaxed);
+            sum.completed += s.completed.load(Ordering::Relaxed);
+        }
+        Some(sum)
     }
 }
 
@@ -245,7 +258,12 @@ fn run_daemon_cell(
                     })
                 })
                 .collect();
-            let w = measure::control(&ph, cell.warmup, cell.duration, &mut DaemonMonitor(&mut d));
+            let w = measure::control(
+                &ph,
+                cell.warmup,
+                cell.duration,
+                &mut DaemonMonitor(&mut d, &client),
+            );
             let hs: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
             (w, hs)
         });

@@ -136,6 +136,37 @@ pub trait Monitor {
     fn cpu_seconds(&self) -> f64;
     /// Peak RSS in KiB, if meaningful.
     fn peak_rss_kib(&self) -> Option<u64>;
+    /// The client's ring counters so far (daemon cells only).
+    fn ring(&self) -> Option<RingCounts> {
+        None
+    }
+}
+
+/// The client side of the ring traffic, summed over the request queues: how often the daemon
+/// asked for a kick (it was about to sleep) and how often it interrupted the client. Per
+/// request, these say how well each side batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RingCounts {
+    /// Kicks sent (the daemon wanted one).
+    pub kicks: u64,
+    /// Call eventfd found signalled.
+    pub calls: u64,
+    /// Used elements consumed.
+    pub completed: u64,
+}
+
+impl RingCounts {
+    fn per_op(self, n: u64) -> Option<f64> {
+        (self.completed > 0).then(|| n as f64 / self.completed as f64)
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            kicks: self.kicks - before.kicks,
+            calls: self.calls - before.calls,
+            completed: self.completed - before.completed,
+        }
+    }
 }
 
 /// The measurement window, as the controller saw it.
@@ -144,6 +175,7 @@ pub struct Window {
     pub seconds: f64,
     pub cpu_seconds: f64,
     pub peak_rss_kib: Option<u64>,
+    pub ring: Option<RingCounts>,
 }
 
 /// Runs the phases on the calling thread while the workers run: warm-up, measurement, stop,
@@ -173,6 +205,7 @@ pub fn control(
     };
     watch(ph, mon, Instant::now() + warmup)?;
     let cpu0 = mon.cpu_seconds();
+    let ring0 = mon.ring();
     let t0 = Instant::now();
     ph.phase.store(MEASURE, Ordering::Relaxed);
     watch(ph, mon, t0 + duration)?;
@@ -180,6 +213,10 @@ pub fn control(
     let seconds = t0.elapsed().as_secs_f64();
     let cpu1 = mon.cpu_seconds();
     let rss = mon.peak_rss_kib();
+    let ring = mon
+        .ring()
+        .zip(ring0)
+        .map(|(after, before)| after.since(before));
     let deadline = Instant::now() + Duration::from_secs(20);
     while ph.running.load(Ordering::Acquire) > 0 {
         if ph.failed() {
@@ -203,6 +240,7 @@ pub fn control(
         seconds,
         cpu_seconds: cpu1 - cpu0,
         peak_rss_kib: rss,
+        ring,
     })
 }
 
@@ -215,6 +253,10 @@ pub struct CellResult {
     pub p999_us: f64,
     pub cpu_s_per_mop: f64,
     pub peak_rss_kib: Option<u64>,
+    /// Kicks the client sent per request completed (daemon cells).
+    pub kicks_per_op: Option<f64>,
+    /// Interrupts the client took per request completed (daemon cells).
+    pub calls_per_op: Option<f64>,
 }
 
 impl CellResult {
@@ -230,6 +272,8 @@ impl CellResult {
             p999_us: h.quantile_us(0.999),
             cpu_s_per_mop: w.cpu_seconds / ops as f64 * 1e6,
             peak_rss_kib: w.peak_rss_kib,
+            kicks_per_op: w.ring.and_then(|r| r.per_op(r.kicks)),
+            calls_per_op: w.ring.and_then(|r| r.per_op(r.calls)),
         })
     }
 }

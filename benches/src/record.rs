@@ -74,13 +74,17 @@ impl Recorder {
     ) -> Result<(), String> {
         self.ok += 1;
         println!(
-            "{head} {:>10.0} ops/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  cpu {:>6.2} s/Mop  rss {} KiB",
+            "{head} {:>10.0} ops/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  cpu {:>6.2} s/Mop  rss {} KiB{}",
             r.ops_per_s,
             r.p50_us,
             r.p99_us,
             r.p999_us,
             r.cpu_s_per_mop,
-            fmt_opt(r.peak_rss_kib)
+            fmt_opt(r.peak_rss_kib),
+            match (r.kicks_per_op, r.calls_per_op) {
+                (Some(k), Some(c)) => format!("  kicks/op {k:.3}  calls/op {c:.3}"),
+                _ => String::new(),
+            }
         );
         writeln!(self.rounds, "{},{round}", row(key, &r)).map_err(io)?;
         self.rounds.flush().map_err(io)?;
@@ -129,7 +133,7 @@ fn fmt_opt(v: Option<u64>) -> String {
 /// A `results.csv` row (without the round).
 fn row(key: &CellKey, r: &CellResult) -> String {
     format!(
-        "{},{},{},{},{},{:.1},{:.2},{:.2},{:.2},{:.3},{}",
+        "{},{},{},{},{},{:.1},{:.2},{:.2},{:.2},{:.3},{},{},{}",
         key.daemon,
         key.config,
         key.workload,
@@ -140,8 +144,15 @@ fn row(key: &CellKey, r: &CellResult) -> String {
         r.p99_us,
         r.p999_us,
         r.cpu_s_per_mop,
-        fmt_opt(r.peak_rss_kib)
+        fmt_opt(r.peak_rss_kib),
+        fmt_ratio(r.kicks_per_op),
+        fmt_ratio(r.calls_per_op)
     )
+}
+
+/// An optional ratio as a CSV field: empty when absent.
+fn fmt_ratio(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.4}")).unwrap_or_default()
 }
 
 /// The median round by ops/s (of an even count, the lower middle one): a round that was
@@ -163,6 +174,8 @@ mod tests {
             p999_us: 0.0,
             cpu_s_per_mop: 0.0,
             peak_rss_kib: None,
+            kicks_per_op: None,
+            calls_per_op: None,
         }
     }
 

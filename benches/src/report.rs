@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::daemon::Kind;
 use crate::workload::Workload;
 
-pub const HEADER: &str = "daemon,config,workload,queue_depth,queues,ops_per_s,p50_us,p99_us,p999_us,cpu_s_per_mop,peak_rss_kib";
+pub const HEADER: &str = "daemon,config,workload,queue_depth,queues,ops_per_s,p50_us,p99_us,p999_us,cpu_s_per_mop,peak_rss_kib,kicks_per_op,calls_per_op";
 
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -31,7 +31,7 @@ pub fn read_results(path: &Path) -> Result<Vec<Row>, String> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            if f.len() != 11 {
+            if f.len() != 13 {
                 return Err(format!("bad line: {l}"));
             }
             let num = |i: usize| f[i].parse::<f64>().map_err(|e| format!("{l}: {e}"));
