@@ -8,6 +8,8 @@
 //! Output: one line `threads=T rss_kib=K pss_kib=P private_dirty_kib=D` per process
 //! (`pid=...`) and a `total` line. RSS counts the shared binary's text in every process; PSS
 //! (proportional set size) and private dirty memory are closer to what one more daemon costs.
+//! The `total` line also has `idle_cpu_ms_per_s`: the tree's CPU time per second of the settle
+//! period after its first second (an adaptive poll window must have closed by then).
 
 use std::time::Duration;
 
@@ -33,6 +35,24 @@ fn footprint(pid: u32) -> [u64; 4] {
         field(&smaps, "Pss:"),
         field(&smaps, "Private_Dirty:"),
     ]
+}
+
+/// CPU time (user + system, clock ticks) of every thread of `pids`.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    let mut sum = 0;
+    for p in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // After the ")" of the command: state is field 3, utime 14, stime 15 (whole process).
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        sum += num(11) + num(12);
+    }
+    sum
 }
 
 /// `pid` and every descendant.
@@ -85,7 +105,14 @@ fn main() {
             c.wait(t).expect("GETATTR").attr().expect("attr");
         }
     }
-    std::thread::sleep(Duration::from_secs(num(settle, "SETTLE_SECS")));
+    let settle = num(settle, "SETTLE_SECS").max(2);
+    std::thread::sleep(Duration::from_secs(1));
+    let (pids, t0) = (tree(pid), std::time::Instant::now());
+    let ticks0 = cpu_ticks(&pids);
+    std::thread::sleep(Duration::from_secs(settle - 1));
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let idle_ms = (cpu_ticks(&pids) - ticks0) as f64 * 1000.0 / hz / t0.elapsed().as_secs_f64();
     let mut total = [0; 4];
     let line = |[t, r, p, d]: [u64; 4]| {
         format!("threads={t} rss_kib={r} pss_kib={p} private_dirty_kib={d}")
@@ -95,7 +122,7 @@ fn main() {
         println!("pid={p} {}", line(f));
         total.iter_mut().zip(f).for_each(|(t, v)| *t += v);
     }
-    println!("total {}", line(total));
+    println!("total {} idle_cpu_ms_per_s={idle_ms:.1}", line(total));
     // The Rust virtiofsd returns DESTROY without a reply: not an error here.
     let _ = c.destroy();
 }

@@ -212,10 +212,16 @@ impl<H: FuseHandler> QueueContext<H> {
                     .await;
                 let waiting = poll.wait_starts();
                 if !window.is_zero() {
-                    // Notifications are still off: watch the ring before sleeping.
-                    self.stats.polls.fetch_add(1, Ordering::Relaxed);
+                    // Notifications are still off: watch the ring before sleeping. Not while
+                    // I/O is in the io_uring: the spin does not look at its completions.
+                    let spin = if ring.is_some_and(Uring::busy) {
+                        Duration::ZERO
+                    } else {
+                        self.stats.polls.fetch_add(1, Ordering::Relaxed);
+                        window
+                    };
                     let mem = memory.current();
-                    let more = avail_within(&self.link, mem, window) || {
+                    let more = avail_within(&self.link, mem, spin) || {
                         match enable_notification(&self.link, mem) {
                             Ok(more) => more, // arrived as notifications came back on
                             Err(e) => {

@@ -19,9 +19,15 @@ use vm_memory::{Bytes, GuestAddress};
 /// One request queue on io_uring, `pool` permits, after INIT; READs read from a new pipe,
 /// whose write end is returned.
 fn uring_rig(pool: usize) -> (Rig, OwnedFd) {
+    uring_rig_polling(pool, Duration::ZERO)
+}
+
+/// [`uring_rig`] with `--poll-us` at `poll_max`.
+fn uring_rig_polling(pool: usize, poll_max: Duration) -> (Rig, OwnedFd) {
     let config = PipelineConfig {
         thread_pool_size: pool,
         io_engine: IoEngine::IoUring,
+        poll_max,
         ..Default::default()
     };
     let mut r = rig_config(1, config, true, |_| true, None);
@@ -105,6 +111,31 @@ mt_test!(destroy_waits_for_a_read_in_the_ring, || {
         &[(10, Ok(5))]
     );
     assert_eq!(r.pipeline.stats()[1].uring.load(Ordering::SeqCst), 1);
+});
+
+mt_test!(a_polling_queue_does_not_hold_a_read_behind_its_spin, || {
+    // A window far longer than a READ from a ready pipe takes: quick requests one at a time
+    // grow the window to it.
+    let window = Duration::from_secs(4);
+    let (mut r, wr) = uring_rig_polling(0, window);
+    r.train(1, 30);
+    let d = &mut r.drivers[1];
+    d.post(READ, 30);
+    d.kick();
+    wait_deferred(&r, 1);
+    // The READ is in the io_uring and the ring is empty: a spin on the avail ring would not
+    // see its completion until the window ends.
+    let written = Instant::now();
+    write_pipe(&wr, b"xy");
+    let used = r.drivers[1].wait_used(1);
+    assert_eq!((used[0].reply.unique, used[0].len), (30, 18));
+    let took = written.elapsed();
+    assert!(
+        took < window / 2,
+        "the READ came back {took:?} after its data: held behind a {window:?} poll window"
+    );
+    // The window was open: the queue polled between the training requests.
+    assert!(r.pipeline.stats()[1].polls.load(Ordering::Relaxed) > 0);
 });
 
 mt_test!(stopping_the_ring_waits_for_reads_in_the_ring, || {
