@@ -22,7 +22,7 @@ use crate::compat::{
 use crate::scheduling::Scheduling;
 
 /// `--poll-us` by default (see docs/performance.md for how it was chosen).
-pub const DEFAULT_POLL_US: u64 = 0;
+pub const DEFAULT_POLL_US: u64 = 20;
 /// The largest `--poll-us`: a millisecond of spinning per request is already more than any
 /// wake-up it could save.
 pub const MAX_POLL_US: u64 = 1000;

@@ -534,9 +534,12 @@ fn quota_options_take_counts_and_binary_sizes() {
 }
 
 #[test]
-fn poll_us_is_off_by_default_and_bounded() {
+fn poll_us_is_20_by_default_and_bounded() {
     let base = ["--shared-dir=/srv", "--socket-path=/s"];
-    assert_eq!(run(&base).unwrap().poll_max, Duration::ZERO);
+    assert_eq!(run(&base).unwrap().poll_max, Duration::from_micros(20));
+    let mut a = base.to_vec();
+    a.push("--poll-us=0");
+    assert_eq!(run(&a).unwrap().poll_max, Duration::ZERO, "0 turns it off");
     let mut a = base.to_vec();
     a.push("--poll-us=50");
     assert_eq!(run(&a).unwrap().poll_max, Duration::from_micros(50));
