@@ -9,6 +9,16 @@
 //! (from [`FIRST_WINDOW`]) up to the maximum; after a longer wait it halves, and below
 //! [`FIRST_WINDOW`] it is 0. An idle guest therefore costs at most a few windows of spinning
 //! and then none: the thread sleeps until the next kick.
+//!
+//! A spin is worth it only on a CPU nobody else wants: where the guest's own threads (or
+//! anyone's) need that CPU, the spin delays them, and the request it waits for with them. So
+//! each turn of the spin yields the CPU (`sched_yield`, which returns at once when no other
+//! thread is runnable there): a client sharing the CPU runs, makes its next request and
+//! blocks, and the spin finds the request on its next turn. The spin reads the clock on every
+//! turn; a gap of [`PREEMPTED`] between two turns means another thread kept the CPU for a
+//! while (a busy one: a vCPU, a batch job). The spin then ends, and polling pauses for a
+//! number of waits that doubles with each such spin in a row ([`FIRST_PAUSE`] up to
+//! [`LONGEST_PAUSE`]); a spin that runs its course undisturbed resets it.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -21,11 +31,36 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 /// The smallest window worth spinning for; where a growing window starts.
 pub const FIRST_WINDOW: Duration = Duration::from_micros(4);
 
+/// A gap this long between two turns of a spin: the thread lost its CPU meanwhile (an
+/// interrupt takes microseconds; a scheduler slice given to another thread, a millisecond).
+pub const PREEMPTED: Duration = Duration::from_micros(50);
+
+/// Waits without polling after a spin lost its CPU; doubles with each one in a row.
+pub const FIRST_PAUSE: u32 = 16;
+
+/// The most waits polling pauses for.
+pub const LONGEST_PAUSE: u32 = 4096;
+
+/// How a spin on the avail ring ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spin {
+    /// The guest made a chain available.
+    Found,
+    /// The window ran out (or the ring cannot be read).
+    Nothing,
+    /// The thread lost its CPU during the spin: another thread wants it.
+    Preempted,
+}
+
 /// The current polling window of one queue (see the module docs).
 #[derive(Debug, Clone, Copy)]
 pub struct AdaptivePoll {
     max: Duration,
     window: Duration,
+    /// Waits left before polling again (after a preempted spin).
+    paused: u32,
+    /// The next pause's length.
+    next_pause: u32,
 }
 
 impl AdaptivePoll {
@@ -34,12 +69,29 @@ impl AdaptivePoll {
         Self {
             max,
             window: Duration::ZERO,
+            paused: 0,
+            next_pause: FIRST_PAUSE,
         }
     }
 
     /// How long to poll now (zero: do not).
     pub fn window(&self) -> Duration {
+        if self.paused > 0 {
+            return Duration::ZERO;
+        }
         self.window
+    }
+
+    /// A spin ended as `spin` says: a preempted one pauses polling (and closes the window),
+    /// one that was not ends the run of preempted ones.
+    pub fn spun(&mut self, spin: Spin) {
+        if spin == Spin::Preempted {
+            self.window = Duration::ZERO;
+            self.paused = self.next_pause;
+            self.next_pause = (self.next_pause * 2).min(LONGEST_PAUSE);
+        } else {
+            self.next_pause = FIRST_PAUSE;
+        }
     }
 
     /// When a wait for the guest's next request starts, if the window adapts at all (no clock
@@ -61,6 +113,10 @@ impl AdaptivePoll {
         if self.max.is_zero() {
             return;
         }
+        if self.paused > 0 {
+            self.paused -= 1;
+            return;
+        }
         self.window = if waited <= self.max {
             (self.window * 2).clamp(FIRST_WINDOW.min(self.max), self.max)
         } else {
@@ -74,32 +130,43 @@ impl AdaptivePoll {
     }
 }
 
-/// Watches `link`'s avail ring for up to `window`: true as soon as the guest has made a chain
-/// available that the queue has not popped. Reads only the ring's index (the pop that follows
-/// takes the vring lock as usual); a ring stopped or moved meanwhile reads as nothing new.
-pub(crate) fn avail_within(link: &QueueLink, mem: &GuestMemoryMmap<()>, window: Duration) -> bool {
+/// Watches `link`'s avail ring for up to `window`, until the guest has made a chain available
+/// that the queue has not popped, or the thread loses its CPU. Reads only the ring's index
+/// (the pop that follows takes the vring lock as usual); a ring stopped or moved meanwhile
+/// reads as nothing new.
+pub(crate) fn avail_within(link: &QueueLink, mem: &GuestMemoryMmap<()>, window: Duration) -> Spin {
     let (avail_idx, next_avail) = {
         let state = link.vring.get_ref();
         let queue = state.get_queue();
         if !queue.ready() {
-            return false;
+            return Spin::Nothing;
         }
         let Some(addr) = queue.avail_ring().checked_add(2) else {
-            return false;
+            return Spin::Nothing;
         };
         (GuestAddress(addr), queue.next_avail())
     };
-    let deadline = Instant::now() + window;
+    let mut last = Instant::now();
+    let deadline = last + window;
     loop {
         match mem.load::<u16>(avail_idx, Ordering::Acquire) {
-            Ok(idx) if u16::from_le(idx) != next_avail => return true,
+            Ok(idx) if u16::from_le(idx) != next_avail => return Spin::Found,
             Ok(_) => {}
-            Err(_) => return false,
+            Err(_) => return Spin::Nothing,
         }
-        if Instant::now() >= deadline {
-            return false;
+        let now = Instant::now();
+        if now - last >= PREEMPTED {
+            return Spin::Preempted;
         }
-        std::hint::spin_loop();
+        if now >= deadline {
+            return Spin::Nothing;
+        }
+        last = now;
+        // Not a busy loop: a thread that wants this CPU (on a crowded host, the guest's own
+        // vCPU or the client that is about to make the next request) runs first. On a CPU
+        // nobody else wants, this returns at once.
+        // SAFETY: no arguments, no memory effects.
+        unsafe { libc::sched_yield() };
     }
 }
 
@@ -143,6 +210,50 @@ mod tests {
         p.record_wait(Duration::ZERO);
         p.record_wait(Duration::from_micros(1));
         assert_eq!(p.window(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_preempted_spin_pauses_polling_longer_each_time_in_a_row() {
+        let mut p = AdaptivePoll::new(MAX);
+        let short = Duration::from_micros(1);
+        let grow = |p: &mut AdaptivePoll| {
+            for _ in 0..10 {
+                p.record_wait(short);
+            }
+        };
+        grow(&mut p);
+        assert_eq!(p.window(), MAX);
+        p.spun(Spin::Preempted);
+        // Paused for FIRST_PAUSE waits, however short they are.
+        for i in 0..FIRST_PAUSE {
+            assert_eq!(p.window(), Duration::ZERO, "wait {i} of the pause");
+            p.record_wait(short);
+        }
+        // Then the window grows again from nothing.
+        p.record_wait(short);
+        assert_eq!(p.window(), FIRST_WINDOW);
+        grow(&mut p);
+        // A second preempted spin in a row: twice as long.
+        p.spun(Spin::Preempted);
+        for _ in 0..2 * FIRST_PAUSE {
+            assert_eq!(p.window(), Duration::ZERO);
+            p.record_wait(short);
+        }
+        p.record_wait(short);
+        assert_eq!(p.window(), FIRST_WINDOW);
+        // A spin undisturbed ends the run: the next pause is the first length again.
+        p.spun(Spin::Nothing);
+        p.spun(Spin::Preempted);
+        for _ in 0..FIRST_PAUSE {
+            p.record_wait(short);
+        }
+        p.record_wait(short);
+        assert_eq!(p.window(), FIRST_WINDOW);
+        // Capped.
+        for _ in 0..20 {
+            p.spun(Spin::Preempted);
+        }
+        assert_eq!(p.paused, LONGEST_PAUSE);
     }
 
     #[test]

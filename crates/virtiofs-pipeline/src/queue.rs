@@ -29,7 +29,7 @@ use crate::gate::{Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler, Handled};
 use crate::kick::AsyncKick;
 use crate::lock_wait::LockWait;
-use crate::poll::{avail_within, AdaptivePoll};
+use crate::poll::{avail_within, AdaptivePoll, Spin};
 use crate::pool::{Job, Pool};
 use crate::request::{classify, is_forget, peek_in_header, reply_error, reply_room, Weight};
 use crate::serve::serve_chain_handled;
@@ -221,7 +221,14 @@ impl<H: FuseHandler> QueueContext<H> {
                         window
                     };
                     let mem = memory.current();
-                    let more = avail_within(&self.link, mem, spin) || {
+                    let spun = avail_within(&self.link, mem, spin);
+                    if spun == Spin::Preempted {
+                        self.stats.poll_preempted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if !spin.is_zero() {
+                        poll.spun(spun);
+                    }
+                    let more = spun == Spin::Found || {
                         match enable_notification(&self.link, mem) {
                             Ok(more) => more, // arrived as notifications came back on
                             Err(e) => {

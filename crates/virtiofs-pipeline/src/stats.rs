@@ -35,6 +35,9 @@ pub struct QueueStats {
     pub polls: AtomicU64,
     /// Polls that found a request (no sleep, no kick needed).
     pub poll_hits: AtomicU64,
+    /// Polls cut short because the thread lost its CPU while spinning (another thread wanted
+    /// it): polling then pauses (see `poll.rs`).
+    pub poll_preempted: AtomicU64,
     /// Time per request in the server, ns.
     pub service: Log2Histogram,
     /// Requests of this queue running when one starts (itself included): the depth it meets.
@@ -103,6 +106,7 @@ impl QueueStats {
             notifications = get(&self.notifications),
             polls = get(&self.polls),
             poll_hits = get(&self.poll_hits),
+            poll_preempted = get(&self.poll_preempted),
             service_p50_us = us(0.5),
             service_p99_us = us(0.99),
             service_p999_us = us(0.999),
