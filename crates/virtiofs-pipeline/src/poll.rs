@@ -16,7 +16,7 @@
 //! thread is runnable there): a client sharing the CPU runs, makes its next request and
 //! blocks, and the spin finds the request on its next turn. The spin reads the clock on every
 //! turn; a gap of [`PREEMPTED`] between two turns means another thread kept the CPU for a
-//! while (a busy one: a vCPU, a batch job). The spin then ends, and polling pauses for a
+//! time slice (a busy one: a vCPU, a batch job). The spin then ends, and polling pauses for a
 //! number of waits that doubles with each such spin in a row ([`FIRST_PAUSE`] up to
 //! [`LONGEST_PAUSE`]); a spin that runs its course undisturbed resets it.
 
@@ -31,9 +31,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 /// The smallest window worth spinning for; where a growing window starts.
 pub const FIRST_WINDOW: Duration = Duration::from_micros(4);
 
-/// A gap this long between two turns of a spin: the thread lost its CPU meanwhile (an
-/// interrupt takes microseconds; a scheduler slice given to another thread, a millisecond).
-pub const PREEMPTED: Duration = Duration::from_micros(50);
+/// A gap this long between two turns of a spin: a busy thread had the CPU meanwhile. An
+/// interrupt takes microseconds, a client that makes its next requests and blocks tens; a
+/// thread that does not block keeps the CPU for its time slice (0.75 ms by default on Linux
+/// since 6.6, more before).
+pub const PREEMPTED: Duration = Duration::from_micros(250);
 
 /// Waits without polling after a spin lost its CPU; doubles with each one in a row.
 pub const FIRST_PAUSE: u32 = 16;

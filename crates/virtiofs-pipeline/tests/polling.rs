@@ -29,15 +29,29 @@ mt_test!(
     || {
         // A long maximum, so that scheduling delays of the test cannot outlast the window.
         let mut r = polling_rig(Duration::from_millis(200));
-        // Requests in quick succession: each wait is short, the window grows to the maximum.
-        r.train(1, 30);
         let stats = r.pipeline.stats()[1].clone();
-        assert!(stats.polls.load(Ordering::Relaxed) > 0, "the queue polled");
-        // Posted right after the last completion, without a kick: only polling finds it.
-        assert!(
-            served_without_kick(&mut r, 7, Duration::from_secs(5)),
-            "a request made available during the poll window was not served"
-        );
+        let preempted = || stats.poll_preempted.load(Ordering::Relaxed);
+        let mut unique = 7;
+        loop {
+            // Requests in quick succession: each wait is short, the window grows to the
+            // maximum (and outlasts any pause a busy machine caused).
+            let before = preempted();
+            r.train(1, 300);
+            assert!(stats.polls.load(Ordering::Relaxed) > 0, "the queue polled");
+            // Posted right after the last completion, without a kick: only polling finds it.
+            if served_without_kick(&mut r, unique, Duration::from_secs(5)) {
+                break;
+            }
+            // Only another thread holding the CPU for a time slice ends the spin early (see
+            // poll.rs); a few tries get past a busy moment of the machine.
+            assert!(
+                preempted() > before && unique < 10,
+                "a request made available during the poll window was not served"
+            );
+            r.drivers[1].kick();
+            r.drivers[1].wait_used(1);
+            unique += 1;
+        }
         let used = r.drivers[1].wait_used(1);
         assert_eq!(used[0].reply.error, 0);
         assert!(stats.poll_hits.load(Ordering::Relaxed) >= 1);
