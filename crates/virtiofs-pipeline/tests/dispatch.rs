@@ -97,14 +97,32 @@ mt_test!(
     || {
         let mut r = rig(1, 64, false);
         r.init(1);
-        // Quick and cheap: 8 queued behind each other are less work than a thread wake-up.
-        let d = &mut r.drivers[1];
-        d.post_batch((0..8).map(|i| (GETATTR, 100 + i)));
-        d.kick();
-        d.wait_used(8);
-        let stats = &r.pipeline.stats()[1];
-        assert_eq!(stats.runners.load(Ordering::SeqCst), 0, "no runner woken");
-        assert!((100..108).all(|u| is_queue_thread(&r.thread_of(u))));
+        let stats = r.pipeline.stats()[1].clone();
+        // The rule weighs the queue's recent time per request (see `pool::worth_a_runner`):
+        // on a loaded machine one request preempted in the middle makes 8 quick ones look
+        // like work for a runner, and rightly so. A broken rule fails every attempt.
+        let mut seen = Vec::new();
+        for attempt in 0..3 {
+            // Requests one at a time bring the recent time down to a GETATTR's own.
+            r.train(1, 16);
+            let runners = stats.runners.load(Ordering::SeqCst);
+            // Quick and cheap: 8 queued behind each other are less work than a thread
+            // wake-up.
+            let first = 100 + 10 * attempt;
+            let d = &mut r.drivers[1];
+            d.post_batch((first..first + 8).map(|u| (GETATTR, u)));
+            d.kick();
+            d.wait_used(8);
+            let woken = stats.runners.load(Ordering::SeqCst) - runners;
+            let inline = (first..first + 8)
+                .filter(|&u| is_queue_thread(&r.thread_of(u)))
+                .count();
+            if woken == 0 && inline == 8 {
+                return;
+            }
+            seen.push((woken, inline));
+        }
+        panic!("runners woken and requests inline, per attempt: {seen:?}");
     }
 );
 
