@@ -7,56 +7,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::polling_rig;
-
-/// The thread id of this process's thread named `name`.
-fn thread_id(name: &str) -> libc::pid_t {
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            return t.file_name().to_str().unwrap().parse().unwrap();
-        }
-    }
-    panic!("no thread {name}");
-}
-
-/// Pins thread `tid` to CPU `cpu`.
-fn pin(tid: libc::pid_t, cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity only touch it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set),
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
+use common::rig_config;
+use virtiofs_pipeline::{CpuSet, PipelineConfig};
 
 mt_test!(a_spin_that_loses_its_cpu_pauses_polling, || {
-    let mut r = polling_rig(Duration::from_millis(200));
+    // The queue thread pinned (as `--queue-affinity 1:CPU` does) to a CPU this test may use.
+    let cpu = CpuSet::of_this_thread().unwrap().cpus()[0];
+    let config = PipelineConfig {
+        thread_pool_size: 0,
+        poll_max: Duration::from_millis(200),
+        queue_affinity: Some(format!("1:{cpu}").parse().unwrap()),
+        ..Default::default()
+    };
+    let mut r = rig_config(1, config, true, |_| true, None);
+    r.init(1);
     r.train(1, 30);
     let stats = r.pipeline.stats()[1].clone();
     // A busy thread on the queue thread's CPU: the spin yields to it and loses the CPU for
     // the busy thread's time slice.
-    let cpu = (0..libc::CPU_SETSIZE as usize)
-        .find(|&c| {
-            // SAFETY: reads this thread's affinity into a zeroed set.
-            unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set);
-                libc::CPU_ISSET(c, &set)
-            }
-        })
-        .unwrap();
-    pin(thread_id("virtiofs-q1"), cpu);
     let stop = Arc::new(AtomicBool::new(false));
     let busy = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            pin(0, cpu);
+            CpuSet::new(vec![cpu]).pin_this_thread().unwrap();
             while !stop.load(Ordering::Relaxed) {
                 std::hint::spin_loop();
             }
