@@ -1,6 +1,7 @@
-//! The load generator over the vhost-user-fs client: one thread per request queue, each keeping
-//! its share of `queue_depth` operations in flight (submit / wait_any / try_take), with a small
-//! state machine per in-flight slot for multi-request operations (create-unlink).
+//! The load generator over the vhost-user-fs client: client threads (by default one per request
+//! queue; `--client-threads`), each keeping its share of `queue_depth` operations in flight on
+//! its queue (submit / wait for its own completions / try_take), with a small state machine per
+//! in-flight slot for multi-request operations (create-unlink).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -345,20 +346,22 @@ fn run_slots(
         if ph.failed() {
             return Err("aborted".into());
         }
-        let ready = match vq.wait_any(Duration::from_millis(200)) {
-            Ok(v) => v,
-            Err(Error::Timeout(_)) => {
-                if last_progress.elapsed() > STALL {
-                    return Err(format!(
-                        "no reply on queue {q} for {} s with {} requests in flight",
-                        STALL.as_secs(),
-                        by_seq.len()
-                    ));
+        // Only this worker's requests: other workers may share the queue (`--client-threads`).
+        let ready =
+            match vq.wait_any_of(Duration::from_millis(200), |seq| by_seq.contains_key(&seq)) {
+                Ok(v) => v,
+                Err(Error::Timeout(_)) => {
+                    if last_progress.elapsed() > STALL {
+                        return Err(format!(
+                            "no reply on queue {q} for {} s with {} requests in flight",
+                            STALL.as_secs(),
+                            by_seq.len()
+                        ));
+                    }
+                    continue;
                 }
-                continue;
-            }
-            Err(e) => return Err(fmt_err("waiting for completions", e)),
-        };
+                Err(e) => return Err(fmt_err("waiting for completions", e)),
+            };
         last_progress = Instant::now();
         for t in ready {
             let Some(i) = by_seq.remove(&t.seq) else {

@@ -72,6 +72,14 @@ struct Args {
     /// host-syscalls); default all.
     #[arg(long, value_delimiter = ',')]
     daemons: Vec<String>,
+    /// Client threads driving the load of a daemon cell (default: one per request queue).
+    /// Thread t keeps its share of the depth in flight on request queue t mod Q + 1, waiting
+    /// for its own completions, as a guest's processes share a virtqueue. One thread per queue
+    /// gives a 1-queue cell a cheaper client than a 4-queue cell (one thread with every request
+    /// in flight instead of four that each wait); `--client-threads 4 --queues 1,4` puts the
+    /// same client load on 1 and on 4 queues.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    client_threads: Option<u16>,
     /// Thread-pool sizes for the daemons.
     #[arg(long, value_delimiter = ',', default_value = "0,64")]
     pools: Vec<u32>,
@@ -201,6 +209,8 @@ struct Cell {
     w: Workload,
     depth: usize,
     queues: u16,
+    /// Client threads (`--client-threads`; 0: one per request queue).
+    threads: u16,
     warmup: Duration,
     duration: Duration,
 }
@@ -241,17 +251,22 @@ fn run_daemon_cell(
             .map_err(|e| Failure::Setup(format!("INIT: {e}; daemon log: {}", d.log_tail(3))))?;
         let session = load::Session::open(&client, cell.w).map_err(Failure::Setup)?;
         let nq = usize::from(cell.queues);
-        let ph = Phase::new(nq);
+        let nt = match cell.threads {
+            0 => nq,
+            t => usize::from(t),
+        };
+        let ph = Phase::new(nt);
         let (window, hists) = std::thread::scope(|sc| {
-            let handles: Vec<_> = (0..nq)
+            let handles: Vec<_> = (0..nt)
                 .map(|i| {
-                    // Spread the depth over the queues; the first ones get the remainder.
-                    let slots = cell.depth / nq + usize::from(i < cell.depth % nq);
+                    // Spread the depth over the threads; the first ones get the remainder.
+                    let slots = cell.depth / nt + usize::from(i < cell.depth % nt);
+                    let q = i % nq + 1;
                     let (c, s, ph) = (&client, &session, &ph);
                     sc.spawn(move || {
-                        let r = load::queue_worker(c, s, i + 1, slots, i as u64, ph);
+                        let r = load::queue_worker(c, s, q, slots, i as u64, ph);
                         if let Err(e) = &r {
-                            ph.fail(format!("queue {}: {e}", i + 1));
+                            ph.fail(format!("queue {q}: {e}"));
                         }
                         ph.worker_done();
                         r
@@ -335,6 +350,9 @@ fn main() {
 fn real_main(mut args: Args) -> Result<(), String> {
     // First: every thread and daemon started from now on inherits it.
     println!("{}", placement::apply(args.placement)?);
+    if let Some(t) = args.client_threads {
+        println!("client threads: {t} per daemon cell, over its request queues in turn");
+    }
     fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     // Absolute: the daemons get paths under it, and the C virtiofsd resolves the shared
     // directory after changing its root (a relative --out made its cells fail).
@@ -512,6 +530,7 @@ fn real_main(mut args: Args) -> Result<(), String> {
             w,
             depth,
             queues: q,
+            threads: args.client_threads.unwrap_or(0),
             warmup,
             duration,
         };

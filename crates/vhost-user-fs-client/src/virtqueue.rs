@@ -522,13 +522,24 @@ impl Virtqueue {
     /// Waits (up to `timeout`) until at least one completion is ready and returns the tokens of
     /// all ready completions (not yet taken).
     pub fn wait_any(&self, timeout: Duration) -> Result<Vec<Token>> {
+        self.wait_any_of(timeout, |_| true)
+    }
+
+    /// Like [`Self::wait_any`], for the completions whose sequence number `mine` accepts: for
+    /// several threads that share the queue, as a guest's processes share a virtqueue, each
+    /// waiting for its own requests (the others' completions stay for them to take).
+    pub fn wait_any_of(
+        &self,
+        timeout: Duration,
+        mut mine: impl FnMut(u64) -> bool,
+    ) -> Result<Vec<Token>> {
         let deadline = Instant::now() + timeout;
         let st = self.state.lock().unwrap();
         let (_st, ready) = self.wait_locked(st, deadline, |st| {
             let ready: Vec<Token> = st
                 .pending
                 .iter()
-                .filter(|(_, p)| p.used_len.is_some())
+                .filter(|&(&seq, p)| p.used_len.is_some() && mine(seq))
                 .map(|(&seq, _)| Token {
                     queue: self.index,
                     seq,
