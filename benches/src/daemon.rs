@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vhost_user_fs_client::daemons::{process_tree, Options};
+use vhost_user_fs_client::daemons::{proc_cpu_seconds, process_tree, Options};
 use vhost_user_fs_client::{DeviceConfig, FsClient};
 
 pub use vhost_user_fs_client::daemons::Kind;
@@ -180,26 +180,6 @@ impl Drop for Running {
         }
         let _ = self.child.wait();
     }
-}
-
-/// Fields of /proc/PID/stat after the `(comm)`: index 0 is the state, 11 utime, 12 stime.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-/// utime + stime of a process (all its threads), in seconds.
-pub fn proc_cpu_seconds(pid: u32) -> f64 {
-    let Some(f) = stat_fields(pid) else {
-        return 0.0;
-    };
-    let ticks: u64 = f
-        .get(11..13)
-        .map(|v| v.iter().filter_map(|s| s.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / hz
 }
 
 /// VmHWM of a process in KiB.

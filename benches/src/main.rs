@@ -197,7 +197,7 @@ impl Monitor for SelfMonitor {
         Ok(())
     }
     fn cpu_seconds(&self) -> f64 {
-        daemon::proc_cpu_seconds(std::process::id())
+        vhost_user_fs_client::daemons::proc_cpu_seconds(std::process::id())
     }
     fn peak_rss_kib(&self) -> Option<u64> {
         None

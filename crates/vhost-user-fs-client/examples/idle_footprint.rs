@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use vhost_user_fs_client::abi::ROOT_ID;
+use vhost_user_fs_client::daemons::{proc_cpu_seconds, process_tree};
 use vhost_user_fs_client::{DeviceConfig, FsClient, FuseRequest};
 
 /// A `Name: value` field (the first number after the name) of a /proc text file.
@@ -35,46 +36,6 @@ fn footprint(pid: u32) -> [u64; 4] {
         field(&smaps, "Pss:"),
         field(&smaps, "Private_Dirty:"),
     ]
-}
-
-/// CPU time (user + system, clock ticks) of every thread of `pids`.
-fn cpu_ticks(pids: &[u32]) -> u64 {
-    let mut sum = 0;
-    for p in pids {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // After the ")" of the command: state is field 3, utime 14, stime 15 (whole process).
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        sum += num(11) + num(12);
-    }
-    sum
-}
-
-/// `pid` and every descendant.
-fn tree(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten();
-        for t in tasks.flatten() {
-            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
-        }
-        i += 1;
-    }
-    out
 }
 
 fn main() {
@@ -107,17 +68,16 @@ fn main() {
     }
     let settle = num(settle, "SETTLE_SECS").max(2);
     std::thread::sleep(Duration::from_secs(1));
-    let (pids, t0) = (tree(pid), std::time::Instant::now());
-    let ticks0 = cpu_ticks(&pids);
+    let (pids, t0) = (process_tree(pid), std::time::Instant::now());
+    let cpu = || pids.iter().map(|&p| proc_cpu_seconds(p)).sum::<f64>();
+    let cpu0 = cpu();
     std::thread::sleep(Duration::from_secs(settle - 1));
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let idle_ms = (cpu_ticks(&pids) - ticks0) as f64 * 1000.0 / hz / t0.elapsed().as_secs_f64();
+    let idle_ms = (cpu() - cpu0) * 1000.0 / t0.elapsed().as_secs_f64();
     let mut total = [0; 4];
     let line = |[t, r, p, d]: [u64; 4]| {
         format!("threads={t} rss_kib={r} pss_kib={p} private_dirty_kib={d}")
     };
-    for p in tree(pid) {
+    for p in process_tree(pid) {
         let f = footprint(p);
         println!("pid={p} {}", line(f));
         total.iter_mut().zip(f).for_each(|(t, v)| *t += v);

@@ -391,14 +391,32 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     out
 }
 
-/// The parent pid of `pid` (field 4 of /proc/PID/stat, after the `(comm)`).
+/// The parent pid of `pid` (field 4 of /proc/PID/stat).
 fn parent_pid(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Fields of /proc/PID/stat after the `(comm)` (which may hold spaces): index 0 is the state
+/// (field 3), 1 the parent pid, 11 utime, 12 stime.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s[s.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    let rest = &s[s.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU time (user + system, all threads) of process `pid` so far, in seconds; 0 for a process
+/// that is gone.
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
+    let Some(f) = stat_fields(pid) else {
+        return 0.0;
+    };
+    let ticks: u64 = f
+        .get(11..13)
+        .map(|v| v.iter().filter_map(|s| s.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
 }
 
 /// SIGKILLs `pid` and every descendant ([`process_tree`]), now. The caller still reaps its

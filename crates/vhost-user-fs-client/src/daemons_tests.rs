@@ -311,3 +311,27 @@ fn the_process_tree_holds_forked_children() {
         assert!(Instant::now() < deadline, "child {p} survived");
     }
 }
+
+#[test]
+fn cpu_seconds_count_a_busy_child_and_nothing_for_a_gone_one() {
+    // A shell that spins for a fraction of a second of CPU, then sleeps.
+    let mut sh = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done; sleep 30",
+        ])
+        .spawn()
+        .unwrap();
+    let pid = sh.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut cpu = 0.0;
+    while cpu < 0.1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        cpu = proc_cpu_seconds(pid);
+    }
+    assert!(cpu >= 0.1, "{cpu} s of CPU");
+    assert!(cpu < 60.0, "{cpu} s of CPU");
+    kill_process_tree(pid);
+    sh.wait().unwrap();
+    assert_eq!(proc_cpu_seconds(pid), 0.0, "reaped: no /proc entry");
+}
