@@ -36,14 +36,8 @@ fn epoll_calls() -> Vec<i64> {
 
 /// The system call this process's thread `name` is blocked in, if it is blocked in one.
 fn blocked_in(name: &str) -> Option<i64> {
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() == name {
-            let call = std::fs::read_to_string(task.path().join("syscall")).ok()?;
-            return call.split_whitespace().next()?.parse().ok();
-        }
-    }
-    None
+    let call = std::fs::read_to_string(thread_dir(name)?.join("syscall")).ok()?;
+    call.split_whitespace().next()?.parse().ok()
 }
 
 /// Waits (up to 10 s) until thread `name` sits in one of `calls`; panics with what it was in.

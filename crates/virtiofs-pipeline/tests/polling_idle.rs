@@ -9,17 +9,12 @@ use common::polling_rig;
 
 /// CPU time (user + system, clock ticks) of the thread named `name` in this process.
 fn thread_cpu_ticks(name: &str) -> u64 {
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap();
-            // Fields after the ")" of the command: state is field 3, utime 14, stime 15.
-            let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            return f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-        }
-    }
-    panic!("no thread {name}");
+    let dir = common::thread_dir(name).unwrap_or_else(|| panic!("no thread {name}"));
+    let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+    // Fields after the ")" of the command: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
 mt_test!(an_idle_guest_costs_no_polling, || {

@@ -395,14 +395,28 @@ pub fn start_ring(link: &QueueLink, mem: &GuestMemoryMmap<()>, event_idx: bool) 
     d
 }
 
-/// Names of this process's threads that start with `prefix`.
-pub fn threads_named(prefix: &str) -> Vec<String> {
+/// This process's threads: each one's name and /proc/self/task/TID directory.
+fn threads() -> impl Iterator<Item = (String, std::path::PathBuf)> {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim_end().to_owned())
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            Some((name.trim_end().to_owned(), dir))
+        })
+}
+
+/// Names of this process's threads that start with `prefix`.
+pub fn threads_named(prefix: &str) -> Vec<String> {
+    threads()
+        .map(|(name, _)| name)
         .filter(|n| n.starts_with(prefix))
         .collect()
+}
+
+/// The /proc/self/task/TID directory of this process's thread `name`, if there is one.
+pub fn thread_dir(name: &str) -> Option<std::path::PathBuf> {
+    threads().find_map(|(n, dir)| (n == name).then_some(dir))
 }
 
 pub struct Rig {
