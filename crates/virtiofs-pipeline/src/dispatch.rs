@@ -23,10 +23,21 @@ pub(crate) enum Placement {
     Pool,
 }
 
-/// The rule of the module docs: `has_pool` says whether the queue has a pool,
-/// `others_waiting` whether requests of the same drain wait behind this one.
-pub(crate) fn place(has_pool: bool, weight: Weight, others_waiting: bool) -> Placement {
-    if has_pool && (others_waiting || weight == Weight::Long) {
+/// What waits behind a request in its drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Behind {
+    /// Nothing: it is the drain's last.
+    Nothing,
+    /// Other requests, and it shares the inode it locks with one of its batch.
+    SameInode,
+    /// Other requests.
+    Others,
+}
+
+/// The rule of the module docs: `has_pool` says whether the queue has a pool, `behind` what
+/// waits behind the request in its drain.
+pub(crate) fn place(has_pool: bool, weight: Weight, behind: Behind) -> Placement {
+    if has_pool && (behind == Behind::Others || weight == Weight::Long) {
         Placement::Pool
     } else {
         Placement::Inline
@@ -39,14 +50,23 @@ mod tests {
 
     #[test]
     fn alone_and_quick_runs_inline_the_rest_goes_to_the_pool() {
+        use Behind::{Nothing, Others, SameInode};
         use Placement::{Inline, Pool};
         use Weight::{Long, Quick};
-        assert_eq!(place(true, Quick, false), Inline, "nothing behind it");
-        assert_eq!(place(true, Quick, true), Pool, "others wait behind it");
-        assert_eq!(place(true, Long, false), Pool, "long, even alone");
-        assert_eq!(place(true, Long, true), Pool);
-        for (weight, waiting) in [(Quick, false), (Quick, true), (Long, false), (Long, true)] {
-            assert_eq!(place(false, weight, waiting), Inline, "no pool: all inline");
+        assert_eq!(place(true, Quick, Nothing), Inline, "nothing behind it");
+        assert_eq!(place(true, Quick, Others), Pool, "others wait behind it");
+        assert_eq!(
+            place(true, Quick, SameInode),
+            Inline,
+            "another request of the batch holds the same lock"
+        );
+        assert_eq!(place(true, Long, Nothing), Pool, "long, even alone");
+        assert_eq!(place(true, Long, Others), Pool);
+        assert_eq!(place(true, Long, SameInode), Pool);
+        for weight in [Quick, Long] {
+            for behind in [Nothing, SameInode, Others] {
+                assert_eq!(place(false, weight, behind), Inline, "no pool: all inline");
+            }
         }
     }
 }

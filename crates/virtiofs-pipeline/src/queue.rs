@@ -24,19 +24,21 @@ use virtiofs_device::{MemoryTable, QueueLink, QueueMemory, WatchedVring};
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::alarm::{Alarm, Alarms};
-use crate::dispatch::{place, Placement};
+use crate::dispatch::{place, Behind, Placement};
 use crate::gate::{Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler, Handled};
 use crate::kick::AsyncKick;
 use crate::lock_wait::LockWait;
 use crate::poll::{avail_within, AdaptivePoll, Spin};
 use crate::pool::{Job, Pool};
-use crate::request::{classify, is_forget, peek_in_header, reply_error, reply_room, Weight};
+use crate::request::{classify, is_forget, reply_error, reply_room, Weight};
 use crate::serve::serve_chain_handled;
 use crate::stats::QueueStats;
 use crate::stop::Stop;
 use crate::uring::{IoEngine, Uring};
-use crate::used::{disable_notification, enable_notification, Popped, Unanswered, UsedBatch};
+use crate::used::{
+    disable_notification, enable_notification, Popped, PoppedChain, Unanswered, UsedBatch,
+};
 
 /// Most chains popped at once: the completions of the requests run on the queue thread are
 /// published (and the guest notified) at least this often, so that a deep queue of quick
@@ -348,7 +350,7 @@ impl<H: FuseHandler> QueueContext<H> {
     async fn drain(
         self: &Arc<Self>,
         memory: &mut QueueMemory,
-        batch: &mut VecDeque<Chain>,
+        batch: &mut VecDeque<PoppedChain>,
         keep_off: bool,
         ring: Option<&Uring>,
     ) {
@@ -366,9 +368,15 @@ impl<H: FuseHandler> QueueContext<H> {
                     break;
                 }
                 while !self.stop.is_stopped() {
-                    let Some(chain) = popped.next() else { break };
-                    let others_waiting = popped.others_waiting();
-                    self.dispatch(chain, others_waiting, &mut used, ring).await;
+                    let Some((chain, header)) = popped.next() else {
+                        break;
+                    };
+                    let behind = match popped.others_waiting() {
+                        false => Behind::Nothing,
+                        true if popped.serialized(header.as_ref()) => Behind::SameInode,
+                        true => Behind::Others,
+                    };
+                    self.dispatch(chain, header, behind, &mut used, ring).await;
                 }
                 if let Some(ring) = ring {
                     // One submission for the batch; what is done already joins it.
@@ -403,16 +411,17 @@ impl<H: FuseHandler> QueueContext<H> {
         }
     }
 
-    /// Starts one request: takes its gate pass (in ring order), then runs it here or hands it
-    /// to the pool ([`crate::dispatch::place`]). Completions of requests run here go to `used`.
+    /// Starts one request (its header as read at pop time): takes its gate pass (in ring
+    /// order), then runs it here or hands it to the pool ([`crate::dispatch::place`]).
+    /// Completions of requests run here go to `used`.
     async fn dispatch(
         self: &Arc<Self>,
         chain: Chain,
-        others_waiting: bool,
+        header: Option<InHeader>,
+        behind: Behind,
         used: &mut UsedBatch<'_>,
         ring: Option<&Uring>,
     ) {
-        let header = peek_in_header(&chain);
         let weight = match &header {
             Some(h) => classify(h, || reply_room(&chain)),
             None => Weight::Quick,
@@ -436,7 +445,7 @@ impl<H: FuseHandler> QueueContext<H> {
                 return ring.start(self, chain, h, pass, used);
             }
         }
-        match place(self.pool.is_some(), weight, others_waiting) {
+        match place(self.pool.is_some(), weight, behind) {
             Placement::Inline => self.run_inline(chain, header, pass, used),
             Placement::Pool => {
                 let pool = self.pool.as_ref().expect("placed on the pool");

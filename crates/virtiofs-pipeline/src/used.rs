@@ -18,16 +18,18 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
 use tracing::{debug, warn};
 use vhost_user_backend::VringT;
 use virtio_queue::{QueueOwnedT, QueueT};
 use virtiofs_device::{MemoryTable, QueueLink};
+use virtiofs_fuse::abi::InHeader;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::chain::DescTable;
 use crate::handler::{Chain, FuseHandler};
-use crate::queue::QueueContext;
-use crate::request::{is_forget, peek_in_header, reply_error};
+use crate::queue::{QueueContext, MAX_BATCH};
+use crate::request::{is_forget, peek_in_header, reply_error, serial_key};
 use crate::stats::QueueStats;
 
 /// Writes an `-errno` reply into `chain` if it has a FUSE header and expects a reply; returns
@@ -158,13 +160,18 @@ impl Drop for UsedBatch<'_> {
     }
 }
 
+/// A popped chain and its request header, read once at pop time (`None`: too short for one).
+pub(crate) type PoppedChain = (Chain, Option<InHeader>);
+
 /// Chains popped in one go and not started yet (see the module docs).
 pub(crate) struct Popped<'a> {
     link: &'a QueueLink,
     stats: &'a QueueStats,
     mem: &'a MemoryTable,
     /// The queue task's buffer: empty before the pop, and again once the batch is dropped.
-    chains: &'a mut VecDeque<Chain>,
+    chains: &'a mut VecDeque<PoppedChain>,
+    /// The [`serial_key`]s that two or more requests of the batch share, sorted.
+    serial: SmallVec<[u64; 4]>,
     /// The avail ring had more than the batch took.
     pub(crate) more_in_ring: bool,
 }
@@ -177,7 +184,7 @@ impl<'a> Popped<'a> {
         stats: &'a QueueStats,
         mem: &'a MemoryTable,
         max: usize,
-        chains: &'a mut VecDeque<Chain>,
+        chains: &'a mut VecDeque<PoppedChain>,
     ) -> Self {
         debug_assert!(chains.is_empty());
         let mut more_in_ring = false;
@@ -191,7 +198,7 @@ impl<'a> Popped<'a> {
                     chains.extend(
                         iter.by_ref()
                             .take(max)
-                            .map(|c| Chain::read(&table, c.head_index(), mem)),
+                            .map(|c| (Chain::read(&table, c.head_index(), mem), None)),
                     );
                     if chains.len() == max && iter.next().is_some() {
                         // Left for the next batch.
@@ -211,12 +218,17 @@ impl<'a> Popped<'a> {
         // Measured (getattr, randread4k at depth 64, no polling): daemon CPU per request −2 %.
         // Prefetching the descriptors as well (heads collected first), or the used-ring
         // entries the batch will fill, saved nothing more.
-        chains.iter().for_each(Chain::prefetch);
+        chains.iter().for_each(|(chain, _)| chain.prefetch());
+        for (chain, header) in chains.iter_mut() {
+            *header = peek_in_header(chain);
+        }
+        let serial = shared_keys(chains.iter().filter_map(|(_, h)| serial_key(h.as_ref()?)));
         Self {
             link,
             stats,
             mem,
             chains,
+            serial,
             more_in_ring,
         }
     }
@@ -226,9 +238,17 @@ impl<'a> Popped<'a> {
         self.chains.is_empty()
     }
 
-    /// The next chain, in ring order.
-    pub(crate) fn next(&mut self) -> Option<Chain> {
+    /// The next chain and its header, in ring order.
+    pub(crate) fn next(&mut self) -> Option<PoppedChain> {
         self.chains.pop_front()
+    }
+
+    /// Whether the request of `header` shares the inode it locks with another request of the
+    /// batch ([`serial_key`]).
+    pub(crate) fn serialized(&self, header: Option<&InHeader>) -> bool {
+        header
+            .and_then(serial_key)
+            .is_some_and(|k| self.serial.binary_search(&k).is_ok())
     }
 
     /// Whether chains wait behind the one last taken: in this batch, or in the ring.
@@ -248,10 +268,24 @@ impl Drop for Popped<'_> {
             "returning chains that were not started (EIO)"
         );
         let mut used = UsedBatch::new(self.link, self.stats, self.mem);
-        for chain in self.chains.drain(..) {
+        for (chain, _) in self.chains.drain(..) {
             used.push(chain.head_index(), error_reply(&chain, libc::EIO));
         }
     }
+}
+
+/// The keys that occur more than once in `keys` (at most [`MAX_BATCH`] of them are looked at),
+/// sorted.
+fn shared_keys(keys: impl Iterator<Item = u64>) -> SmallVec<[u64; 4]> {
+    let mut all: SmallVec<[u64; MAX_BATCH]> = keys.take(MAX_BATCH).collect();
+    all.sort_unstable();
+    let mut shared = SmallVec::new();
+    for pair in all.windows(2) {
+        if pair[0] == pair[1] && shared.last() != Some(&pair[0]) {
+            shared.push(pair[0]);
+        }
+    }
+    shared
 }
 
 /// A chain owned away from its queue thread (see the module docs).
@@ -315,5 +349,19 @@ impl<H: FuseHandler> Drop for Unanswered<H> {
             let (link, stats) = (&self.ctx.link, &self.ctx.stats);
             complete_one(link, stats, chain.memory(), chain.head_index(), len);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_keys;
+
+    #[test]
+    fn shared_keys_are_those_seen_twice_or_more_once_each() {
+        let keys = |v: &[u64]| shared_keys(v.iter().copied()).to_vec();
+        assert_eq!(keys(&[]), Vec::<u64>::new());
+        assert_eq!(keys(&[7, 5, 9]), Vec::<u64>::new());
+        assert_eq!(keys(&[7, 5, 7, 9, 5, 7]), vec![5, 7]);
+        assert_eq!(keys(&[3; 40]), vec![3], "more than a batch: still once");
     }
 }

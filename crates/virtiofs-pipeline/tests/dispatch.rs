@@ -126,6 +126,55 @@ mt_test!(
     }
 );
 
+mt_test!(
+    requests_that_lock_one_inode_stay_on_the_queue_thread,
+    || {
+        let mut r = rig(1, 8, false);
+        r.init(1);
+        // Requests that block: worth handing to runners when others wait behind them.
+        r.handler.delay_ms.store(20, Ordering::SeqCst);
+        r.train(1, 2);
+        let stats = r.pipeline.stats()[1].clone();
+        let pooled = stats.pooled.load(Ordering::SeqCst);
+        // Small WRITEs to file 7, a CREATE and an UNLINK in directory 5: the kernel runs those
+        // for one inode one after the other, so runners would only wait for each other.
+        let same = [
+            (WRITE, 100, 7),
+            (CREATE, 101, 5),
+            (WRITE, 102, 7),
+            (UNLINK, 103, 5),
+            (WRITE, 104, 7),
+        ];
+        let d = &mut r.drivers[1];
+        d.post_batch_to(same);
+        d.kick();
+        assert!(d.wait_used(5).iter().all(|u| u.reply.error == 0));
+        for (op, unique, _) in same {
+            let thread = r.thread_of(unique);
+            assert!(is_queue_thread(&thread), "{op} {unique} ran on {thread}");
+        }
+        assert_eq!(stats.pooled.load(Ordering::SeqCst), pooled, "none pooled");
+        // The same requests for five inodes overlap on the pool.
+        let apart = [
+            (WRITE, 200, 7),
+            (CREATE, 201, 5),
+            (WRITE, 202, 8),
+            (UNLINK, 203, 6),
+            (WRITE, 204, 9),
+        ];
+        let d = &mut r.drivers[1];
+        d.post_batch_to(apart);
+        d.kick();
+        assert!(d.wait_used(5).iter().all(|u| u.reply.error == 0));
+        let off = apart
+            .iter()
+            .filter(|&&(_, unique, _)| !is_queue_thread(&r.thread_of(unique)))
+            .count();
+        assert!(off >= 1, "none of the five ran on the pool");
+        assert!(stats.pooled.load(Ordering::SeqCst) > pooled);
+    }
+);
+
 /// Posts a chain whose readable part is `readable` bytes starting with `header`, and whose
 /// writable part is `writable` bytes; both far from the ring's own buffers.
 fn post_sized(d: &mut Driver, header: InHeader, readable: u32, writable: u32) {

@@ -30,6 +30,9 @@ pub const DESTROY: u32 = Opcode::Destroy as u32;
 pub const GETATTR: u32 = Opcode::Getattr as u32;
 pub const SETLKW: u32 = Opcode::Setlkw as u32;
 pub const READ: u32 = Opcode::Read as u32;
+pub const WRITE: u32 = Opcode::Write as u32;
+pub const CREATE: u32 = Opcode::Create as u32;
+pub const UNLINK: u32 = Opcode::Unlink as u32;
 
 /// One request the handler ran: (opcode, unique, started, finished, thread name).
 pub type Ran = (u32, u64, Instant, Instant, String);
@@ -90,7 +93,7 @@ impl FuseHandler for ScriptedHandler {
             "the header handed over is the chain's"
         );
         let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
-        if h.opcode == GETATTR && delay > 0 {
+        if [GETATTR, WRITE, CREATE, UNLINK].contains(&h.opcode) && delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
         let target = self.rendezvous.load(Ordering::SeqCst);
@@ -279,9 +282,14 @@ impl Driver {
     /// Posts the requests `(opcode, unique)` and makes them available at once, so that the
     /// device sees all of them or none (one batch).
     pub fn post_batch(&mut self, requests: impl IntoIterator<Item = (u32, u64)>) {
+        self.post_batch_to(requests.into_iter().map(|(op, unique)| (op, unique, 1)));
+    }
+
+    /// [`Self::post_batch`] of `(opcode, unique, nodeid)`.
+    pub fn post_batch_to(&mut self, requests: impl IntoIterator<Item = (u32, u64, u64)>) {
         self.holding = true;
-        for (opcode, unique) in requests {
-            self.post(opcode, unique);
+        for (opcode, unique, nodeid) in requests {
+            self.post_to(opcode, unique, nodeid);
         }
         self.holding = false;
         self.publish();
@@ -289,12 +297,17 @@ impl Driver {
 
     /// Posts a FUSE request: header (+ `body` bytes) readable, a 64-byte reply buffer writable.
     pub fn post(&mut self, opcode: u32, unique: u64) -> u16 {
+        self.post_to(opcode, unique, 1)
+    }
+
+    /// [`Self::post`] for the inode `nodeid`.
+    pub fn post_to(&mut self, opcode: u32, unique: u64, nodeid: u64) -> u16 {
         let slot = self.next_slot;
         let header = InHeader {
             len: 40,
             opcode,
             unique,
-            nodeid: 1,
+            nodeid,
             ..Default::default()
         };
         let inbuf = self.buf_addr(slot);
