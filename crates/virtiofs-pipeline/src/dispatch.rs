@@ -3,15 +3,7 @@
 //! The rule ([`place`]): a request runs on the queue thread (inline: no thread hop, its
 //! completion batched with the others of its drain) unless the queue has a pool and
 //! - other requests wait behind it in the same drain (popped with it, or still in the ring):
-//!   it goes to the pool so that they need not wait for it, unless it holds the same inode's
-//!   lock as another request of its batch ([`Behind::SameInode`]: a small WRITE to the same
-//!   file, a name change in the same directory, see [`crate::request::serial_key`]) while the
-//!   queue's requests are quick ([`behind`]). The kernel runs those one after the other
-//!   anyway: given to runners, all but one would sleep on the lock, and a pool of 64 made
-//!   4 KiB writes to one file 10–16 % slower than no pool at depth 64–256, creating and
-//!   removing names in one directory 20–30 % at depth 16–256. Once requests block (a slow
-//!   disk, writes throttled), the pool keeps the queue thread free for the others as before;
-//!   or
+//!   it goes to the pool so that they need not wait for it; or
 //! - it is [`Weight::Long`] (a flush, a large READ or WRITE, a copy): it goes to the pool so
 //!   that the queue stays responsive (a SETLKW retry goes there too when a runner is free).
 //!
@@ -20,7 +12,6 @@
 //! has started once it has dispatched its batch. `--thread-pool-size=0` (and the hiprio queue)
 //! has no pool: everything runs inline.
 
-use crate::pool::HANDOFF_NS;
 use crate::request::Weight;
 
 /// Where one request goes.
@@ -41,18 +32,6 @@ pub(crate) enum Behind {
     SameInode,
     /// Other requests.
     Others,
-}
-
-/// What waits behind a request in its drain, as [`place`] weighs it: `others_waiting`, and
-/// whether it shares the inode it locks with another request of its batch (`same_inode`),
-/// which counts while the queue's recent time per request (`service_ns`) is below
-/// [`HANDOFF_NS`]: above it, requests block, and the ones behind should not wait for them.
-pub(crate) fn behind(others_waiting: bool, same_inode: bool, service_ns: u64) -> Behind {
-    match (others_waiting, same_inode && service_ns < HANDOFF_NS) {
-        (false, _) => Behind::Nothing,
-        (true, true) => Behind::SameInode,
-        (true, false) => Behind::Others,
-    }
 }
 
 /// The rule of the module docs: `has_pool` says whether the queue has a pool, `behind` what
@@ -89,20 +68,5 @@ mod tests {
                 assert_eq!(place(false, weight, behind), Inline, "no pool: all inline");
             }
         }
-    }
-
-    #[test]
-    fn the_same_inode_counts_only_while_requests_are_quick() {
-        use Behind::{Nothing, Others, SameInode};
-        let quick = HANDOFF_NS / 10;
-        assert_eq!(behind(false, true, quick), Nothing);
-        assert_eq!(behind(false, false, quick), Nothing);
-        assert_eq!(behind(true, false, quick), Others);
-        assert_eq!(behind(true, true, quick), SameInode);
-        assert_eq!(
-            behind(true, true, HANDOFF_NS),
-            Others,
-            "requests that block: the pool keeps the queue free"
-        );
     }
 }

@@ -24,7 +24,7 @@ use virtiofs_device::{MemoryTable, QueueLink, QueueMemory, WatchedVring};
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::alarm::{Alarm, Alarms};
-use crate::dispatch::{behind, place, Behind, Placement};
+use crate::dispatch::{place, Behind, Placement};
 use crate::gate::{Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler, Handled};
 use crate::kick::AsyncKick;
@@ -371,12 +371,12 @@ impl<H: FuseHandler> QueueContext<H> {
                     let Some((chain, header)) = popped.next() else {
                         break;
                     };
-                    let waiting = behind(
-                        popped.others_waiting(),
-                        popped.serialized(header.as_ref()),
-                        self.stats.service_ns(),
-                    );
-                    self.dispatch(chain, header, waiting, &mut used, ring).await;
+                    let behind = match popped.others_waiting() {
+                        false => Behind::Nothing,
+                        true if popped.serialized(header.as_ref()) => Behind::SameInode,
+                        true => Behind::Others,
+                    };
+                    self.dispatch(chain, header, behind, &mut used, ring).await;
                 }
                 if let Some(ring) = ring {
                     // One submission for the batch; what is done already joins it.

@@ -131,57 +131,47 @@ mt_test!(
     || {
         let mut r = rig(1, 8, false);
         r.init(1);
-        let stats = r.pipeline.stats()[1].clone();
-        // Small WRITEs to file 7, CREATEs and UNLINKs in directory 5: the kernel runs those for
-        // one inode one after the other, so runners would only wait for each other. 23 queued
-        // behind each other are worth a runner at anything above 2.2 µs per request (see
-        // `pool::worth_a_runner`); a preemption that lifts the recent time above 50 µs turns the
-        // rule off, so the test tries up to 3 times. Without the rule it fails every attempt.
-        let batch = |first: u64| {
-            (0..24).map(move |i| {
-                let u = first + i;
-                match i % 4 {
-                    0 | 1 => (WRITE, u, 7),
-                    2 => (CREATE, u, 5),
-                    _ => (UNLINK, u, 5),
-                }
-            })
-        };
-        let mut seen = Vec::new();
-        for attempt in 0..3 {
-            // Requests one at a time bring the recent time per request down.
-            r.train(1, 16);
-            let pooled = stats.pooled.load(Ordering::SeqCst);
-            let first = 100 + 100 * attempt;
-            let d = &mut r.drivers[1];
-            d.post_batch_to(batch(first));
-            d.kick();
-            assert!(d.wait_used(24).iter().all(|u| u.reply.error == 0));
-            let off = (first..first + 24)
-                .filter(|&u| !is_queue_thread(&r.thread_of(u)))
-                .count();
-            let pooled = stats.pooled.load(Ordering::SeqCst) - pooled;
-            if off == 0 && pooled == 0 {
-                break;
-            }
-            seen.push((off, pooled));
-            assert!(
-                attempt < 2,
-                "ran off the queue thread, pooled, per attempt: {seen:?}"
-            );
-        }
-        // Requests that block (20 ms each): the pool keeps the queue thread free for the others,
-        // the same inode or not.
+        // Requests that block: worth handing to runners when others wait behind them.
         r.handler.delay_ms.store(20, Ordering::SeqCst);
         r.train(1, 2);
+        let stats = r.pipeline.stats()[1].clone();
+        let pooled = stats.pooled.load(Ordering::SeqCst);
+        // Small WRITEs to file 7, a CREATE and an UNLINK in directory 5: the kernel runs those
+        // for one inode one after the other, so runners would only wait for each other.
+        let same = [
+            (WRITE, 100, 7),
+            (CREATE, 101, 5),
+            (WRITE, 102, 7),
+            (UNLINK, 103, 5),
+            (WRITE, 104, 7),
+        ];
         let d = &mut r.drivers[1];
-        d.post_batch_to((0..5).map(|i| (WRITE, 700 + i, 7)));
+        d.post_batch_to(same);
         d.kick();
         assert!(d.wait_used(5).iter().all(|u| u.reply.error == 0));
-        let off = (700..705)
-            .filter(|&u| !is_queue_thread(&r.thread_of(u)))
+        for (op, unique, _) in same {
+            let thread = r.thread_of(unique);
+            assert!(is_queue_thread(&thread), "{op} {unique} ran on {thread}");
+        }
+        assert_eq!(stats.pooled.load(Ordering::SeqCst), pooled, "none pooled");
+        // The same requests for five inodes overlap on the pool.
+        let apart = [
+            (WRITE, 200, 7),
+            (CREATE, 201, 5),
+            (WRITE, 202, 8),
+            (UNLINK, 203, 6),
+            (WRITE, 204, 9),
+        ];
+        let d = &mut r.drivers[1];
+        d.post_batch_to(apart);
+        d.kick();
+        assert!(d.wait_used(5).iter().all(|u| u.reply.error == 0));
+        let off = apart
+            .iter()
+            .filter(|&&(_, unique, _)| !is_queue_thread(&r.thread_of(unique)))
             .count();
-        assert!(off >= 1, "blocking WRITEs all ran on the queue thread");
+        assert!(off >= 1, "none of the five ran on the pool");
+        assert!(stats.pooled.load(Ordering::SeqCst) > pooled);
     }
 );
 
