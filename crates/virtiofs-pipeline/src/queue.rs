@@ -371,12 +371,12 @@ impl<H: FuseHandler> QueueContext<H> {
                     let Some((chain, header)) = popped.next() else {
                         break;
                     };
-                    let behind = match popped.others_waiting() {
+                    let waiting = match popped.others_waiting() {
                         false => Behind::Nothing,
                         true if popped.serialized(header.as_ref()) => Behind::SameInode,
                         true => Behind::Others,
                     };
-                    self.dispatch(chain, header, behind, &mut used, ring).await;
+                    self.dispatch(chain, header, waiting, &mut used, ring).await;
                 }
                 if let Some(ring) = ring {
                     // One submission for the batch; what is done already joins it.
