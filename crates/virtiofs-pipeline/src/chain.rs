@@ -225,12 +225,7 @@ impl Split {
 /// Asks the CPU to load the cache line at `p` to read it soon.
 fn prefetch_read(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it reads nothing into the program and never faults,
-    // whatever the address; SSE is part of x86_64.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p.cast());
-    }
+    prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
@@ -239,13 +234,16 @@ fn prefetch_read(p: *const u8) {
 /// has no write hint).
 fn prefetch_write(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as in prefetch_read.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
-        _mm_prefetch::<_MM_HINT_ET0>(p.cast());
-    }
+    prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(p);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+#[cfg(target_arch = "x86_64")]
+fn prefetch<const HINT: i32>(p: *const u8) {
+    // SAFETY: a prefetch is a hint: it reads nothing into the program and never faults,
+    // whatever the address; SSE is part of x86_64.
+    unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(p.cast()) }
 }
 
 /// Sum of the segments' lengths.

@@ -126,6 +126,19 @@ mt_test!(
     }
 );
 
+/// Posts `batch` (`(opcode, unique, nodeid)`) on request queue 1 at once, waits for every
+/// answer and returns how many ran off the queue thread.
+fn run_batch(r: &mut Rig, batch: &[(u32, u64, u64)]) -> usize {
+    let d = &mut r.drivers[1];
+    d.post_batch_to(batch.iter().copied());
+    d.kick();
+    assert!(d.wait_used(batch.len()).iter().all(|u| u.reply.error == 0));
+    batch
+        .iter()
+        .filter(|&&(_, unique, _)| !is_queue_thread(&r.thread_of(unique)))
+        .count()
+}
+
 mt_test!(
     requests_that_lock_one_inode_stay_on_the_queue_thread,
     || {
@@ -145,32 +158,14 @@ mt_test!(
             (UNLINK, 103, 5),
             (WRITE, 104, 7),
         ];
-        let d = &mut r.drivers[1];
-        d.post_batch_to(same);
-        d.kick();
-        assert!(d.wait_used(5).iter().all(|u| u.reply.error == 0));
-        for (op, unique, _) in same {
-            let thread = r.thread_of(unique);
-            assert!(is_queue_thread(&thread), "{op} {unique} ran on {thread}");
-        }
+        assert_eq!(run_batch(&mut r, &same), 0, "ran off the queue thread");
         assert_eq!(stats.pooled.load(Ordering::SeqCst), pooled, "none pooled");
         // The same requests for five inodes overlap on the pool.
-        let apart = [
-            (WRITE, 200, 7),
-            (CREATE, 201, 5),
-            (WRITE, 202, 8),
-            (UNLINK, 203, 6),
-            (WRITE, 204, 9),
-        ];
-        let d = &mut r.drivers[1];
-        d.post_batch_to(apart);
-        d.kick();
-        assert!(d.wait_used(5).iter().all(|u| u.reply.error == 0));
-        let off = apart
-            .iter()
-            .filter(|&&(_, unique, _)| !is_queue_thread(&r.thread_of(unique)))
-            .count();
-        assert!(off >= 1, "none of the five ran on the pool");
+        let apart = same.map(|(op, unique, node)| (op, unique + 100, node + unique % 100));
+        assert!(
+            run_batch(&mut r, &apart) >= 1,
+            "none of the five ran on the pool"
+        );
         assert!(stats.pooled.load(Ordering::SeqCst) > pooled);
     }
 );
