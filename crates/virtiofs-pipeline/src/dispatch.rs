@@ -3,19 +3,17 @@
 //! The rule ([`place`]): a request runs on the queue thread (inline: no thread hop, its
 //! completion batched with the others of its drain) unless the queue has a pool and
 //! - other requests wait behind it in the same drain (popped with it, or still in the ring):
-//!   it goes to the pool so that they need not wait for it. A request that holds the same
-//!   inode's lock as another request of its batch ([`Behind::SameInode`]: a small WRITE to the
-//!   same file, a name change in the same directory, see [`crate::request::serial_key`]) goes
-//!   there in a group with the others ([`Placement::Group`]): one job, whose requests run one
-//!   after the other on one thread. The kernel runs them one after the other anyway: given to
-//!   runners one by one, all but one slept on the lock, and a pool of 64 made 4 KiB writes to
-//!   one file 10–16 % slower than no pool at depth 64–256, creating and removing names in one
-//!   directory 20–30 % at depth 16–256. A group is queued as quick while the queue's requests
-//!   are (the queue thread takes it back when no runner is on its way, see [`crate::pool`]),
-//!   as long once they block (a runner runs it and the queue thread stays free for the
-//!   others). Unlike singles on the pool, a group does not wait on its own members' locks, so
-//!   its time per request stays honest (a switch that sent the requests to the pool one by one
-//!   above 50 µs trapped itself: the lock waits kept the time high); or
+//!   it goes to the pool so that they need not wait for it, unless it holds the same inode's
+//!   lock as another request of its batch ([`Behind::SameInode`]: a small WRITE to the same
+//!   file, a name change in the same directory, see [`crate::request::serial_key`]). The
+//!   kernel runs those one after the other anyway: given to runners, all but one would sleep
+//!   on the lock, and a pool of 64 made 4 KiB writes to one file 10–16 % slower than no pool
+//!   at depth 64–256, creating and removing names in one directory 20–30 % at depth 16–256.
+//!   The price: where such requests block (writes throttled on a slow disk), the ones behind
+//!   them in the batch wait, as without a pool. Turning the rule off above a recent service
+//!   time was tried and trapped itself: on the pool the requests wait for each other's lock,
+//!   which keeps the service time high, and create-unlink fell to a third. Handing the
+//!   batch's requests for one inode to one runner together is the way to have both; or
 //! - it is [`Weight::Long`] (a flush, a large READ or WRITE, a copy): it goes to the pool so
 //!   that the queue stays responsive (a SETLKW retry goes there too when a runner is free).
 //!
@@ -24,7 +22,6 @@
 //! has started once it has dispatched its batch. `--thread-pool-size=0` (and the hiprio queue)
 //! has no pool: everything runs inline.
 
-use crate::pool::HANDOFF_NS;
 use crate::request::Weight;
 
 /// Where one request goes.
@@ -34,16 +31,14 @@ pub(crate) enum Placement {
     Inline,
     /// Into the queue's pool.
     Pool,
-    /// Into the queue's pool, in one job with the batch's other requests for the same inode.
-    Group,
 }
 
-/// What else is in a request's drain, as [`place`] weighs it.
+/// What waits behind a request in its drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Behind {
     /// Nothing: it is the drain's last.
     Nothing,
-    /// Requests for the inode it locks, of its batch (before or after it).
+    /// Other requests, and it shares the inode it locks with one of its batch.
     SameInode,
     /// Other requests.
     Others,
@@ -52,22 +47,10 @@ pub(crate) enum Behind {
 /// The rule of the module docs: `has_pool` says whether the queue has a pool, `behind` what
 /// waits behind the request in its drain.
 pub(crate) fn place(has_pool: bool, weight: Weight, behind: Behind) -> Placement {
-    match (has_pool, weight, behind) {
-        (false, _, _) | (true, Weight::Quick, Behind::Nothing) => Placement::Inline,
-        (true, Weight::Quick, Behind::SameInode) => Placement::Group,
-        (true, Weight::Long, _) | (true, Weight::Quick, Behind::Others) => Placement::Pool,
-    }
-}
-
-/// How a group of requests for one inode is queued on the pool: as long once the queue's
-/// recent time per request (`service_ns`) reaches [`HANDOFF_NS`] (its requests block: a
-/// runner takes it, the queue thread stays free), as quick before (the queue thread takes it
-/// back unless a runner is on its way: no thread hop for requests of microseconds).
-pub(crate) fn group_weight(service_ns: u64) -> Weight {
-    if service_ns >= HANDOFF_NS {
-        Weight::Long
+    if has_pool && (behind == Behind::Others || weight == Weight::Long) {
+        Placement::Pool
     } else {
-        Weight::Quick
+        Placement::Inline
     }
 }
 
@@ -78,13 +61,13 @@ mod tests {
     #[test]
     fn alone_and_quick_runs_inline_the_rest_goes_to_the_pool() {
         use Behind::{Nothing, Others, SameInode};
-        use Placement::{Group, Inline, Pool};
+        use Placement::{Inline, Pool};
         use Weight::{Long, Quick};
         assert_eq!(place(true, Quick, Nothing), Inline, "nothing behind it");
         assert_eq!(place(true, Quick, Others), Pool, "others wait behind it");
         assert_eq!(
             place(true, Quick, SameInode),
-            Group,
+            Inline,
             "another request of the batch holds the same lock"
         );
         assert_eq!(place(true, Long, Nothing), Pool, "long, even alone");
@@ -95,12 +78,5 @@ mod tests {
                 assert_eq!(place(false, weight, behind), Inline, "no pool: all inline");
             }
         }
-    }
-
-    #[test]
-    fn a_group_is_long_once_requests_block() {
-        assert_eq!(group_weight(0), Weight::Quick);
-        assert_eq!(group_weight(HANDOFF_NS - 1), Weight::Quick);
-        assert_eq!(group_weight(HANDOFF_NS), Weight::Long);
     }
 }

@@ -125,7 +125,12 @@ async fn wait_for_lock<H: FuseHandler>(job: Unanswered<H>, mut w: LockWait) {
         if let Some(pool) = ctx.pool.as_ref().filter(|p| p.has_room()) {
             // The wait goes on from the pool if the lock is still held; dropped unrun (the
             // runtime shut down), the job is answered EINTR.
-            let job = Job::new(job, Some(w.header), Some(pass), Some(w));
+            let job = Job {
+                chain: job,
+                header: Some(w.header),
+                pass: Some(pass),
+                retry: Some(w),
+            };
             return pool.push(Weight::Long, job);
         }
         ctx.stats.count_inline();

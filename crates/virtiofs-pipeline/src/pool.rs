@@ -47,54 +47,21 @@ pub(crate) struct Job<H: FuseHandler> {
     pub(crate) pass: Option<Pass>,
     /// A SETLKW retry: the wait it continues if the lock is still held.
     pub(crate) retry: Option<LockWait>,
-    /// Requests of the same batch that lock the same inode (see [`crate::dispatch`]): they run
-    /// after this one, in ring order, on the same thread.
-    pub(crate) then: Vec<Job<H>>,
 }
 
 impl<H: FuseHandler> Job<H> {
-    /// A job of one request.
-    pub(crate) fn new(
-        chain: Unanswered<H>,
-        header: Option<InHeader>,
-        pass: Option<Pass>,
-        retry: Option<LockWait>,
-    ) -> Self {
-        Self {
+    /// Runs the request on this thread; a pooled request completes on its own.
+    pub(crate) fn run_here(self) {
+        let Job {
             chain,
             header,
             pass,
             retry,
-            then: Vec::new(),
-        }
-    }
-
-    /// How many requests the job holds.
-    pub(crate) fn len(&self) -> usize {
-        1 + self.then.len()
-    }
-
-    /// Its requests, one job each, in ring order.
-    pub(crate) fn into_requests(mut self) -> impl Iterator<Item = Job<H>> {
-        let then = std::mem::take(&mut self.then);
-        std::iter::once(self).chain(then)
-    }
-
-    /// Runs the job's requests on this thread; a pooled request completes on its own.
-    pub(crate) fn run_here(self) {
-        for job in self.into_requests() {
-            let Job {
-                chain,
-                header,
-                pass,
-                retry,
-                then: _,
-            } = job;
-            let ctx = chain.ctx().clone();
-            match ctx.process(chain.chain(), header, pass) {
-                Step::Done(len) => chain.answer(len),
-                Step::Wait(w) => ctx.spawn_lock_wait(chain, w.continuing(retry)),
-            }
+        } = self;
+        let ctx = chain.ctx().clone();
+        match ctx.process(chain.chain(), header, pass) {
+            Step::Done(len) => chain.answer(len),
+            Step::Wait(w) => ctx.spawn_lock_wait(chain, w.continuing(retry)),
         }
     }
 }
@@ -284,7 +251,7 @@ impl<H: FuseHandler> Runner<H> {
             if next {
                 Inner::start_runner(&inner);
             }
-            inner.stats.count_pooled(job.len());
+            inner.stats.count_pooled();
             job.run_here();
             state = inner.lock();
         }

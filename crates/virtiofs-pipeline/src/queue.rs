@@ -24,14 +24,14 @@ use virtiofs_device::{MemoryTable, QueueLink, QueueMemory, WatchedVring};
 use virtiofs_fuse::abi::{InHeader, Opcode};
 
 use crate::alarm::{Alarm, Alarms};
-use crate::dispatch::{group_weight, place, Behind, Placement};
+use crate::dispatch::{place, Behind, Placement};
 use crate::gate::{Pass, SessionGate};
 use crate::handler::{Chain, FuseHandler, Handled};
 use crate::kick::AsyncKick;
 use crate::lock_wait::LockWait;
 use crate::poll::{avail_within, AdaptivePoll, Spin};
 use crate::pool::{Job, Pool};
-use crate::request::{classify, is_forget, reply_error, reply_room, serial_key, Weight};
+use crate::request::{classify, is_forget, reply_error, reply_room, Weight};
 use crate::serve::serve_chain_handled;
 use crate::stats::QueueStats;
 use crate::stop::Stop;
@@ -96,10 +96,6 @@ pub fn smallest_ready_queue(rings: &[WatchedVring]) -> Option<u16> {
         })
         .min()
 }
-
-/// A batch's groups of requests for one inode, by the inode's [`serial_key`]: the first
-/// request's job, the others in its `then`.
-type Groups<H> = Vec<(u64, Job<H>)>;
 
 /// What woke a waiting queue task.
 enum Woke {
@@ -371,27 +367,17 @@ impl<H: FuseHandler> QueueContext<H> {
                 if popped.is_empty() {
                     break;
                 }
-                // The batch's groups of requests for one inode (see crate::dispatch), queued
-                // on the pool once the batch is dispatched.
-                let mut groups = Groups::new();
                 while !self.stop.is_stopped() {
                     let Some((chain, header)) = popped.next() else {
                         break;
                     };
-                    // A group takes its inode's last request of the batch too: run apart,
-                    // it would wait on the group's lock.
-                    let waiting = if popped.serialized(header.as_ref()) {
-                        Behind::SameInode
-                    } else if popped.others_waiting() {
-                        Behind::Others
-                    } else {
-                        Behind::Nothing
+                    let waiting = match popped.others_waiting() {
+                        false => Behind::Nothing,
+                        true if popped.serialized(header.as_ref()) => Behind::SameInode,
+                        true => Behind::Others,
                     };
-                    let request = (chain, header);
-                    self.dispatch(request, waiting, &mut groups, &mut used, ring)
-                        .await;
+                    self.dispatch(chain, header, waiting, &mut used, ring).await;
                 }
-                self.push_groups(&mut groups);
                 if let Some(ring) = ring {
                     // One submission for the batch; what is done already joins it.
                     ring.submit(self, &mut used);
@@ -430,9 +416,9 @@ impl<H: FuseHandler> QueueContext<H> {
     /// Completions of requests run here go to `used`.
     async fn dispatch(
         self: &Arc<Self>,
-        (chain, header): PoppedChain,
+        chain: Chain,
+        header: Option<InHeader>,
         behind: Behind,
-        groups: &mut Groups<H>,
         used: &mut UsedBatch<'_>,
         ring: Option<&Uring>,
     ) {
@@ -448,9 +434,6 @@ impl<H: FuseHandler> QueueContext<H> {
                 if let Some(ring) = ring {
                     ring.complete_all(self, used);
                 }
-                // Groups hold passes: queued (and taken back) before the wait, which they
-                // would otherwise block.
-                self.push_groups(groups);
                 self.take_back(used);
                 used.flush();
                 self.gate.pass_for(header.as_ref()).await
@@ -462,36 +445,19 @@ impl<H: FuseHandler> QueueContext<H> {
                 return ring.start(self, chain, h, pass, used);
             }
         }
-        let placement = place(self.pool.is_some(), weight, behind);
-        match placement {
+        match place(self.pool.is_some(), weight, behind) {
             Placement::Inline => self.run_inline(chain, header, pass, used),
-            Placement::Pool | Placement::Group => {
+            Placement::Pool => {
                 let pool = self.pool.as_ref().expect("placed on the pool");
-                // If no runner ever takes it (the runtime shut down), it is answered EIO.
-                let job = Job::new(
-                    Unanswered::new(self.clone(), chain, libc::EIO),
+                let job = Job {
+                    // If no runner ever takes it (the runtime shut down), it is answered EIO.
+                    chain: Unanswered::new(self.clone(), chain, libc::EIO),
                     header,
                     pass,
-                    None,
-                );
-                match header.as_ref().and_then(serial_key) {
-                    Some(key) if placement == Placement::Group => {
-                        match groups.iter_mut().find(|(k, _)| *k == key) {
-                            Some((_, first)) => first.then.push(job),
-                            None => groups.push((key, job)),
-                        }
-                    }
-                    _ => pool.push(weight, job),
-                }
+                    retry: None,
+                };
+                pool.push(weight, job);
             }
-        }
-    }
-
-    /// Queues the batch's groups on the pool (see [`crate::dispatch::group_weight`]).
-    fn push_groups(&self, groups: &mut Groups<H>) {
-        let Some(pool) = &self.pool else { return };
-        for (_, job) in groups.drain(..) {
-            pool.push(group_weight(self.stats.service_ns()), job);
         }
     }
 
@@ -526,9 +492,7 @@ impl<H: FuseHandler> QueueContext<H> {
     fn take_back(self: &Arc<Self>, used: &mut UsedBatch<'_>) {
         let Some(pool) = &self.pool else { return };
         while let Some(job) = pool.take_quick() {
-            for job in job.into_requests() {
-                self.run_inline(job.chain.into_chain(), job.header, job.pass, used);
-            }
+            self.run_inline(job.chain.into_chain(), job.header, job.pass, used);
         }
     }
 

@@ -61,9 +61,9 @@ impl QueueStats {
         self.inline.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts requests run on the pool.
-    pub(crate) fn count_pooled(&self, requests: usize) {
-        self.pooled.fetch_add(requests as u64, Ordering::Relaxed);
+    /// Counts a request run on the pool.
+    pub(crate) fn count_pooled(&self) {
+        self.pooled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Adds one request's time in the server to the histogram and the moving average.

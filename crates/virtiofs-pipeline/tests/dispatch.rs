@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use virtiofs_fuse::abi::{InHeader, Opcode};
@@ -139,73 +139,36 @@ fn run_batch(r: &mut Rig, batch: &[(u32, u64, u64)]) -> usize {
         .count()
 }
 
-/// When request `unique` started and ended in the handler (the last time it ran).
-fn ran_at(r: &Rig, unique: u64) -> (Instant, Instant) {
-    let log = r.handler.log.lock().unwrap();
-    let e = log.iter().rev().find(|e| e.1 == unique).expect("ran");
-    (e.2, e.3)
-}
-
-mt_test!(requests_that_lock_one_inode_run_one_after_the_other, || {
-    let mut r = rig(1, 8, false);
-    r.init(1);
-    let stats = r.pipeline.stats()[1].clone();
-    // Small WRITEs to file 7, CREATEs and UNLINKs in directory 5: the kernel runs those for
-    // one inode one after the other, so runners would only wait for each other.
-    let batch = |first: u64, n: u64| {
-        (0..n)
-            .map(|i| match i % 4 {
-                0 | 1 => (WRITE, first + i, 7),
-                2 => (CREATE, first + i, 5),
-                _ => (UNLINK, first + i, 5),
-            })
-            .collect::<Vec<_>>()
-    };
-    // Quick: 24 such requests are two groups, taken back by the queue thread, where 23 single
-    // requests queued behind each other are worth a runner above 2.2 µs each (see
-    // `pool::worth_a_runner`). A preemption that lifts the recent time per request lets a
-    // runner take a group, so the test tries up to 3 times.
-    let mut seen = Vec::new();
-    for attempt in 0..3 {
-        // Requests one at a time bring the recent time per request down.
-        r.train(1, 16);
+mt_test!(
+    requests_that_lock_one_inode_stay_on_the_queue_thread,
+    || {
+        let mut r = rig(1, 8, false);
+        r.init(1);
+        // Requests that block: worth handing to runners when others wait behind them.
+        r.handler.delay_ms.store(20, Ordering::SeqCst);
+        r.train(1, 2);
+        let stats = r.pipeline.stats()[1].clone();
         let pooled = stats.pooled.load(Ordering::SeqCst);
-        let off = run_batch(&mut r, &batch(100 + 100 * attempt, 24));
-        let pooled = stats.pooled.load(Ordering::SeqCst) - pooled;
-        if off == 0 && pooled == 0 {
-            break;
-        }
-        seen.push((off, pooled));
+        // Small WRITEs to file 7, a CREATE and an UNLINK in directory 5: the kernel runs those
+        // for one inode one after the other, so runners would only wait for each other.
+        let same = [
+            (WRITE, 100, 7),
+            (CREATE, 101, 5),
+            (WRITE, 102, 7),
+            (UNLINK, 103, 5),
+            (WRITE, 104, 7),
+        ];
+        assert_eq!(run_batch(&mut r, &same), 0, "ran off the queue thread");
+        assert_eq!(stats.pooled.load(Ordering::SeqCst), pooled, "none pooled");
+        // The same requests for five inodes overlap on the pool.
+        let apart = same.map(|(op, unique, node)| (op, unique + 100, node + unique % 100));
         assert!(
-            attempt < 2,
-            "off the queue thread, pooled, per attempt: {seen:?}"
+            run_batch(&mut r, &apart) >= 1,
+            "none of the five ran on the pool"
         );
+        assert!(stats.pooled.load(Ordering::SeqCst) > pooled);
     }
-    // Requests that block (20 ms each): each group goes to a runner, which runs its requests
-    // one after the other; the queue thread stays free.
-    r.handler.delay_ms.store(20, Ordering::SeqCst);
-    r.train(1, 2);
-    r.handler.peak_pooled.store(0, Ordering::SeqCst);
-    let same = batch(700, 5);
-    assert_eq!(run_batch(&mut r, &same), 5, "on the queue thread");
-    let peak = r.handler.peak_pooled.load(Ordering::SeqCst);
-    assert!(peak <= 2, "{peak} at once on the pool: two groups");
-    for pair in [(700, 701), (701, 704), (702, 703)] {
-        assert!(
-            ran_at(&r, pair.0).1 <= ran_at(&r, pair.1).0,
-            "{pair:?} overlapped"
-        );
-    }
-    // The same requests for five inodes overlap on the pool.
-    let apart: Vec<_> = same
-        .iter()
-        .map(|&(op, unique, node)| (op, unique + 100, node + unique % 100))
-        .collect();
-    assert!(
-        run_batch(&mut r, &apart) >= 1,
-        "none of the five ran on the pool"
-    );
-});
+);
 
 /// Posts a chain whose readable part is `readable` bytes starting with `header`, and whose
 /// writable part is `writable` bytes; both far from the ring's own buffers.
