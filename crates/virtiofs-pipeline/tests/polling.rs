@@ -32,18 +32,19 @@ mt_test!(
         let stats = r.pipeline.stats()[1].clone();
         let preempted = || stats.poll_preempted.load(Ordering::Relaxed);
         let mut unique = 7;
+        let before = preempted();
         loop {
             // Requests in quick succession: each wait is short, the window grows to the
             // maximum (and outlasts any pause a busy machine caused).
-            let before = preempted();
             r.train(1, 300);
             assert!(stats.polls.load(Ordering::Relaxed) > 0, "the queue polled");
             // Posted right after the last completion, without a kick: only polling finds it.
             if served_without_kick(&mut r, unique, Duration::from_secs(5)) {
                 break;
             }
-            // Only another thread holding the CPU for a time slice ends the spin early (see
-            // poll.rs); a few tries get past a busy moment of the machine.
+            // Only another thread holding the CPU for a time slice ends the spin early, and
+            // pauses polling for a number of waits that may outlast a round (see poll.rs); a
+            // few tries get past a busy moment of the machine.
             assert!(
                 preempted() > before && unique < 10,
                 "a request made available during the poll window was not served"
