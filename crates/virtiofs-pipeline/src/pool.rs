@@ -160,7 +160,7 @@ impl<H: FuseHandler> Pool<H> {
         let start = {
             let mut state = self.inner.lock();
             match weight {
-                Weight::Long => state.long.push_back(job),
+                Weight::Long | Weight::Bulk => state.long.push_back(job),
                 Weight::Quick => state.quick.push_back(job),
             }
             state.runner_wanted(self.inner.size, self.inner.stats.service_ns())

@@ -445,7 +445,7 @@ impl<H: FuseHandler> QueueContext<H> {
                 return ring.start(self, chain, h, pass, used);
             }
         }
-        match place(self.pool.is_some(), weight, behind) {
+        match place(self.pool.is_some(), weight, behind, self.stats.bulk_ns()) {
             Placement::Inline => self.run_inline(chain, header, pass, used),
             Placement::Pool => {
                 let pool = self.pool.as_ref().expect("placed on the pool");
@@ -524,7 +524,8 @@ impl<H: FuseHandler> QueueContext<H> {
                 self.link.index,
             )
         }));
-        self.stats.record_service(started.elapsed());
+        let bulk = header.is_some_and(|h| classify(&h, || reply_room(chain)) == Weight::Bulk);
+        self.stats.record_service(started.elapsed(), bulk);
         let handled = served.unwrap_or_else(|_| {
             error!(queue = self.link.index, "a request panicked; answered EIO");
             let len = match header {

@@ -80,7 +80,7 @@ pub fn reply_error(chain: &Chain, unique: u64, errno: i32) -> Option<usize> {
     write_reply_prefix(chain, vm_memory::ByteValued::as_slice(&header)).then_some(OUT_HEADER_LEN)
 }
 
-/// READs and WRITEs moving more than this many bytes are [`Weight::Long`].
+/// READs and WRITEs moving more than this many bytes are [`Weight::Bulk`].
 pub const LONG_IO_BYTES: u64 = 128 << 10;
 
 /// What dispatch knows of a request before it runs: whether it may keep its thread long.
@@ -89,15 +89,19 @@ pub enum Weight {
     /// Normally done in microseconds (metadata, small I/O): runs on the queue thread unless
     /// other requests wait behind it.
     Quick,
-    /// May block for long (flushes to the disk, large I/O, copies): goes to the pool when a
-    /// permit is free even with nothing waiting behind it.
+    /// Large I/O (a READ or WRITE of more than [`LONG_IO_BYTES`]): a copy of tens to hundreds
+    /// of microseconds from the page cache, far longer from a disk. Goes to the pool unless it
+    /// is alone and such requests have been quick of late (see [`crate::dispatch`]).
+    Bulk,
+    /// May block for long (flushes to the disk, preallocation, copies between files): always
+    /// goes to the pool.
     Long,
 }
 
 /// The [`Weight`] of a request, from its header alone: FSYNC, FSYNCDIR, SYNCFS, FALLOCATE and
-/// COPY_FILE_RANGE(_64) are long, and so are a WRITE whose `len` (header, arguments and data)
-/// and a READ whose reply room (`reply_room`, the chain's writable bytes: asked only for READ)
-/// exceed [`LONG_IO_BYTES`]. No FUSE argument is read: the guest may lie in either number,
+/// COPY_FILE_RANGE(_64) are long; a WRITE whose `len` (header, arguments and data) and a READ
+/// whose reply room (`reply_room`, the chain's writable bytes: asked only for READ) exceed
+/// [`LONG_IO_BYTES`] are bulk. No FUSE argument is read: the guest may lie in either number,
 /// which only moves its own request to another thread.
 pub fn classify(header: &InHeader, reply_room: impl FnOnce() -> u64) -> Weight {
     const LONG: [u32; 6] = [
@@ -108,16 +112,11 @@ pub fn classify(header: &InHeader, reply_room: impl FnOnce() -> u64) -> Weight {
         Opcode::CopyFileRange as u32,
         Opcode::CopyFileRange64 as u32,
     ];
-    let long = match header.opcode {
-        op if LONG.contains(&op) => true,
-        op if op == Opcode::Write as u32 => u64::from(header.len) > LONG_IO_BYTES,
-        op if op == Opcode::Read as u32 => reply_room() > LONG_IO_BYTES,
-        _ => false,
-    };
-    if long {
-        Weight::Long
-    } else {
-        Weight::Quick
+    match header.opcode {
+        op if LONG.contains(&op) => Weight::Long,
+        op if op == Opcode::Write as u32 && u64::from(header.len) > LONG_IO_BYTES => Weight::Bulk,
+        op if op == Opcode::Read as u32 && reply_room() > LONG_IO_BYTES => Weight::Bulk,
+        _ => Weight::Quick,
     }
 }
 
@@ -164,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn flushes_copies_and_large_io_are_long() {
+    fn flushes_and_copies_are_long_large_io_is_bulk() {
         let never = || -> u64 { panic!("reply room asked for a request that is not a READ") };
         for op in [
             Opcode::Fsync,
@@ -186,10 +185,10 @@ mod tests {
         }
         let write = |data: u64| header(Opcode::Write, (80 + data) as u32);
         assert_eq!(classify(&write(4096), never), Weight::Quick);
-        assert_eq!(classify(&write(LONG_IO_BYTES), never), Weight::Long);
+        assert_eq!(classify(&write(LONG_IO_BYTES), never), Weight::Bulk);
         let read = header(Opcode::Read, 80);
         assert_eq!(classify(&read, || 16 + 4096), Weight::Quick);
-        assert_eq!(classify(&read, || 16 + (1 << 20)), Weight::Long);
+        assert_eq!(classify(&read, || 16 + (1 << 20)), Weight::Bulk);
         assert_eq!(
             classify(&read, || LONG_IO_BYTES),
             Weight::Quick,
@@ -207,7 +206,7 @@ mod tests {
         assert_eq!(
             serial_key(&on(Opcode::Write, 80 + LONG_IO_BYTES as u32, 7)),
             None,
-            "a long WRITE goes to the pool as long"
+            "a bulk WRITE is not keyed"
         );
         for op in [
             Opcode::Create,

@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use tracing::info;
 
+/// Moves `avg` 1/8 of the way to `sample`.
+fn moving_average(avg: &AtomicU64, sample: u64) {
+    let old = avg.load(Ordering::Relaxed);
+    avg.store(old - old / 8 + sample / 8, Ordering::Relaxed);
+}
+
 /// What one virtqueue has done.
 #[derive(Debug, Default)]
 pub struct QueueStats {
@@ -44,6 +50,8 @@ pub struct QueueStats {
     pub depth: Log2Histogram,
     /// Recent time per request in the server, ns (a moving average, weight 1/8).
     service_ns: AtomicU64,
+    /// The same for bulk requests (READs and WRITEs of more than 128 KiB), wherever they ran.
+    bulk_ns: AtomicU64,
     in_flight: AtomicU64,
 }
 
@@ -66,15 +74,22 @@ impl QueueStats {
         self.pooled.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Adds one request's time in the server to the histogram and the moving average.
-    /// Several threads may update the average at once; an update lost now and then does not
-    /// matter.
-    pub(crate) fn record_service(&self, elapsed: Duration) {
+    /// Adds one request's time in the server to the histogram and the moving averages (the
+    /// bulk one too if `bulk`). Several threads may update an average at once; an update lost
+    /// now and then does not matter.
+    pub(crate) fn record_service(&self, elapsed: Duration, bulk: bool) {
         let sample = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.service.record(sample);
-        let avg = self.service_ns.load(Ordering::Relaxed);
-        let next = avg - avg / 8 + sample / 8;
-        self.service_ns.store(next, Ordering::Relaxed);
+        moving_average(&self.service_ns, sample);
+        if bulk {
+            moving_average(&self.bulk_ns, sample);
+        }
+    }
+
+    /// The recent time per bulk request (a READ or WRITE of more than 128 KiB) in the server,
+    /// ns.
+    pub fn bulk_ns(&self) -> u64 {
+        self.bulk_ns.load(Ordering::Relaxed)
     }
 
     /// The recent time per request in the server, ns.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use virtiofs_fuse::abi::{InHeader, Opcode};
+use virtiofs_pipeline::dispatch::BULK_INLINE_NS;
 use virtiofs_pipeline::pool::worth_a_runner;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -197,13 +198,6 @@ fn post_sized(d: &mut Driver, header: InHeader, readable: u32, writable: u32) {
 mt_test!(long_requests_go_to_the_pool_even_alone, || {
     let mut r = rig(1, 4, false);
     r.init(1);
-    let header = |opcode: Opcode, unique, len| InHeader {
-        len,
-        opcode: opcode as u32,
-        unique,
-        nodeid: 1,
-        ..Default::default()
-    };
     let long = [
         Opcode::Fsync,
         Opcode::Fsyncdir,
@@ -212,7 +206,6 @@ mt_test!(long_requests_go_to_the_pool_even_alone, || {
         Opcode::CopyFileRange,
         Opcode::CopyFileRange64,
     ];
-    let big = 160 << 10;
     for (i, op) in long.iter().enumerate() {
         let d = &mut r.drivers[1];
         d.post(*op as u32, 20 + i as u64);
@@ -221,29 +214,84 @@ mt_test!(long_requests_go_to_the_pool_even_alone, || {
         let thread = r.thread_of(20 + i as u64);
         assert!(!is_queue_thread(&thread), "{op:?} ran on {thread}");
     }
-    let cases = [
-        (Opcode::Write, 30, 80 + big, 80 + big, 64, true),
-        (Opcode::Read, 31, 80, 80, 16 + big, true),
-        (Opcode::Write, 32, 80 + 4096, 80 + 4096, 64, false),
-        (Opcode::Read, 33, 80, 80, 16 + 4096, false),
-    ];
-    for (op, unique, len, readable, writable, pooled) in cases {
-        let d = &mut r.drivers[1];
-        post_sized(d, header(op, unique, len), readable, writable);
-        d.kick();
-        d.wait_used(1);
-        let thread = r.thread_of(unique);
-        assert_eq!(
-            !is_queue_thread(&thread),
-            pooled,
-            "{op:?} {unique} ran on {thread}"
-        );
-    }
     let d = &mut r.drivers[1];
     d.post(GETATTR, 40);
     d.kick();
     d.wait_used(1);
     assert!(is_queue_thread(&r.thread_of(40)), "a quick request alone");
+});
+
+/// Posts a READ or WRITE of `bytes` alone on request queue 1, waits for its answer and says
+/// whether it ran off the queue thread.
+fn io_alone_pooled(r: &mut Rig, opcode: Opcode, unique: u64, bytes: u32) -> bool {
+    let (readable, writable) = match opcode {
+        Opcode::Write => (80 + bytes, 64),
+        _ => (80, 16 + bytes),
+    };
+    let header = InHeader {
+        len: readable,
+        opcode: opcode as u32,
+        unique,
+        nodeid: 1,
+        ..Default::default()
+    };
+    let d = &mut r.drivers[1];
+    post_sized(d, header, readable, writable);
+    d.kick();
+    d.wait_used(1);
+    !is_queue_thread(&r.thread_of(unique))
+}
+
+mt_test!(bulk_io_alone_runs_inline_while_it_is_quick, || {
+    let mut r = rig(1, 4, false);
+    r.init(1);
+    let stats = r.pipeline.stats()[1].clone();
+    let (big, small) = (160 << 10, 4096);
+    // Large I/O alone, quick of late (a copy from the page cache): no thread hop.
+    for (op, unique, bytes) in [
+        (Opcode::Write, 30, big),
+        (Opcode::Read, 31, big),
+        (Opcode::Write, 32, small),
+        (Opcode::Read, 33, small),
+    ] {
+        assert!(
+            !io_alone_pooled(&mut r, op, unique, bytes),
+            "{op:?} {unique}"
+        );
+    }
+    // Slow large I/O (a disk): after a few, the queue hands the next to a runner.
+    r.handler.delay_ms.store(2, Ordering::SeqCst);
+    let mut unique = 50;
+    while stats.bulk_ns() < BULK_INLINE_NS {
+        assert!(
+            unique < 70,
+            "the bulk average never rose: {} ns",
+            stats.bulk_ns()
+        );
+        io_alone_pooled(&mut r, Opcode::Write, unique, big);
+        unique += 1;
+    }
+    assert!(unique > 50);
+    for op in [Opcode::Write, Opcode::Read] {
+        assert!(
+            io_alone_pooled(&mut r, op, unique, big),
+            "slow {op:?} alone"
+        );
+        unique += 1;
+    }
+    assert!(
+        !io_alone_pooled(&mut r, Opcode::Write, unique, small),
+        "small I/O alone stays inline"
+    );
+    // Quick again (the cache warmed): the average comes down on the pool too, and bulk
+    // requests alone come back to the queue thread.
+    r.handler.delay_ms.store(0, Ordering::SeqCst);
+    let back = (unique + 1..unique + 40).find(|&u| !io_alone_pooled(&mut r, Opcode::Read, u, big));
+    assert!(
+        back.is_some(),
+        "bulk I/O never came back: {} ns",
+        stats.bulk_ns()
+    );
 });
 
 mt_test!(one_notification_per_batch_without_event_idx, || {

@@ -93,7 +93,7 @@ impl FuseHandler for ScriptedHandler {
             "the header handed over is the chain's"
         );
         let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
-        if [GETATTR, WRITE, CREATE, UNLINK].contains(&h.opcode) && delay > 0 {
+        if [GETATTR, READ, WRITE, CREATE, UNLINK].contains(&h.opcode) && delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
         let target = self.rendezvous.load(Ordering::SeqCst);
