@@ -190,6 +190,26 @@ impl InodeStore {
         maps.by_key.get(key).map(|inode| inode.id)
     }
 
+    /// Counts one more lookup of the node of host file `key` if the guest knows it and the
+    /// node holds a descriptor: that keeps the host inode, and so its number, alive, so the
+    /// key alone tells it is the same file. `None` for an unknown file, and for a handle node
+    /// (only its handle tells; see [`Self::insert_or_ref`]).
+    pub fn ref_known(&self, key: &InodeKey) -> Option<Arc<Inode>> {
+        let maps = self.maps.read().expect("inode store lock");
+        let inode = maps.by_key.get(key)?;
+        if !matches!(inode.storage, Storage::Fd(_)) {
+            return None;
+        }
+        inode.refs.fetch_add(1, Ordering::Relaxed);
+        Some(Arc::clone(inode))
+    }
+
+    /// Whether the guest knows the node of host file `key` (for a hint; it may change).
+    pub fn knows(&self, key: &InodeKey) -> bool {
+        let maps = self.maps.read().expect("inode store lock");
+        maps.by_key.contains_key(key)
+    }
+
     /// Counts one lookup of the file `storage` holds (described by `stx`): the existing node
     /// when the host file is known (and `storage` is dropped), a new node otherwise.
     pub fn insert_or_ref(&self, storage: Storage, stx: &libc::statx) -> Arc<Inode> {
@@ -343,6 +363,27 @@ mod tests {
     }
 
     #[test]
+    fn a_known_descriptor_node_is_counted_by_its_key_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = InodeStore::default();
+        let (fd, stx) = open(tmp.path());
+        store.reset(fd, &stx, false);
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        let (fd, stx) = open(&tmp.path().join("f"));
+        let key = InodeKey::of(&stx);
+        assert!(!store.knows(&key));
+        assert!(store.ref_known(&key).is_none(), "unknown");
+        let a = store.insert_or_ref(Storage::Fd(fd), &stx);
+        assert!(store.knows(&key));
+        assert_eq!(store.ref_known(&key).unwrap().id, a.id);
+        store.forget(a.id, 1);
+        assert!(store.get(a.id).is_ok(), "ref_known counted a lookup");
+        store.forget(a.id, 1);
+        assert!(store.get(a.id).is_err());
+        assert!(!store.knows(&key));
+    }
+
+    #[test]
     fn a_key_with_another_handle_is_a_new_node_and_the_stale_one_is_not_found_again() {
         let tmp = tempfile::tempdir().unwrap();
         let store = InodeStore::default();
@@ -360,6 +401,10 @@ mod tests {
         };
         let old = store.insert_or_ref(node(b"gen-1"), &stx);
         assert!(old.handles && !old.holds_fd());
+        assert!(
+            store.ref_known(&InodeKey::of(&stx)).is_none(),
+            "a handle node is not told by its key alone"
+        );
         assert_eq!(store.insert_or_ref(node(b"gen-1"), &stx).id, old.id);
         // Same (dev, ino, mount): the inode number came back for another file.
         let new = store.insert_or_ref(node(b"gen-2"), &stx);

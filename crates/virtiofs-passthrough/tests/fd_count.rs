@@ -121,6 +121,48 @@ fn descriptors_held_for_nodes_in_each_mode() {
         .sum();
     assert!((15..=21).contains(&got), "{got} entries before EMFILE");
 
+    // READDIRPLUS of files the guest knows opens none of them (a statx finds the node): with
+    // no descriptor left in the quota, a listing of known files is whole and counts each once
+    // more; a file the guest does not know still needs a descriptor.
+    std::fs::create_dir(share.join("known")).unwrap();
+    for i in 0..30 {
+        std::fs::write(share.join(format!("known/k{i}")), b"x").unwrap();
+    }
+    let mut fs = Fs::new(share, Never);
+    let dir = fs.lookup(ROOT_ID, "known").unwrap();
+    let mut nodes: Vec<u64> = (0..30)
+        .map(|i| fs.lookup(dir.nodeid, &format!("k{i}")).unwrap().nodeid)
+        .collect();
+    // Room for the open directory's descriptor only (fds_held counts its own, closed since).
+    fs.fs_mut()
+        .set_fd_quota(FdQuota::new(fds_held() as u64).unwrap());
+    let listed = fs.readdirplus(dir.nodeid).unwrap();
+    let mut ids: Vec<u64> = listed
+        .iter()
+        .map(|p| p.nodeid)
+        .filter(|&n| n != 0)
+        .collect();
+    ids.sort_unstable();
+    nodes.sort_unstable();
+    assert_eq!(ids, nodes, "every known file listed, as its node");
+    for &n in &nodes {
+        fs.forget(n, 1);
+        assert!(
+            fs.getattr(n).is_ok(),
+            "node {n}: the listing counted a lookup"
+        );
+    }
+    std::fs::write(share.join("known/new"), b"x").unwrap();
+    assert_eq!(
+        fs.readdirplus(dir.nodeid).unwrap_err(),
+        Errno(libc::EMFILE),
+        "an unknown file needs a descriptor"
+    );
+    for &n in &nodes {
+        fs.forget(n, 2);
+        assert_eq!(fs.getattr(n).unwrap_err(), Errno(libc::EBADF), "node {n}");
+    }
+
     // Per filesystem: a ramfs (no handles) mounted in the share gets O_PATH nodes with `prefer`.
     let Some(_ramfs) = Mounted::new("ramfs", &share.join("ramfs")) else {
         eprintln!("SKIP the ramfs part: cannot mount (needs root)");

@@ -10,6 +10,7 @@ use virtiofs_fuse::abi::Attr;
 use virtiofs_fuse::{DirSink, Entry, Errno, Opened};
 
 use crate::dir_stream::{DirStream, HostDirent};
+use crate::inode::InodeKey;
 use crate::passthrough::{Passthrough, Result};
 use crate::sys;
 
@@ -110,7 +111,18 @@ impl Passthrough {
         let Ok(name) = std::ffi::CString::new(d.name) else {
             return Ok(true); // cannot happen: getdents64 names end at their NUL
         };
-        match self.lookup_at(dir, dir_fd, &name) {
+        // The entry's inode number is a hint that the guest knows the file (the lookup
+        // checks it); only then is a statx first worth it.
+        let hint = InodeKey {
+            ino: d.ino,
+            ..dir.key
+        };
+        let looked_up = if self.inodes.knows(&hint) {
+            self.lookup_known_at(dir, dir_fd, &name)
+        } else {
+            self.lookup_at(dir, dir_fd, &name)
+        };
+        match looked_up {
             Ok(entry) => {
                 if out.add_plus(&entry, d.off, u32::from(d.typ), d.name) {
                     Ok(true)
