@@ -20,9 +20,9 @@
 //!   responsive (a SETLKW retry goes there too when a runner is free); or
 //! - it is [`Weight::Bulk`] (a READ or WRITE of more than 128 KiB) and either others wait
 //!   behind it or the queue's recent bulk requests took [`BULK_INLINE_NS`] or more each (a
-//!   disk, not the page cache). Alone and quick, it runs inline: handing it to a runner cost
-//!   a thread wake-up per request, and 1 MiB READs one at a time ran at 0.85 of the best
-//!   other daemon with a pool against 0.97 without.
+//!   disk, not the page cache). With nothing behind it and quick, it runs inline: handing
+//!   it to a runner cost a thread wake-up per request, and 1 MiB READs one at a time ran at
+//!   0.85 of the best other daemon with a pool against 0.97 without.
 //!
 //! What the pool does with it is [`crate::pool`]'s business: at most `--thread-pool-size`
 //! runners, woken one at a time, and the queue thread takes back the quick requests no runner
@@ -31,7 +31,7 @@
 
 use crate::request::Weight;
 
-/// A bulk request alone in its drain runs inline while the queue's recent bulk requests took
+/// A bulk request with nothing behind it in its drain runs inline while the queue's recent bulk requests took
 /// less than this each ([`crate::QueueStats::bulk_ns`]): what a 1 MiB copy from the page cache
 /// takes on a slow host, far below a read from a disk. A request arriving meanwhile waits at
 /// most about this long.
