@@ -335,13 +335,19 @@ mod tests {
         (fd, stx)
     }
 
-    #[test]
-    fn same_file_same_node_until_forgotten_then_a_new_id() {
+    /// A store whose root is a new directory holding a file `f`.
+    fn store_with_file_f() -> (tempfile::TempDir, InodeStore) {
         let tmp = tempfile::tempdir().unwrap();
         let store = InodeStore::default();
         let (fd, stx) = open(tmp.path());
         store.reset(fd, &stx, false);
         std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        (tmp, store)
+    }
+
+    #[test]
+    fn same_file_same_node_until_forgotten_then_a_new_id() {
+        let (tmp, store) = store_with_file_f();
         let (fd, stx) = open(&tmp.path().join("f"));
         let a = store.insert_or_ref(Storage::Fd(fd), &stx);
         let (fd, stx) = open(&tmp.path().join("f"));
@@ -364,11 +370,7 @@ mod tests {
 
     #[test]
     fn a_known_descriptor_node_is_counted_by_its_key_alone() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = InodeStore::default();
-        let (fd, stx) = open(tmp.path());
-        store.reset(fd, &stx, false);
-        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        let (tmp, store) = store_with_file_f();
         let (fd, stx) = open(&tmp.path().join("f"));
         let key = InodeKey::of(&stx);
         assert!(!store.knows(&key));
