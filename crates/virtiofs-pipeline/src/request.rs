@@ -90,8 +90,9 @@ pub enum Weight {
     /// other requests wait behind it.
     Quick,
     /// Large I/O (a READ or WRITE of more than [`LONG_IO_BYTES`]): a copy of tens to hundreds
-    /// of microseconds from the page cache, far longer from a disk. Goes to the pool unless it
-    /// is alone and such requests have been quick of late (see [`crate::dispatch`]).
+    /// of microseconds from the page cache, far longer from a disk. Goes to the pool unless
+    /// nothing waits behind it and such requests have been quick of late (see
+    /// [`crate::dispatch`]).
     Bulk,
     /// May block for long (flushes to the disk, preallocation, copies between files): always
     /// goes to the pool.
