@@ -31,10 +31,10 @@
 
 use crate::request::Weight;
 
-/// A bulk request with nothing behind it in its drain runs inline while the queue's recent bulk requests took
-/// less than this each ([`crate::QueueStats::bulk_ns`]): what a 1 MiB copy from the page cache
-/// takes on a slow host, far below a read from a disk. A request arriving meanwhile waits at
-/// most about this long.
+/// A bulk request with nothing behind it in its drain runs inline while the queue's recent
+/// bulk requests took less than this each ([`crate::QueueStats::bulk_ns`]): what a 1 MiB copy
+/// from the page cache takes on a slow host, far below a read from a disk. A request arriving
+/// meanwhile waits at most about this long.
 pub const BULK_INLINE_NS: u64 = 300_000;
 
 /// Where one request goes.

@@ -128,13 +128,15 @@ async fn wait_for_lock<H: FuseHandler>(job: Unanswered<H>, mut w: LockWait) {
             let job = Job {
                 chain: job,
                 header: Some(w.header),
+                // Long: it may wait again, and runners take it first.
+                weight: Weight::Long,
                 pass: Some(pass),
                 retry: Some(w),
             };
-            return pool.push(Weight::Long, job);
+            return pool.push(job);
         }
         ctx.stats.count_inline();
-        match ctx.process(job.chain(), Some(w.header), Some(pass)) {
+        match ctx.process(job.chain(), Some(w.header), Weight::Quick, Some(pass)) {
             Step::Done(len) => return job.answer(len),
             Step::Wait(_) => {}
         }

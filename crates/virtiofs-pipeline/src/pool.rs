@@ -43,6 +43,9 @@ pub(crate) struct Job<H: FuseHandler> {
     pub(crate) chain: Unanswered<H>,
     /// The header as read when it was popped.
     pub(crate) header: Option<InHeader>,
+    /// How the pool treats it (runners take long and bulk jobs first); a bulk one's time
+    /// feeds the queue's bulk average.
+    pub(crate) weight: Weight,
     /// Its gate pass, taken in ring order by the queue thread.
     pub(crate) pass: Option<Pass>,
     /// A SETLKW retry: the wait it continues if the lock is still held.
@@ -55,11 +58,12 @@ impl<H: FuseHandler> Job<H> {
         let Job {
             chain,
             header,
+            weight,
             pass,
             retry,
         } = self;
         let ctx = chain.ctx().clone();
-        match ctx.process(chain.chain(), header, pass) {
+        match ctx.process(chain.chain(), header, weight, pass) {
             Step::Done(len) => chain.answer(len),
             Step::Wait(w) => ctx.spawn_lock_wait(chain, w.continuing(retry)),
         }
@@ -156,10 +160,10 @@ impl<H: FuseHandler> Pool<H> {
     }
 
     /// Queues `job`, waking a runner if none is on its way.
-    pub(crate) fn push(&self, weight: Weight, job: Job<H>) {
+    pub(crate) fn push(&self, job: Job<H>) {
         let start = {
             let mut state = self.inner.lock();
-            match weight {
+            match job.weight {
                 Weight::Long | Weight::Bulk => state.long.push_back(job),
                 Weight::Quick => state.quick.push_back(job),
             }

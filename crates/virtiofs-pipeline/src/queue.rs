@@ -446,17 +446,18 @@ impl<H: FuseHandler> QueueContext<H> {
             }
         }
         match place(self.pool.is_some(), weight, behind, self.stats.bulk_ns()) {
-            Placement::Inline => self.run_inline(chain, header, pass, used),
+            Placement::Inline => self.run_inline(chain, header, weight, pass, used),
             Placement::Pool => {
                 let pool = self.pool.as_ref().expect("placed on the pool");
                 let job = Job {
                     // If no runner ever takes it (the runtime shut down), it is answered EIO.
                     chain: Unanswered::new(self.clone(), chain, libc::EIO),
                     header,
+                    weight,
                     pass,
                     retry: None,
                 };
-                pool.push(weight, job);
+                pool.push(job);
             }
         }
     }
@@ -476,11 +477,12 @@ impl<H: FuseHandler> QueueContext<H> {
         self: &Arc<Self>,
         chain: Chain,
         header: Option<InHeader>,
+        weight: Weight,
         pass: Option<Pass>,
         used: &mut UsedBatch<'_>,
     ) {
         self.stats.count_inline();
-        match self.process(&chain, header, pass) {
+        match self.process(&chain, header, weight, pass) {
             Step::Done(len) => used.push(chain.head_index(), len),
             Step::Wait(w) => {
                 self.spawn_lock_wait(Unanswered::new(self.clone(), chain, libc::EINTR), w)
@@ -492,17 +494,25 @@ impl<H: FuseHandler> QueueContext<H> {
     fn take_back(self: &Arc<Self>, used: &mut UsedBatch<'_>) {
         let Some(pool) = &self.pool else { return };
         while let Some(job) = pool.take_quick() {
-            self.run_inline(job.chain.into_chain(), job.header, job.pass, used);
+            self.run_inline(
+                job.chain.into_chain(),
+                job.header,
+                job.weight,
+                job.pass,
+                used,
+            );
         }
     }
 
     /// Runs one request to its end on the current thread (credentials are switched per
     /// thread, so it must not move); says whether it is answered or must wait for a lock.
-    /// A panic in the server answers the request EIO.
+    /// A panic in the server answers the request EIO. `weight` is what dispatch made of it
+    /// (a bulk request's time feeds the queue's bulk average).
     pub(crate) fn process(
         &self,
         chain: &Chain,
         header: Option<InHeader>,
+        weight: Weight,
         mut pass: Option<Pass>,
     ) -> Step {
         let _running = self.stats.start();
@@ -524,8 +534,8 @@ impl<H: FuseHandler> QueueContext<H> {
                 self.link.index,
             )
         }));
-        let bulk = header.is_some_and(|h| classify(&h, || reply_room(chain)) == Weight::Bulk);
-        self.stats.record_service(started.elapsed(), bulk);
+        self.stats
+            .record_service(started.elapsed(), weight == Weight::Bulk);
         let handled = served.unwrap_or_else(|_| {
             error!(queue = self.link.index, "a request panicked; answered EIO");
             let len = match header {
