@@ -15,6 +15,13 @@
 //!   started yet and runs them itself, their completions joining its batch (one notification);
 //!   long requests stay for the runners.
 //!
+//! Bulk requests (large READs and WRITEs) from the page cache are copies that only need a CPU:
+//! while the queue's recent bulk requests were quick ([`crate::dispatch::BULK_INLINE_NS`]),
+//! no more runners are woken for them than the queue has CPUs ([`bulk_runners`]): more threads
+//! than CPUs only take turns at the copies, and each costs a wake-up (1 MiB READs at depth 16
+//! on two CPUs: a runner started per 7 requests before, per 19 with the bound, and as many
+//! requests served). Slow bulk requests (a disk) get the whole pool.
+//!
 //! At most `size` runners exist at once (the pool bound). A request queued when the runtime
 //! can no longer run a runner (it shut down) is dropped, which answers it (EIO, see
 //! [`crate::used::Unanswered`]).
@@ -77,6 +84,8 @@ pub(crate) struct Pool<H: FuseHandler> {
 
 struct Inner<H: FuseHandler> {
     size: usize,
+    /// The CPUs its runners may use (see [`bulk_runners`]).
+    cpus: usize,
     /// `--queue-affinity`: where runners run while they serve this queue.
     pin: Option<Pin>,
     stats: Arc<QueueStats>,
@@ -88,6 +97,8 @@ struct Inner<H: FuseHandler> {
 struct State<H: FuseHandler> {
     /// Queued long requests (runners take these first).
     long: VecDeque<Job<H>>,
+    /// Queued bulk requests (runners take these next).
+    bulk: VecDeque<Job<H>>,
     /// Queued quick requests (the queue thread may take these back).
     quick: VecDeque<Job<H>>,
     /// Runners alive (starting or running): never more than `size`.
@@ -97,11 +108,17 @@ struct State<H: FuseHandler> {
 }
 
 impl<H: FuseHandler> State<H> {
-    /// Counts a runner to start if the queue needs one (see [`worth_a_runner`]).
-    fn runner_wanted(&mut self, size: usize, service_ns: u64) -> bool {
-        let wanted = !self.starting
-            && self.runners < size
-            && worth_a_runner(self.quick.len(), !self.long.is_empty(), service_ns);
+    /// Counts a runner to start if the queue needs one (see [`worth_a_runner`]): at most
+    /// `size` in all, at most `bulk_size` for bulk requests alone.
+    fn runner_wanted(&mut self, size: usize, bulk_size: usize, service_ns: u64) -> bool {
+        let room = if worth_a_runner(self.quick.len(), !self.long.is_empty(), service_ns) {
+            size
+        } else if !self.bulk.is_empty() {
+            bulk_size.min(size)
+        } else {
+            0
+        };
+        let wanted = !self.starting && self.runners < room;
         if wanted {
             self.runners += 1;
             self.starting = true;
@@ -122,6 +139,17 @@ pub fn worth_a_runner(queued_quick: usize, queued_long: bool, service_ns: u64) -
     queued_long || (queued_quick as u64).saturating_mul(service_ns) >= HANDOFF_NS
 }
 
+/// The most runners woken for bulk requests alone: the queue's `cpus` while its recent bulk
+/// requests took under [`crate::dispatch::BULK_INLINE_NS`] each (`bulk_ns`: copies, which more
+/// threads than CPUs only slow down), else the pool's `size` (they wait on a disk).
+pub fn bulk_runners(size: usize, cpus: usize, bulk_ns: u64) -> usize {
+    if bulk_ns < crate::dispatch::BULK_INLINE_NS {
+        cpus.clamp(1, size.max(1))
+    } else {
+        size
+    }
+}
+
 impl<H: FuseHandler> Pool<H> {
     /// A pool of at most `size` runners (at least 1) on `runtime`'s blocking threads,
     /// tracked by `tracker` (shutdown waits for them), pinned by `pin` while they run.
@@ -132,15 +160,21 @@ impl<H: FuseHandler> Pool<H> {
         stats: Arc<QueueStats>,
         pin: Option<Pin>,
     ) -> Self {
+        let cpus = match &pin {
+            Some(pin) => pin.cpus.cpus().len(),
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
         Self {
             inner: Arc::new(Inner {
                 size: size.max(1),
+                cpus,
                 pin,
                 stats,
                 runtime,
                 tracker,
                 state: Mutex::new(State {
                     long: VecDeque::new(),
+                    bulk: VecDeque::new(),
                     quick: VecDeque::new(),
                     runners: 0,
                     starting: false,
@@ -164,10 +198,11 @@ impl<H: FuseHandler> Pool<H> {
         let start = {
             let mut state = self.inner.lock();
             match job.weight {
-                Weight::Long | Weight::Bulk => state.long.push_back(job),
+                Weight::Long => state.long.push_back(job),
+                Weight::Bulk => state.bulk.push_back(job),
                 Weight::Quick => state.quick.push_back(job),
             }
-            state.runner_wanted(self.inner.size, self.inner.stats.service_ns())
+            self.inner.runner_wanted(&mut state)
         };
         if start {
             Inner::start_runner(&self.inner);
@@ -193,6 +228,12 @@ impl<H: FuseHandler> Inner<H> {
         inner
             .tracker
             .spawn_blocking_on(move || runner.run(), &inner.runtime);
+    }
+
+    /// [`State::runner_wanted`] with this pool's bounds and its queue's recent times.
+    fn runner_wanted(&self, state: &mut State<H>) -> bool {
+        let bulk_size = bulk_runners(self.size, self.cpus, self.stats.bulk_ns());
+        state.runner_wanted(self.size, bulk_size, self.stats.service_ns())
     }
 
     fn lock(&self) -> MutexGuard<'_, State<H>> {
@@ -248,9 +289,14 @@ impl<H: FuseHandler> Runner<H> {
         let mut state = inner.lock();
         state.starting = false;
         self.ran = true;
-        while let Some(job) = state.long.pop_front().or_else(|| state.quick.pop_front()) {
+        while let Some(job) = state
+            .long
+            .pop_front()
+            .or_else(|| state.bulk.pop_front())
+            .or_else(|| state.quick.pop_front())
+        {
             // More queued than this runner takes now: the next runner starts meanwhile.
-            let next = state.runner_wanted(inner.size, inner.stats.service_ns());
+            let next = inner.runner_wanted(&mut state);
             drop(state);
             if next {
                 Inner::start_runner(&inner);
@@ -280,6 +326,7 @@ impl<H: FuseHandler> Drop for Runner<H> {
             // is answered (EIO) rather than left waiting for a runner that will not come.
             state.starting = false;
             let mut jobs: Vec<Job<H>> = state.long.drain(..).collect();
+            jobs.extend(state.bulk.drain(..));
             jobs.extend(state.quick.drain(..));
             jobs
         };
@@ -320,5 +367,15 @@ mod tests {
             "one request that blocks for ms"
         );
         assert!(!worth_a_runner(1000, false, 0), "not measured yet");
+    }
+
+    #[test]
+    fn quick_bulk_requests_get_a_runner_per_cpu_slow_ones_the_pool() {
+        let quick = crate::dispatch::BULK_INLINE_NS - 1;
+        let slow = crate::dispatch::BULK_INLINE_NS;
+        assert_eq!(bulk_runners(64, 2, quick), 2, "copies: one per CPU");
+        assert_eq!(bulk_runners(64, 2, slow), 64, "a disk: the whole pool");
+        assert_eq!(bulk_runners(1, 2, quick), 1, "never more than the pool");
+        assert_eq!(bulk_runners(64, 0, quick), 1, "at least one");
     }
 }

@@ -294,6 +294,80 @@ mt_test!(bulk_io_alone_runs_inline_while_it_is_quick, || {
     );
 });
 
+/// Posts `n` READs of `bytes` each (uniques from `first`) on request queue 1 at once, waits
+/// for their answers, and returns the most that ran on the pool at once.
+fn bulk_batch_peak_pooled(r: &mut Rig, first: u64, n: u64, bytes: u32) -> usize {
+    r.handler.peak_pooled.store(0, Ordering::SeqCst);
+    let d = &mut r.drivers[1];
+    d.holding = true;
+    for i in 0..n {
+        let header = InHeader {
+            len: 80,
+            opcode: Opcode::Read as u32,
+            unique: first + i,
+            nodeid: 1,
+            ..Default::default()
+        };
+        // Headers apart; the reply buffers may overlap (nothing reads them).
+        let inbuf = 0xA0_0000 + 0x100 * i;
+        d.mem.write_obj(header, GuestAddress(inbuf)).unwrap();
+        d.post_raw(&[(inbuf, 80, false), (0xC0_0000, 16 + bytes, true)]);
+    }
+    d.holding = false;
+    d.publish();
+    d.kick();
+    d.wait_used(n as usize);
+    r.handler.peak_pooled.load(Ordering::SeqCst)
+}
+
+mt_test!(quick_bulk_io_takes_a_runner_per_cpu_slow_the_pool, || {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut r = rig(1, 64, false);
+    r.init(1);
+    let stats = r.pipeline.stats()[1].clone();
+    let big = 160 << 10;
+    // Copies from the page cache (bulk requests quick of late): more runners than CPUs
+    // would only take turns on them. 24 queued at once, each 200 us: without the bound the
+    // runners ramp up well past the CPUs. Judged only while the bulk average stayed quick (a
+    // loaded machine may stretch a 200 us sleep past the bound).
+    r.handler.delay_us.store(200, Ordering::SeqCst);
+    let mut seen = Vec::new();
+    for attempt in 0..5 {
+        let peak = bulk_batch_peak_pooled(&mut r, 100 + 40 * attempt, 24, big);
+        let bulk_ns = stats.bulk_ns();
+        if bulk_ns < BULK_INLINE_NS {
+            assert!(peak <= cpus, "{peak} on the pool at once, {cpus} CPUs");
+            seen.push(format!("judged: {peak} at once"));
+            break;
+        }
+        seen.push(format!("bulk average {bulk_ns} ns: not judged"));
+        // Let the average come down again.
+        r.handler.delay_us.store(0, Ordering::SeqCst);
+        for u in 0..40 {
+            io_alone_pooled(&mut r, Opcode::Read, 2000 + 100 * attempt + u, big);
+        }
+        r.handler.delay_us.store(200, Ordering::SeqCst);
+    }
+    assert!(
+        seen.last().unwrap().starts_with("judged"),
+        "never judged: {seen:?}"
+    );
+    // Slow bulk requests (a disk): runners for all of them, up to the pool.
+    r.handler.delay_us.store(0, Ordering::SeqCst);
+    r.handler.delay_ms.store(3, Ordering::SeqCst);
+    let mut unique = 300;
+    while stats.bulk_ns() < BULK_INLINE_NS {
+        assert!(unique < 330, "the bulk average never rose");
+        io_alone_pooled(&mut r, Opcode::Read, unique, big);
+        unique += 1;
+    }
+    let peak = bulk_batch_peak_pooled(&mut r, 400, 24, big);
+    assert!(
+        peak > cpus.min(6),
+        "{peak} slow bulk requests on the pool at once"
+    );
+});
+
 mt_test!(one_notification_per_batch_without_event_idx, || {
     let mut r = rig(1, 0, false);
     r.init(1);

@@ -48,6 +48,8 @@ pub struct ScriptedHandler {
     pub handled: AtomicUsize,
     pub log: Mutex<Vec<Ran>>,
     pub delay_ms: AtomicUsize,
+    /// A further sleep of this many microseconds, for the same requests as `delay_ms`.
+    pub delay_us: AtomicUsize,
     /// When set, each GETATTR waits (up to 10 s) until this many requests run at once.
     pub rendezvous: AtomicUsize,
     /// GETATTRs that arrived at the rendezvous, and those that saw all `rendezvous` arrive.
@@ -92,9 +94,10 @@ impl FuseHandler for ScriptedHandler {
             Some(h.unique),
             "the header handed over is the chain's"
         );
-        let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
-        if [GETATTR, READ, WRITE, CREATE, UNLINK].contains(&h.opcode) && delay > 0 {
-            std::thread::sleep(Duration::from_millis(delay));
+        let delay = Duration::from_millis(self.delay_ms.load(Ordering::SeqCst) as u64)
+            + Duration::from_micros(self.delay_us.load(Ordering::SeqCst) as u64);
+        if [GETATTR, READ, WRITE, CREATE, UNLINK].contains(&h.opcode) && !delay.is_zero() {
+            std::thread::sleep(delay);
         }
         let target = self.rendezvous.load(Ordering::SeqCst);
         if h.opcode == GETATTR && target > 0 {
