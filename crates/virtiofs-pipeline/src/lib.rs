@@ -27,6 +27,7 @@ mod alarm;
 pub mod chain;
 pub mod dispatch;
 pub mod gate;
+pub mod gather;
 pub mod handler;
 mod kick;
 mod lock_wait;

@@ -19,6 +19,8 @@
 //! time slice (a busy one: a vCPU, a batch job). The spin then ends, and polling pauses for a
 //! number of waits that doubles with each such spin in a row ([`FIRST_PAUSE`] up to
 //! [`LONGEST_PAUSE`]); a spin that runs its course undisturbed resets it.
+//!
+//! A request the spin finds alone may wait for a second one: see [`crate::gather`].
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -26,6 +28,9 @@ use std::time::{Duration, Instant};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use virtiofs_device::QueueLink;
+
+use crate::gather::{Gathering, GATHER};
+use crate::stats::QueueStats;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The smallest window worth spinning for; where a growing window starts.
@@ -135,8 +140,16 @@ impl AdaptivePoll {
 /// Watches `link`'s avail ring for up to `window`, until the guest has made a chain available
 /// that the queue has not popped, or the thread loses its CPU. Reads only the ring's index
 /// (the pop that follows takes the vring lock as usual); a ring stopped or moved meanwhile
-/// reads as nothing new.
-pub(crate) fn avail_within(link: &QueueLink, mem: &GuestMemoryMmap<()>, window: Duration) -> Spin {
+/// reads as nothing new. A request found alone may wait for a second (`gathering`, given the
+/// queue's recent service time `service_ns`; counted in `stats`).
+pub(crate) fn avail_within(
+    link: &QueueLink,
+    mem: &GuestMemoryMmap<()>,
+    window: Duration,
+    gathering: &mut Gathering,
+    service_ns: u64,
+    stats: &QueueStats,
+) -> Spin {
     let (avail_idx, next_avail) = {
         let state = link.vring.get_ref();
         let queue = state.get_queue();
@@ -149,10 +162,22 @@ pub(crate) fn avail_within(link: &QueueLink, mem: &GuestMemoryMmap<()>, window: 
         (GuestAddress(addr), queue.next_avail())
     };
     let mut last = Instant::now();
-    let deadline = last + window;
+    let (began, deadline) = (last, last + window);
     loop {
         match mem.load::<u16>(avail_idx, Ordering::Acquire) {
-            Ok(idx) if u16::from_le(idx) != next_avail => return Spin::Found,
+            Ok(idx) if u16::from_le(idx) != next_avail => {
+                let new = u16::from_le(idx).wrapping_sub(next_avail);
+                let waited = gathering.found(new, began.elapsed(), service_ns, || {
+                    crate::gather::second_within(mem, avail_idx, next_avail, GATHER)
+                });
+                if let Some(came) = waited {
+                    stats.gathers.fetch_add(1, Ordering::Relaxed);
+                    if came {
+                        stats.gathered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                return Spin::Found;
+            }
             Ok(_) => {}
             Err(_) => return Spin::Nothing,
         }

@@ -26,6 +26,7 @@ use virtiofs_fuse::abi::{InHeader, Opcode};
 use crate::alarm::{Alarm, Alarms};
 use crate::dispatch::{place, Behind, Placement};
 use crate::gate::{Pass, SessionGate};
+use crate::gather::Gathering;
 use crate::handler::{Chain, FuseHandler, Handled};
 use crate::kick::AsyncKick;
 use crate::lock_wait::LockWait;
@@ -196,6 +197,7 @@ impl<H: FuseHandler> QueueContext<H> {
             self.complete_ring(ring);
             debug!(queue = index, "queue running");
             let mut poll = AdaptivePoll::new(self.poll_max);
+            let mut gathering = Gathering::new();
             // Guest memory as this queue reaches it: one check per batch, no arc-swap. A new
             // memory table also changes the vring: the loop starts over and lets go of the old.
             let mut memory = self.link.queue_memory();
@@ -223,7 +225,15 @@ impl<H: FuseHandler> QueueContext<H> {
                         window
                     };
                     let mem = memory.current();
-                    let spun = avail_within(&self.link, mem, spin);
+                    let service_ns = self.stats.service_ns();
+                    let spun = avail_within(
+                        &self.link,
+                        mem,
+                        spin,
+                        &mut gathering,
+                        service_ns,
+                        &self.stats,
+                    );
                     if spun == Spin::Preempted {
                         self.stats.poll_preempted.fetch_add(1, Ordering::Relaxed);
                     }

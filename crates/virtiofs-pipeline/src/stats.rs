@@ -44,6 +44,10 @@ pub struct QueueStats {
     /// Polls cut short because the thread lost its CPU while spinning (another thread wanted
     /// it): polling then pauses (see `poll.rs`).
     pub poll_preempted: AtomicU64,
+    /// Polls that found one request at once and waited for a second (see `poll.rs`).
+    pub gathers: AtomicU64,
+    /// Of those, the ones the second request came to.
+    pub gathered: AtomicU64,
     /// Time per request in the server, ns.
     pub service: Log2Histogram,
     /// Requests of this queue running when one starts (itself included): the depth it meets.
@@ -122,6 +126,8 @@ impl QueueStats {
             polls = get(&self.polls),
             poll_hits = get(&self.poll_hits),
             poll_preempted = get(&self.poll_preempted),
+            gathers = get(&self.gathers),
+            gathered = get(&self.gathered),
             service_p50_us = us(0.5),
             service_p99_us = us(0.99),
             service_p999_us = us(0.999),
