@@ -347,21 +347,22 @@ impl Passthrough {
         }
     }
 
-    /// LOOKUP of one component `name` in `parent` (counts a lookup of the result).
+    /// LOOKUP of one component `name` in `parent` (counts a lookup of the result): a known
+    /// file by its statx alone ([`Self::lookup_known_at`]).
     pub(crate) fn lookup_in(&self, parent: &Inode, name: &CStr) -> Result<Entry> {
         let dir = parent.fd()?;
-        self.lookup_at(parent, dir.as_fd(), name)
+        self.lookup_known_at(parent, dir.as_fd(), name)
     }
 
-    /// [`Self::lookup_at`] for a file the guest likely knows already (a READDIRPLUS entry whose
-    /// inode number is known): a statx of the name, and a known node that holds a descriptor
-    /// is counted without opening one of the file: an open and a close saved, and the
-    /// descriptor table's lock, which runners in parallel contend for (READDIRPLUS of a known
-    /// directory: +65 % at depth 1 and 16). An unknown file is then opened as by
-    /// [`Self::lookup_at`], one statx more. Not with file handles, whose nodes the key alone
-    /// does not tell. LOOKUP does not use it (see docs/performance.md, session 26: a LOOKUP
-    /// 0.5 µs cheaper made the queue take requests one at a time, and the benchmark's client
-    /// lost 8–15 % at depth 16–256).
+    /// [`Self::lookup_at`] for a file the guest likely knows already (a LOOKUP, a READDIRPLUS
+    /// entry whose inode number is known): a statx of the name, and a known node that holds a
+    /// descriptor is counted without opening one of the file: an open and a close saved, and
+    /// the descriptor table's lock, which runners in parallel contend for (READDIRPLUS of a
+    /// known directory: +65 % at depth 1 and 16; LOOKUP +6–9 % at depth 1). An unknown file
+    /// is then opened as by [`Self::lookup_at`], one statx more. Not with file handles, whose
+    /// nodes the key alone does not tell. (LOOKUP first used it in session 26 and lost 8–15 %
+    /// at depth 16–256: the queue then took requests one at a time; since the queue gathers
+    /// batches (`virtiofs-pipeline`'s `gather.rs`) it does not, see docs/performance.md.)
     pub(crate) fn lookup_known_at(
         &self,
         parent: &Inode,

@@ -161,6 +161,23 @@ fn descriptors_held_for_nodes_in_each_mode() {
         assert_eq!(fs.getattr(n).unwrap_err(), Errno(libc::EBADF), "node {n}");
     }
 
+    // LOOKUP of a file the guest knows opens nothing either: with no room left in the quota
+    // it finds the same node; a file it does not know still needs a descriptor.
+    let mut fs = Fs::new(share, Never);
+    let dir = fs.lookup(ROOT_ID, "known").unwrap();
+    let nodes: Vec<u64> = (0..30)
+        .map(|i| fs.lookup(dir.nodeid, &format!("k{i}")).unwrap().nodeid)
+        .collect();
+    fs.fs_mut().set_fd_quota(quota_with_room_for(0));
+    for (i, &n) in nodes.iter().enumerate() {
+        assert_eq!(fs.lookup(dir.nodeid, &format!("k{i}")).unwrap().nodeid, n);
+    }
+    assert_eq!(
+        fs.lookup(dir.nodeid, "new").unwrap_err(),
+        Errno(libc::EMFILE),
+        "an unknown file needs a descriptor"
+    );
+
     // Per filesystem: a ramfs (no handles) mounted in the share gets O_PATH nodes with `prefer`.
     let Some(_ramfs) = Mounted::new("ramfs", &share.join("ramfs")) else {
         eprintln!("SKIP the ramfs part: cannot mount (needs root)");
