@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use virtiofs_device::QueueLink;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::gather::{Gathering, GATHER};
 use crate::stats::QueueStats;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The smallest window worth spinning for; where a growing window starts.
 pub const FIRST_WINDOW: Duration = Duration::from_micros(4);
@@ -141,7 +141,9 @@ impl AdaptivePoll {
 /// that the queue has not popped, or the thread loses its CPU. Reads only the ring's index
 /// (the pop that follows takes the vring lock as usual); a ring stopped or moved meanwhile
 /// reads as nothing new. A request found alone may wait for a second (`gathering`, given the
-/// queue's recent service time `service_ns`; counted in `stats`).
+/// queue's recent service time `service_ns`; counted in `stats`), also when `window` is zero
+/// (one look at the ring: I/O is in flight in the queue's io_uring; its completions then wait
+/// at most [`GATHER`] longer).
 pub(crate) fn avail_within(
     link: &QueueLink,
     mem: &GuestMemoryMmap<()>,

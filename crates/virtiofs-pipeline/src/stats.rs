@@ -44,7 +44,7 @@ pub struct QueueStats {
     /// Polls cut short because the thread lost its CPU while spinning (another thread wanted
     /// it): polling then pauses (see `poll.rs`).
     pub poll_preempted: AtomicU64,
-    /// Polls that found one request at once and waited for a second (see `poll.rs`).
+    /// Polls that found one request at once and waited for a second (see `gather.rs`).
     pub gathers: AtomicU64,
     /// Of those, the ones the second request came to.
     pub gathered: AtomicU64,
