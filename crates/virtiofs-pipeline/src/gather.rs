@@ -32,7 +32,7 @@ pub const GATHER: Duration = Duration::from_micros(3);
 /// this (ns): for cheaper requests a batch's own work is a large part of the cost.
 pub const GATHER_BELOW_NS: u64 = 5_000;
 
-/// Waits go on while at least this share of the recent ones (of [`SCALE`]) were met: 90 %.
+/// Waits go on while at least this share of the recent ones (in 1024ths) were met: 90 %.
 pub const GATHER_MIN_HITS: u32 = SCALE * 9 / 10;
 
 /// While waits do not pay, one candidate in this many waits anyway (to see if they would).
