@@ -141,7 +141,7 @@ impl AdaptivePoll {
 /// that the queue has not popped, or the thread loses its CPU. Reads only the ring's index
 /// (the pop that follows takes the vring lock as usual); a ring stopped or moved meanwhile
 /// reads as nothing new. A request found alone may wait for a second (`gathering`, given the
-/// queue's recent service time `service_ns`; counted in `stats`), also when `window` is zero
+/// queue's recent service time in `stats`, where the wait is counted), also when `window` is zero
 /// (one look at the ring: I/O is in flight in the queue's io_uring; its completions then wait
 /// at most [`GATHER`] longer).
 pub(crate) fn avail_within(
@@ -149,7 +149,6 @@ pub(crate) fn avail_within(
     mem: &GuestMemoryMmap<()>,
     window: Duration,
     gathering: &mut Gathering,
-    service_ns: u64,
     stats: &QueueStats,
 ) -> Spin {
     let (avail_idx, next_avail) = {
@@ -169,7 +168,7 @@ pub(crate) fn avail_within(
         match mem.load::<u16>(avail_idx, Ordering::Acquire) {
             Ok(idx) if u16::from_le(idx) != next_avail => {
                 let new = u16::from_le(idx).wrapping_sub(next_avail);
-                let waited = gathering.found(new, began.elapsed(), service_ns, || {
+                let waited = gathering.found(new, began.elapsed(), stats.service_ns(), || {
                     crate::gather::second_within(mem, avail_idx, next_avail, GATHER)
                 });
                 if let Some(came) = waited {

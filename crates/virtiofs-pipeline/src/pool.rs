@@ -109,12 +109,13 @@ struct State<H: FuseHandler> {
 
 impl<H: FuseHandler> State<H> {
     /// Counts a runner to start if the queue needs one (see [`worth_a_runner`]): at most
-    /// `size` in all, at most `bulk_size` for bulk requests alone.
+    /// `size` in all, at most `bulk_size` (no more than `size`, see [`bulk_runners`]) for bulk
+    /// requests alone.
     fn runner_wanted(&mut self, size: usize, bulk_size: usize, service_ns: u64) -> bool {
         let room = if worth_a_runner(self.quick.len(), !self.long.is_empty(), service_ns) {
             size
         } else if !self.bulk.is_empty() {
-            bulk_size.min(size)
+            bulk_size
         } else {
             0
         };

@@ -225,15 +225,7 @@ impl<H: FuseHandler> QueueContext<H> {
                         window
                     };
                     let mem = memory.current();
-                    let service_ns = self.stats.service_ns();
-                    let spun = avail_within(
-                        &self.link,
-                        mem,
-                        spin,
-                        &mut gathering,
-                        service_ns,
-                        &self.stats,
-                    );
+                    let spun = avail_within(&self.link, mem, spin, &mut gathering, &self.stats);
                     if spun == Spin::Preempted {
                         self.stats.poll_preempted.fetch_add(1, Ordering::Relaxed);
                     }
