@@ -324,12 +324,13 @@ fn run_slots(
 ) -> Result<(), String> {
     let mut by_seq: HashMap<u64, usize> = HashMap::with_capacity(slots.len() * 2);
     let mut forgets: Vec<FuseToken> = Vec::new();
+    // Once, not per request: each `Creds::root()` is a getpid.
+    let root = vhost_user_fs_client::Creds::root();
     let submit = |sl: &mut Slot, req: &FuseRequest, by_seq: &mut HashMap<u64, usize>, i| {
         let t = if raw_read(s.w) {
-            submit_read(c, q, req, sl.buf.expect("allocated"))
+            submit_read(c, q, req, sl.buf.expect("allocated"), root.pid)
         } else {
-            c.submit(q, req, vhost_user_fs_client::Creds::root())
-                .map(InFlight::Fuse)
+            c.submit(q, req, root).map(InFlight::Fuse)
         }
         .map_err(|e| fmt_err("submit", e))?;
         by_seq.insert(t.seq(), i);
@@ -390,11 +391,7 @@ fn run_slots(
                         .map_err(|e| format!("{} (opcode {opcode}): {e}", s.w.name()))?;
                     if let Some(n) = forget {
                         let t = c
-                            .submit(
-                                0,
-                                &FuseRequest::forget(n, 1),
-                                vhost_user_fs_client::Creds::root(),
-                            )
+                            .submit(0, &FuseRequest::forget(n, 1), root)
                             .map_err(|e| fmt_err("FORGET", e))?;
                         forgets.push(t);
                     }
@@ -451,6 +448,7 @@ fn submit_read(
     q: usize,
     req: &FuseRequest,
     buf: Allocation,
+    pid: u32,
 ) -> Result<InFlight, Error> {
     let unique = c.next_unique();
     let args: Vec<u8> = req.args.concat();
@@ -461,7 +459,7 @@ fn submit_read(
     bytes.extend_from_slice(&req.nodeid.to_le_bytes());
     bytes.extend_from_slice(&0u32.to_le_bytes()); // uid
     bytes.extend_from_slice(&0u32.to_le_bytes()); // gid
-    bytes.extend_from_slice(&std::process::id().to_le_bytes());
+    bytes.extend_from_slice(&pid.to_le_bytes());
     bytes.extend_from_slice(&[0u8; 4]); // total_extlen, padding
     bytes.extend_from_slice(&args);
     let size = buf.len as u32;
