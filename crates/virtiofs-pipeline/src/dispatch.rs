@@ -26,8 +26,11 @@
 //!
 //! What the pool does with it is [`crate::pool`]'s business: at most `--thread-pool-size`
 //! runners, woken one at a time, and the queue thread takes back the quick requests no runner
-//! has started once it has dispatched its batch. `--thread-pool-size=0` (and the hiprio queue)
-//! has no pool: everything runs inline.
+//! has started once it has dispatched its batch. A quick request that would only come back
+//! that way (no runner alive, and not enough work queued and behind it to wake one) runs
+//! inline at once instead ([`crate::pool::Pool::would_come_back`]): the trip through the pool
+//! cost 5-6 % of randread4k at depth 16. `--thread-pool-size=0` (and the hiprio queue) has no
+//! pool: everything runs inline.
 
 use crate::request::Weight;
 

@@ -13,7 +13,8 @@
 //!   latency per runner;
 //! - once it has dispatched its batch the queue thread takes back the quick requests nobody has
 //!   started yet and runs them itself, their completions joining its batch (one notification);
-//!   long requests stay for the runners.
+//!   long requests stay for the runners. A quick request that could only come back that way
+//!   is not queued at all ([`Pool::would_come_back`]).
 //!
 //! Bulk requests (large READs and WRITEs) from the page cache are copies that only need a CPU:
 //! while the queue's recent bulk requests were quick ([`crate::dispatch::BULK_INLINE_NS`]),
@@ -208,6 +209,22 @@ impl<H: FuseHandler> Pool<H> {
         if start {
             Inner::start_runner(&self.inner);
         }
+    }
+
+    /// Whether a quick request with `behind` more requests behind it would only wait in the
+    /// pool for the queue thread to take it back: no runner is alive to take it, and what is
+    /// queued and behind it together is not worth waking one (see [`worth_a_runner`]). The
+    /// queue thread then runs it at once, sparing the job's trip through the pool.
+    pub(crate) fn would_come_back(&self, behind: usize) -> bool {
+        let state = self.inner.lock();
+        state.runners == 0
+            && state.long.is_empty()
+            && state.bulk.is_empty()
+            && !worth_a_runner(
+                state.quick.len() + behind + 1,
+                false,
+                self.inner.stats.service_ns(),
+            )
     }
 
     /// The oldest queued quick request nobody has started, for the queue thread to run.

@@ -378,7 +378,9 @@ impl<H: FuseHandler> QueueContext<H> {
                         true if popped.serialized(header.as_ref()) => Behind::SameInode,
                         true => Behind::Others,
                     };
-                    self.dispatch(chain, header, waiting, &mut used, ring).await;
+                    let behind = popped.behind();
+                    self.dispatch(chain, header, (waiting, behind), &mut used, ring)
+                        .await;
                 }
                 if let Some(ring) = ring {
                     // One submission for the batch; what is done already joins it.
@@ -414,13 +416,14 @@ impl<H: FuseHandler> QueueContext<H> {
     }
 
     /// Starts one request (its header as read at pop time): takes its gate pass (in ring
-    /// order), then runs it here or hands it to the pool ([`crate::dispatch::place`]).
-    /// Completions of requests run here go to `used`.
+    /// order), then runs it here or hands it to the pool ([`crate::dispatch::place`]; `behind`
+    /// says what waits behind it and how many at least). Completions of requests run here go
+    /// to `used`.
     async fn dispatch(
         self: &Arc<Self>,
         chain: Chain,
         header: Option<InHeader>,
-        behind: Behind,
+        (behind, count_behind): (Behind, usize),
         used: &mut UsedBatch<'_>,
         ring: Option<&Uring>,
     ) {
@@ -447,10 +450,17 @@ impl<H: FuseHandler> QueueContext<H> {
                 return ring.start(self, chain, h, pass, used);
             }
         }
-        match place(self.pool.is_some(), weight, behind, self.stats.bulk_ns()) {
+        let pool = self.pool.as_ref();
+        match place(pool.is_some(), weight, behind, self.stats.bulk_ns()) {
             Placement::Inline => self.run_inline(chain, header, weight, pass, used),
+            Placement::Pool
+                if weight == Weight::Quick
+                    && pool.is_some_and(|p| p.would_come_back(count_behind)) =>
+            {
+                self.run_inline(chain, header, weight, pass, used)
+            }
             Placement::Pool => {
-                let pool = self.pool.as_ref().expect("placed on the pool");
+                let pool = pool.expect("placed on the pool");
                 let job = Job {
                     // If no runner ever takes it (the runtime shut down), it is answered EIO.
                     chain: Unanswered::new(self.clone(), chain, libc::EIO),

@@ -255,6 +255,12 @@ impl<'a> Popped<'a> {
     pub(crate) fn others_waiting(&self) -> bool {
         !self.chains.is_empty() || self.more_in_ring
     }
+
+    /// How many chains wait behind the one last taken, at least: the rest of this batch, and
+    /// a whole batch more when the ring held more than this batch.
+    pub(crate) fn behind(&self) -> usize {
+        self.chains.len() + if self.more_in_ring { MAX_BATCH } else { 0 }
+    }
 }
 
 impl Drop for Popped<'_> {
