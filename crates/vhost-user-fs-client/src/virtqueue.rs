@@ -161,6 +161,10 @@ struct State {
     /// client a third of its time at queue size 1024).
     in_flight: usize,
     pending: HashMap<u64, Pending>,
+    /// Sequence numbers of completed requests, in completion order, for
+    /// [`Virtqueue::wait_any_of`] (which would otherwise scan every pending request per
+    /// wake-up); may hold some already taken by token, dropped when seen.
+    done: Vec<u64>,
     next_seq: u64,
     polling: bool,
     broken: Option<String>,
@@ -233,6 +237,7 @@ impl Virtqueue {
                 heads: (0..size).map(|_| None).collect(),
                 in_flight: 0,
                 pending: HashMap::new(),
+                done: Vec::new(),
                 next_seq: 0,
                 polling: false,
                 broken: None,
@@ -541,15 +546,21 @@ impl Virtqueue {
         let deadline = Instant::now() + timeout;
         let st = self.state.lock().unwrap();
         let (_st, ready) = self.wait_locked(st, deadline, |st| {
-            let ready: Vec<Token> = st
-                .pending
-                .iter()
-                .filter(|&(&seq, p)| p.used_len.is_some() && mine(seq))
-                .map(|(&seq, _)| Token {
+            let mut ready = Vec::new();
+            let State { done, pending, .. } = st;
+            done.retain(|&seq| {
+                if !pending.contains_key(&seq) {
+                    return false; // taken by its token
+                }
+                if !mine(seq) {
+                    return true;
+                }
+                ready.push(Token {
                     queue: self.index,
                     seq,
-                })
-                .collect();
+                });
+                false
+            });
             (!ready.is_empty()).then_some(ready)
         })?;
         Ok(ready)
@@ -672,10 +683,16 @@ impl Virtqueue {
                 }
                 if let Some(p) = st.pending.get_mut(&inf.seq) {
                     p.used_len = Some(len);
+                    st.done.push(inf.seq);
                 }
                 st.last_used = st.last_used.wrapping_add(1);
                 self.stats.completed.fetch_add(1, Ordering::Relaxed);
                 consumed = true;
+            }
+            if st.done.len() > 2 * usize::from(n) {
+                // Nobody calls wait_any_of: forget what was taken by token.
+                let State { done, pending, .. } = &mut *st;
+                done.retain(|seq| pending.contains_key(seq));
             }
             if self.event_idx {
                 // Ask for an interrupt when the next element is used.
@@ -917,5 +934,49 @@ mod tests {
         let err = q.wait_any_of(Duration::from_secs(1), |_| true).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("with only 1 in flight"), "{msg}");
+    }
+
+    /// `wait_any_of` returns the completed requests its filter picks, in completion order,
+    /// leaves the others for the next caller and skips one already taken by its token.
+    #[test]
+    fn wait_any_of_picks_its_own_completions() {
+        let mem = Arc::new(GuestMemory::new(&[1 << 20]).unwrap());
+        let q = Virtqueue::new(1, 8, mem.clone(), true, false, 0).unwrap();
+        let l = q.layout();
+        let m = mem.mmap();
+        let tokens: Vec<Token> = (0..4)
+            .map(|_| {
+                let buf = mem.alloc(8, 8).unwrap();
+                let chain = [Descriptor {
+                    addr: buf.addr.0,
+                    len: 8,
+                    write: true,
+                }];
+                let bufs = Buffers {
+                    owned: vec![buf],
+                    read_back: vec![],
+                };
+                q.submit(&chain, false, bufs, Duration::from_secs(1))
+                    .unwrap()
+            })
+            .collect();
+        // The device completes them in the order 3, 1, 0, 2.
+        for (used, &k) in [3usize, 1, 0, 2].iter().enumerate() {
+            let head: u16 = m
+                .read_obj(GuestAddress(l.avail.0 + 4 + 2 * k as u64))
+                .unwrap();
+            let slot = l.used.0 + 4 + 8 * used as u64;
+            m.write_obj(u32::from(head), GuestAddress(slot)).unwrap();
+            m.write_obj(0u32, GuestAddress(slot + 4)).unwrap();
+        }
+        m.store(4u16, GuestAddress(l.used.0 + 2), Ordering::Release)
+            .unwrap();
+        let seq = |k: usize| tokens[k].seq;
+        q.wait(tokens[1], Duration::from_secs(1)).unwrap();
+        let odd = |s: u64| s == seq(1) || s == seq(3);
+        let mine = q.wait_any_of(Duration::from_secs(1), odd).unwrap();
+        assert_eq!(mine, vec![tokens[3]], "1 was taken by its token");
+        let rest = q.wait_any_of(Duration::from_secs(1), |_| true).unwrap();
+        assert_eq!(rest, vec![tokens[0], tokens[2]], "completion order");
     }
 }
