@@ -892,44 +892,49 @@ mod tests {
         assert_eq!(mem.free_bytes(), free0, "everything freed");
     }
 
+    /// Submits a chain of one 8-byte writable buffer.
+    fn submit_small(q: &Virtqueue, mem: &GuestMemory) -> Token {
+        let buf = mem.alloc(8, 8).unwrap();
+        let chain = [Descriptor {
+            addr: buf.addr.0,
+            len: 8,
+            write: true,
+        }];
+        let bufs = Buffers {
+            owned: vec![buf],
+            read_back: vec![],
+        };
+        q.submit(&chain, false, bufs, Duration::from_secs(1))
+            .unwrap()
+    }
+
+    /// Plays the device: used element `used` is the chain of avail entry `avail`, and the used
+    /// index says `used + 1`.
+    fn complete(q: &Virtqueue, mem: &GuestMemory, used: u16, avail: u16) {
+        let (l, m) = (q.layout(), mem.mmap());
+        let n = u64::from(l.size);
+        let head: u16 = m
+            .read_obj(GuestAddress(l.avail.0 + 4 + 2 * (u64::from(avail) % n)))
+            .unwrap();
+        let slot = l.used.0 + 4 + 8 * (u64::from(used) % n);
+        m.write_obj(u32::from(head), GuestAddress(slot)).unwrap();
+        m.write_obj(0u32, GuestAddress(slot + 4)).unwrap();
+        m.store(used + 1, GuestAddress(l.used.0 + 2), Ordering::Release)
+            .unwrap();
+    }
+
     /// A device that publishes more used elements than there are chains in flight is caught,
     /// whatever was completed before (the count of chains in flight is kept, not recomputed).
     #[test]
     fn more_used_than_in_flight_is_a_device_bug() {
         let mem = Arc::new(GuestMemory::new(&[1 << 20]).unwrap());
         let q = Virtqueue::new(1, 8, mem.clone(), true, false, 0).unwrap();
-        let l = q.layout();
-        let m = mem.mmap();
-        let submit = || {
-            let buf = mem.alloc(8, 8).unwrap();
-            let chain = [Descriptor {
-                addr: buf.addr.0,
-                len: 8,
-                write: true,
-            }];
-            let bufs = Buffers {
-                owned: vec![buf],
-                read_back: vec![],
-            };
-            q.submit(&chain, false, bufs, Duration::from_secs(1))
-                .unwrap()
-        };
-        let complete = |used: u16, head: u16| {
-            let slot = l.used.0 + 4 + 8 * u64::from(used % 8);
-            m.write_obj(u32::from(head), GuestAddress(slot)).unwrap();
-            m.write_obj(0u32, GuestAddress(slot + 4)).unwrap();
-            m.store(used + 1, GuestAddress(l.used.0 + 2), Ordering::Release)
-                .unwrap();
-        };
-        let head_of = |avail: u16| -> u16 {
-            m.read_obj(GuestAddress(l.avail.0 + 4 + 2 * u64::from(avail)))
-                .unwrap()
-        };
-        let (a, _b) = (submit(), submit());
-        complete(0, head_of(0));
+        let (a, _b) = (submit_small(&q, &mem), submit_small(&q, &mem));
+        complete(&q, &mem, 0, 0);
         q.wait(a, Duration::from_secs(1)).unwrap();
         // One chain is in flight; the device claims two more used elements.
-        m.store(3u16, GuestAddress(l.used.0 + 2), Ordering::Release)
+        mem.mmap()
+            .store(3u16, GuestAddress(q.layout().used.0 + 2), Ordering::Release)
             .unwrap();
         let err = q.wait_any_of(Duration::from_secs(1), |_| true).unwrap_err();
         let msg = err.to_string();
@@ -942,35 +947,11 @@ mod tests {
     fn wait_any_of_picks_its_own_completions() {
         let mem = Arc::new(GuestMemory::new(&[1 << 20]).unwrap());
         let q = Virtqueue::new(1, 8, mem.clone(), true, false, 0).unwrap();
-        let l = q.layout();
-        let m = mem.mmap();
-        let tokens: Vec<Token> = (0..4)
-            .map(|_| {
-                let buf = mem.alloc(8, 8).unwrap();
-                let chain = [Descriptor {
-                    addr: buf.addr.0,
-                    len: 8,
-                    write: true,
-                }];
-                let bufs = Buffers {
-                    owned: vec![buf],
-                    read_back: vec![],
-                };
-                q.submit(&chain, false, bufs, Duration::from_secs(1))
-                    .unwrap()
-            })
-            .collect();
+        let tokens: Vec<Token> = (0..4).map(|_| submit_small(&q, &mem)).collect();
         // The device completes them in the order 3, 1, 0, 2.
-        for (used, &k) in [3usize, 1, 0, 2].iter().enumerate() {
-            let head: u16 = m
-                .read_obj(GuestAddress(l.avail.0 + 4 + 2 * k as u64))
-                .unwrap();
-            let slot = l.used.0 + 4 + 8 * used as u64;
-            m.write_obj(u32::from(head), GuestAddress(slot)).unwrap();
-            m.write_obj(0u32, GuestAddress(slot + 4)).unwrap();
+        for (used, avail) in [3u16, 1, 0, 2].into_iter().enumerate() {
+            complete(&q, &mem, used as u16, avail);
         }
-        m.store(4u16, GuestAddress(l.used.0 + 2), Ordering::Release)
-            .unwrap();
         let seq = |k: usize| tokens[k].seq;
         q.wait(tokens[1], Duration::from_secs(1)).unwrap();
         let odd = |s: u64| s == seq(1) || s == seq(3);
