@@ -155,7 +155,8 @@ impl GuestMemory {
     }
 
     /// Allocates `len` bytes aligned to `align` (a power of two; at least 64). Consecutive
-    /// allocations rotate over the regions, so that every region gets used.
+    /// allocations rotate over the regions, so that every region gets used; a freed block of
+    /// up to 4 KiB is handed out again first, from whichever region it is in.
     pub fn alloc(&self, len: u64, align: u64) -> Result<Allocation> {
         let align = align.max(MIN_ALIGN);
         debug_assert!(align.is_power_of_two());
