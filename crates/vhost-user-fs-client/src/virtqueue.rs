@@ -873,17 +873,10 @@ mod tests {
                 .load(GuestAddress(l.avail.0 + 2), Ordering::Acquire)
                 .unwrap();
             assert_eq!(idx, dev_avail.wrapping_add(1));
-            let head: u16 = m
-                .read_obj(GuestAddress(l.avail.0 + 4 + 2 * u64::from(dev_avail % 4)))
-                .unwrap();
-            dev_avail = dev_avail.wrapping_add(1);
             m.write_obj(round, GuestAddress(buf.addr.0 + 4)).unwrap();
-            let slot = l.used.0 + 4 + 8 * u64::from(dev_used % 4);
-            m.write_obj(u32::from(head), GuestAddress(slot)).unwrap();
-            m.write_obj(4u32, GuestAddress(slot + 4)).unwrap();
+            complete(&q, &mem, dev_used, dev_avail, 4);
+            dev_avail = dev_avail.wrapping_add(1);
             dev_used = dev_used.wrapping_add(1);
-            m.store(dev_used, GuestAddress(l.used.0 + 2), Ordering::Release)
-                .unwrap();
             let c = q.wait(t, Duration::from_secs(1)).unwrap();
             assert_eq!(c.data(), round.to_le_bytes());
         }
@@ -908,9 +901,9 @@ mod tests {
             .unwrap()
     }
 
-    /// Plays the device: used element `used` is the chain of avail entry `avail`, and the used
-    /// index says `used + 1`.
-    fn complete(q: &Virtqueue, mem: &GuestMemory, used: u16, avail: u16) {
+    /// Plays the device: used element `used` is the chain of avail entry `avail` with `len`
+    /// bytes written, and the used index says `used + 1` (both indices wrap at 2^16).
+    fn complete(q: &Virtqueue, mem: &GuestMemory, used: u16, avail: u16, len: u32) {
         let (l, m) = (q.layout(), mem.mmap());
         let n = u64::from(l.size);
         let head: u16 = m
@@ -918,9 +911,13 @@ mod tests {
             .unwrap();
         let slot = l.used.0 + 4 + 8 * (u64::from(used) % n);
         m.write_obj(u32::from(head), GuestAddress(slot)).unwrap();
-        m.write_obj(0u32, GuestAddress(slot + 4)).unwrap();
-        m.store(used + 1, GuestAddress(l.used.0 + 2), Ordering::Release)
-            .unwrap();
+        m.write_obj(len, GuestAddress(slot + 4)).unwrap();
+        m.store(
+            used.wrapping_add(1),
+            GuestAddress(l.used.0 + 2),
+            Ordering::Release,
+        )
+        .unwrap();
     }
 
     /// A device that publishes more used elements than there are chains in flight is caught,
@@ -930,7 +927,7 @@ mod tests {
         let mem = Arc::new(GuestMemory::new(&[1 << 20]).unwrap());
         let q = Virtqueue::new(1, 8, mem.clone(), true, false, 0).unwrap();
         let (a, _b) = (submit_small(&q, &mem), submit_small(&q, &mem));
-        complete(&q, &mem, 0, 0);
+        complete(&q, &mem, 0, 0, 0);
         q.wait(a, Duration::from_secs(1)).unwrap();
         // One chain is in flight; the device claims two more used elements.
         mem.mmap()
@@ -950,7 +947,7 @@ mod tests {
         let tokens: Vec<Token> = (0..4).map(|_| submit_small(&q, &mem)).collect();
         // The device completes them in the order 3, 1, 0, 2.
         for (used, avail) in [3u16, 1, 0, 2].into_iter().enumerate() {
-            complete(&q, &mem, used as u16, avail);
+            complete(&q, &mem, used as u16, avail, 0);
         }
         let seq = |k: usize| tokens[k].seq;
         q.wait(tokens[1], Duration::from_secs(1)).unwrap();
