@@ -109,17 +109,22 @@ struct State<H: FuseHandler> {
 }
 
 impl<H: FuseHandler> State<H> {
-    /// Counts a runner to start if the queue needs one (see [`worth_a_runner`]): at most
-    /// `size` in all, at most `bulk_size` (no more than `size`, see [`bulk_runners`]) for bulk
-    /// requests alone.
-    fn runner_wanted(&mut self, size: usize, bulk_size: usize, service_ns: u64) -> bool {
-        let room = if worth_a_runner(self.quick.len(), !self.long.is_empty(), service_ns) {
+    /// How many runners the queued work, with `more_quick` quick requests on their way, is
+    /// worth (see [`worth_a_runner`]): `size` for a long request or enough quick work, else
+    /// `bulk_size` (no more than `size`, see [`bulk_runners`]) for bulk requests, else none.
+    fn room(&self, size: usize, bulk_size: usize, service_ns: u64, more_quick: usize) -> usize {
+        let quick = self.quick.len() + more_quick;
+        if worth_a_runner(quick, !self.long.is_empty(), service_ns) {
             size
         } else if !self.bulk.is_empty() {
             bulk_size
         } else {
             0
-        };
+        }
+    }
+
+    /// Counts a runner to start if fewer than `room` are alive and none is starting.
+    fn runner_wanted(&mut self, room: usize) -> bool {
         let wanted = !self.starting && self.runners < room;
         if wanted {
             self.runners += 1;
@@ -217,14 +222,7 @@ impl<H: FuseHandler> Pool<H> {
     /// queue thread then runs it at once, sparing the job's trip through the pool.
     pub(crate) fn would_come_back(&self, behind: usize) -> bool {
         let state = self.inner.lock();
-        state.runners == 0
-            && state.long.is_empty()
-            && state.bulk.is_empty()
-            && !worth_a_runner(
-                state.quick.len() + behind + 1,
-                false,
-                self.inner.stats.service_ns(),
-            )
+        state.runners == 0 && self.inner.room(&state, behind + 1) == 0
     }
 
     /// The oldest queued quick request nobody has started, for the queue thread to run.
@@ -248,10 +246,16 @@ impl<H: FuseHandler> Inner<H> {
             .spawn_blocking_on(move || runner.run(), &inner.runtime);
     }
 
-    /// [`State::runner_wanted`] with this pool's bounds and its queue's recent times.
-    fn runner_wanted(&self, state: &mut State<H>) -> bool {
+    /// [`State::room`] with this pool's bounds and its queue's recent times.
+    fn room(&self, state: &State<H>, more_quick: usize) -> usize {
         let bulk_size = bulk_runners(self.size, self.cpus, self.stats.bulk_ns());
-        state.runner_wanted(self.size, bulk_size, self.stats.service_ns())
+        state.room(self.size, bulk_size, self.stats.service_ns(), more_quick)
+    }
+
+    /// [`State::runner_wanted`] for what is queued now.
+    fn runner_wanted(&self, state: &mut State<H>) -> bool {
+        let room = self.room(state, 0);
+        state.runner_wanted(room)
     }
 
     fn lock(&self) -> MutexGuard<'_, State<H>> {
