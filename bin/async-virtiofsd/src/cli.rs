@@ -164,8 +164,9 @@ struct Args {
 
     /// Longest time, in microseconds, a request queue watches its ring for the next request
     /// before sleeping (guest notifications off meanwhile); adapts between 0 and this to the
-    /// guest's pace, so an idle guest costs no CPU, and yields the CPU to any thread that
-    /// wants it. 0: never poll.
+    /// guest's pace, so an idle guest costs no CPU, yields the CPU to any thread that wants
+    /// it, and does not spin while the host's runnable threads outnumber its CPUs. 0: never
+    /// poll.
     #[arg(long, value_name = "US", default_value_t = DEFAULT_POLL_US,
           value_parser = clap::value_parser!(u64).range(0..=MAX_POLL_US))]
     poll_us: u64,

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::info;
+use tracing::{info, warn};
 use vhost_user_backend::VhostUserBackend;
 use virtiofs_device::{FsBackend, FsBackendConfig};
 use virtiofs_passthrough::{check_shared_dir, InodeFileHandles, Share, ShareError};
-use virtiofs_pipeline::{IoEngine, Pipeline, PipelineConfig};
+use virtiofs_pipeline::{HostLoad, IoEngine, Pipeline, PipelineConfig};
 use virtiofs_sandbox::{rlimit, seccomp, EnterError, Entered, SandboxMode};
 
 use crate::cli::{IoEngineArg, Listen, Options};
@@ -122,6 +122,16 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
         thread_pool_size: opts.thread_pool_size,
         queue_affinity: opts.queue_affinity.clone(),
         poll_max: opts.poll_max,
+        // Opened before the sandbox hides the host's /proc (the count it shows is the host's).
+        host_load: (!opts.poll_max.is_zero())
+            .then(|| match HostLoad::open() {
+                Ok(load) => Some(Arc::new(load)),
+                Err(e) => {
+                    warn!("cannot read /proc/loadavg, polling even on a crowded host: {e}");
+                    None
+                }
+            })
+            .flatten(),
         io_engine: IoEngine::Sync,
         queue_threads: opts.queue_threads,
     };

@@ -12,6 +12,7 @@ use virtiofs_device::{QueueLink, WatchedVring, HIPRIO_QUEUE};
 use crate::affinity::{CpuSet, QueueAffinity};
 use crate::gate::SessionGate;
 use crate::handler::FuseHandler;
+use crate::host_load::HostLoad;
 use crate::stats::QueueStats;
 use crate::stop::Stop;
 use crate::thread::{start_when_runnable, Affinity, Shared};
@@ -29,6 +30,9 @@ pub struct PipelineConfig {
     /// The longest a request queue polls its avail ring before sleeping (`--poll-us`, see
     /// [`crate::poll`]); zero: never.
     pub poll_max: Duration,
+    /// The host's load (`/proc/loadavg`, opened before the sandbox): a queue does not spin
+    /// while threads wait for a CPU (see [`crate::host_load`]). `None`: it spins regardless.
+    pub host_load: Option<Arc<HostLoad>>,
     /// How request queues do READ, WRITE and FSYNC (`--io-engine`, resolved: see
     /// [`crate::uring::probe`]).
     pub io_engine: IoEngine,
@@ -124,6 +128,7 @@ impl Pipeline {
             request_rings,
             pool_size: config.thread_pool_size,
             poll_max: config.poll_max,
+            host_load: config.host_load,
             io_engine: config.io_engine,
             affinity: config.queue_affinity.map(|a| Affinity {
                 // The CPUs this thread (the daemon's main thread) may use: what `auto` spreads

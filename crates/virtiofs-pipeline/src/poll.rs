@@ -18,7 +18,9 @@
 //! turn; a gap of [`PREEMPTED`] between two turns means another thread kept the CPU for a
 //! time slice (a busy one: a vCPU, a batch job). The spin then ends, and polling pauses for a
 //! number of waits that doubles with each such spin in a row ([`FIRST_PAUSE`] up to
-//! [`LONGEST_PAUSE`]); a spin that runs its course undisturbed resets it.
+//! [`LONGEST_PAUSE`]); a spin that runs its course undisturbed resets it. A yield only helps
+//! threads queued on this CPU: the queue also skips the spin while the whole host has no CPU
+//! to spare ([`crate::host_load`]).
 //!
 //! A request the spin finds alone may wait for a second one: see [`crate::gather`].
 

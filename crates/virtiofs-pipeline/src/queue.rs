@@ -28,6 +28,7 @@ use crate::dispatch::{place, Behind, Placement};
 use crate::gate::{Pass, SessionGate};
 use crate::gather::Gathering;
 use crate::handler::{Chain, FuseHandler, Handled};
+use crate::host_load::{Crowding, HostLoad};
 use crate::kick::AsyncKick;
 use crate::lock_wait::LockWait;
 use crate::poll::{avail_within, AdaptivePoll, Spin};
@@ -62,6 +63,8 @@ pub(crate) struct QueueContext<H: FuseHandler> {
     /// The longest window to poll the avail ring for before sleeping (`--poll-us`; zero for
     /// the hiprio queue).
     pub(crate) poll_max: Duration,
+    /// The host's load, read before a spin ([`crate::host_load`]); `None`: spin regardless.
+    pub(crate) host_load: Option<Arc<HostLoad>>,
     /// Every request queue's vring (this one's too), for the size of the smallest at INIT.
     pub(crate) request_rings: Arc<[WatchedVring]>,
     /// The queue thread's runtime (SETLKW waits run there). It has no time driver: that
@@ -197,6 +200,7 @@ impl<H: FuseHandler> QueueContext<H> {
             self.complete_ring(ring);
             debug!(queue = index, "queue running");
             let mut poll = AdaptivePoll::new(self.poll_max);
+            let mut crowding = Crowding::new(self.host_load.clone());
             let mut gathering = Gathering::new();
             // Guest memory as this queue reaches it: one check per batch, no arc-swap. A new
             // memory table also changes the vring: the loop starts over and lets go of the old.
@@ -207,10 +211,14 @@ impl<H: FuseHandler> QueueContext<H> {
                 // Process first: a kick may have arrived before we started polling the eventfd.
                 // A drain is never abandoned half-way: it stops early only when the daemon
                 // stops, returning what it popped (see `drain`).
-                let window = if self.thread_queues.load(Ordering::Relaxed) > 1 {
-                    Duration::ZERO
-                } else {
-                    poll.window()
+                let window = match poll.window() {
+                    _ if self.thread_queues.load(Ordering::Relaxed) > 1 => Duration::ZERO,
+                    // Every CPU of the host is wanted: do not take one for a spin.
+                    w if !w.is_zero() && crowding.crowded() => {
+                        self.stats.poll_crowded.fetch_add(1, Ordering::Relaxed);
+                        Duration::ZERO
+                    }
+                    w => w,
                 };
                 self.drain(&mut memory, &mut batch, !window.is_zero(), ring)
                     .await;

@@ -44,6 +44,8 @@ pub struct QueueStats {
     /// Polls cut short because the thread lost its CPU while spinning (another thread wanted
     /// it): polling then pauses (see `poll.rs`).
     pub poll_preempted: AtomicU64,
+    /// Spins not begun because every CPU of the host was wanted (see `host_load.rs`).
+    pub poll_crowded: AtomicU64,
     /// Polls that found one request at once and waited for a second (see `gather.rs`).
     pub gathers: AtomicU64,
     /// Of those, the ones the second request came to.
@@ -126,6 +128,7 @@ impl QueueStats {
             polls = get(&self.polls),
             poll_hits = get(&self.poll_hits),
             poll_preempted = get(&self.poll_preempted),
+            poll_crowded = get(&self.poll_crowded),
             gathers = get(&self.gathers),
             gathered = get(&self.gathered),
             service_p50_us = us(0.5),

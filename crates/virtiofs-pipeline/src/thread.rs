@@ -32,6 +32,7 @@ use crate::affinity::{CpuSet, QueueAffinity};
 use crate::alarm::Alarms;
 use crate::gate::SessionGate;
 use crate::handler::FuseHandler;
+use crate::host_load::HostLoad;
 use crate::pool::{Pin, Pool};
 use crate::queue::QueueContext;
 use crate::stats::QueueStats;
@@ -53,6 +54,8 @@ pub(crate) struct Shared<H> {
     pub(crate) pool_size: usize,
     /// `--poll-us` (request queues only).
     pub(crate) poll_max: Duration,
+    /// The host's load, read before each spin (request queues only).
+    pub(crate) host_load: Option<Arc<HostLoad>>,
     /// `--io-engine` (request queues only).
     pub(crate) io_engine: IoEngine,
     /// `--queue-affinity`, if given.
@@ -321,6 +324,7 @@ fn queue_context<H: FuseHandler>(
         } else {
             shared.poll_max
         },
+        host_load: shared.host_load.clone(),
         request_rings: shared.request_rings.clone(),
         local,
         timers: shared.runtime.clone(),

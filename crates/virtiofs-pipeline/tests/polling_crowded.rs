@@ -1,0 +1,61 @@
+//! `--poll-us` on a host whose every CPU is wanted (`host_load.rs`): a request queue does not
+//! spin while the host's runnable threads outnumber its CPUs, and spins again once they do not.
+
+mod common;
+
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::rig_config;
+use virtiofs_pipeline::{HostLoad, PipelineConfig};
+
+mt_test!(a_queue_spins_only_while_the_host_has_a_cpu_to_spare, || {
+    // The host's load as the queue reads it: a file in /proc/loadavg's format, 2 CPUs.
+    let path = std::env::temp_dir().join(format!("polling-crowded-{}", std::process::id()));
+    let set_running =
+        |n: u32| std::fs::write(&path, format!("1.00 1.00 1.00 {n}/300 1\n")).unwrap();
+    set_running(1);
+    let load = HostLoad::from_file(File::open(&path).unwrap(), 2).unwrap();
+    let config = PipelineConfig {
+        thread_pool_size: 0,
+        poll_max: Duration::from_millis(200),
+        host_load: Some(Arc::new(load)),
+        ..Default::default()
+    };
+    let mut r = rig_config(1, config, true, |_| true, None);
+    r.init(1);
+    let stats = r.pipeline.stats()[1].clone();
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+
+    r.train(1, 100);
+    assert!(get(&stats.polls) > 0, "a CPU to spare: the queue polls");
+    assert_eq!(get(&stats.poll_crowded), 0);
+
+    // 64 threads runnable on 2 CPUs. The queue looks at the load at most every 200 µs: the
+    // spin under way when it changes may find one more request.
+    set_running(64);
+    std::thread::sleep(Duration::from_millis(2));
+    let polls = get(&stats.polls);
+    r.train(1, 50);
+    let spun = get(&stats.polls) - polls;
+    assert!(spun <= 1, "{spun} spins on a crowded host");
+    assert!(
+        get(&stats.poll_crowded) >= 49,
+        "the spins held back are counted"
+    );
+
+    // The crowd gone: once the average falls back (a look every 200 µs or more), it spins again.
+    set_running(1);
+    let polls = get(&stats.polls);
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_micros(300));
+        r.train(1, 1);
+        if get(&stats.polls) > polls {
+            break;
+        }
+    }
+    assert!(get(&stats.polls) > polls, "polling never came back");
+    let _ = std::fs::remove_file(&path);
+});
