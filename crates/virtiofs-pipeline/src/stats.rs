@@ -35,6 +35,9 @@ pub struct QueueStats {
     pub runners: AtomicU64,
     /// Batches of completions published together by the queue thread.
     pub batches: AtomicU64,
+    /// Batches whose first completion was published before the rest ran, the driver waiting
+    /// for it (`UsedBatch::flush_if_awaited`).
+    pub early: AtomicU64,
     /// Guest notifications sent (call eventfd writes).
     pub notifications: AtomicU64,
     /// Times the queue polled the avail ring before sleeping (`--poll-us`).
@@ -124,6 +127,7 @@ impl QueueStats {
             uring = get(&self.uring),
             runners = get(&self.runners),
             batches = get(&self.batches),
+            early = get(&self.early),
             notifications = get(&self.notifications),
             polls = get(&self.polls),
             poll_hits = get(&self.poll_hits),

@@ -3,7 +3,9 @@
 //! - [`UsedBatch`]: the completions of one batch run on the queue thread, published together
 //!   under one vring lock with at most one guest notification, decided by `virtio-queue`'s
 //!   `needs_notification` after the batch's `add_used` calls (EVENT_IDX-correct: the guest's
-//!   `used_event` is looked for anywhere in the range the batch added).
+//!   `used_event` is looked for anywhere in the range the batch added). A driver that has
+//!   taken everything may get the batch's first completion early, without a notification
+//!   ([`UsedBatch::flush_if_awaited`]).
 //! - [`complete_one`]: a completion on its own (pooled requests, SETLKW waits), notifying as the
 //!   ring asks.
 //! - [`Popped`]: chains popped from the avail ring and not started yet; whatever is left when it
@@ -24,7 +26,7 @@ use vhost_user_backend::VringT;
 use virtio_queue::{QueueOwnedT, QueueT};
 use virtiofs_device::{MemoryTable, QueueLink};
 use virtiofs_fuse::abi::InHeader;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::chain::DescTable;
 use crate::handler::{Chain, FuseHandler};
@@ -102,6 +104,11 @@ pub(crate) fn complete_one(link: &QueueLink, stats: &QueueStats, mem: &Mem, head
     link.vring.request_done();
 }
 
+/// The most requests a driver may have out (made available, not used yet) for a batch's first
+/// completion to go out early ([`UsedBatch::flush_if_awaited`]): with more, every completion
+/// is one of many it waits for, and the head start does not pay for the extra publication.
+pub const EARLY_MAX_OUT: u16 = 4;
+
 /// Completions waiting to be published together (see the module docs). Dropping it publishes
 /// what it holds.
 pub(crate) struct UsedBatch<'a> {
@@ -109,6 +116,10 @@ pub(crate) struct UsedBatch<'a> {
     stats: &'a QueueStats,
     mem: &'a Mem,
     entries: Vec<(u16, u32)>,
+    /// Whether [`UsedBatch::flush_if_awaited`] looked at the driver already.
+    looked: bool,
+    /// Completions published without a look at whether the guest wants a notification.
+    unsignalled: bool,
 }
 
 impl<'a> UsedBatch<'a> {
@@ -119,6 +130,47 @@ impl<'a> UsedBatch<'a> {
             stats,
             mem,
             entries: Vec::new(),
+            looked: false,
+            unsignalled: false,
+        }
+    }
+
+    /// Publishes the completions held so far at once, without a notification, if the driver
+    /// has taken every one published before (with EVENT_IDX its `used_event` is the used
+    /// index: it asked to hear of the very next one, so it is about to wait for this queue)
+    /// and has few requests out ([`EARLY_MAX_OUT`]: each completion gates its next request).
+    /// Once per batch, called for its first completion with others still to run: a driver
+    /// that looks at the used index once more before it sleeps (as Linux's does when it
+    /// turns callbacks back on) works on it while this thread runs the rest, instead of both
+    /// waiting in turn for the batch's end. A driver already asleep is notified by
+    /// [`UsedBatch::flush`] as before (its check covers this publication too), so no
+    /// notification is lost and none is added.
+    pub(crate) fn flush_if_awaited(&mut self) {
+        if self.looked || self.entries.is_empty() {
+            return;
+        }
+        self.looked = true;
+        let awaited = {
+            let state = self.link.vring.get_ref();
+            let queue = state.get_queue();
+            let ring = queue.avail_ring();
+            let load = |at: Option<u64>| {
+                at.and_then(|at| {
+                    self.mem
+                        .load::<u16>(GuestAddress(at), Ordering::Acquire)
+                        .ok()
+                })
+                .map(u16::from_le)
+            };
+            let used = queue.next_used();
+            queue.event_idx_enabled()
+                && load(ring.checked_add(4 + 2 * u64::from(queue.size()))) == Some(used)
+                && load(ring.checked_add(2))
+                    .is_some_and(|avail| avail.wrapping_sub(used) <= EARLY_MAX_OUT)
+        };
+        if awaited {
+            self.stats.early.fetch_add(1, Ordering::Relaxed);
+            self.publish(false);
         }
     }
 
@@ -130,7 +182,21 @@ impl<'a> UsedBatch<'a> {
     /// Puts every held completion on the used ring under one vring lock, then notifies the
     /// guest once if the ring asks for it.
     pub(crate) fn flush(&mut self) {
+        self.publish(true);
+    }
+
+    /// Puts every held completion on the used ring; with `notify`, notifies the guest if the
+    /// ring asks for it. Without, the next check (the batch's flush, with EVENT_IDX) covers
+    /// what this one published: the ring checks `used_event` against everything used since it
+    /// last checked.
+    fn publish(&mut self, notify: bool) {
         if self.entries.is_empty() {
+            if notify && self.unsignalled {
+                // The batch's only completions went out early: their notification is due.
+                self.unsignalled = false;
+                let mut state = self.link.vring.get_mut();
+                notify_if_needed(&mut state, self.mem, self.link, self.stats);
+            }
             return;
         }
         let n = self.entries.len();
@@ -146,7 +212,10 @@ impl<'a> UsedBatch<'a> {
             }
             if added > 0 {
                 self.stats.completed.fetch_add(added, Ordering::Relaxed);
-                notify_if_needed(&mut state, self.mem, self.link, self.stats);
+                if notify {
+                    notify_if_needed(&mut state, self.mem, self.link, self.stats);
+                }
+                self.unsignalled = !notify;
             }
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);

@@ -428,6 +428,50 @@ mt_test!(one_notification_per_batch_with_event_idx, || {
     assert_eq!(d.notifications(), 1, "used_event at the batch's last entry");
 });
 
+mt_test!(
+    a_waiting_driver_gets_the_first_completion_before_the_rest_run,
+    || {
+        let mut r = rig(1, 0, true);
+        r.init(1);
+        r.handler.delay_ms.store(50, Ordering::SeqCst);
+        let done = |r: &Rig| r.handler.handled.load(Ordering::SeqCst) - 1; // but INIT
+        let d = &mut r.drivers[1];
+        // The driver took everything and asked to hear of the next completion (it waits),
+        // with few requests out.
+        d.set_used_event(d.next_used);
+        d.post_batch((0..3).map(|i| (GETATTR, 500 + i)));
+        d.kick();
+        let first = d.wait_used(1);
+        assert_eq!(first[0].reply.unique, 500);
+        let now = done(&r);
+        assert!(
+            now < 3,
+            "the first went back with the batch's end ({now} done)"
+        );
+        r.drivers[1].wait_used(2);
+        assert_eq!(r.pipeline.stats()[1].early.load(Ordering::SeqCst), 1);
+
+        // A driver still busy (it asked to hear only 20 completions on): the batch's end.
+        let d = &mut r.drivers[1];
+        d.set_used_event(d.next_used.wrapping_add(20));
+        d.post_batch((0..3).map(|i| (GETATTR, 600 + i)));
+        d.kick();
+        d.wait_used(1);
+        assert_eq!(done(&r), 3 + 3, "none went back before the batch's end");
+        r.drivers[1].wait_used(2);
+
+        // A waiting driver with many requests out (more than EARLY_MAX_OUT): the same.
+        let d = &mut r.drivers[1];
+        d.set_used_event(d.next_used);
+        d.post_batch((0..6).map(|i| (GETATTR, 700 + i)));
+        d.kick();
+        d.wait_used(1);
+        assert_eq!(done(&r), 3 + 3 + 6, "none went back before the batch's end");
+        r.drivers[1].wait_used(5);
+        assert_eq!(r.pipeline.stats()[1].early.load(Ordering::SeqCst), 1);
+    }
+);
+
 /// Checks that `used` holds each of `heads` exactly once.
 fn assert_each_once(used: &[Used], heads: &[u16]) {
     let mut ids: Vec<u32> = used.iter().map(|u| u.id).collect();
