@@ -105,12 +105,13 @@ impl Crowding {
     }
 
     /// Whether threads wait for a CPU on the host (on average, recently): a spin would take
-    /// one from them. Reads the load if the last look is older than [`SAMPLE_EVERY`].
-    pub fn crowded(&mut self) -> bool {
+    /// one from them. Reads the load if the last look is older than [`SAMPLE_EVERY`] at `now`
+    /// (a recent reading of the clock the caller has; `None`: reads it).
+    pub fn crowded(&mut self, now: Option<Instant>) -> bool {
         let Some(load) = &self.load else {
             return false;
         };
-        let now = Instant::now();
+        let now = now.unwrap_or_else(Instant::now);
         if self.next_sample.is_some_and(|next| now < next) {
             return self.crowded;
         }
@@ -181,6 +182,6 @@ mod tests {
     #[test]
     fn without_a_load_file_never_crowded() {
         let mut c = Crowding::new(None);
-        assert!(!c.crowded());
+        assert!(!c.crowded(None));
     }
 }

@@ -206,6 +206,9 @@ impl<H: FuseHandler> QueueContext<H> {
             debug!(queue = index, "queue running");
             let mut poll = AdaptivePoll::new(self.poll_max);
             let mut crowding = Crowding::new(self.host_load.clone());
+            // When the last wait for the guest began (also the clock the next look at the
+            // host's load goes by).
+            let mut waiting = None;
             let mut gathering = Gathering::new();
             // Guest memory as this queue reaches it: one check per batch, no arc-swap. A new
             // memory table also changes the vring: the loop starts over and lets go of the old.
@@ -219,7 +222,7 @@ impl<H: FuseHandler> QueueContext<H> {
                 let window = match poll.window() {
                     _ if self.thread_queues.load(Ordering::Relaxed) > 1 => Duration::ZERO,
                     // Every CPU of the host is wanted: do not take one for a spin.
-                    w if !w.is_zero() && crowding.crowded() => {
+                    w if !w.is_zero() && crowding.crowded(waiting) => {
                         self.stats.poll_crowded.fetch_add(1, Ordering::Relaxed);
                         Duration::ZERO
                     }
@@ -227,7 +230,7 @@ impl<H: FuseHandler> QueueContext<H> {
                 };
                 self.drain(&mut memory, &mut batch, !window.is_zero(), ring)
                     .await;
-                let waiting = poll.wait_starts();
+                waiting = poll.wait_starts();
                 if !window.is_zero() {
                     // Notifications are still off: watch the ring before sleeping. Not while
                     // I/O is in the io_uring: the spin does not look at its completions.
