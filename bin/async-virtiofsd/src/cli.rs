@@ -21,7 +21,7 @@ use crate::compat::{
 };
 use crate::scheduling::Scheduling;
 
-/// `--poll-us` by default (see docs/performance.md for how it was chosen).
+/// `--poll-us` by default (see docs/performance-history.md, session 24, for how it was chosen).
 pub const DEFAULT_POLL_US: u64 = 20;
 /// The largest `--poll-us`: a millisecond of spinning per request is already more than any
 /// wake-up it could save.
@@ -118,7 +118,7 @@ pub enum IoEngineArg {
     Sync,
     /// Through an io_uring per request queue; the daemon does not start without one.
     IoUring,
-    /// What serves best where io_uring works (see docs/performance.md), else `sync`.
+    /// What serves best where io_uring works (see docs/performance-history.md), else `sync`.
     Auto,
 }
 
@@ -175,7 +175,7 @@ struct Args {
     /// normally SCHED_OTHER) or `batch` (SCHED_BATCH: a thread woken by the guest's kick waits
     /// for its CPU instead of preempting the thread there, e.g. the vCPU that kicked, and then
     /// finds the whole burst; for hosts where the daemon shares CPUs with vCPUs, at some
-    /// latency at depth 1; see docs/performance.md).
+    /// latency at depth 1; see docs/performance-history.md, session 22).
     #[arg(
         long,
         value_enum,
@@ -186,7 +186,8 @@ struct Args {
 
     /// How request queues do READ, WRITE and FSYNC: `sync` (system calls on the queue thread
     /// or the pool), `io-uring` (an io_uring per request queue; fails to start where io_uring
-    /// is disabled), `auto` (see docs/performance.md; `sync` where io_uring is disabled).
+    /// is disabled), `auto` (see docs/performance-history.md, "io_uring"; `sync` where
+    /// io_uring is disabled).
     #[arg(
         long,
         value_enum,

@@ -66,8 +66,8 @@ fn resolve_io_engine(arg: IoEngineArg) -> Result<IoEngine, DaemonError> {
         IoEngineArg::Auto => match virtiofs_pipeline::uring::probe() {
             Ok(()) => {
                 info!(
-                    "--io-engine auto: io_uring is available; using {} (docs/performance.md, \
-                     \"io_uring\")",
+                    "--io-engine auto: io_uring is available; using {} \
+                     (docs/performance-history.md, \"io_uring\")",
                     engine_name(AUTO_ENGINE)
                 );
                 Ok(AUTO_ENGINE)
@@ -80,10 +80,10 @@ fn resolve_io_engine(arg: IoEngineArg) -> Result<IoEngine, DaemonError> {
     }
 }
 
-/// What `--io-engine auto` uses where io_uring works: measured on ext4 (docs/performance.md,
-/// "io_uring"), io_uring served page-cache READs at the same CPU cost and buffered WRITEs at
-/// about three times the CPU (ext4 has no non-blocking buffered writes, so each one is handed
-/// to an io-wq thread).
+/// What `--io-engine auto` uses where io_uring works: measured on ext4
+/// (docs/performance-history.md, "io_uring"), io_uring served page-cache READs at the same CPU
+/// cost and buffered WRITEs at about three times the CPU (ext4 has no non-blocking buffered
+/// writes, so each one is handed to an io-wq thread).
 const AUTO_ENGINE: IoEngine = IoEngine::Sync;
 
 /// The engine as `--io-engine` spells it.

@@ -9,7 +9,7 @@
 //! a woken daemon thread does not preempt the thread that runs: it runs when that one blocks or
 //! its time slice ends, and finds the whole burst in the ring (one wake-up, one notification).
 //! The price is latency where the CPU stays busy: a request waits for the CPU instead of taking
-//! it, which shows at depth 1 (numbers in docs/performance.md, session 22). On an idle CPU
+//! it, which shows at depth 1 (numbers in docs/performance-history.md, session 22). On an idle CPU
 //! nothing changes: no thread is there to preempt.
 //!
 //! The policy is set on the main thread before any other thread of the daemon exists, so every

@@ -15,7 +15,7 @@
 //! and removing files: 53–62 %) a wait only holds the queue thread, and so does one a queue
 //! thread makes at depth 1 after losing its CPU between its flush and its spin (the request
 //! it finds arrived meanwhile, not on its way). Waits that stopped paying resume on trial: one
-//! candidate in [`GATHER_PROBE`] waits anyway. Measured: docs/performance.md, session 27.
+//! candidate in [`GATHER_PROBE`] waits anyway. Measured: docs/performance-history.md, session 27.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -6,9 +6,10 @@
 //! spinning CPU is one the scheduler could have given them. So before a spin the queue thread
 //! asks how many threads are runnable on the whole host, at most every [`SAMPLE_EVERY`]: the
 //! count the kernel keeps and `/proc/loadavg` shows (its fourth field, `running/threads`; one
-//! pread of an fd opened at start, well under a microsecond). While the moving average of that
-//! count stays above the host's online CPUs (threads wait for a CPU), the queue does not spin
-//! and sleeps until the next kick instead. A host with an idle CPU keeps polling, where it pays
+//! pread of an fd opened at start, well under a microsecond). Once the moving average of that
+//! count exceeds the host's online CPUs by a thread (threads wait for a CPU), and until it is
+//! back within half a thread of them, the queue does not spin and sleeps until the next kick
+//! instead. A host with an idle CPU keeps polling, where it pays
 //! most: a guest doing one request at a time.
 
 use std::fs::File;

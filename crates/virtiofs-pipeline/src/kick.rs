@@ -68,7 +68,7 @@ impl AsyncKick {
     /// The read is not needed for correctness (epoll here is edge-triggered and reports every
     /// write), but without it a queue thread that shares a CPU with the guest's submitting
     /// thread went back to sleep sooner and woke once per request: it lost in the guest and at
-    /// depth 16 (docs/performance.md, session 22). Keep it unless that is measured again.
+    /// depth 16 (docs/performance-history.md, session 22). Keep it unless that is measured again.
     pub(crate) async fn wait(&self) -> io::Result<()> {
         loop {
             let mut guard = self.0.readable().await?;
