@@ -40,6 +40,7 @@ use crate::stop::Stop;
 use crate::uring::{IoEngine, Uring};
 use crate::used::{
     disable_notification, enable_notification, Popped, PoppedChain, Unanswered, UsedBatch,
+    EARLY_MAX_OUT,
 };
 
 /// Most chains popped at once: the completions of the requests run on the queue thread are
@@ -385,7 +386,10 @@ impl<H: FuseHandler> QueueContext<H> {
                 if popped.is_empty() {
                     break;
                 }
-                let early = self.stats.service_ns() >= EARLY_SERVICE_NS;
+                // A batch of more than EARLY_MAX_OUT chains means more requests out than that:
+                // no look at the driver.
+                let early = self.stats.service_ns() >= EARLY_SERVICE_NS
+                    && popped.behind() <= usize::from(EARLY_MAX_OUT);
                 while !self.stop.is_stopped() {
                     let Some((chain, header)) = popped.next() else {
                         break;

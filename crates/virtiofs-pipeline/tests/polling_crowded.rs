@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,13 @@ use virtiofs_pipeline::{HostLoad, PipelineConfig};
 mt_test!(a_queue_spins_only_while_the_host_has_a_cpu_to_spare, || {
     // The host's load as the queue reads it: a file in /proc/loadavg's format, 2 CPUs.
     let path = std::env::temp_dir().join(format!("polling-crowded-{}", std::process::id()));
-    let set_running =
-        |n: u32| std::fs::write(&path, format!("1.00 1.00 1.00 {n}/300 1\n")).unwrap();
+    std::fs::write(&path, "").unwrap();
+    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    // Rewritten in place at one length, so that the queue never reads a truncated line.
+    let set_running = |n: u32| {
+        let line = format!("1.00 1.00 1.00 {n:>4}/300 1\n");
+        writer.write_all_at(line.as_bytes(), 0).unwrap();
+    };
     set_running(1);
     let load = HostLoad::from_file(File::open(&path).unwrap(), 2).unwrap();
     let config = PipelineConfig {
