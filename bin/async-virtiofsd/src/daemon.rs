@@ -123,15 +123,16 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
         queue_affinity: opts.queue_affinity.clone(),
         poll_max: opts.poll_max,
         // Opened before the sandbox hides the host's /proc (the count it shows is the host's).
-        host_load: (!opts.poll_max.is_zero())
-            .then(|| match HostLoad::open() {
-                Ok(load) => Some(Arc::new(load)),
-                Err(e) => {
-                    warn!("cannot read /proc/loadavg, polling even on a crowded host: {e}");
-                    None
-                }
-            })
-            .flatten(),
+        host_load: if opts.poll_max.is_zero() {
+            None
+        } else {
+            HostLoad::open()
+                .map(Arc::new)
+                .map_err(|e| {
+                    warn!("cannot read /proc/loadavg, polling even on a crowded host: {e}")
+                })
+                .ok()
+        },
         io_engine: IoEngine::Sync,
         queue_threads: opts.queue_threads,
     };

@@ -153,20 +153,23 @@ impl<'a> UsedBatch<'a> {
         let awaited = {
             let state = self.link.vring.get_ref();
             let queue = state.get_queue();
-            let ring = queue.avail_ring();
-            let load = |at: Option<u64>| {
-                at.and_then(|at| {
+            let used = queue.next_used();
+            // virtio-queue reads `used_event` only inside `needs_notification`: it follows the
+            // avail ring's `size` entries.
+            let used_event = queue
+                .avail_ring()
+                .checked_add(4 + 2 * u64::from(queue.size()))
+                .and_then(|at| {
                     self.mem
                         .load::<u16>(GuestAddress(at), Ordering::Acquire)
                         .ok()
                 })
-                .map(u16::from_le)
-            };
-            let used = queue.next_used();
+                .map(u16::from_le);
             queue.event_idx_enabled()
-                && load(ring.checked_add(4 + 2 * u64::from(queue.size()))) == Some(used)
-                && load(ring.checked_add(2))
-                    .is_some_and(|avail| avail.wrapping_sub(used) <= EARLY_MAX_OUT)
+                && used_event == Some(used)
+                && queue
+                    .avail_idx(self.mem, Ordering::Acquire)
+                    .is_ok_and(|avail| avail.0.wrapping_sub(used) <= EARLY_MAX_OUT)
         };
         if awaited {
             self.stats.early.fetch_add(1, Ordering::Relaxed);

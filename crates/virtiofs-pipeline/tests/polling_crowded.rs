@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::rig_config;
+use common::polling_rig_with;
 use virtiofs_pipeline::{HostLoad, PipelineConfig};
 
 mt_test!(a_queue_spins_only_while_the_host_has_a_cpu_to_spare, || {
@@ -24,14 +24,11 @@ mt_test!(a_queue_spins_only_while_the_host_has_a_cpu_to_spare, || {
     };
     set_running(1);
     let load = HostLoad::from_file(File::open(&path).unwrap(), 2).unwrap();
-    let config = PipelineConfig {
-        thread_pool_size: 0,
+    let mut r = polling_rig_with(PipelineConfig {
         poll_max: Duration::from_millis(200),
         host_load: Some(Arc::new(load)),
         ..Default::default()
-    };
-    let mut r = rig_config(1, config, true, |_| true, None);
-    r.init(1);
+    });
     let stats = r.pipeline.stats()[1].clone();
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
 

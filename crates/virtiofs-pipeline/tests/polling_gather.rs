@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{polling_rig, rig_config};
+use common::{polling_rig, polling_rig_with};
 use virtiofs_pipeline::gather::GATHER_PROBE;
 use virtiofs_pipeline::{CpuSet, PipelineConfig};
 
@@ -50,21 +50,20 @@ fn spin_us(us: u64) {
 mt_test!(a_stream_of_cheap_requests_gathers_batches, || {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // The client and the queue thread on CPUs of their own: on one CPU the queue's wait for a
-    // second request holds the CPU the client needs to make it (the scheduler puts them
-    // together now and then: this test failed so, 2 runs in 7, before they were pinned).
+    // second request would hold the CPU the client needs to make it. Gathering also needs the
+    // queue thread quicker per request than the client's pace (else requests pile up and
+    // batches form without waiting): the debug build's queue thread is near 1-2 us, hence
+    // paces up to 3 us below.
     let cpus = CpuSet::of_this_thread().unwrap().cpus().to_vec();
     let [queue_cpu, client_cpu, ..] = cpus[..] else {
         eprintln!("skipped: needs two CPUs, this thread may use {cpus:?}");
         return;
     };
-    let config = PipelineConfig {
-        thread_pool_size: 0,
+    let mut r = polling_rig_with(PipelineConfig {
         poll_max: Duration::from_millis(200),
         queue_affinity: Some(format!("1:{queue_cpu}").parse().unwrap()),
         ..Default::default()
-    };
-    let mut r = rig_config(1, config, true, |_| true, None);
-    r.init(1);
+    });
     CpuSet::new(vec![client_cpu]).pin_this_thread().unwrap();
     let stats = r.pipeline.stats()[1].clone();
     r.train(1, 300);

@@ -7,20 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::rig_config;
+use common::polling_rig_with;
 use virtiofs_pipeline::{CpuSet, PipelineConfig};
 
 mt_test!(a_spin_that_loses_its_cpu_pauses_polling, || {
     // The queue thread pinned (as `--queue-affinity 1:CPU` does) to a CPU this test may use.
     let cpu = CpuSet::of_this_thread().unwrap().cpus()[0];
-    let config = PipelineConfig {
-        thread_pool_size: 0,
+    let mut r = polling_rig_with(PipelineConfig {
         poll_max: Duration::from_millis(200),
         queue_affinity: Some(format!("1:{cpu}").parse().unwrap()),
         ..Default::default()
-    };
-    let mut r = rig_config(1, config, true, |_| true, None);
-    r.init(1);
+    });
     r.train(1, 30);
     let stats = r.pipeline.stats()[1].clone();
     // A busy thread on the queue thread's CPU: the spin yields to it and loses the CPU for

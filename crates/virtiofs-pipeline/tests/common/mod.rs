@@ -501,10 +501,19 @@ pub fn rig_config(
 /// A device with one request queue, no pool, polling its ring up to `poll_max`, after INIT.
 #[allow(dead_code)] // the polling tests' only
 pub fn polling_rig(poll_max: Duration) -> Rig {
-    let config = PipelineConfig {
-        thread_pool_size: 0,
+    polling_rig_with(PipelineConfig {
         poll_max,
         ..Default::default()
+    })
+}
+
+/// [`polling_rig`] with the rest of `config` (`poll_max`, `queue_affinity`, `host_load`): one
+/// request queue, no pool, after INIT.
+#[allow(dead_code)] // the polling tests' only
+pub fn polling_rig_with(config: PipelineConfig) -> Rig {
+    let config = PipelineConfig {
+        thread_pool_size: 0,
+        ..config
     };
     let mut r = rig_config(1, config, true, |_| true, None);
     r.init(1);
