@@ -91,21 +91,51 @@ impl AsRawFd for NodeFd<'_> {
 }
 
 /// A node the guest knows.
+///
+/// In declaration order (`repr(C)`): what a LOOKUP of a known node reads and counts comes
+/// first, next to the `Arc`'s counts, so that it is one cache line (a LOOKUP at depth meets
+/// each node cold).
 #[derive(Debug)]
+#[repr(C)]
 pub struct Inode {
+    /// The guest's lookup count.
+    refs: AtomicU64,
     /// The node id the guest uses.
     pub id: u64,
-    /// The host file.
-    pub storage: Storage,
-    /// The host identity.
-    pub key: InodeKey,
     /// The file type (`S_IFMT` bits of the mode); it never changes.
     pub kind: u32,
     /// Its filesystem makes file handles and they are in use: nodes made under it are handle
     /// nodes and hold no descriptor (the root is an O_PATH node either way).
     pub handles: bool,
-    /// The guest's lookup count.
-    refs: AtomicU64,
+    /// The host file.
+    pub storage: Storage,
+    /// The host identity.
+    pub key: InodeKey,
+}
+
+/// What a LOOKUP reply needs of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeRef {
+    /// The node id the guest uses.
+    pub id: u64,
+    /// The file type (`S_IFMT` bits of the mode).
+    pub kind: u32,
+}
+
+impl NodeRef {
+    /// Whether it is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+}
+
+impl From<&Inode> for NodeRef {
+    fn from(inode: &Inode) -> Self {
+        Self {
+            id: inode.id,
+            kind: inode.kind,
+        }
+    }
 }
 
 impl Inode {
@@ -194,14 +224,16 @@ impl InodeStore {
     /// node holds a descriptor: that keeps the host inode, and so its number, alive, so the
     /// key alone tells it is the same file. `None` for an unknown file, and for a handle node
     /// (only its handle tells; see [`Self::insert_or_ref`]).
-    pub fn ref_known(&self, key: &InodeKey) -> Option<Arc<Inode>> {
+    /// The node's id and type are all it returns: no reference to the node (an `Arc` count up
+    /// and down again) is taken.
+    pub fn ref_known(&self, key: &InodeKey) -> Option<NodeRef> {
         let maps = self.maps.read().expect("inode store lock");
         let inode = maps.by_key.get(key)?;
         if !matches!(inode.storage, Storage::Fd(_)) {
             return None;
         }
         inode.refs.fetch_add(1, Ordering::Relaxed);
-        Some(Arc::clone(inode))
+        Some(NodeRef::from(&**inode))
     }
 
     /// Whether the guest knows the node of host file `key` (for a hint; it may change).
@@ -333,6 +365,17 @@ mod tests {
         let fd = OwnedFd::from(f);
         let stx = sys::fstatx(fd.as_fd(), sys::STATX_WANTED).unwrap();
         (fd, stx)
+    }
+
+    #[test]
+    fn what_a_lookup_of_a_known_node_touches_fits_in_a_cache_line() {
+        // An `Arc`'s allocation: the strong and weak counts, then the node. A LOOKUP of a
+        // known node reads the storage's kind, counts `refs` and replies `id` and `kind`.
+        let counts = 2 * std::mem::size_of::<usize>();
+        let end = counts + std::mem::offset_of!(Inode, storage) + std::mem::size_of::<Storage>();
+        assert!(end <= 64, "{end} bytes");
+        assert!(std::mem::offset_of!(Inode, refs) < std::mem::offset_of!(Inode, storage));
+        assert!(std::mem::offset_of!(Inode, key) > std::mem::offset_of!(Inode, storage));
     }
 
     /// A store whose root is a new directory holding a file `f`.

@@ -21,7 +21,7 @@ use crate::fd_quota::FdQuota;
 use crate::file_handle::{FileHandle, MountFds};
 use crate::handle::HandleTable;
 use crate::idmap::IdMaps;
-use crate::inode::{Inode, InodeKey, InodeStore, Storage};
+use crate::inode::{Inode, InodeKey, InodeStore, NodeRef, Storage};
 use crate::ops::lock::LockTable;
 use crate::quota::{self, Quota};
 use crate::sys;
@@ -332,14 +332,14 @@ impl Passthrough {
     }
 
     /// A looked-up entry for `inode`, whose attributes are `stx`.
-    pub(crate) fn entry(&self, inode: &Inode, stx: &libc::statx, parent_mnt: u64) -> Entry {
+    pub(crate) fn entry(&self, node: NodeRef, stx: &libc::statx, parent_mnt: u64) -> Entry {
         let mut attr = attr_of(stx);
         self.guest_owner(&mut attr.uid, &mut attr.gid);
-        if self.cfg.announce_submounts && inode.is_dir() && stx.stx_mnt_id != parent_mnt {
+        if self.cfg.announce_submounts && node.is_dir() && stx.stx_mnt_id != parent_mnt {
             attr.flags |= virtiofs_fuse::abi::flags::ATTR_SUBMOUNT;
         }
         Entry {
-            nodeid: inode.id,
+            nodeid: node.id,
             generation: 0,
             attr,
             attr_valid: self.timeout(),
@@ -372,8 +372,8 @@ impl Passthrough {
         if !self.handles_on() {
             // Like O_PATH, which this stands for: no automount of the name.
             let stx = sys::statx(dir, name, libc::AT_NO_AUTOMOUNT, sys::STATX_WANTED)?;
-            if let Some(inode) = self.inodes.ref_known(&InodeKey::of(&stx)) {
-                return Ok(self.entry(&inode, &stx, parent.key.mnt_id));
+            if let Some(node) = self.inodes.ref_known(&InodeKey::of(&stx)) {
+                return Ok(self.entry(node, &stx, parent.key.mnt_id));
             }
         }
         self.lookup_at(parent, dir, name)
@@ -406,7 +406,7 @@ impl Passthrough {
         let stx = sys::fstatx(fd.as_fd(), sys::STATX_WANTED)?;
         let storage = self.storage(fd, &stx, parent, dir)?;
         let inode = self.inodes.insert_or_ref(storage, &stx);
-        Ok(self.entry(&inode, &stx, parent.key.mnt_id))
+        Ok(self.entry(NodeRef::from(&*inode), &stx, parent.key.mnt_id))
     }
 
     /// Opens `inode` for I/O with `flags`, through `/proc/self/fd` (an O_PATH descriptor

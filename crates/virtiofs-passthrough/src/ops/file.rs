@@ -12,7 +12,7 @@ use virtiofs_fuse::abi::{
 };
 use virtiofs_fuse::{Context, Entry, Errno, GuestSlice, Name, Opened, SecCtx};
 
-use crate::inode::Inode;
+use crate::inode::{Inode, NodeRef};
 use crate::ops::quota::made;
 use crate::passthrough::{new_name, Passthrough, Result};
 use crate::quota::Quota;
@@ -83,7 +83,7 @@ impl Passthrough {
         let stx = sys::fstatx(path.as_fd(), sys::STATX_WANTED)?;
         let storage = self.storage(path, &stx, dir, dir_fd)?;
         let inode = self.inodes.insert_or_ref(storage, &stx);
-        Ok(self.entry(&inode, &stx, dir.key.mnt_id))
+        Ok(self.entry(NodeRef::from(&*inode), &stx, dir.key.mnt_id))
     }
 
     pub(crate) fn do_create(
