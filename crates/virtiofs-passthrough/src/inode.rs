@@ -224,6 +224,7 @@ impl InodeStore {
     /// node holds a descriptor: that keeps the host inode, and so its number, alive, so the
     /// key alone tells it is the same file. `None` for an unknown file, and for a handle node
     /// (only its handle tells; see [`Self::insert_or_ref`]).
+    ///
     /// The node's id and type are all it returns: no reference to the node (an `Arc` count up
     /// and down again) is taken.
     pub fn ref_known(&self, key: &InodeKey) -> Option<NodeRef> {

@@ -331,7 +331,7 @@ impl Passthrough {
         self.cfg.cache.timeout()
     }
 
-    /// A looked-up entry for `inode`, whose attributes are `stx`.
+    /// A looked-up entry for `node`, whose attributes are `stx`.
     pub(crate) fn entry(&self, node: NodeRef, stx: &libc::statx, parent_mnt: u64) -> Entry {
         let mut attr = attr_of(stx);
         self.guest_owner(&mut attr.uid, &mut attr.gid);
