@@ -329,6 +329,8 @@ pub fn daemon_cell(
             peak_rss_kib: Some(d.peak_rss_kib()),
             kicks_per_op: None,
             calls_per_op: None,
+            client_cpu_s_per_mop: None,
+            busy_cpus: None,
         })
     })();
     d.finish(Duration::from_secs(3));
@@ -355,6 +357,8 @@ pub fn host_cell(
         peak_rss_kib: None,
         kicks_per_op: None,
         calls_per_op: None,
+        client_cpu_s_per_mop: None,
+        busy_cpus: None,
     })
 }
 

@@ -188,6 +188,12 @@ impl Monitor for DaemonMonitor<'_> {
         }
         Some(sum)
     }
+    fn client_cpu_seconds(&self) -> Option<f64> {
+        // The client's threads are this process's (beside the controller, which sleeps).
+        Some(vhost_user_fs_client::daemons::proc_cpu_seconds(
+            std::process::id(),
+        ))
+    }
 }
 
 struct SelfMonitor;

@@ -140,6 +140,35 @@ pub trait Monitor {
     fn ring(&self) -> Option<RingCounts> {
         None
     }
+    /// CPU seconds consumed so far by the client driving the measured daemon (daemon cells
+    /// only: the client is this process).
+    fn client_cpu_seconds(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// CPU seconds every CPU of the machine has spent busy so far (`/proc/stat`: all but idle and
+/// iowait), or `None` where that cannot be read.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    busy_ticks(stat.lines().next()?).map(|ticks| {
+        // SAFETY: sysconf has no memory effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        ticks as f64 / hz
+    })
+}
+
+/// The busy ticks of `/proc/stat`'s `cpu` line: user, nice, system, irq, softirq, steal
+/// (guest time is already in user).
+fn busy_ticks(cpu_line: &str) -> Option<u64> {
+    let mut f = cpu_line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = f.map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    (v.len() >= 4).then(|| at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
 }
 
 /// The client side of the ring traffic, summed over the request queues: how often the daemon
@@ -176,6 +205,10 @@ pub struct Window {
     pub cpu_seconds: f64,
     pub peak_rss_kib: Option<u64>,
     pub ring: Option<RingCounts>,
+    /// CPU seconds of the client (daemon cells).
+    pub client_cpu_seconds: Option<f64>,
+    /// CPUs of the machine busy on average (anything, not only the cell's processes).
+    pub busy_cpus: Option<f64>,
 }
 
 /// Runs the phases on the calling thread while the workers run: warm-up, measurement, stop,
@@ -205,6 +238,8 @@ pub fn control(
     };
     watch(ph, mon, Instant::now() + warmup)?;
     let cpu0 = mon.cpu_seconds();
+    let client0 = mon.client_cpu_seconds();
+    let busy0 = machine_busy_seconds();
     let ring0 = mon.ring();
     let t0 = Instant::now();
     ph.phase.store(MEASURE, Ordering::Relaxed);
@@ -212,6 +247,10 @@ pub fn control(
     ph.phase.store(STOP, Ordering::Relaxed);
     let seconds = t0.elapsed().as_secs_f64();
     let cpu1 = mon.cpu_seconds();
+    let client = mon.client_cpu_seconds().zip(client0).map(|(b, a)| b - a);
+    let busy = machine_busy_seconds()
+        .zip(busy0)
+        .map(|(b, a)| (b - a) / seconds);
     let rss = mon.peak_rss_kib();
     let ring = mon
         .ring()
@@ -241,6 +280,8 @@ pub fn control(
         cpu_seconds: cpu1 - cpu0,
         peak_rss_kib: rss,
         ring,
+        client_cpu_seconds: client,
+        busy_cpus: busy,
     })
 }
 
@@ -257,6 +298,11 @@ pub struct CellResult {
     pub kicks_per_op: Option<f64>,
     /// Interrupts the client took per request completed (daemon cells).
     pub calls_per_op: Option<f64>,
+    /// The client's CPU per operation, µs (daemon cells: the other half of the cost on a
+    /// machine where client and daemon share the CPUs).
+    pub client_cpu_s_per_mop: Option<f64>,
+    /// CPUs of the machine busy on average during the window.
+    pub busy_cpus: Option<f64>,
 }
 
 impl CellResult {
@@ -274,6 +320,8 @@ impl CellResult {
             peak_rss_kib: w.peak_rss_kib,
             kicks_per_op: w.ring.and_then(|r| r.per_op(r.kicks)),
             calls_per_op: w.ring.and_then(|r| r.per_op(r.calls)),
+            client_cpu_s_per_mop: w.client_cpu_seconds.map(|c| c / ops as f64 * 1e6),
+            busy_cpus: w.busy_cpus,
         })
     }
 }
@@ -294,5 +342,21 @@ mod tests {
         assert!((p99 - 990.0).abs() / 990.0 < 0.02, "{p99}");
         assert_eq!(Hist::index(63), 63);
         assert!(Hist::value(Hist::index(1_000_000)) > 980_000.0);
+    }
+
+    #[test]
+    fn busy_ticks_leave_out_idle_and_iowait() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        assert_eq!(
+            busy_ticks("cpu  100 2 30 5000 40 6 7 8 50 0"),
+            Some(100 + 2 + 30 + 6 + 7 + 8)
+        );
+        assert_eq!(busy_ticks("cpu0 1 2 3 4"), None, "one CPU's line");
+        assert_eq!(busy_ticks("cpu 1 x 3 4"), None);
+        assert_eq!(busy_ticks("cpu 1 2"), None, "too short");
+        assert!(
+            machine_busy_seconds().is_some(),
+            "this machine has /proc/stat"
+        );
     }
 }

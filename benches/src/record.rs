@@ -133,7 +133,7 @@ fn fmt_opt(v: Option<u64>) -> String {
 /// A `results.csv` row (without the round).
 fn row(key: &CellKey, r: &CellResult) -> String {
     format!(
-        "{},{},{},{},{},{:.1},{:.2},{:.2},{:.2},{:.3},{},{},{}",
+        "{},{},{},{},{},{:.1},{:.2},{:.2},{:.2},{:.3},{},{},{},{},{}",
         key.daemon,
         key.config,
         key.workload,
@@ -146,7 +146,9 @@ fn row(key: &CellKey, r: &CellResult) -> String {
         r.cpu_s_per_mop,
         fmt_opt(r.peak_rss_kib),
         fmt_ratio(r.kicks_per_op),
-        fmt_ratio(r.calls_per_op)
+        fmt_ratio(r.calls_per_op),
+        fmt_ratio(r.client_cpu_s_per_mop),
+        fmt_ratio(r.busy_cpus)
     )
 }
 
@@ -172,10 +174,12 @@ mod tests {
             p50_us: ops / 10.0,
             p99_us: 0.0,
             p999_us: 0.0,
-            cpu_s_per_mop: 0.0,
+            cpu_s_per_mop: ops / 100.0,
             peak_rss_kib: None,
             kicks_per_op: None,
             calls_per_op: None,
+            client_cpu_s_per_mop: Some(ops / 50.0),
+            busy_cpus: None,
         }
     }
 
@@ -215,6 +219,11 @@ mod tests {
         let rows = report::read_results(&dir.path().join("results.csv")).unwrap();
         let ops: Vec<_> = rows.iter().map(|r| (r.daemon.as_str(), r.ops)).collect();
         assert_eq!(ops, [("async-virtiofsd", 200.0), ("c-virtiofsd", 100.0)]);
+        let cpu: Vec<_> = rows
+            .iter()
+            .map(|r| (r.cpu_us, r.client_cpu_us, r.busy_cpus))
+            .collect();
+        assert_eq!(cpu, [(2.0, Some(4.0), None), (1.0, Some(2.0), None)]);
         let rounds = fs::read_to_string(dir.path().join("rounds.csv")).unwrap();
         assert_eq!(rounds.lines().count(), 1 + 6);
         assert!(rounds.lines().nth(2).unwrap().ends_with(",1"));

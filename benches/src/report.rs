@@ -9,7 +9,9 @@ use std::path::Path;
 use crate::daemon::Kind;
 use crate::workload::Workload;
 
-pub const HEADER: &str = "daemon,config,workload,queue_depth,queues,ops_per_s,p50_us,p99_us,p999_us,cpu_s_per_mop,peak_rss_kib,kicks_per_op,calls_per_op";
+pub const HEADER: &str = "daemon,config,workload,queue_depth,queues,ops_per_s,p50_us,p99_us,p999_us,cpu_s_per_mop,peak_rss_kib,kicks_per_op,calls_per_op,client_cpu_s_per_mop,busy_cpus";
+/// The header before the client's CPU and the busy CPUs were recorded (still read).
+const HEADER_13: &str = "daemon,config,workload,queue_depth,queues,ops_per_s,p50_us,p99_us,p999_us,cpu_s_per_mop,peak_rss_kib,kicks_per_op,calls_per_op";
 
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -19,22 +21,34 @@ pub struct Row {
     pub depth: usize,
     pub queues: u16,
     pub ops: f64,
+    /// The daemon's (or the floor's) CPU per operation, µs.
+    pub cpu_us: f64,
+    /// The client's CPU per operation, µs (direct daemon cells).
+    pub client_cpu_us: Option<f64>,
+    /// CPUs of the machine busy on average during the cell.
+    pub busy_cpus: Option<f64>,
 }
 
 pub fn read_results(path: &Path) -> Result<Vec<Row>, String> {
     let s = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut lines = s.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(format!("{}: unexpected header", path.display()));
-    }
+    let fields = match lines.next() {
+        Some(HEADER) => 15,
+        Some(HEADER_13) => 13,
+        _ => return Err(format!("{}: unexpected header", path.display())),
+    };
     lines
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            if f.len() != 13 {
+            if f.len() != fields {
                 return Err(format!("bad line: {l}"));
             }
             let num = |i: usize| f[i].parse::<f64>().map_err(|e| format!("{l}: {e}"));
+            let opt = |i: usize| match f.get(i) {
+                None | Some(&"") => Ok(None),
+                Some(_) => num(i).map(Some),
+            };
             Ok(Row {
                 daemon: f[0].into(),
                 config: f[1].into(),
@@ -42,6 +56,9 @@ pub fn read_results(path: &Path) -> Result<Vec<Row>, String> {
                 depth: f[3].parse().map_err(|e| format!("{l}: {e}"))?,
                 queues: f[4].parse().map_err(|e| format!("{l}: {e}"))?,
                 ops: num(5)?,
+                cpu_us: num(9)?,
+                client_cpu_us: opt(13)?,
+                busy_cpus: opt(14)?,
             })
         })
         .collect()
@@ -164,7 +181,66 @@ fn workloads_at<'a>(cmps: &'a [Cmp<'_>], queues: u16) -> Vec<&'a str> {
     ws
 }
 
-pub fn ratios_markdown(rows: &[Row], skipped: &str) -> String {
+/// The most ops/s any daemon could reach in a cell on this machine: one whose own CPU per
+/// operation were the host floor's (`floor_us`: the system calls alone), driven by the cheapest
+/// client measured in the cell (`client_us`), with all `cpus` busy. Client and daemon share the
+/// CPUs here, so the client's cost bounds every daemon. An upper bound everywhere; a close one
+/// only where the cell is CPU-bound (depth 16 and above), not where it waits on wake-ups.
+pub fn ceiling_ops(cpus: usize, client_us: f64, floor_us: f64) -> Option<f64> {
+    let per_op = client_us + floor_us;
+    (per_op > 0.0 && cpus > 0).then(|| cpus as f64 / per_op * 1e6)
+}
+
+/// The "Ceiling" section of `ratios.md`: per direct 1-queue cell, [`ceiling_ops`] against the
+/// best other daemon and against ours.
+fn ceiling_markdown(md: &mut String, rows: &[Row], cmps: &[Cmp<'_>], cpus: usize) {
+    let mut lines = Vec::new();
+    for c in cmps.iter().filter(|c| c.queues == 1) {
+        let (Some(ours), Some(other), Some(host)) = (c.ours, c.other, c.host) else {
+            continue;
+        };
+        let client = rows
+            .iter()
+            .filter(|r| r.workload == c.workload && r.depth == c.depth && r.queues == 1)
+            .filter_map(|r| r.client_cpu_us)
+            .min_by(f64::total_cmp);
+        let Some(client) = client else { continue };
+        let Some(ceiling) = ceiling_ops(cpus, client, host.cpu_us) else {
+            continue;
+        };
+        let busy = other.busy_cpus.map_or("—".into(), |b| format!("{b:.2}"));
+        lines.push(format!(
+            "| {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {busy} |",
+            c.workload,
+            c.depth,
+            ceiling / other.ops,
+            ours.ops / ceiling,
+            human(ceiling),
+            client,
+            host.cpu_us,
+            other.cpu_us,
+        ));
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n### Ceiling: the most any daemon could do here ({cpus} CPUs shared with the client)\n\n\
+         ceiling = {cpus} CPUs ÷ (the cheapest client CPU per operation measured in the cell + \
+         the host floor's CPU per operation): a daemon that cost only its system calls. \
+         `ceiling / best other` above 1.5 is where a 1.5× lead is possible at all. An upper \
+         bound everywhere, a close one only where the best other daemon kept the CPUs busy \
+         (depth 16 and above; `busy` = CPUs of the machine busy during its cell).\n\n\
+         | workload | qd | ceiling / best other | ours / ceiling | ceiling ops/s | client µs/op | floor µs/op | best other µs/op | busy |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for l in lines {
+        let _ = writeln!(md, "{l}");
+    }
+}
+
+pub fn ratios_markdown(rows: &[Row], skipped: &str, cpus: usize) -> String {
     let cmps = comparisons(rows);
     let mut md = String::new();
     let depths: BTreeSet<usize> = rows.iter().map(|r| r.depth).collect();
@@ -282,6 +358,8 @@ pub fn ratios_markdown(rows: &[Row], skipped: &str) -> String {
             label(c.other, true)
         );
     }
+
+    ceiling_markdown(&mut md, rows, &cmps, cpus);
 
     // Skipped cells, grouped by daemon configuration, queue count and reason.
     let mut groups: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
@@ -493,7 +571,9 @@ pub fn svg(rows: &[Row]) -> String {
 pub fn write_reports(dir: &Path) -> Result<(), String> {
     let rows = read_results(&dir.join("results.csv"))?;
     let skipped = fs::read_to_string(dir.join("skipped.csv")).unwrap_or_default();
-    let md = ratios_markdown(&rows, &skipped);
+    // The machine the run was on (reports are written at its end).
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let md = ratios_markdown(&rows, &skipped, cpus);
     fs::write(dir.join("ratios.md"), &md).map_err(|e| e.to_string())?;
     fs::write(dir.join("ops.svg"), svg(&rows)).map_err(|e| e.to_string())?;
     println!("\n{md}");
@@ -502,4 +582,75 @@ pub fn write_reports(dir: &Path) -> Result<(), String> {
         dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ceiling_is_the_cpus_over_client_plus_floor() {
+        // 2 CPUs, a client at 1.5 µs and a floor at 0.5 µs per operation: 1M ops/s at most.
+        assert_eq!(ceiling_ops(2, 1.5, 0.5), Some(1_000_000.0));
+        assert_eq!(ceiling_ops(4, 1.5, 0.5), Some(2_000_000.0));
+        assert_eq!(ceiling_ops(2, 0.0, 0.0), None, "nothing measured");
+        assert_eq!(ceiling_ops(0, 1.0, 1.0), None);
+    }
+
+    fn results(header: &str, rows: &[&str]) -> Result<Vec<Row>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("results.csv");
+        fs::write(&p, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+        read_results(&p)
+    }
+
+    #[test]
+    fn results_of_both_layouts_are_read() {
+        let old = results(
+            HEADER_13,
+            &["c-virtiofsd,pool=0,getattr,16,1,1000.0,1,2,3,1.500,100,0.1,0.2"],
+        )
+        .unwrap();
+        assert_eq!((old[0].ops, old[0].cpu_us), (1000.0, 1.5));
+        assert_eq!((old[0].client_cpu_us, old[0].busy_cpus), (None, None));
+        let new = results(
+            HEADER,
+            &[
+                "async-virtiofsd,pool=64,getattr,16,1,2000.0,1,2,3,1.250,100,0.1,0.2,1.4000,1.9800",
+                "host-syscalls,threads=16,getattr,16,1,5000.0,1,2,3,0.400,,,,,1.9000",
+            ],
+        )
+        .unwrap();
+        assert_eq!(new[0].client_cpu_us, Some(1.4));
+        assert_eq!(new[0].busy_cpus, Some(1.98));
+        assert_eq!((new[1].client_cpu_us, new[1].busy_cpus), (None, Some(1.9)));
+        assert!(results(HEADER, &["a,b,getattr,16,1,1,1,2,3,1,,,"]).is_err());
+        assert!(results("daemon,config", &[]).is_err());
+    }
+
+    #[test]
+    fn the_ceiling_section_compares_both_daemons_with_the_ceiling() {
+        let row = |daemon: &str, ops: f64, cpu: f64, client: Option<f64>| Row {
+            daemon: daemon.into(),
+            config: "pool=0".into(),
+            workload: "getattr".into(),
+            depth: 16,
+            queues: 1,
+            ops,
+            cpu_us: cpu,
+            client_cpu_us: client,
+            busy_cpus: Some(2.0),
+        };
+        let rows = [
+            row(Kind::Ours.name(), 600_000.0, 1.4, Some(1.6)),
+            row(Kind::C.name(), 500_000.0, 1.6, Some(1.5)),
+            row("host-syscalls", 5_000_000.0, 0.5, None),
+        ];
+        let md = ratios_markdown(&rows, "", 2);
+        // ceiling = 2 / (1.5 + 0.5) µs = 1M ops/s: 2.00 × C, ours at 0.60 of it.
+        assert!(
+            md.contains("| getattr | 16 | 2.00 | 0.60 | 1.00M | 1.50 | 0.50 | 1.60 | 2.00 |"),
+            "{md}"
+        );
+    }
 }
