@@ -97,12 +97,22 @@ impl HostFiles {
     }
 }
 
+/// The page size the floor's read buffers are aligned to.
+const PAGE: usize = 4096;
+
 /// One thread's loop: one operation at a time until stop.
 pub fn host_worker(h: &HostFiles, seed: u64, ph: &Phase) -> Result<Hist, String> {
     let mut hist = Hist::default();
     let mut rng = Rng::new(seed + 1);
     let big = matches!(h.w, Workload::SeqRead1m);
-    let mut buf = vec![0u8; if big { IO1M } else { IO4K }];
+    // Page-aligned, as a guest's read buffers are: `vec!` of 1 MiB returns a mapping's start
+    // + 16 bytes, and a 1 MiB copy to there ran ~9 % faster than to a page boundary (and to
+    // +64 or +2048) on this machine: a floor the daemons' copies into guest pages could not
+    // reach.
+    let len = if big { IO1M } else { IO4K };
+    let mut storage = vec![0u8; len + PAGE];
+    let at = storage.as_ptr().align_offset(PAGE);
+    let buf = &mut storage[at..at + len];
     let data = vec![0x5au8; IO4K];
     let file = h.file.as_ref().map_or(-1, |f| f.0);
     let dir = h.dir.as_ref().map_or(-1, |f| f.0);

@@ -74,7 +74,7 @@ impl Recorder {
     ) -> Result<(), String> {
         self.ok += 1;
         println!(
-            "{head} {:>10.0} ops/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  cpu {:>6.2} s/Mop  rss {} KiB{}",
+            "{head} {:>10.0} ops/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  cpu {:>6.2} s/Mop  rss {} KiB{}{}",
             r.ops_per_s,
             r.p50_us,
             r.p99_us,
@@ -83,6 +83,11 @@ impl Recorder {
             fmt_opt(r.peak_rss_kib),
             match (r.kicks_per_op, r.calls_per_op) {
                 (Some(k), Some(c)) => format!("  kicks/op {k:.3}  calls/op {c:.3}"),
+                _ => String::new(),
+            },
+            match (r.client_cpu_s_per_mop, r.busy_cpus) {
+                (Some(c), Some(b)) => format!("  client {c:.2} s/Mop  busy {b:.2} CPUs"),
+                (None, Some(b)) => format!("  busy {b:.2} CPUs"),
                 _ => String::new(),
             }
         );
