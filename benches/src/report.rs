@@ -182,7 +182,7 @@ fn workloads_at<'a>(cmps: &'a [Cmp<'_>], queues: u16) -> Vec<&'a str> {
 }
 
 /// The most ops/s any daemon could reach in a cell on this machine: one whose own CPU per
-/// operation were the host floor's (`floor_us`: the system calls alone), driven by the cheapest
+/// operation were the host floor's least (`floor_us`: the system calls alone), driven by the cheapest
 /// client measured in the cell (`client_us`), with all `cpus` busy. Client and daemon share the
 /// CPUs here, so the client's cost bounds every daemon. An upper bound everywhere; a close one
 /// only where the cell is CPU-bound (depth 16 and above), not where it waits on wake-ups.
@@ -215,16 +215,26 @@ fn ceiling_markdown(md: &mut String, rows: &[Row], cmps: &[Cmp<'_>], cpus: usize
         .iter()
         .filter(|c| c.queues == 1 && floor_is_the_least(&c.workload))
     {
-        let (Some(ours), Some(other), Some(host)) = (c.ours, c.other, c.host) else {
+        let (Some(ours), Some(other)) = (c.ours, c.other) else {
             continue;
         };
+        // The system call's least cost: at depth 1 it runs uncontended with warm caches, as
+        // a daemon thread issuing them one after the other could; at depth its threads meet
+        // on the inode's lock and take turns on the CPUs.
+        let floor = rows
+            .iter()
+            .filter(|r| r.daemon == "host-syscalls" && r.workload == c.workload)
+            .map(|r| r.cpu_us)
+            .filter(|&f| f > 0.0)
+            .min_by(f64::total_cmp);
+        let Some(floor) = floor else { continue };
         let client = rows
             .iter()
             .filter(|r| r.workload == c.workload && r.depth == c.depth && r.queues == 1)
             .filter_map(|r| r.client_cpu_us)
             .min_by(f64::total_cmp);
         let Some(client) = client else { continue };
-        let Some(ceiling) = ceiling_ops(cpus, client, host.cpu_us) else {
+        let Some(ceiling) = ceiling_ops(cpus, client, floor) else {
             continue;
         };
         let busy = other.busy_cpus.map_or("—".into(), |b| format!("{b:.2}"));
@@ -236,7 +246,7 @@ fn ceiling_markdown(md: &mut String, rows: &[Row], cmps: &[Cmp<'_>], cpus: usize
             ours.ops / ceiling,
             human(ceiling),
             client,
-            host.cpu_us,
+            floor,
             other.cpu_us,
         ));
     }
@@ -247,7 +257,8 @@ fn ceiling_markdown(md: &mut String, rows: &[Row], cmps: &[Cmp<'_>], cpus: usize
         md,
         "\n### Ceiling: the most any daemon could do here ({cpus} CPUs shared with the client)\n\n\
          ceiling = {cpus} CPUs ÷ (the cheapest client CPU per operation measured in the cell + \
-         the host floor's CPU per operation): a daemon that cost only its system calls. \
+         the host floor's least CPU per operation at any depth): a daemon that cost only its \
+         system calls. \
          `ceiling / best other` above 1.5 is where a 1.5× lead is possible at all. An upper \
          bound everywhere, a close one only where the best other daemon kept the CPUs busy \
          (depth 16 and above; `busy` = CPUs of the machine busy during its cell).\n\n\
@@ -649,24 +660,29 @@ mod tests {
 
     #[test]
     fn the_ceiling_section_compares_both_daemons_with_the_ceiling() {
-        let row = |daemon: &str, ops: f64, cpu: f64, client: Option<f64>| Row {
+        let row_at = |depth, daemon: &str, ops: f64, cpu: f64, client: Option<f64>| Row {
             daemon: daemon.into(),
             config: "pool=0".into(),
             workload: "getattr".into(),
-            depth: 16,
+            depth,
             queues: 1,
             ops,
             cpu_us: cpu,
             client_cpu_us: client,
             busy_cpus: Some(2.0),
         };
+        let row = |daemon: &str, ops: f64, cpu: f64, client: Option<f64>| {
+            row_at(16, daemon, ops, cpu, client)
+        };
         let rows = [
             row(Kind::Ours.name(), 600_000.0, 1.4, Some(1.6)),
             row(Kind::C.name(), 500_000.0, 1.6, Some(1.5)),
-            row("host-syscalls", 5_000_000.0, 0.5, None),
+            row("host-syscalls", 5_000_000.0, 0.9, None),
+            row_at(1, "host-syscalls", 2_000_000.0, 0.5, None),
         ];
         let md = ratios_markdown(&rows, "", 2);
-        // ceiling = 2 / (1.5 + 0.5) µs = 1M ops/s: 2.00 × C, ours at 0.60 of it.
+        // ceiling = 2 / (1.5 + 0.5) µs (the cheapest client, the floor's least at any depth)
+        // = 1M ops/s: 2.00 × C, ours at 0.60 of it.
         assert!(
             md.contains("| getattr | 16 | 2.00 | 0.60 | 1.00M | 1.50 | 0.50 | 1.60 | 2.00 |"),
             "{md}"
