@@ -365,7 +365,7 @@ fn real_main(mut args: Args) -> Result<(), String> {
     args.out =
         std::path::absolute(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     if args.report_only {
-        return report::write_reports(&args.out);
+        return report::write_reports(&args.out, args.client_threads);
     }
     let (fio_named, vufs_named): (Vec<String>, Vec<String>) = args
         .workloads
@@ -687,5 +687,5 @@ fn real_main(mut args: Args) -> Result<(), String> {
         started.elapsed().as_secs_f64(),
         csv_path.display()
     );
-    report::write_reports(&args.out)
+    report::write_reports(&args.out, args.client_threads)
 }

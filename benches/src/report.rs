@@ -181,14 +181,36 @@ fn workloads_at<'a>(cmps: &'a [Cmp<'_>], queues: u16) -> Vec<&'a str> {
     ws
 }
 
-/// The most ops/s any daemon could reach in a cell on this machine: one whose own CPU per
-/// operation were the host floor's least (`floor_us`: the system calls alone), driven by the cheapest
-/// client measured in the cell (`client_us`), with all `cpus` busy. Client and daemon share the
-/// CPUs here, so the client's cost bounds every daemon. An upper bound everywhere; a close one
-/// only where the cell is CPU-bound (depth 16 and above), not where it waits on wake-ups.
-pub fn ceiling_ops(cpus: usize, client_us: f64, floor_us: f64) -> Option<f64> {
-    let per_op = client_us + floor_us;
-    (per_op > 0.0 && cpus > 0).then(|| cpus as f64 / per_op * 1e6)
+/// What bounds every daemon on the machine a run was on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rig {
+    /// CPUs, shared by the client and the daemon.
+    pub cpus: usize,
+    /// Client threads driving a 1-queue cell (`--client-threads`; one by default).
+    pub client_threads: usize,
+}
+
+/// The most ops/s any daemon could reach in a cell on `rig`, and which bound binds: one whose
+/// own CPU per operation were the floor's least (`floor_us`: the system call alone), driven by
+/// the cheapest client measured in the cell (`client_us` per operation). Two bounds:
+/// - **client**: each client thread does `client_us` of work per operation one after the other
+///   (submit, look at the used ring, check the reply), so no daemon gets more than
+///   `client_threads / client_us` from it;
+/// - **CPUs**: client and daemon share the CPUs, at most `cpus / (client_us + floor_us)`.
+///
+/// An upper bound everywhere; a close one where the cell kept a client thread or the CPUs
+/// busy (depth 4 and above), not at depth 1, where the client mostly sleeps and wakes.
+pub fn ceiling_ops(rig: Rig, client_us: f64, floor_us: f64) -> Option<(f64, &'static str)> {
+    if client_us <= 0.0 || floor_us < 0.0 || rig.cpus == 0 || rig.client_threads == 0 {
+        return None;
+    }
+    let cpus = rig.cpus as f64 / (client_us + floor_us) * 1e6;
+    let client = rig.client_threads as f64 / client_us * 1e6;
+    Some(if client < cpus {
+        (client, "client")
+    } else {
+        (cpus, "CPUs")
+    })
 }
 
 /// The workloads whose floor is the least any daemon must do per operation: the same one
@@ -208,7 +230,7 @@ const CEILING_WORKLOADS: [&str; 6] = [
 
 /// The "Ceiling" section of `ratios.md`: per direct 1-queue cell, [`ceiling_ops`] against the
 /// best other daemon and against ours.
-fn ceiling_markdown(md: &mut String, rows: &[Row], cmps: &[Cmp<'_>], cpus: usize) {
+fn ceiling_markdown(md: &mut String, rows: &[Row], cmps: &[Cmp<'_>], rig: Rig) {
     let mut lines = Vec::new();
     let floor_is_the_least = |w: &str| CEILING_WORKLOADS.contains(&w);
     for c in cmps
@@ -234,12 +256,12 @@ fn ceiling_markdown(md: &mut String, rows: &[Row], cmps: &[Cmp<'_>], cpus: usize
             .filter_map(|r| r.client_cpu_us)
             .min_by(f64::total_cmp);
         let Some(client) = client else { continue };
-        let Some(ceiling) = ceiling_ops(cpus, client, floor) else {
+        let Some((ceiling, bound)) = ceiling_ops(rig, client, floor) else {
             continue;
         };
         let busy = other.busy_cpus.map_or("—".into(), |b| format!("{b:.2}"));
         lines.push(format!(
-            "| {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {busy} |",
+            "| {} | {} | {:.2} | {:.2} | {} | {bound} | {:.2} | {:.2} | {:.2} | {busy} |",
             c.workload,
             c.depth,
             ceiling / other.ops,
@@ -255,22 +277,25 @@ fn ceiling_markdown(md: &mut String, rows: &[Row], cmps: &[Cmp<'_>], cpus: usize
     }
     let _ = writeln!(
         md,
-        "\n### Ceiling: the most any daemon could do here ({cpus} CPUs shared with the client)\n\n\
-         ceiling = {cpus} CPUs ÷ (the cheapest client CPU per operation measured in the cell + \
-         the host floor's least CPU per operation at any depth): a daemon that cost only its \
-         system calls. \
-         `ceiling / best other` above 1.5 is where a 1.5× lead is possible at all. An upper \
-         bound everywhere, a close one only where the best other daemon kept the CPUs busy \
-         (depth 16 and above; `busy` = CPUs of the machine busy during its cell).\n\n\
-         | workload | qd | ceiling / best other | ours / ceiling | ceiling ops/s | client µs/op | floor µs/op | best other µs/op | busy |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "\n### Ceiling: the most any daemon could do here ({} CPUs, {} client thread(s) per 1-queue cell)\n\n\
+         A daemon that cost only its system call (the floor's least CPU per operation at any \
+         depth), driven by the cheapest client measured in the cell, gets at most the lower of \
+         client threads ÷ client CPU per operation (each thread's work comes one operation \
+         after the other) and CPUs ÷ (client + floor) (they share the CPUs). \
+         `ceiling / best other` above 1.5 is where a 1.5× lead is possible at all. Close where \
+         the cell kept the client or the CPUs busy (depth 4 and above), loose at depth 1 \
+         (`busy` = CPUs of the machine busy during the best other daemon's cell).\n\n\
+         | workload | qd | ceiling / best other | ours / ceiling | ceiling ops/s | bound | client µs/op | floor µs/op | best other µs/op | busy |\n\
+         |---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        rig.cpus,
+        rig.client_threads
     );
     for l in lines {
         let _ = writeln!(md, "{l}");
     }
 }
 
-pub fn ratios_markdown(rows: &[Row], skipped: &str, cpus: usize) -> String {
+pub fn ratios_markdown(rows: &[Row], skipped: &str, rig: Rig) -> String {
     let cmps = comparisons(rows);
     let mut md = String::new();
     let depths: BTreeSet<usize> = rows.iter().map(|r| r.depth).collect();
@@ -389,7 +414,7 @@ pub fn ratios_markdown(rows: &[Row], skipped: &str, cpus: usize) -> String {
         );
     }
 
-    ceiling_markdown(&mut md, rows, &cmps, cpus);
+    ceiling_markdown(&mut md, rows, &cmps, rig);
 
     // Skipped cells, grouped by daemon configuration, queue count and reason.
     let mut groups: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
@@ -598,12 +623,17 @@ pub fn svg(rows: &[Row]) -> String {
 }
 
 /// Writes `ratios.md` and `ops.svg` from `results.csv` and prints the ratio table.
-pub fn write_reports(dir: &Path) -> Result<(), String> {
+/// Writes `ratios.md` and `ops.svg` from `dir`'s results; `client_threads` is the run's
+/// `--client-threads` (`None`: one per request queue).
+pub fn write_reports(dir: &Path, client_threads: Option<u16>) -> Result<(), String> {
     let rows = read_results(&dir.join("results.csv"))?;
     let skipped = fs::read_to_string(dir.join("skipped.csv")).unwrap_or_default();
-    // The machine the run was on (reports are written at its end).
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let md = ratios_markdown(&rows, &skipped, cpus);
+    let rig = Rig {
+        // The machine the run was on (reports are written at its end).
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        client_threads: usize::from(client_threads.unwrap_or(1).max(1)),
+    };
+    let md = ratios_markdown(&rows, &skipped, rig);
     fs::write(dir.join("ratios.md"), &md).map_err(|e| e.to_string())?;
     fs::write(dir.join("ops.svg"), svg(&rows)).map_err(|e| e.to_string())?;
     println!("\n{md}");
@@ -619,12 +649,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_ceiling_is_the_cpus_over_client_plus_floor() {
+    fn the_ceiling_is_the_lower_of_the_client_and_the_cpu_bound() {
         // 2 CPUs, a client at 1.5 µs and a floor at 0.5 µs per operation: 1M ops/s at most.
-        assert_eq!(ceiling_ops(2, 1.5, 0.5), Some(1_000_000.0));
-        assert_eq!(ceiling_ops(4, 1.5, 0.5), Some(2_000_000.0));
-        assert_eq!(ceiling_ops(2, 0.0, 0.0), None, "nothing measured");
-        assert_eq!(ceiling_ops(0, 1.0, 1.0), None);
+        let rig = |cpus, client_threads| Rig {
+            cpus,
+            client_threads,
+        };
+        // A client at 1.5 µs and a floor at 0.5 µs per operation: 2 CPUs give 1M ops/s, one
+        // client thread 667k.
+        let (ops, bound) = ceiling_ops(rig(2, 1), 1.5, 0.5).unwrap();
+        assert_eq!((ops.round(), bound), (666_667.0, "client"));
+        assert_eq!(ceiling_ops(rig(2, 2), 1.5, 0.5), Some((1e6, "CPUs")));
+        assert_eq!(ceiling_ops(rig(4, 4), 1.5, 0.5), Some((2e6, "CPUs")));
+        // A costly floor: the CPUs bind even one client thread.
+        assert_eq!(ceiling_ops(rig(2, 1), 0.5, 3.5), Some((500_000.0, "CPUs")));
+        assert_eq!(ceiling_ops(rig(2, 1), 0.0, 0.5), None, "nothing measured");
+        assert_eq!(ceiling_ops(rig(0, 1), 1.0, 1.0), None);
     }
 
     fn results(header: &str, rows: &[&str]) -> Result<Vec<Row>, String> {
@@ -680,11 +720,23 @@ mod tests {
             row("host-syscalls", 5_000_000.0, 0.9, None),
             row_at(1, "host-syscalls", 2_000_000.0, 0.5, None),
         ];
-        let md = ratios_markdown(&rows, "", 2);
-        // ceiling = 2 / (1.5 + 0.5) µs (the cheapest client, the floor's least at any depth)
-        // = 1M ops/s: 2.00 × C, ours at 0.60 of it.
+        let two = |client_threads| Rig {
+            cpus: 2,
+            client_threads,
+        };
+        // Two client threads: 2 CPUs / (1.5 + 0.5) µs (the cheapest client, the floor's least
+        // at any depth) = 1M ops/s: 2.00 × C, ours at 0.60 of it.
+        let md = ratios_markdown(&rows, "", two(2));
         assert!(
-            md.contains("| getattr | 16 | 2.00 | 0.60 | 1.00M | 1.50 | 0.50 | 1.60 | 2.00 |"),
+            md.contains(
+                "| getattr | 16 | 2.00 | 0.60 | 1.00M | CPUs | 1.50 | 0.50 | 1.60 | 2.00 |"
+            ),
+            "{md}"
+        );
+        // One: 1 / 1.5 µs = 667k: 1.33 × C, ours at 0.90 of it.
+        let md = ratios_markdown(&rows, "", two(1));
+        assert!(
+            md.contains("| getattr | 16 | 1.33 | 0.90 | 666.7k | client | 1.50 | 0.50 |"),
             "{md}"
         );
     }
