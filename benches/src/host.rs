@@ -106,9 +106,9 @@ pub fn host_worker(h: &HostFiles, seed: u64, ph: &Phase) -> Result<Hist, String>
     let mut rng = Rng::new(seed + 1);
     let big = matches!(h.w, Workload::SeqRead1m);
     // Page-aligned, as a guest's read buffers are: `vec!` of 1 MiB returns a mapping's start
-    // + 16 bytes, and a 1 MiB copy to there ran ~9 % faster than to a page boundary (and to
+    // + 16 bytes, and 1 MiB copies to there ran 6–9 % faster than to a page boundary (or to
     // +64 or +2048) on this machine: a floor the daemons' copies into guest pages could not
-    // reach.
+    // reach (docs/performance.md, session 31).
     let len = if big { IO1M } else { IO4K };
     let mut storage = vec![0u8; len + PAGE];
     let at = storage.as_ptr().align_offset(PAGE);
