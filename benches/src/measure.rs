@@ -151,11 +151,7 @@ pub trait Monitor {
 /// iowait), or `None` where that cannot be read.
 pub fn machine_busy_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    busy_ticks(stat.lines().next()?).map(|ticks| {
-        // SAFETY: sysconf has no memory effects.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        ticks as f64 / hz
-    })
+    busy_ticks(stat.lines().next()?).map(vhost_user_fs_client::daemons::clock_ticks_seconds)
 }
 
 /// The busy ticks of `/proc/stat`'s `cpu` line: user, nice, system, irq, softirq, steal

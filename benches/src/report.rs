@@ -10,8 +10,8 @@ use crate::daemon::Kind;
 use crate::workload::Workload;
 
 pub const HEADER: &str = "daemon,config,workload,queue_depth,queues,ops_per_s,p50_us,p99_us,p999_us,cpu_s_per_mop,peak_rss_kib,kicks_per_op,calls_per_op,client_cpu_s_per_mop,busy_cpus";
-/// The header before the client's CPU and the busy CPUs were recorded (still read).
-const HEADER_13: &str = "daemon,config,workload,queue_depth,queues,ops_per_s,p50_us,p99_us,p999_us,cpu_s_per_mop,peak_rss_kib,kicks_per_op,calls_per_op";
+/// The columns [`HEADER`] ends with since session 31; files without them are still read.
+const ADDED: &str = ",client_cpu_s_per_mop,busy_cpus";
 
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -34,7 +34,7 @@ pub fn read_results(path: &Path) -> Result<Vec<Row>, String> {
     let mut lines = s.lines();
     let fields = match lines.next() {
         Some(HEADER) => 15,
-        Some(HEADER_13) => 13,
+        Some(h) if HEADER.strip_suffix(ADDED) == Some(h) => 13,
         _ => return Err(format!("{}: unexpected header", path.display())),
     };
     lines
@@ -677,7 +677,7 @@ mod tests {
     #[test]
     fn results_of_both_layouts_are_read() {
         let old = results(
-            HEADER_13,
+            "daemon,config,workload,queue_depth,queues,ops_per_s,p50_us,p99_us,p999_us,cpu_s_per_mop,peak_rss_kib,kicks_per_op,calls_per_op",
             &["c-virtiofsd,pool=0,getattr,16,1,1000.0,1,2,3,1.500,100,0.1,0.2"],
         )
         .unwrap();

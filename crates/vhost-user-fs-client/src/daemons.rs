@@ -414,6 +414,11 @@ pub fn proc_cpu_seconds(pid: u32) -> f64 {
         .get(11..13)
         .map(|v| v.iter().filter_map(|s| s.parse::<u64>().ok()).sum())
         .unwrap_or(0);
+    clock_ticks_seconds(ticks)
+}
+
+/// Seconds of `ticks` clock ticks, the unit of CPU times in `/proc` (`USER_HZ`).
+pub fn clock_ticks_seconds(ticks: u64) -> f64 {
     // SAFETY: sysconf has no memory effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / hz
