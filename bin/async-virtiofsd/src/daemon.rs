@@ -123,13 +123,16 @@ pub fn run(opts: Options) -> Result<u8, DaemonError> {
         queue_affinity: opts.queue_affinity.clone(),
         poll_max: opts.poll_max,
         // Opened before the sandbox hides the host's /proc (the count it shows is the host's).
-        host_load: if opts.poll_max.is_zero() {
+        host_load: if opts.poll_max.is_zero() && opts.thread_pool_size == 0 {
             None
         } else {
             HostLoad::open()
                 .map(Arc::new)
                 .map_err(|e| {
-                    warn!("cannot read /proc/loadavg, polling even on a crowded host: {e}")
+                    warn!(
+                        "cannot read /proc/loadavg, polling and waking pool runners even on a \
+                         crowded host: {e}"
+                    )
                 })
                 .ok()
         },

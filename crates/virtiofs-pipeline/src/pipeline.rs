@@ -31,7 +31,8 @@ pub struct PipelineConfig {
     /// [`crate::poll`]); zero: never.
     pub poll_max: Duration,
     /// The host's load (`/proc/loadavg`, opened before the sandbox): a queue does not spin
-    /// while threads wait for a CPU (see [`crate::host_load`]). `None`: it spins regardless.
+    /// while threads wait for a CPU, and wakes no pool runner for quick requests while no CPU
+    /// is free for it (see [`crate::host_load`]). `None`: it spins and wakes them regardless.
     pub host_load: Option<Arc<HostLoad>>,
     /// How request queues do READ, WRITE and FSYNC (`--io-engine`, resolved: see
     /// [`crate::uring::probe`]).

@@ -7,10 +7,11 @@
 //! other until the queue is empty:
 //! - a runner is woken only when none is starting already and the queued work is worth it
 //!   ([`worth_a_runner`]: a long request, or quick ones adding up to more than a wake-up
-//!   costs at the queue's recent service time); a runner that takes a request and sees such
-//!   work still queued wakes the next one (up to the pool size). Cheap requests stay with the
-//!   queue thread; requests that block (a cold disk) ramp up to the full pool, one wake-up
-//!   latency per runner;
+//!   costs at the queue's recent service time, and only while the host has a CPU for one
+//!   more runner, [`crate::host_load::SpareCpu`]); a runner that takes a request and sees
+//!   such work still queued wakes the next one (up to the pool size). Cheap requests stay
+//!   with the queue thread; requests that block (a cold disk) ramp up to the full pool, one
+//!   wake-up latency per runner;
 //! - once it has dispatched its batch the queue thread takes back the quick requests nobody has
 //!   started yet and runs them itself, their completions joining its batch (one notification);
 //!   long requests stay for the runners. A quick request that could only come back that way
@@ -28,7 +29,8 @@
 //! [`crate::used::Unanswered`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::runtime::Handle;
@@ -39,6 +41,7 @@ use virtiofs_fuse::abi::InHeader;
 use crate::affinity::CpuSet;
 use crate::gate::Pass;
 use crate::handler::FuseHandler;
+use crate::host_load::{HostLoad, SpareCpu};
 use crate::lock_wait::LockWait;
 use crate::queue::Step;
 use crate::request::Weight;
@@ -93,6 +96,10 @@ struct Inner<H: FuseHandler> {
     runtime: Handle,
     tracker: TaskTracker,
     state: Mutex<State<H>>,
+    /// No runner alive and nothing queued, as of the last release of `state`'s lock: lets the
+    /// queue thread see without the lock that a request it would hand over would only come
+    /// back ([`Pool::would_come_back`]). A stale value only misplaces a request.
+    idle: AtomicBool,
 }
 
 struct State<H: FuseHandler> {
@@ -106,15 +113,20 @@ struct State<H: FuseHandler> {
     runners: usize,
     /// A runner was started and has not taken its first request yet.
     starting: bool,
+    /// Whether the host has a CPU for one more runner of quick requests.
+    spare: SpareCpu,
 }
 
 impl<H: FuseHandler> State<H> {
     /// How many runners the queued work, with `more_quick` quick requests on their way, is
-    /// worth (see [`worth_a_runner`]): `size` for a long request or enough quick work, else
-    /// `bulk_size` (no more than `size`, see [`bulk_runners`]) for bulk requests, else none.
-    fn room(&self, size: usize, bulk_size: usize, service_ns: u64, more_quick: usize) -> usize {
+    /// worth (see [`worth_a_runner`]): `size` for a long request, or for enough quick work
+    /// while the host has a CPU for another runner; else `bulk_size` (no more than `size`, see
+    /// [`bulk_runners`]) for bulk requests; else none.
+    fn room(&mut self, size: usize, bulk_size: usize, service_ns: u64, more_quick: usize) -> usize {
         let quick = self.quick.len() + more_quick;
-        if worth_a_runner(quick, !self.long.is_empty(), service_ns) {
+        let long = !self.long.is_empty();
+        // The host's load is looked at last: only when the quick work would be worth it.
+        if long || (worth_a_runner(quick, false, service_ns) && self.spare.spare(self.runners)) {
             size
         } else if !self.bulk.is_empty() {
             bulk_size
@@ -159,13 +171,15 @@ pub fn bulk_runners(size: usize, cpus: usize, bulk_ns: u64) -> usize {
 
 impl<H: FuseHandler> Pool<H> {
     /// A pool of at most `size` runners (at least 1) on `runtime`'s blocking threads,
-    /// tracked by `tracker` (shutdown waits for them), pinned by `pin` while they run.
+    /// tracked by `tracker` (shutdown waits for them), pinned by `pin` while they run; `load`
+    /// says whether the host has a CPU for another runner of quick requests (`None`: always).
     pub(crate) fn new(
         size: usize,
         runtime: Handle,
         tracker: TaskTracker,
         stats: Arc<QueueStats>,
         pin: Option<Pin>,
+        load: Option<Arc<HostLoad>>,
     ) -> Self {
         let cpus = match &pin {
             Some(pin) => pin.cpus.cpus().len(),
@@ -185,7 +199,9 @@ impl<H: FuseHandler> Pool<H> {
                     quick: VecDeque::new(),
                     runners: 0,
                     starting: false,
+                    spare: SpareCpu::new(load),
                 }),
+                idle: AtomicBool::new(true),
             }),
         }
     }
@@ -221,8 +237,15 @@ impl<H: FuseHandler> Pool<H> {
     /// queued and behind it together is not worth waking one (see [`worth_a_runner`]). The
     /// queue thread then runs it at once, sparing the job's trip through the pool.
     pub(crate) fn would_come_back(&self, behind: usize) -> bool {
-        let state = self.inner.lock();
-        state.runners == 0 && self.inner.room(&state, behind + 1) == 0
+        // The common case on a busy queue of cheap requests, without the lock: an idle pool
+        // and too little work for a runner.
+        let service_ns = self.inner.stats.service_ns();
+        if self.inner.idle.load(Ordering::Relaxed) && !worth_a_runner(behind + 1, false, service_ns)
+        {
+            return true;
+        }
+        let mut state = self.inner.lock();
+        state.runners == 0 && self.inner.room(&mut state, behind + 1) == 0
     }
 
     /// The oldest queued quick request nobody has started, for the queue thread to run.
@@ -247,7 +270,7 @@ impl<H: FuseHandler> Inner<H> {
     }
 
     /// [`State::room`] with this pool's bounds and its queue's recent times.
-    fn room(&self, state: &State<H>, more_quick: usize) -> usize {
+    fn room(&self, state: &mut State<H>, more_quick: usize) -> usize {
         let bulk_size = bulk_runners(self.size, self.cpus, self.stats.bulk_ns());
         state.room(self.size, bulk_size, self.stats.service_ns(), more_quick)
     }
@@ -258,9 +281,40 @@ impl<H: FuseHandler> Inner<H> {
         state.runner_wanted(room)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<H>> {
+    fn lock(&self) -> Locked<'_, H> {
         // Nothing panics with the lock held; a poisoned lock still has a consistent state.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        Locked {
+            state: self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            idle: &self.idle,
+        }
+    }
+}
+
+/// The pool's state, locked; whether the pool is idle is published when it is let go.
+struct Locked<'a, H: FuseHandler> {
+    state: MutexGuard<'a, State<H>>,
+    idle: &'a AtomicBool,
+}
+
+impl<H: FuseHandler> Deref for Locked<'_, H> {
+    type Target = State<H>;
+
+    fn deref(&self) -> &State<H> {
+        &self.state
+    }
+}
+
+impl<H: FuseHandler> DerefMut for Locked<'_, H> {
+    fn deref_mut(&mut self) -> &mut State<H> {
+        &mut self.state
+    }
+}
+
+impl<H: FuseHandler> Drop for Locked<'_, H> {
+    fn drop(&mut self) {
+        let s = &self.state;
+        let idle = s.runners == 0 && s.long.is_empty() && s.bulk.is_empty() && s.quick.is_empty();
+        self.idle.store(idle, Ordering::Relaxed);
     }
 }
 

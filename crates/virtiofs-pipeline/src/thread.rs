@@ -311,6 +311,7 @@ fn queue_context<H: FuseHandler>(
             shared.tracker.clone(),
             stats.clone(),
             pin,
+            shared.host_load.clone(),
         )
     });
     Arc::new(QueueContext {
