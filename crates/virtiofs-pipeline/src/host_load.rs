@@ -17,7 +17,7 @@
 //! while the queue thread keeps its one: requests that only need a CPU (a lookup, a 4 KiB
 //! read from the page cache) are served no sooner by a thread that takes turns with the
 //! queue thread or the guest's vCPUs, and each hand-off costs a wake-up and moves the
-//! request's cache lines. On 2 CPUs with one client thread the pool made LOOKUP 12–18 %
+//! request's cache lines. On 2 CPUs with one client thread the pool made LOOKUP 11–17 %
 //! slower at depth 64–256 than no pool. Requests that block (a cold disk) leave their thread
 //! asleep, which the count does not show: the CPUs look free and the runners come.
 
@@ -178,7 +178,7 @@ pub struct SpareCpu {
 /// runner: three quarters of a thread. Measured on 2 CPUs with one client thread at
 /// depth 64–256 by the queue thread's looks: the others averaged 0.66 thread under
 /// READDIRPLUS (a client that mostly waits; runners served 19–25 % more) and 1.0 under
-/// LOOKUP (a client always busy; runners served 12–18 % less).
+/// LOOKUP (a client always busy; runners served 11–17 % less).
 const SPARE_WITHIN: u32 = SCALE * 3 / 4;
 
 /// A look older than this does not count in the average: the next one starts it again.
