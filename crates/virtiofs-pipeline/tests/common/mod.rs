@@ -572,3 +572,42 @@ macro_rules! mt_test {
         }
     };
 }
+
+/// The host's load as a queue reads it, set by the test: a file in `/proc/loadavg`'s format,
+/// rewritten in place at one length (so that it is never read truncated), removed when
+/// dropped.
+pub struct FakeLoad {
+    path: std::path::PathBuf,
+    writer: File,
+}
+
+impl FakeLoad {
+    /// A file named after `name` and this process, showing `running` threads runnable.
+    pub fn new(name: &str, running: u32) -> Self {
+        let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::write(&path, "").unwrap();
+        let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let load = Self { path, writer };
+        load.set_running(running);
+        load
+    }
+
+    /// Shows `n` threads runnable from now on.
+    pub fn set_running(&self, n: u32) {
+        use std::os::unix::fs::FileExt;
+        let line = format!("1.00 1.00 1.00 {n:>4}/300 1\n");
+        self.writer.write_all_at(line.as_bytes(), 0).unwrap();
+    }
+
+    /// The load a pipeline reads from this file, on a host of `cpus` CPUs.
+    pub fn host_load(&self, cpus: u32) -> Arc<virtiofs_pipeline::HostLoad> {
+        let file = File::open(&self.path).unwrap();
+        Arc::new(virtiofs_pipeline::HostLoad::from_file(file, cpus).unwrap())
+    }
+}
+
+impl Drop for FakeLoad {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
