@@ -93,11 +93,76 @@ fn parse_runnable(text: &[u8]) -> Option<u32> {
     std::str::from_utf8(running).ok()?.parse().ok()
 }
 
+/// What one reader gets from the host's load: at most one look per [`SAMPLE_EVERY`]; a reader
+/// that cannot read it any more stops looking (and acts as on an idle host).
+#[derive(Debug)]
+struct Looks {
+    load: Option<Arc<HostLoad>>,
+    /// When the last look was taken (also one whose line did not parse).
+    last: Option<Instant>,
+}
+
+/// What one call to [`Looks::look`] gave.
+enum Look {
+    /// No load to read: none was given, or reading it failed.
+    Off,
+    /// The last look is recent, or this one was lost (a line caught while being rewritten):
+    /// what the last one said stands.
+    Kept,
+    /// `runnable` threads now; the look before was `since` ago (`None`: this is the first).
+    Fresh {
+        runnable: u32,
+        since: Option<Duration>,
+    },
+}
+
+impl Looks {
+    fn new(load: Option<Arc<HostLoad>>) -> Self {
+        Self { load, last: None }
+    }
+
+    /// Whether there is a load to look at (before reading the clock for [`Self::look`]).
+    fn on(&self) -> bool {
+        self.load.is_some()
+    }
+
+    /// The host's online CPUs (0 without a load).
+    fn cpus(&self) -> u32 {
+        self.load.as_ref().map_or(0, |load| load.cpus)
+    }
+
+    /// Looks at the load at `now` if the last look is older than [`SAMPLE_EVERY`]. A failure
+    /// other than a line that does not parse ends the looks, logged as `then` does without.
+    fn look(&mut self, now: Instant, then: &str) -> Look {
+        let Some(load) = &self.load else {
+            return Look::Off;
+        };
+        let since = self.last.map(|t| now.saturating_duration_since(t));
+        if since.is_some_and(|s| s < SAMPLE_EVERY) {
+            return Look::Kept;
+        }
+        self.last = Some(now);
+        match load.runnable() {
+            Ok(runnable) => Look::Fresh { runnable, since },
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Look::Kept,
+            Err(e) => {
+                tracing::debug!("cannot read the host's load, {then}: {e}");
+                self.load = None;
+                Look::Off
+            }
+        }
+    }
+}
+
+/// One step of the moving averages here (weight 1/4): `average` with `sample` added.
+fn moving_average(average: u32, sample: u32) -> u32 {
+    average - average / 4 + sample / 4
+}
+
 /// One queue thread's view of the host's load: whether it is crowded now.
 #[derive(Debug)]
 pub struct Crowding {
-    load: Option<Arc<HostLoad>>,
-    next_sample: Option<Instant>,
+    looks: Looks,
     /// Runnable threads, a moving average (weight 1/4) in [`SCALE`]ths.
     average: u32,
     crowded: bool,
@@ -107,8 +172,7 @@ impl Crowding {
     /// Reads `load`; `None`: never crowded (no spin is ever held back).
     pub fn new(load: Option<Arc<HostLoad>>) -> Self {
         Self {
-            load,
-            next_sample: None,
+            looks: Looks::new(load),
             average: 0,
             crowded: false,
         }
@@ -118,34 +182,26 @@ impl Crowding {
     /// one from them. Reads the load if the last look is older than [`SAMPLE_EVERY`] at `now`
     /// (a recent reading of the clock the caller has; `None`: reads it).
     pub fn crowded(&mut self, now: Option<Instant>) -> bool {
-        let Some(load) = &self.load else {
+        if !self.looks.on() {
             return false;
-        };
-        let now = now.unwrap_or_else(Instant::now);
-        if self.next_sample.is_some_and(|next| now < next) {
-            return self.crowded;
         }
-        self.next_sample = Some(now + SAMPLE_EVERY);
-        match load.runnable() {
-            Ok(runnable) => {
-                let cpus = load.cpus;
-                self.sample(runnable, cpus)
-            }
-            // A line that does not parse (caught while being rewritten): this look is lost.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => self.crowded,
-            Err(e) => {
-                tracing::debug!("cannot read the host's load, polling regardless: {e}");
-                self.load = None;
+        let now = now.unwrap_or_else(Instant::now);
+        match self.looks.look(now, "polling regardless") {
+            Look::Off => {
                 self.crowded = false;
                 false
+            }
+            Look::Kept => self.crowded,
+            Look::Fresh { runnable, .. } => {
+                let cpus = self.looks.cpus();
+                self.sample(runnable, cpus)
             }
         }
     }
 
     /// Adds one look at the host (`runnable` threads, `cpus` CPUs) to the average.
     fn sample(&mut self, runnable: u32, cpus: u32) -> bool {
-        let runnable = runnable.min(1 << 16) * SCALE;
-        self.average = self.average - self.average / 4 + runnable / 4;
+        self.average = moving_average(self.average, runnable.min(1 << 16) * SCALE);
         let cpus = cpus.saturating_mul(SCALE);
         self.crowded = if self.crowded {
             self.average >= cpus + CALM_BELOW
@@ -166,9 +222,7 @@ impl Crowding {
 /// sent them is often still running then.
 #[derive(Debug)]
 pub struct SpareCpu {
-    load: Option<Arc<HostLoad>>,
-    /// When the last look was taken.
-    sampled: Option<Instant>,
+    looks: Looks,
     /// Threads runnable that are not the queue's, a moving average (weight 1/4) in
     /// [`SCALE`]ths.
     others: u32,
@@ -188,8 +242,7 @@ impl SpareCpu {
     /// Reads `load`; `None`: a CPU is always free (as if the host were idle).
     pub fn new(load: Option<Arc<HostLoad>>) -> Self {
         Self {
-            load,
-            sampled: None,
+            looks: Looks::new(load),
             others: 0,
         }
     }
@@ -197,29 +250,18 @@ impl SpareCpu {
     /// Whether a runner would find a CPU, with `runners` of the queue alive now. Reads the
     /// load if the last look is older than [`SAMPLE_EVERY`].
     pub fn spare(&mut self, runners: usize) -> bool {
-        let Some(load) = &self.load else {
+        if !self.looks.on() {
             return true;
-        };
-        let now = Instant::now();
-        let since = self.sampled.map(|t| now.saturating_duration_since(t));
-        let due = since.map_or(true, |s| s >= SAMPLE_EVERY);
-        let (cpus, look) = (load.cpus, due.then(|| load.runnable()));
-        match look {
-            Some(Ok(runnable)) => {
+        }
+        match self.looks.look(Instant::now(), "waking runners as if idle") {
+            Look::Off => return true,
+            Look::Kept => {}
+            Look::Fresh { runnable, since } => {
                 let stale = since.map_or(true, |s| s >= STALE_AFTER);
                 self.sample(runnable, runners, stale);
-                self.sampled = Some(now);
             }
-            // A line that does not parse (caught while being rewritten): this look is lost.
-            Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {}
-            Some(Err(e)) => {
-                tracing::debug!("cannot read the host's load, waking runners as if idle: {e}");
-                self.load = None;
-                return true;
-            }
-            None => {}
         }
-        self.fits(cpus)
+        self.fits(self.looks.cpus())
     }
 
     /// Adds one look (`runnable` threads on the host, `runners` of them the queue's) to the
@@ -230,7 +272,7 @@ impl SpareCpu {
         self.others = if fresh_start {
             others
         } else {
-            self.others - self.others / 4 + others / 4
+            moving_average(self.others, others)
         };
     }
 

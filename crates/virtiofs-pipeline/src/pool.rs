@@ -125,8 +125,8 @@ impl<H: FuseHandler> State<H> {
     fn room(&mut self, size: usize, bulk_size: usize, service_ns: u64, more_quick: usize) -> usize {
         let quick = self.quick.len() + more_quick;
         let long = !self.long.is_empty();
-        // The host's load is looked at last: only when the quick work would be worth it.
-        if long || (worth_a_runner(quick, false, service_ns) && self.spare.spare(self.runners)) {
+        // The host's load is looked at last, and for quick work only.
+        if worth_a_runner(quick, long, service_ns) && (long || self.spare.spare(self.runners)) {
             size
         } else if !self.bulk.is_empty() {
             bulk_size
