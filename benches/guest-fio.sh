@@ -6,14 +6,16 @@
 # the daemons.
 #
 #   benches/guest-fio.sh [--rounds N] [--runtime SECS] [--kernel 6.12|6.1] [--cpus N]
-#                        [--jobs JOB,...] [--configs NAME=DAEMON:POOL:QUEUES,...] [--out DIR]
+#                        [--jobs JOB,...] [--configs NAME=DAEMON:POOL:QUEUES[:ARG...],...] [--out DIR]
 #
 # Defaults: 3 rounds, 10 s per job (+2 s ramp), kernel 6.12 with 4 vCPUs, jobs
 # randread4k-1,randread4k-16,seqread1m-1 (JOB-QD: QD synchronous O_DIRECT psync jobs, as in
 # benches/run's fio mode), configs
 #   ours-4q=async-virtiofsd:64:4, ours-1q=async-virtiofsd:64:1, rust=rust-virtiofsd:0:1
 # (POOL: --thread-pool-size; 64 is our default; the references serve one request queue; add
-# c=c-virtiofsd:0:1 for the C virtiofsd). The daemons' command lines come from
+# c=c-virtiofsd:0:1 for the C virtiofsd; ARGs, separated by colons, are appended to the daemon's
+# command line: ours-4q-t1=async-virtiofsd:64:4:--queue-threads=1 interleaves a setting of ours
+# with the default in one run). The daemons' command lines come from
 # vhost_user_fs_client::daemons (the `daemon_command` example), cache=auto.
 # ASYNC_VIRTIOFSD_BIN=PATH runs that build of ours instead of this tree's.
 # Output: DIR/results.csv (round,config,job,iops,bw_kib_s), DIR/summary.md, DIR/logs/.
@@ -53,8 +55,8 @@ done
 command -v fio >/dev/null || die "fio is not installed on the host (tests/e2e/setup.sh installs it)"
 IFS=, read -ra CONFIG_LIST <<<"$CONFIGS"
 for c in "${CONFIG_LIST[@]}"; do
-    [[ $c =~ ^[a-z0-9-]+=(async-virtiofsd|c-virtiofsd|rust-virtiofsd):[0-9]+:[1-9][0-9]*$ ]] \
-        || die "bad config '$c' (NAME=DAEMON:POOL:QUEUES)"
+    [[ $c =~ ^[a-z0-9-]+=(async-virtiofsd|c-virtiofsd|rust-virtiofsd):[0-9]+:[1-9][0-9]*(:--[a-z0-9-]+(=[a-zA-Z0-9_.,-]+)?)*$ ]] \
+        || die "bad config '$c' (NAME=DAEMON:POOL:QUEUES[:--ARG[=VALUE]...])"
 done
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
@@ -132,12 +134,13 @@ stop_all() {
 trap 'stop_all; rm -rf "$ROOT"' EXIT
 
 run_one() {
-    local round=$1 name=$2 daemon=$3 pool=$4 queues=$5 sock log cmd
+    local round=$1 name=$2 daemon=$3 pool=$4 queues=$5 extra=$6 sock log cmd
     sock=$(mktemp -u /tmp/guest-fio.XXXXXX.sock)
     log="$OUT/logs/r$round-$name"
     mapfile -t cmd < <("$DAEMON_COMMAND" "$daemon" "$pool" "$sock" "$SHARE") \
         || die "no command line for $daemon"
     [[ ${#cmd[@]} -gt 0 ]] || die "no command line for $daemon (is it installed? benches/run installs the references)"
+    [[ -z $extra ]] || { local more; IFS=: read -ra more <<<"$extra"; cmd+=("${more[@]}"); }
     setsid "${cmd[@]}" >"$log.daemon" 2>&1 &
     DAEMON_PID=$!
     for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.05; done
@@ -173,8 +176,8 @@ for round in $(seq "$ROUNDS"); do
     for i in $(seq 0 $((n - 1))); do
         c=${CONFIG_LIST[$(((i + round - 1) % n))]}
         name=${c%%=*} spec=${c#*=}
-        IFS=: read -r daemon pool queues <<<"$spec"
-        run_one "$round" "$name" "$daemon" "$pool" "$queues"
+        IFS=: read -r daemon pool queues extra <<<"$spec"
+        run_one "$round" "$name" "$daemon" "$pool" "$queues" "$extra"
     done
 done
 

@@ -30,10 +30,22 @@ pub const MAX_POLL_US: u64 = 1000;
 /// `--queue-threads`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum QueueThreadsArg {
-    /// One per CPU the daemon may use.
+    /// Half the CPUs the daemon may use ([`auto_queue_threads`]).
     Auto,
     /// This many.
     Count(usize),
+}
+
+/// `--queue-threads auto` on a host where the daemon may use `cpus` CPUs (`None`: unknown, a
+/// thread per queue): half of them, rounded up. The guest that fills the queues runs on the
+/// same host, each request needing a vCPU to submit it as well as a queue thread to serve it;
+/// queue threads for every CPU fought the guest's vCPUs for the cores. On 2 CPUs, 4 queues on
+/// 1 thread against 2 served fio in a 4-vCPU guest 15 % faster at depth 16 (median of 5
+/// interleaved rounds; faster in 4, level in 1), and in the harness (4 client threads) stayed
+/// at 0.95 of 1 queue or above at depth 16 to 256, where 2 threads fell to 0.81-0.90 of it
+/// (docs/performance.md, session 33).
+fn auto_queue_threads(cpus: Option<usize>) -> usize {
+    cpus.map_or(0, |n| n.div_ceil(2))
 }
 
 fn parse_queue_threads(s: &str) -> Result<QueueThreadsArg, String> {
@@ -157,8 +169,9 @@ struct Args {
     queue_affinity: Option<QueueAffinity>,
 
     /// Threads the request queues share: request queue N runs on thread (N - 1) mod T.
-    /// `auto`: as many as the CPUs the daemon may use (a thread per queue where there is a
-    /// CPU per queue). With --queue-affinity each queue has a thread of its own.
+    /// `auto`: half the CPUs the daemon may use, rounded up (the guest's vCPUs need the
+    /// others; a thread per queue where there are two CPUs per queue). With --queue-affinity
+    /// each queue has a thread of its own.
     #[arg(long, value_name = "auto|T", default_value = "auto", value_parser = parse_queue_threads)]
     queue_threads: QueueThreadsArg,
 
@@ -777,12 +790,13 @@ where
                     .into(),
             )),
             (QueueThreadsArg::Count(n), None) => n,
-            (QueueThreadsArg::Auto, None) => CpuSet::of_this_thread()
-                .map(|cpus| cpus.cpus().len())
-                .ok()
-                .filter(|&n| n > 0)
-                .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-                .unwrap_or(0),
+            (QueueThreadsArg::Auto, None) => auto_queue_threads(
+                CpuSet::of_this_thread()
+                    .map(|cpus| cpus.cpus().len())
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get())),
+            ),
         };
     Ok(Parsed::Run(Box::new(Options {
         share,

@@ -656,16 +656,16 @@ fn namespace_id_maps_parse_and_need_the_namespace_sandbox() {
 }
 
 #[test]
-fn queue_threads_default_to_the_cpus_and_give_way_to_affinity() {
+fn queue_threads_default_to_half_the_cpus_and_give_way_to_affinity() {
     let base = ["--shared-dir=/srv", "--socket-path=/s"];
     let with = |extra: &[&str]| {
         let mut a = base.to_vec();
         a.extend_from_slice(extra);
         run(&a)
     };
-    let cpus = CpuSet::of_this_thread().unwrap().cpus().len();
-    assert_eq!(run(&base).unwrap().queue_threads, cpus);
-    assert_eq!(with(&["--queue-threads=auto"]).unwrap().queue_threads, cpus);
+    let half = CpuSet::of_this_thread().unwrap().cpus().len().div_ceil(2);
+    assert_eq!(run(&base).unwrap().queue_threads, half);
+    assert_eq!(with(&["--queue-threads=auto"]).unwrap().queue_threads, half);
     assert_eq!(with(&["--queue-threads", "3"]).unwrap().queue_threads, 3);
     // Pinned queues each keep a thread of their own (0: one per queue).
     let pinned = with(&["--queue-affinity=auto"]).unwrap();
@@ -682,4 +682,12 @@ fn queue_threads_default_to_the_cpus_and_give_way_to_affinity() {
             "{bad}: {e}"
         );
     }
+}
+
+#[test]
+fn auto_queue_threads_leave_the_guest_half_the_cpus() {
+    for (cpus, threads) in [(1, 1), (2, 1), (3, 2), (4, 2), (64, 32)] {
+        assert_eq!(auto_queue_threads(Some(cpus)), threads, "{cpus} CPUs");
+    }
+    assert_eq!(auto_queue_threads(None), 0, "unknown: a thread per queue");
 }
