@@ -8,9 +8,9 @@
 //! request queue, `virtiofs-qN` for queue N; with T threads, request queue N is served by
 //! thread `virtiofs-qM`, M = (N - 1) mod T + 1, together with the other queues of that thread
 //! (on a host with fewer cores than queues, four queue threads woken per request lose to two
-//! that each find work from two queues when they wake; the daemon's `auto` is half the CPUs). The hiprio queue (0) gets no thread:
-//! the guest sends it only FORGET and BATCH_FORGET, which are cheap, so its task runs on the
-//! shared runtime (the daemon's main thread) itself. Queues the guest never starts cost one
+//! that each find work from two queues when they wake; the daemon's `auto` is half the CPUs).
+//! The hiprio queue (0) gets no thread: the guest sends it only FORGET and BATCH_FORGET, which
+//! are cheap, so its task runs on the shared runtime (the daemon's main thread) itself. Queues the guest never starts cost one
 //! parked task each and no thread. A thread then lives until the daemon stops (a ring stopped
 //! and started again, e.g. by a guest reboot, keeps its thread).
 //!
