@@ -10,9 +10,10 @@
 //! (on a host with fewer cores than queues, four queue threads woken per request lose to two
 //! that each find work from two queues when they wake; the daemon's `auto` is half the CPUs).
 //! The hiprio queue (0) gets no thread: the guest sends it only FORGET and BATCH_FORGET, which
-//! are cheap, so its task runs on the shared runtime (the daemon's main thread) itself. Queues the guest never starts cost one
-//! parked task each and no thread. A thread then lives until the daemon stops (a ring stopped
-//! and started again, e.g. by a guest reboot, keeps its thread).
+//! are cheap, so its task runs on the shared runtime (the daemon's main thread) itself. Queues
+//! the guest never starts cost one parked task each and no thread. A thread then lives until
+//! the daemon stops (a ring stopped and started again, e.g. by a guest reboot, keeps its
+//! thread).
 //!
 //! Threads created after the seccomp filter was installed inherit it (the kernel copies a
 //! thread's filter on clone; `clone` and `clone3` are on the allowlist).
